@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# make test: every test of pg_conveyor, from a fresh Debian 12 machine.
+#   1. Rust unit tests and #[pg_test] tests (cargo pgrx test; pgrx runs its own cluster)
+#   2. the real build installed; a fresh cluster with the background worker preloaded
+#   3. SQL scenarios (pgrx-tests/, pg_regress against that cluster)
+#   4. integration tests over real connections (tests/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+
+IT_DIR=/tmp/pgc-it
+IT_PORT=${CONVEYOR_IT_PORT:-54329}
+PGBIN=$(/usr/bin/pg_config --bindir)
+PG_REGRESS=$(/usr/bin/pg_config --pkglibdir)/pgxs/src/test/regress/pg_regress
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "unit and in-database (#[pg_test]) tests"
+if [ "$(id -u)" = 0 ]; then install -d -o postgres /tmp/pgc-test; fi
+cargo pgrx test pg15 --runas postgres --pgdata /tmp/pgc-test
+
+step "install the extension into the system PostgreSQL"
+scripts/cluster.sh stop "$IT_DIR"
+cargo pgrx install --pg-config /usr/bin/pg_config >/dev/null
+
+step "start a fresh cluster with the worker preloaded ($IT_DIR, port $IT_PORT)"
+rm -rf "$IT_DIR"
+scripts/cluster.sh start "$IT_DIR" "$IT_PORT" \
+    "conveyor.database = 'conveyor_it'" \
+    "conveyor.tick_interval = '200ms'" \
+    "log_min_messages = warning"
+trap 'scripts/cluster.sh stop "$IT_DIR"' EXIT
+psql_it() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$IT_DIR" -p "$IT_PORT" -U postgres "$@"; }
+for db in conveyor_it conveyor_regress; do
+    psql_it -d postgres -c "create database $db"
+    psql_it -d "$db" -c "create extension pg_conveyor"
+done
+psql_it -d conveyor_regress -f pgrx-tests/helpers.sql
+
+step "SQL scenarios (pgrx-tests/)"
+scenarios=$(cd pgrx-tests/sql && ls *.sql | sed 's/\.sql$//')
+mkdir -p /tmp/pgc-regress-out
+if ! "$PG_REGRESS" --use-existing --host="$IT_DIR" --port="$IT_PORT" --user=postgres \
+        --dbname=conveyor_regress --inputdir=pgrx-tests --outputdir=/tmp/pgc-regress-out \
+        --bindir="$PGBIN" $scenarios; then
+    cat /tmp/pgc-regress-out/regression.diffs
+    exit 1
+fi
+
+step "integration tests (tests/)"
+CONVEYOR_TEST_HOST="$IT_DIR" CONVEYOR_TEST_PORT="$IT_PORT" CONVEYOR_TEST_DB=conveyor_it \
+    cargo test --features integration --test integration -- --test-threads=4
+
+step "all tests passed"

@@ -1,0 +1,463 @@
+-- config.sql: tasks, services, queues and defaults. Validation is in Rust (_check_options);
+-- what is stored here has passed it whole, or nothing is stored.
+
+-- _raise_config: refuse a configuration, listing every problem.
+create function conveyor._raise_config(problems text[])
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    raise exception using
+        errcode = 'CV010',
+        message = case cardinality(problems)
+            when 1 then 'invalid configuration: ' || problems[1]
+            else format('invalid configuration: %s problems: %s', cardinality(problems), array_to_string(problems, '; '))
+        end,
+        detail = array_to_string(problems, E'\n'),
+        hint = 'nothing was changed';
+end
+$$;
+
+-- _checked: the normalized options of one entry, or CV010 listing what is wrong with it.
+create function conveyor._checked(kind text, name text, options jsonb)
+returns jsonb
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    v_result jsonb := conveyor._check_options(kind, name, options);
+begin
+    if v_result ? 'problems' then
+        perform conveyor._raise_config(array(select jsonb_array_elements_text(v_result -> 'problems')));
+    end if;
+    return v_result -> 'options';
+end
+$$;
+
+-- _check_effective: after a change, each task's effective policy must still hold together
+-- (its own options over the defaults): max_delay at least delay for computed curves.
+create function conveyor._check_effective()
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    v_problems text[];
+begin
+    select array_agg(format('task "%s": option "max_delay": must be at least delay (%s < %s)',
+                            c.name, conveyor._duration_text(c.max_delay), conveyor._duration_text(c.delay))
+                     order by c.name)
+    into v_problems
+    from conveyor.task_config c
+    where c.kind = 'task' and c.backoff <> 'custom' and c.max_delay < c.delay;
+    if v_problems is not null then
+        perform conveyor._raise_config(v_problems);
+    end if;
+end
+$$;
+
+-- _ensure_queue: the queue row, created (unbounded, running) the first time a name is used.
+create function conveyor._ensure_queue(name text)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    v_problem text;
+begin
+    if exists (select from conveyor.queues q where q.name = _ensure_queue.name) then
+        return;
+    end if;
+    v_problem := conveyor._check_name('queue', name);
+    if v_problem is not null then
+        raise exception using errcode = '22023', message = v_problem;
+    end if;
+    insert into conveyor.queues (name) values (_ensure_queue.name) on conflict do nothing;
+end
+$$;
+
+-- _define: create or replace a task or service from validated options. Re-defining replaces
+-- the options whole (what is left off comes from the defaults) and bumps the version when
+-- anything changed. Returns the version.
+create function conveyor._define(p_kind text, p_name text, p_options jsonb)
+returns integer
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    o jsonb := conveyor._checked(p_kind, p_name, p_options);
+    v_old conveyor.tasks;
+    v_now timestamptz := conveyor._now();
+    v_queue text;
+    v_version integer;
+    v_next timestamptz;
+begin
+    select * into v_old from conveyor.tasks t where t.name = p_name for update;
+    if found and v_old.kind <> p_kind then
+        perform conveyor._raise_config(array[format('%s "%s": already defined as a %s', p_kind, p_name, v_old.kind)]);
+    end if;
+    v_queue := coalesce(o ->> 'queue', (select d.queue from conveyor.defaults d));
+    perform conveyor._ensure_queue(v_queue);
+    o := o - 'queue';
+
+    if o ? 'schedule' then
+        -- keep the cursor when the schedule is unchanged, so re-applying config never refires
+        if v_old.schedule is not distinct from o ->> 'schedule'
+           and v_old.timezone is not distinct from o ->> 'timezone' then
+            v_next := v_old.next_fire_at;
+        else
+            v_next := conveyor._cron_next(o ->> 'schedule', o ->> 'timezone', v_now);
+        end if;
+    end if;
+
+    if v_old.name is null then
+        v_version := 1;
+    elsif v_old.options = o and v_old.queue = v_queue then
+        v_version := v_old.version;
+    else
+        v_version := v_old.version + 1;
+    end if;
+
+    insert into conveyor.tasks as t (
+        name, kind, queue, enabled, version, options, priority, max_attempts, backoff, backoff_custom,
+        delay, max_delay, jitter, timeout, lease, log_max_size, log_on_full, schedule, timezone,
+        on_overlap, catch_up, next_fire_at, parallelism, payload, replicas, restart_delay,
+        restart_backoff, restart_max_delay, created_at, updated_at
+    ) values (
+        p_name, p_kind, v_queue, coalesce((o ->> 'enabled')::boolean, v_old.enabled, true), v_version, o,
+        (o ->> 'priority')::smallint,
+        (o ->> 'max_attempts')::integer,
+        o ->> 'backoff',
+        (select array_agg(e::interval) from jsonb_array_elements_text(o -> 'backoff_custom') e),
+        (o ->> 'delay')::interval,
+        (o ->> 'max_delay')::interval,
+        o ->> 'jitter',
+        (o ->> 'timeout')::interval,
+        (o ->> 'lease')::interval,
+        (o ->> 'log_max_size')::integer,
+        o ->> 'log_on_full',
+        o ->> 'schedule',
+        o ->> 'timezone',
+        coalesce(o ->> 'on_overlap', 'allow'),
+        coalesce((o ->> 'catch_up')::boolean, false),
+        v_next,
+        (o ->> 'parallelism')::integer,
+        coalesce(o -> 'payload', '{}'),
+        case when p_kind = 'service' then coalesce((o ->> 'replicas')::integer, 1) end,
+        (o ->> 'restart_delay')::interval,
+        o ->> 'restart_backoff',
+        (o ->> 'restart_max_delay')::interval,
+        v_now, v_now
+    )
+    on conflict (name) do update set
+        queue = excluded.queue, enabled = excluded.enabled, version = excluded.version,
+        options = excluded.options, priority = excluded.priority, max_attempts = excluded.max_attempts,
+        backoff = excluded.backoff, backoff_custom = excluded.backoff_custom, delay = excluded.delay,
+        max_delay = excluded.max_delay, jitter = excluded.jitter, timeout = excluded.timeout,
+        lease = excluded.lease, log_max_size = excluded.log_max_size, log_on_full = excluded.log_on_full,
+        schedule = excluded.schedule, timezone = excluded.timezone, on_overlap = excluded.on_overlap,
+        catch_up = excluded.catch_up, next_fire_at = excluded.next_fire_at,
+        parallelism = excluded.parallelism, payload = excluded.payload, replicas = excluded.replicas,
+        restart_delay = excluded.restart_delay, restart_backoff = excluded.restart_backoff,
+        restart_max_delay = excluded.restart_max_delay, updated_at = excluded.updated_at,
+        -- a cap that starts now starts from the runs delivered now
+        active = case
+            when excluded.parallelism is not null and t.parallelism is null then
+                (select count(*) from conveyor.runs r
+                  where r.task = excluded.name and r.status in ('queued', 'running'))
+            else t.active end;
+
+    perform conveyor._check_effective();
+    return v_version;
+end
+$$;
+
+-- define_task: create or replace a task. Named arguments for the common options; `options`
+-- takes any option (the same shape as an entry of apply_config's "tasks"); a named argument
+-- wins over the same key in `options`. Returns the task's version.
+create function conveyor.define_task(
+    name text,
+    queue text default null,
+    max_attempts integer default null,
+    retry_attempts integer default null,
+    backoff text default null,
+    delay conveyor.duration default null,
+    max_delay conveyor.duration default null,
+    jitter text default null,
+    timeout conveyor.duration default null,
+    priority integer default null,
+    schedule text default null,
+    timezone text default null,
+    on_overlap text default null,
+    parallelism integer default null,
+    options jsonb default null
+)
+returns integer
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    return conveyor._define('task', name, coalesce(options, '{}') || jsonb_strip_nulls(jsonb_build_object(
+        'queue', queue, 'max_attempts', max_attempts, 'retry_attempts', retry_attempts,
+        'backoff', backoff, 'delay', delay::text, 'max_delay', max_delay::text, 'jitter', jitter,
+        'timeout', timeout::text, 'priority', priority, 'schedule', schedule, 'timezone', timezone,
+        'on_overlap', on_overlap, 'parallelism', parallelism)));
+end
+$$;
+comment on function conveyor.define_task is
+    'create or replace a task (re-defining replaces its options and bumps its version); returns the version';
+
+-- define_service: create or replace a service: `replicas` runs kept alive by tick, restarted
+-- with backoff when they end (for any reason but a manual stop).
+create function conveyor.define_service(
+    name text,
+    replicas integer default 1,
+    queue text default null,
+    restart_delay conveyor.duration default null,
+    restart_backoff text default null,
+    restart_max_delay conveyor.duration default null,
+    payload jsonb default null,
+    options jsonb default null
+)
+returns integer
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    return conveyor._define('service', name, coalesce(options, '{}') || jsonb_strip_nulls(jsonb_build_object(
+        'replicas', replicas, 'queue', queue, 'restart_delay', restart_delay::text,
+        'restart_backoff', restart_backoff, 'restart_max_delay', restart_max_delay::text,
+        'payload', payload)));
+end
+$$;
+comment on function conveyor.define_service is
+    'create or replace a service (always-on replicas restarted by tick); returns the version';
+
+-- _set_enabled: enable or disable a task; a disabled task's outstanding runs fail with
+-- task_disabled when claimed.
+create function conveyor._set_enabled(p_name text, p_enabled boolean)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    update conveyor.tasks t
+    set enabled = p_enabled,
+        updated_at = conveyor._now()
+    where t.name = p_name;
+    if not found then
+        raise exception using errcode = 'CV003', message = format('unknown task "%s"', p_name);
+    end if;
+end
+$$;
+
+create function conveyor.disable_task(name text)
+returns void
+language sql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+as $$ select conveyor._set_enabled(name, false) $$;
+comment on function conveyor.disable_task is
+    'disable a task: its outstanding runs fail with code task_disabled when claimed (never retried)';
+
+create function conveyor.enable_task(name text)
+returns void
+language sql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+as $$ select conveyor._set_enabled(name, true) $$;
+comment on function conveyor.enable_task is 'enable a task again';
+
+-- _set_queue: apply validated queue options (declarative: what is left off is reset).
+-- Turning a queue bounded counts its delivered runs under the queue's lock.
+create function conveyor._set_queue(p_name text, p_options jsonb)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    o jsonb := conveyor._checked('queue', p_name, p_options);
+begin
+    perform conveyor._ensure_queue(p_name);
+    perform from conveyor.queues q where q.name = p_name for update;
+    update conveyor.queues q
+    set concurrency = (o ->> 'concurrency')::integer,
+        paused = coalesce((o ->> 'paused')::boolean, false),
+        notify = coalesce((o ->> 'notify')::boolean, true),
+        delivery_outbox = coalesce((o ->> 'delivery_outbox')::boolean, false),
+        delivered = case when o ? 'concurrency' then
+            (select count(*) from conveyor.runs r where r.queue = p_name and r.status in ('queued', 'running'))
+            else 0 end
+    where q.name = p_name;
+end
+$$;
+
+-- set_queue: configure a queue (declarative: options left off return to their defaults).
+create function conveyor.set_queue(
+    name text,
+    concurrency integer default null,
+    paused boolean default false,
+    notify boolean default true,
+    delivery_outbox boolean default false
+)
+returns void
+language sql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+    select conveyor._set_queue(name, jsonb_strip_nulls(jsonb_build_object(
+        'concurrency', concurrency, 'paused', paused, 'notify', notify, 'delivery_outbox', delivery_outbox)))
+$$;
+comment on function conveyor.set_queue is
+    'configure a queue: concurrency (null = unbounded), paused, notify (wakeups), delivery_outbox';
+
+-- pause_queue / resume_queue: claims from a paused queue return nothing and tick delivers
+-- nothing into it.
+create function conveyor.pause_queue(name text)
+returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    update conveyor.queues q set paused = true where q.name = pause_queue.name;
+    if not found then
+        raise exception using errcode = 'CV007', message = format('unknown queue "%s"', name);
+    end if;
+end
+$$;
+comment on function conveyor.pause_queue is 'pause a queue: claims return nothing, tick delivers nothing into it';
+
+create function conveyor.resume_queue(name text)
+returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    update conveyor.queues q set paused = false where q.name = resume_queue.name;
+    if not found then
+        raise exception using errcode = 'CV007', message = format('unknown queue "%s"', name);
+    end if;
+end
+$$;
+comment on function conveyor.resume_queue is 'resume a paused queue';
+
+-- _set_defaults: replace the operator's defaults with validated options.
+create function conveyor._set_defaults(p_options jsonb)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    o jsonb := conveyor._checked('defaults', '', p_options);
+begin
+    delete from conveyor._defaults;
+    insert into conveyor._defaults (
+        queue, priority, max_attempts, backoff, backoff_custom, delay, max_delay, jitter, timeout,
+        lease, max_lease, log_max_size, log_on_full, retention, restart_delay, restart_backoff,
+        restart_max_delay, updated_at
+    ) values (
+        o ->> 'queue',
+        (o ->> 'priority')::smallint,
+        (o ->> 'max_attempts')::integer,
+        o ->> 'backoff',
+        (select array_agg(e::interval) from jsonb_array_elements_text(o -> 'backoff_custom') e),
+        (o ->> 'delay')::interval,
+        (o ->> 'max_delay')::interval,
+        o ->> 'jitter',
+        (o ->> 'timeout')::interval,
+        (o ->> 'lease')::interval,
+        (o ->> 'max_lease')::interval,
+        (o ->> 'log_max_size')::integer,
+        o ->> 'log_on_full',
+        (o ->> 'retention')::interval,
+        (o ->> 'restart_delay')::interval,
+        o ->> 'restart_backoff',
+        (o ->> 'restart_max_delay')::interval,
+        conveyor._now()
+    );
+    if o ? 'queue' then
+        perform conveyor._ensure_queue(o ->> 'queue');
+    end if;
+    perform conveyor._check_effective();
+end
+$$;
+
+-- set_defaults: replace the defaults every task falls back on (declarative: options left off
+-- return to their built-in values; see the view conveyor.defaults).
+create function conveyor.set_defaults(options jsonb)
+returns void
+language sql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+as $$ select conveyor._set_defaults(options) $$;
+comment on function conveyor.set_defaults is
+    'replace the defaults (max_attempts, backoff, delay, max_delay, jitter, timeout, lease, max_lease, retention, ...)';
+
+-- apply_config: apply a whole configuration {defaults, queues, tasks, services} (the shape of a
+-- supervisor's config file). Every entry is validated first; one bad entry and nothing is
+-- applied, with every problem listed. Tasks and queues it does not name are left as they are.
+create function conveyor.apply_config(config jsonb)
+returns jsonb
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    v_problems text[] := '{}';
+    v_section text;
+    v_entry record;
+    v_result jsonb;
+begin
+    if config is null or jsonb_typeof(config) <> 'object' then
+        perform conveyor._raise_config(array['expected an object with sections defaults, queues, tasks, services']);
+    end if;
+    for v_section in select jsonb_object_keys(config) loop
+        if v_section not in ('defaults', 'queues', 'tasks', 'services') then
+            v_problems := v_problems || format('unknown section "%s": expected defaults, queues, tasks, services', v_section);
+        elsif v_section <> 'defaults' and jsonb_typeof(config -> v_section) <> 'object' then
+            v_problems := v_problems || format('section "%s": expected an object of name: options', v_section);
+        end if;
+    end loop;
+    if cardinality(v_problems) > 0 then
+        perform conveyor._raise_config(v_problems);
+    end if;
+
+    -- validate everything before changing anything
+    if config ? 'defaults' then
+        v_result := conveyor._check_options('defaults', '', config -> 'defaults');
+        v_problems := v_problems || array(select jsonb_array_elements_text(v_result -> 'problems'));
+    end if;
+    for v_entry in
+        select 'queue' as kind, e.key, e.value from jsonb_each(coalesce(config -> 'queues', '{}')) e
+        union all
+        select 'task', e.key, e.value from jsonb_each(coalesce(config -> 'tasks', '{}')) e
+        union all
+        select 'service', e.key, e.value from jsonb_each(coalesce(config -> 'services', '{}')) e
+    loop
+        v_result := conveyor._check_options(v_entry.kind, v_entry.key, v_entry.value);
+        v_problems := v_problems || array(select jsonb_array_elements_text(v_result -> 'problems'));
+    end loop;
+    if cardinality(v_problems) > 0 then
+        perform conveyor._raise_config(v_problems);
+    end if;
+
+    if config ? 'defaults' then
+        perform conveyor._set_defaults(config -> 'defaults');
+    end if;
+    perform conveyor._set_queue(e.key, e.value) from jsonb_each(coalesce(config -> 'queues', '{}')) e;
+    perform conveyor._define('task', e.key, e.value) from jsonb_each(coalesce(config -> 'tasks', '{}')) e;
+    perform conveyor._define('service', e.key, e.value) from jsonb_each(coalesce(config -> 'services', '{}')) e;
+    return jsonb_build_object(
+        'defaults', config ? 'defaults',
+        'queues', (select count(*) from jsonb_object_keys(coalesce(config -> 'queues', '{}'))),
+        'tasks', (select count(*) from jsonb_object_keys(coalesce(config -> 'tasks', '{}'))),
+        'services', (select count(*) from jsonb_object_keys(coalesce(config -> 'services', '{}'))));
+end
+$$;
+comment on function conveyor.apply_config is
+    'apply {defaults, queues, tasks, services} whole: all validated first; any problem and nothing changes (CV010 lists them all)';

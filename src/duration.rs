@@ -1,0 +1,239 @@
+//! Durations: humantime strings (`30s`, `1m30s`, `2h`) and PostgreSQL interval text
+//! (`00:05:00`, `1 day 02:00:00`), held as microseconds.
+//!
+//! The SQL type `conveyor.duration` has the storage of `interval` (casts between the two are
+//! binary), so a function parameter of type duration takes `'30s'`, `'00:00:30'` or an interval
+//! value alike. Its input function is [`duration_in`], which quotes a bad value in its error.
+
+use crate::error::Error;
+use pgrx::prelude::*;
+use std::ffi::{CStr, CString};
+
+const US_PER_SECOND: i64 = 1_000_000;
+const US_PER_MINUTE: i64 = 60 * US_PER_SECOND;
+const US_PER_HOUR: i64 = 60 * US_PER_MINUTE;
+const US_PER_DAY: i64 = 24 * US_PER_HOUR;
+/// Anything longer is refused as absurd: a queue does not wait a century.
+pub const MAX_MICROS: i64 = 100 * 365 * US_PER_DAY;
+
+/// Parse a duration into microseconds. Accepts humantime (`30s`, `1m30s`, `1h 30m`, `2days`,
+/// `500ms`) and the interval text PostgreSQL prints (`00:01:30`, `1 day 02:00:00`, `3 days`).
+pub fn parse(input: &str) -> Result<i64, Error> {
+    let text = input.trim();
+    let bad = |reason: &str| Error::InvalidDuration { input: input.to_string(), reason: reason.to_string() };
+    if text.is_empty() {
+        return Err(bad("empty; expected e.g. 30s, 5m, 1h30m"));
+    }
+    if text.starts_with('-') {
+        return Err(bad("must not be negative"));
+    }
+    let micros = match humantime::parse_duration(text) {
+        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+        Err(_) => match parse_interval_text(text) {
+            Some(us) => us,
+            None => return Err(bad("expected e.g. 30s, 5m, 1h30m, 2d or 00:05:00")),
+        },
+    };
+    if micros > MAX_MICROS {
+        return Err(bad("longer than 100 years"));
+    }
+    Ok(micros)
+}
+
+/// The interval text forms PostgreSQL prints: `[N day[s] ][HH:MM:SS[.ffffff]]`.
+fn parse_interval_text(text: &str) -> Option<i64> {
+    let mut total: i64 = 0;
+    let mut words = text.split_whitespace().peekable();
+    let mut seen = false;
+    while let Some(word) = words.next() {
+        if word.contains(':') {
+            total = total.checked_add(parse_clock(word)?)?;
+            seen = true;
+            continue;
+        }
+        let n: i64 = word.parse().ok()?;
+        let unit = words.next()?;
+        let per = match unit.trim_end_matches('s') {
+            "day" => US_PER_DAY,
+            "hour" => US_PER_HOUR,
+            "min" | "minute" => US_PER_MINUTE,
+            "sec" | "second" => US_PER_SECOND,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(per)?)?;
+        seen = true;
+    }
+    seen.then_some(total)
+}
+
+/// `HH:MM:SS[.ffffff]` or `HH:MM`.
+fn parse_clock(word: &str) -> Option<i64> {
+    let parts: Vec<&str> = word.split(':').collect();
+    let (h, m, s) = match parts.as_slice() {
+        [h, m] => (*h, *m, "0"),
+        [h, m, s] => (*h, *m, *s),
+        _ => return None,
+    };
+    let h: i64 = h.parse().ok()?;
+    let m: i64 = m.parse().ok()?;
+    if !(0..60).contains(&m) {
+        return None;
+    }
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    let whole: i64 = whole.parse().ok()?;
+    if !(0..60).contains(&whole) || frac.len() > 6 || !frac.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let frac_us: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<6}").parse().ok()? };
+    Some(h.checked_mul(US_PER_HOUR)? + m * US_PER_MINUTE + whole * US_PER_SECOND + frac_us)
+}
+
+/// Format microseconds the way [`parse`] reads them back: `1d 2h 3m 4s 500ms`.
+pub fn format(micros: i64) -> String {
+    if micros == 0 {
+        return "0s".to_string();
+    }
+    let sign = if micros < 0 { "-" } else { "" };
+    let mut rest = micros.unsigned_abs();
+    let mut parts = Vec::new();
+    for (per, unit) in [
+        (US_PER_DAY as u64, "d"),
+        (US_PER_HOUR as u64, "h"),
+        (US_PER_MINUTE as u64, "m"),
+        (US_PER_SECOND as u64, "s"),
+        (1_000, "ms"),
+        (1, "us"),
+    ] {
+        if rest >= per {
+            parts.push(format!("{}{unit}", rest / per));
+            rest %= per;
+        }
+    }
+    format!("{sign}{}", parts.join(" "))
+}
+
+/// ISO 8601 form (`PT90.5S`) that PostgreSQL's interval input reads exactly; used to hand
+/// normalized durations from Rust to SQL inside JSON.
+pub fn to_iso8601(micros: i64) -> String {
+    let secs = micros / US_PER_SECOND;
+    let frac = (micros % US_PER_SECOND).abs();
+    if frac == 0 {
+        format!("PT{secs}S")
+    } else {
+        format!("PT{secs}.{frac:06}S")
+    }
+}
+
+fn interval_micros(i: &Interval) -> i64 {
+    i64::try_from(i.as_micros()).unwrap_or(i64::MAX)
+}
+
+// ---- SQL-facing functions: declared in sql/types.sql (sql = false keeps pgrx from declaring
+// them with the wrong types; the storage of conveyor.duration is that of interval).
+
+#[pg_extern(immutable, strict, parallel_safe, sql = false)]
+fn duration_in(input: &CStr) -> Interval {
+    let text = input.to_string_lossy();
+    match parse(&text) {
+        Ok(us) => Interval::from_micros(us),
+        Err(e) => e.raise(),
+    }
+}
+
+#[pg_extern(immutable, strict, parallel_safe, sql = false)]
+fn duration_out(value: Interval) -> CString {
+    let mut text = String::new();
+    if value.months() != 0 {
+        text.push_str(&format!("{}months ", value.months()));
+    }
+    let rest = value.days() as i64 * US_PER_DAY + value.micros();
+    if rest != 0 || text.is_empty() {
+        text.push_str(&format(rest));
+    }
+    CString::new(text.trim_end()).expect("a formatted duration has no NUL byte")
+}
+
+/// Parse text a worker sent (a release delay): NULL instead of an error when it is not a
+/// duration, so the caller can fail the attempt with `configuration_invalid`.
+#[pg_extern(immutable, strict, parallel_safe, sql = false)]
+fn _duration_or_null(input: &str) -> Option<Interval> {
+    parse(input).ok().map(Interval::from_micros)
+}
+
+/// Format an interval as a duration string (for events and views).
+#[pg_extern(immutable, strict, parallel_safe, sql = false)]
+fn _duration_text(value: Interval) -> String {
+    format(interval_micros(&value))
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    const S: i64 = US_PER_SECOND;
+
+    #[test]
+    fn humantime_strings_parse() {
+        for (text, want) in [
+            ("30s", 30 * S),
+            ("1m30s", 90 * S),
+            ("1m 30s", 90 * S),
+            ("2h", 2 * 3600 * S),
+            ("1h30m", 5400 * S),
+            ("500ms", 500_000),
+            ("2days", 2 * 86400 * S),
+            ("1d", 86400 * S),
+            ("0s", 0),
+            ("  5m  ", 300 * S),
+            ("5min", 300 * S),
+            ("10 seconds", 10 * S),
+        ] {
+            assert_eq!(parse(text), Ok(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn interval_text_parses() {
+        for (text, want) in [
+            ("00:00:30", 30 * S),
+            ("00:01:30.5", 90 * S + 500_000),
+            ("1 day 02:00:00", 26 * 3600 * S),
+            ("3 days", 3 * 86400 * S),
+            ("1 day", 86400 * S),
+            ("01:00", 3600 * S),
+            ("2 hours", 7200 * S),
+        ] {
+            assert_eq!(parse(text), Ok(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_durations_are_refused_with_the_value_quoted() {
+        for text in ["5 minits", "", "30", "abc", "-5s", "1:99:00", "200years", "1 fortnight"] {
+            let err = parse(text).expect_err(text);
+            assert!(err.to_string().contains(&format!("\"{text}\"")), "{err}");
+        }
+        assert_eq!(
+            parse("5 minits").unwrap_err().to_string(),
+            "invalid duration \"5 minits\": expected e.g. 30s, 5m, 1h30m, 2d or 00:05:00"
+        );
+        assert!(parse("-5s").unwrap_err().to_string().contains("must not be negative"));
+    }
+
+    #[test]
+    fn format_round_trips() {
+        for us in [0, 1, 999, 1_000, 30 * S, 90 * S, 3600 * S + 1, 86400 * S * 3 + 5 * S + 250_000] {
+            let text = format(us);
+            assert_eq!(parse(&text), Ok(us), "{text}");
+        }
+        assert_eq!(format(90 * S), "1m 30s");
+        assert_eq!(format(26 * 3600 * S), "1d 2h");
+        assert_eq!(format(1_500), "1ms 500us");
+    }
+
+    #[test]
+    fn iso8601_form() {
+        assert_eq!(to_iso8601(90 * S), "PT90S");
+        assert_eq!(to_iso8601(1_500_000), "PT1.500000S");
+    }
+}

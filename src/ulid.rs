@@ -1,0 +1,159 @@
+//! ULIDs: 48 bits of milliseconds since the Unix epoch, then 80 random bits; 16 bytes stored,
+//! shown as 26 characters of Crockford base32.
+//!
+//! The SQL type `conveyor.ulid` has the storage of `uuid` and borrows uuid's comparison, hash
+//! and binary I/O functions (sql/types.sql); only the text I/O and generation live here.
+//! Bytes are big-endian, so byte order is time order and the btree sorts runs by creation.
+
+use crate::error::Error;
+use pgrx::prelude::*;
+use std::cell::Cell;
+use std::ffi::{CStr, CString};
+
+const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+pub fn encode(bytes: [u8; 16]) -> String {
+    let mut value = u128::from_be_bytes(bytes);
+    let mut out = [0u8; 26];
+    for slot in out.iter_mut().rev() {
+        *slot = ALPHABET[(value & 31) as usize];
+        value >>= 5;
+    }
+    String::from_utf8(out.to_vec()).expect("the alphabet is ASCII")
+}
+
+fn decode_char(c: u8) -> Option<u8> {
+    // Crockford: case-insensitive; I and L read as 1, O as 0; U is not used.
+    let c = c.to_ascii_uppercase();
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'O' => Some(0),
+        b'I' | b'L' => Some(1),
+        _ => ALPHABET.iter().position(|&a| a == c).map(|p| p as u8),
+    }
+}
+
+pub fn decode(text: &str) -> Result<[u8; 16], Error> {
+    let bad = || Error::InvalidUlid { input: text.to_string() };
+    let raw = text.as_bytes();
+    if raw.len() != 26 {
+        return Err(bad());
+    }
+    let mut value: u128 = 0;
+    for (i, &c) in raw.iter().enumerate() {
+        let digit = decode_char(c).ok_or_else(bad)? as u128;
+        // the first character carries only 3 bits (26 * 5 = 130 > 128)
+        if i == 0 && digit > 7 {
+            return Err(bad());
+        }
+        value = (value << 5) | digit;
+    }
+    Ok(value.to_be_bytes())
+}
+
+thread_local! {
+    /// The last ULID made by this backend, so ids made in the same millisecond still increase.
+    static LAST: Cell<(u64, u128)> = const { Cell::new((0, 0)) };
+}
+
+const RANDOM_MASK: u128 = (1u128 << 80) - 1;
+
+/// A new ULID, monotonic within this process: in the same millisecond the random part is
+/// incremented, so a batch of runs enqueued together keeps its order.
+pub fn generate(now_ms: u64) -> [u8; 16] {
+    let (last_ms, last_random) = LAST.with(|c| c.get());
+    let random = if now_ms <= last_ms && last_random < RANDOM_MASK {
+        last_random + 1
+    } else {
+        rand::random::<u128>() & RANDOM_MASK
+    };
+    let ms = now_ms.max(last_ms) & ((1u64 << 48) - 1);
+    LAST.with(|c| c.set((ms, random)));
+    (((ms as u128) << 80) | random).to_be_bytes()
+}
+
+pub fn timestamp_ms(bytes: [u8; 16]) -> u64 {
+    (u128::from_be_bytes(bytes) >> 80) as u64
+}
+
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+// ---- SQL-facing functions, declared in sql/types.sql with the type conveyor.ulid
+// (same storage as uuid, hence pgrx's Uuid here).
+
+#[pg_extern(immutable, strict, parallel_safe, sql = false)]
+fn ulid_in(input: &CStr) -> pgrx::Uuid {
+    match decode(&input.to_string_lossy()) {
+        Ok(bytes) => pgrx::Uuid::from_bytes(bytes),
+        Err(e) => e.raise(),
+    }
+}
+
+#[pg_extern(immutable, strict, parallel_safe, sql = false)]
+fn ulid_out(value: pgrx::Uuid) -> CString {
+    CString::new(encode(*value.as_bytes())).expect("base32 has no NUL byte")
+}
+
+#[pg_extern(volatile, parallel_safe, sql = false)]
+fn ulid_generate() -> pgrx::Uuid {
+    pgrx::Uuid::from_bytes(generate(wall_clock_ms()))
+}
+
+/// Text to ULID, or NULL when the text is not one (for batch input parsed from JSON).
+#[pg_extern(immutable, strict, parallel_safe, sql = false)]
+fn _ulid_or_null(input: &str) -> Option<pgrx::Uuid> {
+    decode(input).ok().map(pgrx::Uuid::from_bytes)
+}
+
+#[pg_extern(immutable, strict, parallel_safe, sql = false)]
+fn ulid_timestamp(value: pgrx::Uuid) -> TimestampWithTimeZone {
+    let ms = timestamp_ms(*value.as_bytes()) as f64;
+    pgrx::datetime::to_timestamp(ms / 1000.0)
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_text() {
+        for bytes in [[0u8; 16], [0xff; 16], generate(1_700_000_000_000)] {
+            let text = encode(bytes);
+            assert_eq!(text.len(), 26);
+            assert_eq!(decode(&text), Ok(bytes));
+            assert_eq!(decode(&text.to_lowercase()), Ok(bytes));
+        }
+        assert_eq!(encode([0xff; 16]), "7ZZZZZZZZZZZZZZZZZZZZZZZZZ");
+    }
+
+    #[test]
+    fn known_value_from_the_spec() {
+        // The ULID spec's example: 01ARZ3NDEKTSV4RRFFQ69G5FAV has timestamp 1469922850259.
+        let bytes = decode("01ARZ3NDEKTSV4RRFFQ69G5FAV").unwrap();
+        assert_eq!(timestamp_ms(bytes), 1_469_922_850_259);
+    }
+
+    #[test]
+    fn bad_text_is_refused() {
+        for text in ["", "01ARZ3NDEKTSV4RRFFQ69G5FA", "01ARZ3NDEKTSV4RRFFQ69G5FAVX", "8ZZZZZZZZZZZZZZZZZZZZZZZZZ", "01ARZ3NDEKTSV4RRFFQ69G5FAU"] {
+            assert!(decode(text).is_err(), "{text}");
+        }
+        assert_eq!(decode("nope").unwrap_err().to_string(), "invalid ulid \"nope\"");
+    }
+
+    #[test]
+    fn ids_made_in_one_millisecond_increase() {
+        let a = generate(1_700_000_000_000);
+        let b = generate(1_700_000_000_000);
+        let c = generate(1_699_999_999_999); // the clock stepped back: still increasing
+        assert!(a < b && b < c, "{a:?} {b:?} {c:?}");
+        assert_eq!(timestamp_ms(a), 1_700_000_000_000);
+        let d = generate(1_700_000_000_001);
+        assert!(c < d);
+    }
+}

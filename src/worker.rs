@@ -1,0 +1,96 @@
+//! The background worker: decides WHEN to tick, never HOW.
+//!
+//! One worker per database named by `conveyor.database`, registered only while
+//! shared_preload_libraries is processed. Each loop waits on the latch for
+//! `conveyor.tick_interval`, then runs each tick step (listed by `conveyor.tick_steps()`)
+//! in its own transaction through SPI. `conveyor.tick_step()` catches a failing step's error
+//! and reports it as a WARNING, so an error ends one step, not the worker. It exits cleanly
+//! on SIGTERM; the postmaster restarts it after a crash (restart time 1s); it starts only once
+//! recovery has finished, so a standby has no worker until it is promoted.
+
+use crate::guc;
+use pgrx::bgworkers::*;
+use pgrx::prelude::*;
+use std::time::Duration;
+
+const APPLICATION_NAME: &str = "pg_conveyor tick";
+
+pub fn register() {
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
+    for db in guc::databases() {
+        BackgroundWorkerBuilder::new(&format!("pg_conveyor tick {db}"))
+            .set_type("pg_conveyor")
+            .set_library("pg_conveyor")
+            .set_function("conveyor_worker_main")
+            .set_extra(&db)
+            .enable_spi_access()
+            .set_start_time(BgWorkerStartTime::RecoveryFinished)
+            .set_restart_time(Some(Duration::from_secs(1)))
+            .load();
+    }
+}
+
+fn interval() -> Duration {
+    Duration::from_millis(guc::TICK_INTERVAL_MS.get().max(10) as u64)
+}
+
+/// The tick steps, if the extension is installed in this database (it may be created later).
+fn steps() -> Option<Vec<String>> {
+    BackgroundWorker::transaction(|| {
+        let installed = Spi::get_one::<bool>(
+            "select exists (select from pg_catalog.pg_extension where extname = 'pg_conveyor')",
+        );
+        if installed != Ok(Some(true)) {
+            return None;
+        }
+        Spi::get_one::<Vec<String>>("select conveyor.tick_steps()").ok().flatten()
+    })
+}
+
+/// SIGTERM seen, without consuming the flag `wait_latch` reads.
+fn shutdown_requested() -> bool {
+    unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
+}
+
+fn run_step(step: &str) -> i64 {
+    BackgroundWorker::transaction(|| {
+        Spi::get_one_with_args::<i64>("select conveyor.tick_step($1)", &[step.into()])
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    })
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn conveyor_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let db = BackgroundWorker::get_extra().to_string();
+    BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    BackgroundWorker::transaction(|| {
+        let _ = Spi::run(&format!("set application_name = '{APPLICATION_NAME}'"));
+    });
+    log!("pg_conveyor: tick worker started in database \"{db}\"");
+
+    while BackgroundWorker::wait_latch(Some(interval())) {
+        if BackgroundWorker::sighup_received() {
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        if !guc::WORKER_ENABLED.get() || unsafe { pg_sys::RecoveryInProgress() } {
+            continue;
+        }
+        let Some(steps) = steps() else { continue };
+        for step in steps {
+            if shutdown_requested() {
+                break;
+            }
+            let changed = run_step(&step);
+            if changed > 0 {
+                debug1!("pg_conveyor: tick step {step} changed {changed} rows");
+            }
+        }
+    }
+    log!("pg_conveyor: tick worker in database \"{db}\" stopping");
+}

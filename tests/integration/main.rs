@@ -1,0 +1,5 @@
+//! Integration tests: a real cluster, real connections, several clients at once.
+//! Run by `make test`, which starts the cluster and sets CONVEYOR_TEST_HOST/PORT/DB.
+
+mod common;
+mod lifecycle;
