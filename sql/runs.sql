@@ -132,9 +132,10 @@ begin
             do nothing
         returning id
     )
-    select array_agg(case when i.new_id in (select id from inserted) then i.new_id end order by i.n)
+    select array_agg(ins.id order by i.n)
     into v_ids
-    from input i;
+    from input i
+    left join inserted ins on ins.id = i.new_id;
 
     -- keys that matched a live run: that run's id (a fresh statement sees runs committed since)
     return query
@@ -367,7 +368,7 @@ comment on function conveyor.claim_run is
 -- ending attempts
 
 -- _end_attempts: end the current attempt of each given running run, in one statement. The
--- guard: the run is running and the lease token (worker) or attempt id (tick) still matches;
+-- guard: the run is running and its lease token (worker) or attempt id (tick) still matches;
 -- runs that fail it are left alone and not returned. Per outcome (DESIGN.md, counters table):
 --   succeeded -> succeeded; released -> released (run_at = now + delay); interrupted -> queued;
 --   stopped -> cancelled; failed/timeout/crashed/log_overflow -> retrying while retryable and
@@ -399,7 +400,9 @@ begin
                i.ord, i.outcome as asked, i.error, i.retryable, i.result, i.release_delay, i.reason
         from input i
         join conveyor.runs r on r.id = i.run_id
-        where r.status = 'running'
+        -- a lease token is held exactly while running (runs_lease_iff_running); testing it rather
+        -- than status keeps the planner on the primary key instead of scanning all running runs
+        where r.lease_token is not null
           and (i.lease_token is null or r.lease_token = i.lease_token)
           and (i.attempt_id is null or r.attempt_id = i.attempt_id)
           and (i.lease_token is not null or i.attempt_id is not null)
@@ -614,67 +617,65 @@ security definer
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
 #variable_conflict use_column
-declare
-    v_endings conveyor._ending[];
 begin
     if items is null or jsonb_typeof(items) <> 'array' then
         raise exception using errcode = '22023',
             message = format('finish_runs takes a JSON array of items, got %s', coalesce(jsonb_typeof(items), 'null'));
     end if;
+    if exists (select from jsonb_array_elements(items) e where jsonb_typeof(e) <> 'object') then
+        raise exception using errcode = '22023',
+            message = 'finish_runs items must be JSON objects {run_id, lease_token, outcome, ...}';
+    end if;
 
+    return query
     with item as (
-        select i.n, i.value as raw,
-               conveyor._ulid_or_null(i.value ->> 'run_id') as id,
-               case when (i.value ->> 'lease_token') ~* '^[0-9a-f]{8}-?([0-9a-f]{4}-?){3}[0-9a-f]{12}$'
-                    then (i.value ->> 'lease_token')::uuid end as token,
-               i.value ->> 'outcome' as outcome,
-               conveyor._duration_or_null(i.value ->> 'delay') as delay,
-               i.value -> 'meta' as meta
-        from jsonb_array_elements(items) with ordinality as i(value, n)
-        where jsonb_typeof(i.value) = 'object'
+        select x.n, conveyor._ulid_or_null(x.run_id) as id, conveyor._uuid_or_null(x.lease_token) as token,
+               x.outcome, nullif(x.result, 'null') as result, x.message, nullif(x.meta, 'null') as meta,
+               x.retryable, x.delay, conveyor._duration_or_null(x.delay) as wait, x.reason
+        from rows from (jsonb_to_recordset(items) as (run_id text, lease_token text, outcome text, result jsonb,
+                        message text, meta jsonb, retryable jsonb, delay text, reason text))
+             with ordinality as x(run_id, lease_token, outcome, result, message, meta, retryable, delay, reason, n)
     ),
     checked as (
         select i.*,
                case
                    when i.outcome is null or i.outcome not in ('succeeded', 'failed', 'released', 'returned') then
-                       format('outcome must be succeeded, failed, released or returned, got %s',
-                              coalesce(i.raw -> 'outcome', 'null'))
-                   when i.meta is not null and jsonb_typeof(i.meta) not in ('object', 'null') then
+                       format('outcome must be succeeded, failed, released or returned, got %s', coalesce(i.outcome, 'nothing'))
+                   when i.meta is not null and jsonb_typeof(i.meta) <> 'object' then
                        format('meta must be a JSON object, got %s', jsonb_typeof(i.meta))
-                   when jsonb_typeof(i.raw -> 'retryable') not in ('boolean', 'null') then
-                       format('retryable must be true or false, got %s', i.raw -> 'retryable')
-                   when i.outcome = 'released' and i.delay is null then
-                       format('a release needs a delay such as "30s", got %s', coalesce(i.raw -> 'delay', 'null'))
+                   when i.retryable is not null and jsonb_typeof(i.retryable) not in ('boolean', 'null') then
+                       format('retryable must be true or false, got %s', i.retryable)
+                   when i.outcome = 'released' and i.wait is null then
+                       format('a release needs a delay such as "30s", got %s', coalesce(quote_literal(i.delay), 'nothing'))
                end as problem
         from item i
-        where i.id is not null and i.token is not null
+    ),
+    ended as (
+        select e.run_id, e.status from conveyor._end_attempts(array(
+            select case
+                when c.problem is not null then
+                    row(c.id, c.token, null, 'failed', conveyor._failure('configuration_invalid', c.problem,
+                        jsonb_strip_nulls(jsonb_build_object('outcome', c.outcome, 'message', c.message, 'meta', c.meta,
+                                                             'delay', c.delay, 'retryable', c.retryable))),
+                        false, null, null, null)::conveyor._ending
+                when c.outcome = 'succeeded' then
+                    row(c.id, c.token, null, 'succeeded', null, null, c.result, null, null)::conveyor._ending
+                when c.outcome = 'failed' then
+                    row(c.id, c.token, null, 'failed', conveyor._failure('task_failed', c.message, c.meta),
+                        case when jsonb_typeof(c.retryable) = 'boolean' then (c.retryable)::boolean else true end,
+                        null, null, null)::conveyor._ending
+                when c.outcome = 'released' then
+                    row(c.id, c.token, null, 'released', null, null, null, c.wait,
+                        jsonb_strip_nulls(jsonb_build_object('reason', conveyor._sanitize(c.reason), 'meta', c.meta)))::conveyor._ending
+                else
+                    row(c.id, c.token, null, 'interrupted', null, null, null, null, null)::conveyor._ending
+            end
+            from checked c
+            where c.id is not null and c.token is not null)) e
     )
-    select array_agg(case
-        when c.problem is not null then
-            row(c.id, c.token, null, 'failed', conveyor._failure('configuration_invalid', c.problem, c.raw),
-                false, null, null, null)::conveyor._ending
-        when c.outcome = 'succeeded' then
-            row(c.id, c.token, null, 'succeeded', null, null, nullif(c.raw -> 'result', 'null'::jsonb),
-                null, null)::conveyor._ending
-        when c.outcome = 'failed' then
-            row(c.id, c.token, null, 'failed',
-                conveyor._failure('task_failed', c.raw ->> 'message', nullif(c.meta, 'null'::jsonb)),
-                coalesce((c.raw ->> 'retryable')::boolean, true), null, null, null)::conveyor._ending
-        when c.outcome = 'released' then
-            row(c.id, c.token, null, 'released', null, null, null, c.delay,
-                jsonb_strip_nulls(jsonb_build_object('reason', conveyor._sanitize(c.raw ->> 'reason'),
-                                                     'meta', nullif(c.meta, 'null'::jsonb))))::conveyor._ending
-        else
-            row(c.id, c.token, null, 'interrupted', null, null, null, null, null)::conveyor._ending
-        end order by c.n)
-    into v_endings
-    from checked c;
-
-    return query
     select i.id, e.status
-    from (select conveyor._ulid_or_null(x.value ->> 'run_id') as id, x.n
-          from jsonb_array_elements(items) with ordinality as x(value, n)) i
-    left join conveyor._end_attempts(coalesce(v_endings, '{}')) e on e.run_id = i.id
+    from item i
+    left join ended e on e.run_id = i.id
     order by i.n;
 end
 $$;
@@ -702,7 +703,7 @@ begin
     update conveyor.runs r
     set lease_expires_at = conveyor._now() + least(coalesce(heartbeat.extend::interval, c.lease), c.max_lease)
     from conveyor.task_config c
-    where r.id = heartbeat.run_id and r.lease_token = heartbeat.lease_token and r.status = 'running'
+    where r.id = heartbeat.run_id and r.lease_token = heartbeat.lease_token  -- a token is held only while running
       and c.name = r.task
     returning r.cancel_requested_at is not null into v_cancel;
     if not found then
@@ -734,7 +735,7 @@ begin
     select r.log_size, r.attempt_id, c.log_max_size, c.log_on_full into v_run
     from conveyor.runs r
     join conveyor.task_config c on c.name = r.task
-    where r.id = append_log.run_id and r.lease_token = append_log.lease_token and r.status = 'running'
+    where r.id = append_log.run_id and r.lease_token = append_log.lease_token  -- held only while running
     for no key update of r;
     if not found then
         perform conveyor._raise_stale(append_log.run_id, append_log.lease_token);

@@ -343,149 +343,145 @@ insert into conveyor.transitions (from_status, to_status, event) values
     ('cancelled', 'scheduled', 'run.retried'),
     ('succeeded', 'scheduled', 'run.retried');
 
--- One status change of a run, as the transition trigger hands it to _apply_transitions.
+-- One status change of a run, as the transition triggers hand it to _side_effects.
 create type conveyor._transition as (
     run_id conveyor.ulid,
     from_status conveyor.run_status,
     to_status conveyor.run_status,
     queue text,
-    task text,
-    attempts integer,
-    worker text,
-    error_code text,
-    delay interval
+    task text
 );
 
--- _apply_transitions: check status changes against conveyor.transitions and carry out what
--- every change entails, in the same transaction: one event row each, the delivered counters of
--- bounded queues and capped tasks, wakeups and delivery-outbox rows for runs that became
--- claimable. Raises CV004 for a change that is not allowed, which undoes the whole statement.
-create function conveyor._apply_transitions(changes conveyor._transition[])
+-- _event_data: the detail an event carries (most carry none). Stable like jsonb_build_object,
+-- so the planner inlines it.
+create function conveyor._event_data(event conveyor.event_type, worker text, error_code text, delay interval)
+returns jsonb
+language sql
+stable
+parallel safe
+as $$
+    select case event
+        when 'run.started' then jsonb_build_object('worker', worker)
+        when 'run.retry_scheduled' then jsonb_build_object('code', error_code, 'delay', conveyor._duration_text(delay))
+        when 'run.failed' then jsonb_build_object('code', error_code)
+        when 'run.released' then jsonb_build_object('delay', conveyor._duration_text(delay))
+    end
+$$;
+
+-- _side_effects: what some status changes entail beyond their event, in the same transaction:
+-- the delivered counters of bounded queues and capped tasks (queue rows first, then task rows,
+-- each in name order: the lock order of enqueue and tick, so concurrent batches cannot
+-- deadlock), and for runs that became claimable, a wakeup on their queue's channel and a
+-- delivery-outbox row where the queue asks for one.
+create function conveyor._side_effects(changes conveyor._transition[])
 returns void
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
 declare
     v_now timestamptz := conveyor._now();
-    v_bad_id conveyor.ulid;
-    v_bad_from conveyor.run_status;
-    v_bad_to conveyor.run_status;
-    v_moves_delivered boolean;
-    v_wakes boolean;
 begin
-    with change as (
-        select c.*, t.event
-        from unnest(changes) as c
-        left join conveyor.transitions t
-            on t.from_status is not distinct from c.from_status and t.to_status = c.to_status
-    ),
-    logged as (
-        insert into conveyor.events (run_id, at, type, attempt, data)
-        select c.run_id, v_now, c.event,
-               case when c.event = 'run.started' then c.attempts + 1 else c.attempts end,
-               case c.event
-                   when 'run.started' then jsonb_build_object('worker', c.worker)
-                   when 'run.retry_scheduled' then jsonb_build_object(
-                       'code', c.error_code, 'delay', conveyor._duration_text(c.delay))
-                   when 'run.failed' then jsonb_build_object('code', c.error_code)
-                   when 'run.released' then jsonb_build_object('delay', conveyor._duration_text(c.delay))
-               end
-        from change c
-        where c.event is not null
-    )
-    select b.run_id, b.from_status, b.to_status, f.moves, f.wakes
-    into v_bad_id, v_bad_from, v_bad_to, v_moves_delivered, v_wakes
-    from (
-        select bool_or(coalesce(c.from_status in ('queued', 'running'), false)
-                       <> (c.to_status in ('queued', 'running'))) as moves,
-               bool_or(c.to_status = 'queued') as wakes
-        from change c
-    ) f
-    left join lateral (
-        select c.run_id, c.from_status, c.to_status from change c where c.event is null limit 1
-    ) b on true;
-
-    if v_bad_to is not null then
-        raise exception using
-            errcode = 'CV004',
-            message = format('run %s cannot go from %s to %s',
-                             v_bad_id, coalesce(v_bad_from::text, '(new)'), v_bad_to),
-            hint = 'allowed changes are the rows of conveyor.transitions; change runs through the conveyor functions';
-    end if;
-
-    if v_moves_delivered then
-        -- bounded queues first, then capped tasks, each in name order (the same lock order as
-        -- enqueue and tick), so concurrent batches cannot deadlock on these rows
-        with delta as (
-            select c.queue as name,
-                   sum((c.to_status in ('queued', 'running'))::int
-                       - coalesce((c.from_status in ('queued', 'running'))::int, 0)) as n
-            from unnest(changes) c
-            group by c.queue
-        ),
-        locked as (
-            select q.name from conveyor.queues q
-            where q.name in (select d.name from delta d where d.n <> 0) and q.concurrency is not null
-            order by q.name
-            for no key update
-        )
-        update conveyor.queues q
-        set delivered = q.delivered + d.n
-        from delta d
-        where q.name = d.name and q.name in (select l.name from locked l);
-
-        with delta as (
-            select c.task as name,
-                   sum((c.to_status in ('queued', 'running'))::int
-                       - coalesce((c.from_status in ('queued', 'running'))::int, 0)) as n
-            from unnest(changes) c
-            group by c.task
-        ),
-        locked as (
-            select t.name from conveyor.tasks t
-            where t.name in (select d.name from delta d where d.n <> 0) and t.parallelism is not null
-            order by t.name
-            for no key update
-        )
-        update conveyor.tasks t
-        set active = t.active + d.n
-        from delta d
-        where t.name = d.name and t.name in (select l.name from locked l);
-    end if;
-
-    if v_wakes then
-        -- one notification per queue per statement; PostgreSQL folds repeats within a transaction
-        perform pg_notify('conveyor.' || q.name, '')
-        from conveyor.queues q
-        where q.notify and q.name in (select c.queue from unnest(changes) c where c.to_status = 'queued');
-
-        insert into conveyor.outbox (id, topic, payload, created_at, deliver_at)
-        select conveyor.ulid_generate(), 'conveyor.delivery',
-               jsonb_build_object('run_id', c.run_id::text, 'queue', c.queue, 'task', c.task), v_now, v_now
+    with delta as (
+        select c.queue as name,
+               sum((c.to_status in ('queued', 'running'))::int
+                   - coalesce((c.from_status in ('queued', 'running'))::int, 0)) as n
         from unnest(changes) c
-        join conveyor.queues q on q.name = c.queue
-        where c.to_status = 'queued' and q.delivery_outbox;
-    end if;
+        group by c.queue
+    ),
+    locked as (
+        select q.name from conveyor.queues q
+        where q.name in (select d.name from delta d where d.n <> 0) and q.concurrency is not null
+        order by q.name
+        for no key update
+    )
+    update conveyor.queues q
+    set delivered = q.delivered + d.n
+    from delta d
+    where q.name = d.name and q.name in (select l.name from locked l);
+
+    with delta as (
+        select c.task as name,
+               sum((c.to_status in ('queued', 'running'))::int
+                   - coalesce((c.from_status in ('queued', 'running'))::int, 0)) as n
+        from unnest(changes) c
+        group by c.task
+    ),
+    locked as (
+        select t.name from conveyor.tasks t
+        where t.name in (select d.name from delta d where d.n <> 0) and t.parallelism is not null
+        order by t.name
+        for no key update
+    )
+    update conveyor.tasks t
+    set active = t.active + d.n
+    from delta d
+    where t.name = d.name and t.name in (select l.name from locked l);
+
+    -- one notification per queue per statement; PostgreSQL folds repeats within a transaction
+    perform pg_notify('conveyor.' || q.name, '')
+    from conveyor.queues q
+    where q.notify and q.name in (select c.queue from unnest(changes) c where c.to_status = 'queued');
+
+    insert into conveyor.outbox (id, topic, payload, created_at, deliver_at)
+    select conveyor.ulid_generate(), 'conveyor.delivery',
+           jsonb_build_object('run_id', c.run_id::text, 'queue', c.queue, 'task', c.task), v_now, v_now
+    from unnest(changes) c
+    join conveyor.queues q on q.name = c.queue
+    where c.to_status = 'queued' and q.delivery_outbox;
 end
 $$;
 
--- _runs_inserted / _runs_updated: the statement-level triggers that hand every status change
--- of conveyor.runs, whoever made it, to _apply_transitions. Updates that leave the status alone
--- (heartbeats, counters) add no change.
+-- _needs_side_effects: whether changes (as to/from status, queue, task) include a run becoming
+-- claimable, or one entering or leaving the delivered set (queued, running) of a bounded queue
+-- or capped task. Most claims and finishes need nothing more than their events.
+create function conveyor._needs_side_effects(changes conveyor._transition[])
+returns boolean
+language sql
+stable
+as $$
+    select exists (select from unnest(changes) c where c.to_status = 'queued')
+        or exists (
+            select from unnest(changes) c
+            where coalesce(c.from_status in ('queued', 'running'), false) <> (c.to_status in ('queued', 'running'))
+              and (c.queue in (select q.name from conveyor.queues q where q.concurrency is not null)
+                   or c.task in (select t.name from conveyor.tasks t where t.parallelism is not null)))
+$$;
+
+-- _runs_inserted / _runs_updated: the statement-level triggers that check every status change
+-- of conveyor.runs, whoever made it, against conveyor.transitions, and write one event per
+-- change in the same statement; CV004 for a change that is not allowed undoes the whole
+-- statement. Updates that leave the status alone (heartbeats, counters) change nothing here.
 create function conveyor._runs_inserted()
 returns trigger
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
 declare
+    v_now timestamptz := conveyor._now();
     v_changes conveyor._transition[];
+    v_bad text;
 begin
-    select array_agg(row(n.id, null, n.status, n.queue, n.task, n.attempts, n.worker,
-                         n.error ->> 'code', n.last_delay)::conveyor._transition)
-    into v_changes
-    from new_runs n;
-    if v_changes is not null then
-        perform conveyor._apply_transitions(v_changes);
+    with change as (
+        select n.id, n.status, n.queue, n.task, n.attempts, t.event
+        from new_runs n
+        left join conveyor.transitions t on t.from_status is null and t.to_status = n.status
+    ),
+    logged as (
+        insert into conveyor.events (run_id, at, type, attempt, data)
+        select c.id, v_now, c.event, c.attempts, null
+        from change c
+        where c.event is not null
+    )
+    select array_agg(row(c.id, null, c.status, c.queue, c.task)::conveyor._transition),
+           min(format('run %s cannot go from (new) to %s', c.id, c.status)) filter (where c.event is null)
+    into v_changes, v_bad
+    from change c;
+    if v_bad is not null then
+        raise exception using errcode = 'CV004', message = v_bad,
+            hint = 'runs are inserted as scheduled, queued or skipped (the rows of conveyor.transitions with no from_status)';
+    end if;
+    if conveyor._needs_side_effects(v_changes) then
+        perform conveyor._side_effects(v_changes);
     end if;
     return null;
 end
@@ -497,16 +493,35 @@ language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
 declare
+    v_now timestamptz := conveyor._now();
     v_changes conveyor._transition[];
+    v_bad text;
 begin
-    select array_agg(row(n.id, o.status, n.status, n.queue, n.task, n.attempts, n.worker,
-                         n.error ->> 'code', n.last_delay)::conveyor._transition)
-    into v_changes
-    from old_runs o
-    join new_runs n on n.id = o.id
-    where n.status is distinct from o.status;
-    if v_changes is not null then
-        perform conveyor._apply_transitions(v_changes);
+    with change as (
+        select n.id, o.status as from_status, n.status as to_status, n.queue, n.task, n.attempts, n.worker,
+               n.error ->> 'code' as error_code, n.last_delay, t.event
+        from old_runs o
+        join new_runs n on n.id = o.id
+        left join conveyor.transitions t on t.from_status = o.status and t.to_status = n.status
+        where n.status <> o.status
+    ),
+    logged as (
+        insert into conveyor.events (run_id, at, type, attempt, data)
+        select c.id, v_now, c.event, c.attempts + (c.event = 'run.started')::int,
+               conveyor._event_data(c.event, c.worker, c.error_code, c.last_delay)
+        from change c
+        where c.event is not null
+    )
+    select array_agg(row(c.id, c.from_status, c.to_status, c.queue, c.task)::conveyor._transition),
+           min(format('run %s cannot go from %s to %s', c.id, c.from_status, c.to_status)) filter (where c.event is null)
+    into v_changes, v_bad
+    from change c;
+    if v_bad is not null then
+        raise exception using errcode = 'CV004', message = v_bad,
+            hint = 'allowed changes are the rows of conveyor.transitions; change runs through the conveyor functions';
+    end if;
+    if v_changes is not null and conveyor._needs_side_effects(v_changes) then
+        perform conveyor._side_effects(v_changes);
     end if;
     return null;
 end

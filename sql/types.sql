@@ -115,6 +115,10 @@ comment on function conveyor.ulid_timestamp(conveyor.ulid) is 'the millisecond t
 create function conveyor._ulid_or_null(text) returns conveyor.ulid
     immutable strict parallel safe language c as 'MODULE_PATHNAME', '_ulid_or_null_wrapper';
 
+-- _uuid_or_null: text to uuid, NULL when it is not one (lease tokens from JSON).
+create function conveyor._uuid_or_null(text) returns uuid
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', '_uuid_or_null_wrapper';
+
 -- ---------------------------------------------------------------------------------------------
 -- duration
 

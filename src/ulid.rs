@@ -110,6 +110,23 @@ fn _ulid_or_null(input: &str) -> Option<pgrx::Uuid> {
     decode(input).ok().map(pgrx::Uuid::from_bytes)
 }
 
+/// Text to UUID (32 hex digits, hyphens anywhere), or NULL: lease tokens parsed from JSON.
+pub fn parse_uuid(text: &str) -> Option<[u8; 16]> {
+    let mut out = [0u8; 16];
+    let mut digits = text.bytes().filter(|&b| b != b'-');
+    for byte in out.iter_mut() {
+        let hi = (digits.next()? as char).to_digit(16)?;
+        let lo = (digits.next()? as char).to_digit(16)?;
+        *byte = (hi * 16 + lo) as u8;
+    }
+    digits.next().is_none().then_some(out)
+}
+
+#[pg_extern(immutable, strict, parallel_safe, sql = false)]
+fn _uuid_or_null(input: &str) -> Option<pgrx::Uuid> {
+    parse_uuid(input).map(pgrx::Uuid::from_bytes)
+}
+
 #[pg_extern(immutable, strict, parallel_safe, sql = false)]
 fn ulid_timestamp(value: pgrx::Uuid) -> TimestampWithTimeZone {
     let ms = timestamp_ms(*value.as_bytes()) as f64;
@@ -144,6 +161,16 @@ mod unit {
             assert!(decode(text).is_err(), "{text}");
         }
         assert_eq!(decode("nope").unwrap_err().to_string(), "invalid ulid \"nope\"");
+    }
+
+    #[test]
+    fn uuids_parse_with_or_without_hyphens() {
+        let want = [0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0];
+        assert_eq!(parse_uuid("12345678-9abc-def0-1234-56789abcdef0"), Some(want));
+        assert_eq!(parse_uuid("123456789ABCDEF0123456789ABCDEF0"), Some(want));
+        for bad in ["", "1234", "12345678-9abc-def0-1234-56789abcdef0ff", "g2345678-9abc-def0-1234-56789abcdef0"] {
+            assert_eq!(parse_uuid(bad), None, "{bad}");
+        }
     }
 
     #[test]
