@@ -22,8 +22,9 @@ begin
                        case when r.timeout_at <= p_now
                             then conveyor._failure('timeout', format('attempt %s exceeded its timeout of %s',
                                                    r.attempts + 1, conveyor._duration_text(r.timeout_at - r.started_at)))
-                            else conveyor._failure('crashed', format('lease expired at %s without a heartbeat: worker %s is presumed dead',
-                                                   r.lease_expires_at, coalesce(r.worker, '?')))
+                            else conveyor._failure('crashed', format('no heartbeat before the lease expired at %s: worker %s is presumed dead',
+                                                   to_char(r.lease_expires_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                                                   coalesce(r.worker, '?')))
                        end,
                        true, null, null, null)::conveyor._ending
             from conveyor.runs r
@@ -347,7 +348,7 @@ comment on function conveyor.tick_step is 'run one tick step by name (errors bec
 -- tick: one pass of maintenance, in the caller's transaction; returns what each step did.
 -- Call it by hand, from pg_cron, or from any client where the background worker is not loaded.
 create function conveyor.tick(
-    out expired integer,
+    out crashed integer,
     out timed_out integer,
     out stopped integer,
     out fired integer,
@@ -364,7 +365,7 @@ declare
     v_now timestamptz := conveyor._now();
     v_limit integer := coalesce(current_setting('conveyor.tick_batch', true)::integer, 1000);
 begin
-    select e.crashed, e.timed_out, e.stopped into expired, timed_out, stopped
+    select e.crashed, e.timed_out, e.stopped into crashed, timed_out, stopped
     from conveyor._expire_leases(v_now, v_limit) e;
     fired := conveyor._fire_schedules(v_now, v_limit);
     restarted := conveyor._restart_services(v_now, v_limit);

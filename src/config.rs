@@ -94,7 +94,11 @@ struct Checker<'a> {
 
 impl<'a> Checker<'a> {
     fn problem(&mut self, option: &str, msg: impl std::fmt::Display) {
-        self.problems.push(format!("{} \"{}\": option \"{option}\": {msg}", self.kind.label(), self.entry));
+        let entry = match self.kind {
+            Kind::Defaults => "defaults".to_string(),
+            kind => format!("{} \"{}\"", kind.label(), self.entry),
+        };
+        self.problems.push(format!("{entry}: option \"{option}\": {msg}"));
     }
 
     fn get(&self, option: &str) -> Option<&'a Value> {

@@ -40,8 +40,14 @@ pub fn parse(input: &str) -> Result<i64, Error> {
     Ok(micros)
 }
 
-/// The interval text forms PostgreSQL prints: `[N day[s] ][HH:MM:SS[.ffffff]]`.
+/// The interval text forms PostgreSQL prints, whatever the session's IntervalStyle:
+/// `[N day[s] ][HH:MM:SS[.ffffff]]` (postgres), `@ 1 min 30 secs` (postgres_verbose) and
+/// `P1DT2H3M4.5S` (iso_8601).
 fn parse_interval_text(text: &str) -> Option<i64> {
+    if let Some(iso) = text.strip_prefix('P') {
+        return parse_iso8601(iso);
+    }
+    let text = text.strip_prefix('@').unwrap_or(text);
     let mut total: i64 = 0;
     let mut words = text.split_whitespace().peekable();
     let mut seen = false;
@@ -64,6 +70,35 @@ fn parse_interval_text(text: &str) -> Option<i64> {
         seen = true;
     }
     seen.then_some(total)
+}
+
+/// The part of an ISO 8601 duration after `P`: `[nD][T[nH][nM][n[.f]S]]` (no years or months).
+fn parse_iso8601(rest: &str) -> Option<i64> {
+    let mut total: i64 = 0;
+    let mut in_time = false;
+    let mut number = String::new();
+    let mut seen = false;
+    for c in rest.chars() {
+        match c {
+            'T' if !in_time && number.is_empty() => in_time = true,
+            '0'..='9' | '.' => number.push(c),
+            unit => {
+                let per = match (unit, in_time) {
+                    ('D', false) => US_PER_DAY,
+                    ('W', false) => 7 * US_PER_DAY,
+                    ('H', true) => US_PER_HOUR,
+                    ('M', true) => US_PER_MINUTE,
+                    ('S', true) => US_PER_SECOND,
+                    _ => return None,
+                };
+                let value: f64 = number.parse().ok()?;
+                total = total.checked_add((value * per as f64).round() as i64)?;
+                number.clear();
+                seen = true;
+            }
+        }
+    }
+    (seen && number.is_empty()).then_some(total)
 }
 
 /// `HH:MM:SS[.ffffff]` or `HH:MM`.
@@ -202,6 +237,11 @@ mod unit {
             ("1 day", 86400 * S),
             ("01:00", 3600 * S),
             ("2 hours", 7200 * S),
+            ("@ 1 min 30 secs", 90 * S),
+            ("@ 2 days 3 hours", (2 * 24 + 3) * 3600 * S),
+            ("PT90S", 90 * S),
+            ("PT1.500000S", 1_500_000),
+            ("P1DT2H", 26 * 3600 * S),
         ] {
             assert_eq!(parse(text), Ok(want), "{text}");
         }
@@ -209,7 +249,7 @@ mod unit {
 
     #[test]
     fn bad_durations_are_refused_with_the_value_quoted() {
-        for text in ["5 minits", "", "30", "abc", "-5s", "1:99:00", "200years", "1 fortnight"] {
+        for text in ["5 minits", "", "30", "abc", "-5s", "1:99:00", "200years", "1 fortnight", "P1Y", "PT", "@ 3 mins ago"] {
             let err = parse(text).expect_err(text);
             assert!(err.to_string().contains(&format!("\"{text}\"")), "{err}");
         }
