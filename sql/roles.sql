@@ -76,5 +76,6 @@ grant execute on function
     conveyor.retry_run(conveyor.ulid),
     conveyor.retry_runs(text, text, conveyor.run_status, timestamptz, integer),
     conveyor.tick(), conveyor.tick_step(text),
+    conveyor.start_service(text), conveyor.stop_service(text),
     conveyor.outbox_claim(text, text[], integer, conveyor.duration), conveyor.outbox_ack(conveyor.ulid[], uuid)
 to conveyor_admin;

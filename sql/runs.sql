@@ -455,7 +455,6 @@ begin
             error = coalesce(t.failure, r.error),
             result = case when t.new_status = 'succeeded' then t.result else r.result end,
             finished_at = case when t.new_status in ('succeeded', 'failed', 'cancelled') then v_now end,
-            cancel_requested_at = null,
             lease_token = null,
             lease_expires_at = null,
             timeout_at = null

@@ -202,7 +202,9 @@ create table conveyor.runs (
     constraint runs_attempt_while_running check (status <> 'running' or attempt_id is not null),
     constraint runs_counters_not_negative
         check (attempts >= 0 and failures >= 0 and retries >= 0 and releases >= 0 and failure_base <= failures),
-    constraint runs_cancel_request_only_while_running check (cancel_requested_at is null or status = 'running')
+    -- a cancel request is made while running and stays on record once the run ends
+    constraint runs_cancel_request_while_running
+        check (cancel_requested_at is null or status in ('running', 'succeeded', 'cancelled'))
 ) with (
     -- a queue churns: vacuum early and without sleeping so dead versions are reused, not piled up
     autovacuum_vacuum_scale_factor = 0.02,

@@ -194,7 +194,8 @@ $$;
 -- _restart_services: keep each enabled service's replicas alive. A replica with no live run
 -- gets one: at once the first time, else after restart_delay with restart_backoff over its
 -- consecutive quick restarts (a run that stayed up 60s resets the count). A replica whose last
--- run was cancelled (a manual stop) stays down. Replicas above `replicas` get a cancel request.
+-- run was stopped by hand (cancelled, or asked to cancel and then completed) stays down until
+-- start_service. Replicas above `replicas` get a cancel request.
 create function conveyor._restart_services(p_now timestamptz, p_limit integer)
 returns integer
 language plpgsql
@@ -226,7 +227,7 @@ begin
             where r.task = v_service.name and r.replica = v_replica
             order by r.id desc
             limit 1;
-            continue when found and v_last.status = 'cancelled';
+            continue when found and (v_last.status = 'cancelled' or v_last.cancel_requested_at is not null);
             v_restarts := case
                 when v_last.id is null then 0
                 when v_last.finished_at - coalesce(v_last.started_at, v_last.finished_at) >= interval '60 seconds' then 0
@@ -258,6 +259,66 @@ begin
     return v_count;
 end
 $$;
+
+-- start_service: start every replica of a service that has no live run now, including ones
+-- stopped by hand. Returns how many were started.
+create function conveyor.start_service(name text)
+returns integer
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+#variable_conflict use_column
+declare
+    v_now timestamptz := conveyor._now();
+    v_service conveyor.task_config;
+    v_count integer;
+begin
+    select * into v_service from conveyor.task_config c where c.name = start_service.name and c.kind = 'service';
+    if not found then
+        raise exception using errcode = 'CV003', message = format('unknown service "%s"', start_service.name);
+    end if;
+    insert into conveyor.runs (id, task, queue, status, priority, run_at, payload, created_at, task_version, replica)
+    select conveyor.ulid_generate(), v_service.name, v_service.queue, 'scheduled', v_service.priority, v_now,
+           v_service.payload, v_now, v_service.version, n
+    from generate_series(1, v_service.replicas) n
+    on conflict do nothing;
+    get diagnostics v_count = row_count;
+    return v_count;
+end
+$$;
+comment on function conveyor.start_service is 'start the replicas of a service that are not running (also ones stopped by hand)';
+
+-- stop_service: stop every replica of a service by hand (cancel_run on each live run); tick
+-- does not restart them until start_service. Returns how many were asked to stop.
+create function conveyor.stop_service(name text)
+returns integer
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+#variable_conflict use_column
+declare
+    v_run conveyor.runs;
+    v_count integer := 0;
+begin
+    if not exists (select from conveyor.tasks t where t.name = stop_service.name and t.kind = 'service') then
+        raise exception using errcode = 'CV003', message = format('unknown service "%s"', stop_service.name);
+    end if;
+    for v_run in
+        select * from conveyor.runs r
+        where r.task = stop_service.name and r.replica is not null
+          and r.status not in ('succeeded', 'failed', 'cancelled', 'skipped')
+        order by r.replica
+        for no key update
+    loop
+        perform conveyor._cancel(v_run);
+        v_count := v_count + 1;
+    end loop;
+    return v_count;
+end
+$$;
+comment on function conveyor.stop_service is 'stop every replica of a service by hand: tick does not restart them until start_service';
 
 -- _prune: delete finished runs older than the retention (conveyor.defaults), with their
 -- attempts, logs and events, oldest first, at most p_limit runs; and outbox rows published
