@@ -4,9 +4,10 @@
 //! shared_preload_libraries is processed. Each loop waits on the latch for
 //! `conveyor.tick_interval`, then runs each tick step (listed by `conveyor.tick_steps()`)
 //! in its own transaction through SPI. `conveyor.tick_step()` catches a failing step's error
-//! and reports it as a WARNING, so an error ends one step, not the worker. It exits cleanly
-//! on SIGTERM; the postmaster restarts it after a crash (restart time 1s); it starts only once
-//! recovery has finished, so a standby has no worker until it is promoted.
+//! and reports it as a WARNING, so an error ends one step, not the worker. It exits on
+//! SIGTERM between steps; the postmaster restarts it 1s after it crashed or was terminated
+//! (but not during shutdown); it starts only once recovery has finished, so a standby has no
+//! worker until it is promoted.
 
 use crate::guc;
 use pgrx::bgworkers::*;
@@ -93,4 +94,7 @@ pub extern "C-unwind" fn conveyor_worker_main(_arg: pg_sys::Datum) {
         }
     }
     log!("pg_conveyor: tick worker in database \"{db}\" stopping");
+    // exit 1, not 0: the postmaster restarts a worker that was terminated by hand (after the
+    // restart time) and, during shutdown, restarts nothing anyway
+    unsafe { pg_sys::proc_exit(1) };
 }

@@ -37,3 +37,91 @@ pub fn fresh_db(prefix: &str) -> (String, Client) {
     client.batch_execute("create extension pg_conveyor").unwrap();
     (name, client)
 }
+
+/// The repository root (scripts/ live there).
+pub fn repo() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+static NEXT_PORT: AtomicUsize = AtomicUsize::new(0);
+
+/// A cluster of its own, for tests that restart or stop the server: created with
+/// scripts/cluster.sh (run as the postgres user), stopped and removed when dropped.
+pub struct Cluster {
+    pub dir: String,
+    pub port: u16,
+}
+
+impl Cluster {
+    pub fn start(name: &str, conf: &[&str]) -> Cluster {
+        let port = 54400 + NEXT_PORT.fetch_add(1, Ordering::SeqCst) as u16;
+        let dir = format!("/tmp/pgc-{name}-{port}");
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut args = vec!["start".to_string(), dir.clone(), port.to_string()];
+        args.extend(conf.iter().map(|s| s.to_string()));
+        Cluster::script(&args);
+        Cluster { dir, port }
+    }
+
+    fn script(args: &[String]) {
+        let status = std::process::Command::new(repo().join("scripts/cluster.sh"))
+            .args(args)
+            .status()
+            .expect("run scripts/cluster.sh");
+        assert!(status.success(), "scripts/cluster.sh {args:?} failed");
+    }
+
+    pub fn config(&self, db: &str) -> String {
+        format!("host={} port={} user=postgres dbname={db}", self.dir, self.port)
+    }
+
+    pub fn connect(&self, db: &str) -> Client {
+        Client::connect(&self.config(db), NoTls).unwrap_or_else(|e| panic!("connect to {db} on {}: {e}", self.dir))
+    }
+
+    /// pg_ctl as the cluster's owner, e.g. `["restart", "-m", "fast"]`.
+    pub fn pg_ctl(&self, args: &[&str]) -> std::process::Output {
+        let bin = String::from_utf8(std::process::Command::new("/usr/bin/pg_config").arg("--bindir").output().unwrap().stdout)
+            .unwrap();
+        let pg_ctl = format!("{}/pg_ctl", bin.trim());
+        let data = format!("{}/data", self.dir);
+        let log = format!("{}/server.log", self.dir);
+        let mut cmd = if unsafe { libc_geteuid() } == 0 {
+            let mut c = std::process::Command::new("sudo");
+            c.args(["-u", "postgres", &pg_ctl]);
+            c
+        } else {
+            std::process::Command::new(&pg_ctl)
+        };
+        cmd.current_dir("/tmp").args(["-D", &data, "-l", &log, "-w", "-t", "60"]).args(args);
+        cmd.output().expect("run pg_ctl")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(format!("{}/server.log", self.dir)).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        Cluster::script(&["stop".to_string(), self.dir.clone()]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Poll `f` every 20ms until it returns Some, for at most `secs` seconds.
+pub fn wait_for<T>(secs: f64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed().as_secs_f64() < secs, "timed out after {secs}s waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
