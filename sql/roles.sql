@@ -60,8 +60,10 @@ to conveyor_worker;
 
 grant select on
     conveyor.runs, conveyor.attempts, conveyor.attempt_logs, conveyor.events, conveyor.tasks,
-    conveyor.queues, conveyor.transitions, conveyor.defaults, conveyor.task_config, conveyor.outbox
+    conveyor.queues, conveyor.transitions, conveyor.defaults, conveyor.task_config, conveyor.outbox,
+    conveyor.queue_stats, conveyor.task_stats, conveyor.recent_failures, conveyor.throughput, conveyor.run_history
 to conveyor_reader;
+grant execute on function conveyor.metrics() to conveyor_reader;
 grant select on all tables in schema conveyor to conveyor_admin;
 
 grant execute on function

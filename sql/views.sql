@@ -1,4 +1,117 @@
--- views.sql: what dashboards read.
+-- views.sql: what dashboards read. Every view is plain SQL over the run, attempt and event
+-- tables; "recent" windows are measured from conveyor._now(). Retry pressure (failures that
+-- were retried) is reported apart from releases (business waiting), never summed with them.
+
+-- queue_stats: per queue, runs by status now, the lag of the oldest claimable run, and what
+-- finished, retried and released in the last 5 minutes.
+create view conveyor.queue_stats as
+with now as (select conveyor._now() as t),
+counts as (
+    select r.queue,
+           count(*) filter (where r.status = 'scheduled') as scheduled,
+           count(*) filter (where r.status = 'queued') as queued,
+           count(*) filter (where r.status = 'running') as running,
+           count(*) filter (where r.status = 'retrying') as retrying,
+           count(*) filter (where r.status = 'released') as released,
+           count(*) filter (where r.status = 'succeeded') as succeeded,
+           count(*) filter (where r.status = 'failed') as failed,
+           count(*) filter (where r.status = 'cancelled') as cancelled,
+           count(*) filter (where r.status = 'skipped') as skipped,
+           min(r.run_at) filter (where r.status = 'queued') as oldest_queued
+    from conveyor.runs r
+    group by r.queue
+),
+recent as (
+    select a.queue,
+           count(*) filter (where a.outcome = 'succeeded') as succeeded_5m,
+           count(*) filter (where a.outcome in ('failed', 'timeout', 'crashed', 'log_overflow')) as failures_5m,
+           count(*) filter (where a.outcome in ('failed', 'timeout', 'crashed', 'log_overflow') and a.delay is not null) as retries_5m,
+           count(*) filter (where a.outcome = 'released') as releases_5m
+    from conveyor.attempts a, now
+    where a.finished_at > now.t - interval '5 minutes'
+    group by a.queue
+)
+select q.name as queue, q.paused, q.concurrency,
+       coalesce(c.scheduled, 0) as scheduled, coalesce(c.queued, 0) as queued, coalesce(c.running, 0) as running,
+       coalesce(c.retrying, 0) as retrying, coalesce(c.released, 0) as released,
+       coalesce(c.succeeded, 0) as succeeded, coalesce(c.failed, 0) as failed,
+       coalesce(c.cancelled, 0) as cancelled, coalesce(c.skipped, 0) as skipped,
+       coalesce(extract(epoch from now.t - c.oldest_queued), 0)::numeric(12, 3) as lag_seconds,
+       coalesce(r.succeeded_5m, 0) as succeeded_5m,
+       (coalesce(r.succeeded_5m, 0) / 300.0)::numeric(12, 3) as throughput_per_s_5m,
+       coalesce(r.failures_5m, 0) as failures_5m,
+       coalesce(r.retries_5m, 0) as retries_5m,
+       coalesce(r.releases_5m, 0) as releases_5m
+from conveyor.queues q
+cross join now
+left join counts c on c.queue = q.name
+left join recent r on r.queue = q.name;
+comment on view conveyor.queue_stats is
+    'per queue: runs by status, lag of the oldest claimable run, and the last 5 minutes: succeeded, throughput, failures, retries (failure pressure) and releases (waiting)';
+
+-- task_stats: per task, runs by status now, cumulative retry and release counters of the runs
+-- kept, and the attempts of the last hour (mean duration of successful ones).
+create view conveyor.task_stats as
+with now as (select conveyor._now() as t),
+counts as (
+    select r.task,
+           count(*) filter (where r.status in ('scheduled', 'queued', 'retrying', 'released')) as waiting,
+           count(*) filter (where r.status = 'running') as running,
+           count(*) filter (where r.status = 'succeeded') as succeeded,
+           count(*) filter (where r.status = 'failed') as failed,
+           count(*) filter (where r.status = 'cancelled') as cancelled,
+           sum(r.retries) as retries,
+           sum(r.releases) as releases
+    from conveyor.runs r
+    group by r.task
+),
+recent as (
+    select a.task,
+           count(*) as attempts_1h,
+           count(*) filter (where a.outcome in ('failed', 'timeout', 'crashed', 'log_overflow')) as failures_1h,
+           avg(extract(epoch from a.finished_at - a.started_at)) filter (where a.outcome = 'succeeded') as mean_seconds
+    from conveyor.attempts a, now
+    where a.finished_at > now.t - interval '1 hour'
+    group by a.task
+)
+select t.name as task, t.kind, t.queue, t.enabled, t.version,
+       coalesce(c.waiting, 0) as waiting, coalesce(c.running, 0) as running,
+       coalesce(c.succeeded, 0) as succeeded, coalesce(c.failed, 0) as failed, coalesce(c.cancelled, 0) as cancelled,
+       coalesce(c.retries, 0) as retries, coalesce(c.releases, 0) as releases,
+       coalesce(r.attempts_1h, 0) as attempts_1h, coalesce(r.failures_1h, 0) as failures_1h,
+       r.mean_seconds::numeric(12, 3) as mean_seconds_1h
+from conveyor.tasks t
+left join counts c on c.task = t.name
+left join recent r on r.task = t.name;
+comment on view conveyor.task_stats is
+    'per task: runs by status, retries and releases of the runs kept, and the last hour of attempts';
+
+-- recent_failures: failed attempts of the last 24 hours, newest first, with their error.
+create view conveyor.recent_failures as
+select a.finished_at, a.run_id, a.task, a.queue, a.attempt, a.outcome,
+       a.error ->> 'code' as code, a.error ->> 'message' as message, a.error -> 'meta' as meta,
+       a.worker, r.status as run_status, a.delay as retry_in
+from conveyor.attempts a
+left join conveyor.runs r on r.id = a.run_id
+where a.outcome in ('failed', 'timeout', 'crashed', 'log_overflow', 'stopped')
+  and a.finished_at > conveyor._now() - interval '24 hours'
+order by a.finished_at desc;
+comment on view conveyor.recent_failures is 'failed, timed-out, crashed and stopped attempts of the last 24 hours, newest first';
+
+-- throughput: per queue and minute, the last hour: attempts succeeded, failed (retried or
+-- not) and released, for charts.
+create view conveyor.throughput as
+select a.queue,
+       date_trunc('minute', a.finished_at) as minute,
+       count(*) filter (where a.outcome = 'succeeded') as succeeded,
+       count(*) filter (where a.outcome in ('failed', 'timeout', 'crashed', 'log_overflow') and a.delay is not null) as retried,
+       count(*) filter (where a.outcome in ('failed', 'timeout', 'crashed', 'log_overflow') and a.delay is null) as failed,
+       count(*) filter (where a.outcome = 'released') as released
+from conveyor.attempts a
+where a.finished_at > conveyor._now() - interval '1 hour'
+group by a.queue, date_trunc('minute', a.finished_at)
+order by minute, a.queue;
+comment on view conveyor.throughput is 'per queue and minute of the last hour: attempts succeeded, retried, failed and released';
 
 -- run_history: a run's attempts and events in time order, one row each (its timeline).
 create view conveyor.run_history as
@@ -11,3 +124,54 @@ select a.run_id, a.finished_at, 'attempt', a.outcome::text, a.attempt,
                                             'delay', conveyor._duration_text(a.delay)))
 from conveyor.attempts a;
 comment on view conveyor.run_history is 'each run''s events and ended attempts (filter by run_id, order by at)';
+
+-- _metric_label: a Prometheus label value, escaped.
+create function conveyor._metric_label(value text)
+returns text
+language sql
+immutable
+as $$ select '"' || replace(replace(replace(value, '\', '\\'), '"', '\"'), E'\n', '\n') || '"' $$;
+
+-- metrics: the figures of queue_stats in Prometheus text exposition format.
+create function conveyor.metrics()
+returns text
+language sql
+stable
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+    with s as (select * from conveyor.queue_stats),
+    lines as (
+        select 1 as part, '# HELP conveyor_runs Runs by queue and status.' || E'\n' || '# TYPE conveyor_runs gauge' as line, '' as k
+        union all
+        select 2, format('conveyor_runs{queue=%s,status=%s} %s', conveyor._metric_label(s.queue),
+                         conveyor._metric_label(st.status), st.n), s.queue || st.status
+        from s cross join lateral (values
+            ('scheduled', s.scheduled), ('queued', s.queued), ('running', s.running), ('retrying', s.retrying),
+            ('released', s.released), ('succeeded', s.succeeded), ('failed', s.failed),
+            ('cancelled', s.cancelled), ('skipped', s.skipped)) as st(status, n)
+        union all
+        select 3, '# HELP conveyor_queue_lag_seconds Age of the oldest claimable run.' || E'\n' ||
+                  '# TYPE conveyor_queue_lag_seconds gauge', ''
+        union all
+        select 4, format('conveyor_queue_lag_seconds{queue=%s} %s', conveyor._metric_label(s.queue), s.lag_seconds), s.queue
+        from s
+        union all
+        select 5, '# HELP conveyor_attempts_5m Attempts ended in the last 5 minutes, by kind.' || E'\n' ||
+                  '# TYPE conveyor_attempts_5m gauge', ''
+        union all
+        select 6, format('conveyor_attempts_5m{queue=%s,kind=%s} %s', conveyor._metric_label(s.queue),
+                         conveyor._metric_label(k.kind), k.n), s.queue || k.kind
+        from s cross join lateral (values
+            ('succeeded', s.succeeded_5m), ('failed', s.failures_5m), ('retried', s.retries_5m),
+            ('released', s.releases_5m)) as k(kind, n)
+        union all
+        select 7, '# HELP conveyor_queue_paused Whether the queue is paused.' || E'\n' ||
+                  '# TYPE conveyor_queue_paused gauge', ''
+        union all
+        select 8, format('conveyor_queue_paused{queue=%s} %s', conveyor._metric_label(s.queue), s.paused::int), s.queue
+        from s
+    )
+    select string_agg(line, E'\n' order by part, k) || E'\n' from lines
+$$;
+comment on function conveyor.metrics() is 'queue figures in Prometheus text exposition format (serve it from any HTTP endpoint)';
