@@ -100,6 +100,8 @@ create operator class conveyor.ulid_hash_ops default for type conveyor.ulid usin
 
 create cast (conveyor.ulid as uuid) without function as assignment;
 create cast (uuid as conveyor.ulid) without function as assignment;
+-- clients that send ids as text parameters (most drivers) need no cast
+create cast (text as conveyor.ulid) with inout as implicit;
 
 -- ulid_generate: a new ULID, increasing within a backend even inside one millisecond.
 create function conveyor.ulid_generate() returns conveyor.ulid
@@ -145,6 +147,8 @@ comment on type conveyor.duration is
 
 create cast (conveyor.duration as interval) without function as implicit;
 create cast (interval as conveyor.duration) without function as implicit;
+-- clients that send durations as text parameters (most drivers) need no cast
+create cast (text as conveyor.duration) with inout as implicit;
 
 -- _duration_or_null: text to interval, NULL when it is not a duration (worker input).
 create function conveyor._duration_or_null(text) returns interval

@@ -65,12 +65,14 @@ pub fn delay(curve: &Curve, base: i64, max_delay: Option<i64>, n: u32) -> i64 {
     }
 }
 
-/// Apply jitter to a delay; `unit` is a uniform random number in [0, 1).
+/// Apply jitter to a delay; `unit` is a uniform random number in [0, 1). A jittered delay is
+/// rounded down to whole milliseconds (microseconds of noise help nobody reading it).
 pub fn jitter(d: i64, kind: Jitter, unit: f64) -> i64 {
+    let ms = |us: i64| us - us % 1000;
     match kind {
         Jitter::None => d,
-        Jitter::Full => (d as f64 * unit) as i64,
-        Jitter::Equal => d / 2 + ((d / 2) as f64 * unit) as i64,
+        Jitter::Full => ms((d as f64 * unit) as i64),
+        Jitter::Equal => ms(d / 2 + ((d / 2) as f64 * unit) as i64).max(d / 2),
     }
 }
 
@@ -146,7 +148,8 @@ mod unit {
         assert_eq!(jitter(d, Jitter::Full, 0.0), 0);
         assert_eq!(jitter(d, Jitter::Full, 0.5), 50 * S);
         assert_eq!(jitter(d, Jitter::Equal, 0.0), 50 * S);
-        assert_eq!(jitter(d, Jitter::Equal, 0.999_999), 50 * S + 49_999_950);
+        assert_eq!(jitter(d, Jitter::Equal, 0.999_999), 50 * S + 49_999_000);
+        assert_eq!(jitter(1_500_000, Jitter::Full, 0.123_456_7) % 1000, 0, "whole milliseconds");
         for i in 0..100 {
             let u = i as f64 / 100.0;
             assert!((0..d).contains(&jitter(d, Jitter::Full, u)));
