@@ -19,6 +19,7 @@ fi
 
 echo "demo: building and installing the extension"
 scripts/cluster.sh stop "$DIR"
+scripts/unlink-installed.sh
 cargo pgrx install --pg-config /usr/bin/pg_config >/dev/null
 scripts/cluster.sh start "$DIR" "$PORT" "conveyor.database = 'conveyor_demo'" "conveyor.tick_interval = '250ms'"
 

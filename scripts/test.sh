@@ -18,10 +18,12 @@ step() { printf '\n=== %s\n' "$*"; }
 
 step "unit and in-database (#[pg_test]) tests"
 if [ "$(id -u)" = 0 ]; then install -d -o postgres /tmp/pgc-test; fi
+scripts/unlink-installed.sh
 cargo pgrx test pg15 --runas postgres --pgdata /tmp/pgc-test
 
 step "install the extension into the system PostgreSQL"
 scripts/cluster.sh stop "$IT_DIR"
+scripts/unlink-installed.sh
 cargo pgrx install --pg-config /usr/bin/pg_config >/dev/null
 
 step "start a fresh cluster with the worker preloaded ($IT_DIR, port $IT_PORT)"
