@@ -4,3 +4,7 @@
 mod common;
 mod lifecycle;
 mod maintenance;
+mod faults;
+mod model;
+mod bad_input;
+mod security;
