@@ -6,6 +6,7 @@ create function conveyor._raise_config(problems text[])
 returns void
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 begin
     raise exception using
@@ -24,6 +25,7 @@ create function conveyor._checked(kind text, name text, options jsonb)
 returns jsonb
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_result jsonb := conveyor._check_options(kind, name, options);
@@ -41,6 +43,7 @@ create function conveyor._check_effective()
 returns void
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_problems text[];
@@ -62,6 +65,7 @@ create function conveyor._ensure_queue(name text)
 returns void
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_problem text;
@@ -84,6 +88,7 @@ create function conveyor._define(p_kind text, p_name text, p_options jsonb)
 returns integer
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     o jsonb := conveyor._checked(p_kind, p_name, p_options);
@@ -197,6 +202,7 @@ returns integer
 language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 begin
     return conveyor._define('task', name, coalesce(options, '{}') || jsonb_strip_nulls(jsonb_build_object(
@@ -225,6 +231,7 @@ returns integer
 language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 begin
     return conveyor._define('service', name, coalesce(options, '{}') || jsonb_strip_nulls(jsonb_build_object(
@@ -242,6 +249,7 @@ create function conveyor._set_enabled(p_name text, p_enabled boolean)
 returns void
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 begin
     update conveyor.tasks t
@@ -277,6 +285,7 @@ create function conveyor._set_queue(p_name text, p_options jsonb)
 returns void
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     o jsonb := conveyor._checked('queue', p_name, p_options);
@@ -321,6 +330,7 @@ returns void
 language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 begin
     update conveyor.queues q set paused = true where q.name = pause_queue.name;
@@ -336,6 +346,7 @@ returns void
 language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 begin
     update conveyor.queues q set paused = false where q.name = resume_queue.name;
@@ -351,6 +362,7 @@ create function conveyor._set_defaults(p_options jsonb)
 returns void
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     o jsonb := conveyor._checked('defaults', '', p_options);
@@ -406,6 +418,7 @@ returns jsonb
 language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_problems text[] := '{}';

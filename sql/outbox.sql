@@ -9,6 +9,7 @@ returns conveyor.ulid
 language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 declare
@@ -37,6 +38,7 @@ create function conveyor._flush_outbox(p_now timestamptz, p_limit integer)
 returns integer
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_count integer;
@@ -76,6 +78,7 @@ returns table (id conveyor.ulid, topic text, payload jsonb, deliver_at timestamp
 language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 declare
@@ -116,6 +119,7 @@ returns integer
 language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 declare

@@ -5,12 +5,14 @@
 
 -- _sanitize: worker text made safe to store and show: control characters stripped (tab and
 -- newline kept), at most 4000 characters.
+-- (No SET clause on these two: they are inlined into the calling statement, which runs under
+-- the caller's fixed search_path; a SET clause would make PostgreSQL parse and plan them anew on
+-- every call.)
 create function conveyor._sanitize(message text)
 returns text
 language sql
 immutable
 parallel safe
-set search_path = pg_catalog, conveyor, pg_temp
 as $$
     select left(regexp_replace(message, E'[\\x01-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]', '', 'g'), 4000)
 $$;
@@ -19,9 +21,8 @@ $$;
 create function conveyor._failure(code text, message text, meta jsonb default null)
 returns jsonb
 language sql
-immutable
+stable
 parallel safe
-set search_path = pg_catalog, conveyor, pg_temp
 as $$
     select jsonb_build_object('code', code, 'message', coalesce(conveyor._sanitize(message), ''),
                               'meta', coalesce(meta, '{}'::jsonb))
@@ -33,6 +34,7 @@ create function conveyor._free_capacity(p_queue text, p_task text, p_want intege
 returns integer
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_queue_free integer;
@@ -63,6 +65,7 @@ create function conveyor._enqueue(
 returns table (ord integer, id conveyor.ulid)
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 declare
@@ -170,6 +173,7 @@ returns conveyor.ulid
 language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 begin
     return (select e.id from conveyor._enqueue(task, array[payload], run_at, delay, priority, queue,
@@ -195,6 +199,7 @@ returns setof conveyor.ulid
 language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 begin
     return query
@@ -252,6 +257,7 @@ returns setof conveyor.claimed_run
 language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 declare
@@ -357,10 +363,15 @@ create function conveyor.claim_run(
     tasks text[] default null
 )
 returns setof conveyor.claimed_run
-language sql
+language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
-as $$ select * from conveyor.claim_runs(queues, worker, 1, lease, tasks) $$;
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    return query select * from conveyor.claim_runs(queues, worker, 1, lease, tasks);
+end
+$$;
 comment on function conveyor.claim_run is
     'claim one run (zero or one row) from a queue (or several, comma-separated)';
 
@@ -380,6 +391,7 @@ returns table (ord integer, run_id conveyor.ulid, status conveyor.run_status,
                outcome conveyor.attempt_outcome, delay interval)
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 declare
@@ -478,6 +490,7 @@ create function conveyor._raise_stale(p_run_id conveyor.ulid, p_token uuid)
 returns void
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_status conveyor.run_status;
@@ -500,6 +513,7 @@ create function conveyor._end_one(p_ending conveyor._ending)
 returns conveyor.run_status
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_status conveyor.run_status;
@@ -515,11 +529,14 @@ $$;
 -- complete_run: running -> succeeded (also when a cancel was requested: the work was done).
 create function conveyor.complete_run(run_id conveyor.ulid, lease_token uuid, result jsonb default null)
 returns conveyor.run_status
-language sql
+language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
-    select conveyor._end_one(row(run_id, lease_token, null, 'succeeded', null, null, result, null, null))
+begin
+    return conveyor._end_one(row(run_id, lease_token, null, 'succeeded', null, null, result, null, null));
+end
 $$;
 comment on function conveyor.complete_run is
     'finish an attempt successfully (optional result); raises CV001 if the lease is stale';
@@ -535,11 +552,13 @@ create function conveyor.fail_run(
     retryable boolean default true
 )
 returns conveyor.run_status
-language sql
+language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
-    select conveyor._end_one(
+begin
+    return conveyor._end_one(
         case when meta is not null and jsonb_typeof(meta) <> 'object' then
             row(run_id, lease_token, null, 'failed',
                 conveyor._failure('configuration_invalid',
@@ -549,7 +568,8 @@ as $$
         else
             row(run_id, lease_token, null, 'failed', conveyor._failure('task_failed', message, meta),
                 coalesce(retryable, true), null, null, null)::conveyor._ending
-        end)
+        end);
+end
 $$;
 comment on function conveyor.fail_run is
     'fail an attempt: retried after the backoff delay while the budget lasts (retryable), else failed; returns the new status';
@@ -568,6 +588,7 @@ returns conveyor.run_status
 language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_delay interval := conveyor._duration_or_null(delay);
@@ -596,11 +617,14 @@ comment on function conveyor.release_run is
 -- back unfinished; it is claimable again at once.
 create function conveyor.return_run(run_id conveyor.ulid, lease_token uuid)
 returns conveyor.run_status
-language sql
+language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
-    select conveyor._end_one(row(run_id, lease_token, null, 'interrupted', null, null, null, null, null))
+begin
+    return conveyor._end_one(row(run_id, lease_token, null, 'interrupted', null, null, null, null, null));
+end
 $$;
 comment on function conveyor.return_run is
     'give a run back unfinished (worker shutting down): it is queued again at once; no failure counted';
@@ -614,6 +638,7 @@ returns table (run_id conveyor.ulid, status conveyor.run_status)
 language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 begin
@@ -691,6 +716,7 @@ returns boolean
 language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 declare
@@ -722,6 +748,7 @@ returns text
 language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 declare
@@ -783,6 +810,7 @@ create function conveyor._cancel(p_run conveyor.runs)
 returns text
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_now timestamptz := conveyor._now();
@@ -808,6 +836,7 @@ returns text
 language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 declare
@@ -833,18 +862,21 @@ comment on function conveyor.cancel_run is
 -- _retry_refusal: why a run cannot be retried, or null.
 create function conveyor._retry_refusal(p_run conveyor.runs)
 returns text
-language sql
+language plpgsql
 stable
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
-    select case
+begin
+    return case
         when p_run.status not in ('failed', 'cancelled', 'succeeded') then
             format('run %s is %s: only failed, cancelled, or succeeded runs without a result can be retried', p_run.id, p_run.status)
         when p_run.status = 'succeeded' and p_run.result is not null then
             format('run %s succeeded with a result: retrying would discard it', p_run.id)
         when exists (select from conveyor.runs c where c.parent_run_id = p_run.id) then
             format('run %s has child runs: retrying would discard what they were spawned from', p_run.id)
-    end
+    end;
+end
 $$;
 
 -- _retry: requeue one locked, retryable run with a fresh budget (failure_base = failures);
@@ -854,6 +886,7 @@ create function conveyor._retry(p_run conveyor.runs)
 returns conveyor.run_status
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_now timestamptz := conveyor._now();
@@ -881,6 +914,7 @@ returns conveyor.run_status
 language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 declare
@@ -914,6 +948,7 @@ returns integer
 language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 declare
@@ -955,6 +990,7 @@ returns integer
 language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 declare

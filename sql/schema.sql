@@ -1,5 +1,11 @@
 -- schema.sql: tables, indexes, the allowed transitions and the one trigger that enforces them.
 --
+-- Conventions of every function in sql/: PL/pgSQL (it keeps its plans; a SQL function that
+-- cannot be inlined is parsed and planned again on every call), `set search_path = pg_catalog,
+-- conveyor, pg_temp`, and `set plan_cache_mode = force_generic_plan` (the parameters are arrays
+-- and ids, for which a custom plan is no better, and planning each call cost more than running
+-- the statements: measured 0.18 ms -> 0.05 ms for _side_effects).
+--
 -- Hot tables (runs, attempts, events) have no foreign keys: the functions in runs.sql keep them
 -- consistent and retention deletes a run with its attempts, events and logs together.
 
@@ -379,6 +385,7 @@ create function conveyor._side_effects(changes conveyor._transition[])
 returns void
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_now timestamptz := conveyor._now();
@@ -436,17 +443,23 @@ $$;
 -- _needs_side_effects: whether changes (as to/from status, queue, task) include a run becoming
 -- claimable, or one entering or leaving the delivered set (queued, running) of a bounded queue
 -- or capped task. Most claims and finishes need nothing more than their events.
+-- (PL/pgSQL, like every function on the hot path: it keeps its plans, where a SQL function
+-- with sub-selects is parsed and planned again on each call.)
 create function conveyor._needs_side_effects(changes conveyor._transition[])
 returns boolean
-language sql
+language plpgsql
 stable
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
-    select exists (select from unnest(changes) c where c.to_status = 'queued')
+begin
+    return exists (select from unnest(changes) c where c.to_status = 'queued')
         or exists (
             select from unnest(changes) c
             where coalesce(c.from_status in ('queued', 'running'), false) <> (c.to_status in ('queued', 'running'))
               and (c.queue in (select q.name from conveyor.queues q where q.concurrency is not null)
-                   or c.task in (select t.name from conveyor.tasks t where t.parallelism is not null)))
+                   or c.task in (select t.name from conveyor.tasks t where t.parallelism is not null)));
+end
 $$;
 
 -- _runs_inserted / _runs_updated: the statement-level triggers that check every status change
@@ -457,6 +470,7 @@ create function conveyor._runs_inserted()
 returns trigger
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_now timestamptz := conveyor._now();
@@ -493,6 +507,7 @@ create function conveyor._runs_updated()
 returns trigger
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_now timestamptz := conveyor._now();

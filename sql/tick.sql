@@ -10,6 +10,7 @@ create function conveyor._expire_leases(p_now timestamptz, p_limit integer)
 returns table (crashed integer, timed_out integer, stopped integer)
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 begin
@@ -48,6 +49,7 @@ create function conveyor._deliver_due(p_now timestamptz, p_limit integer)
 returns integer
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_queue record;
@@ -113,6 +115,7 @@ create function conveyor._fire_schedules(p_now timestamptz, p_limit integer)
 returns integer
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_task record;
@@ -200,6 +203,7 @@ create function conveyor._restart_services(p_now timestamptz, p_limit integer)
 returns integer
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_service record;
@@ -267,6 +271,7 @@ returns integer
 language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 declare
@@ -296,6 +301,7 @@ returns integer
 language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
 declare
@@ -327,6 +333,7 @@ create function conveyor._prune(p_now timestamptz, p_limit integer)
 returns integer
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_cutoff timestamptz := p_now - (select d.retention from conveyor.defaults d);
@@ -359,7 +366,6 @@ create function conveyor.tick_steps()
 returns text[]
 language sql
 immutable
-set search_path = pg_catalog, conveyor, pg_temp
 as $$ select array['expire', 'schedule', 'restart', 'deliver', 'flush', 'prune'] $$;
 comment on function conveyor.tick_steps is 'the steps of a tick, in the order tick runs them';
 
@@ -368,6 +374,7 @@ create function conveyor._run_step(p_step text, p_limit integer)
 returns bigint
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_now timestamptz := conveyor._now();
@@ -390,6 +397,7 @@ returns bigint
 language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 begin
     if not step = any(conveyor.tick_steps()) then
@@ -421,6 +429,7 @@ create function conveyor.tick(
 language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_now timestamptz := conveyor._now();
