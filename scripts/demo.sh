@@ -19,8 +19,7 @@ fi
 
 echo "demo: building and installing the extension"
 scripts/cluster.sh stop "$DIR"
-scripts/unlink-installed.sh
-cargo pgrx install --pg-config /usr/bin/pg_config >/dev/null
+scripts/install-ext.sh
 scripts/cluster.sh start "$DIR" "$PORT" "conveyor.database = 'conveyor_demo'" "conveyor.tick_interval = '250ms'"
 
 export PGHOST=$DIR PGPORT=$PORT PGUSER=postgres
@@ -96,10 +95,12 @@ psql <<'SQL'
 select task, status, count(*) as runs, sum(attempts) as attempts, sum(retries) as retries, sum(releases) as releases
 from conveyor.runs group by task, status order by task, status;
 \echo === conveyor.queue_stats
-select queue, concurrency, queued, running, succeeded, failed, lag_seconds, succeeded_5m, failures_5m, retries_5m, releases_5m
+select queue, concurrency, queued, running, succeeded, failed, lag_seconds, delivery_lag_seconds as delivery_lag,
+       succeeded_5m, failures_5m, retries_5m, releases_5m
 from conveyor.queue_stats order by queue;
 \echo === conveyor.task_stats
-select task, kind, waiting, running, succeeded, failed, retries, releases, attempts_1h, failures_1h, mean_seconds_1h
+select task, kind, scheduled + queued as waiting, running, retrying, released, succeeded, failed,
+       retries, releases, attempts_1h, failures_1h, mean_seconds_1h
 from conveyor.task_stats order by task;
 \echo === conveyor.recent_failures (newest 8)
 select to_char(finished_at, 'HH24:MI:SS') as at, task, attempt, outcome, code, left(message, 50) as message, run_status

@@ -8,8 +8,7 @@ DIR=/tmp/pgc-dev
 PORT=54331
 PGBIN=$(/usr/bin/pg_config --bindir)
 scripts/cluster.sh stop "$DIR"
-scripts/unlink-installed.sh
-cargo pgrx install --pg-config /usr/bin/pg_config >/dev/null
+scripts/install-ext.sh
 scripts/cluster.sh start "$DIR" "$PORT" "conveyor.database = 'conveyor_dev'" "conveyor.tick_interval = '200ms'"
 psql_dev() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$DIR" -p "$PORT" -U postgres "$@"; }
 psql_dev -d postgres -c "drop database if exists conveyor_regress" -c "create database conveyor_regress"

@@ -4,6 +4,7 @@
 #   2. the real build installed; a fresh cluster with the background worker preloaded
 #   3. SQL scenarios (pgrx-tests/, pg_regress against that cluster)
 #   4. integration tests over real connections (tests/)
+#   5. the example workers in every language, and the web dashboard in headless Chromium
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,23 +19,25 @@ step() { printf '\n=== %s\n' "$*"; }
 
 step "unit and in-database (#[pg_test]) tests"
 if [ "$(id -u)" = 0 ]; then install -d -o postgres /tmp/pgc-test; fi
+# cargo pgrx test copies its build over the installed library in place, which would crash
+# servers that have it mapped: build first, then remove the old file just before the copy
+cargo pgrx package --test --debug --pg-config /usr/bin/pg_config --out-dir /tmp/pgc-testpkg >/dev/null
 scripts/unlink-installed.sh
 cargo pgrx test pg15 --runas postgres --pgdata /tmp/pgc-test
 
 step "install the extension into the system PostgreSQL"
 scripts/cluster.sh stop "$IT_DIR"
-scripts/unlink-installed.sh
-cargo pgrx install --pg-config /usr/bin/pg_config >/dev/null
+scripts/install-ext.sh
 
 step "start a fresh cluster with the worker preloaded ($IT_DIR, port $IT_PORT)"
 rm -rf "$IT_DIR"
 scripts/cluster.sh start "$IT_DIR" "$IT_PORT" \
-    "conveyor.database = 'conveyor_it'" \
+    "conveyor.database = 'conveyor_it,conveyor_examples'" \
     "conveyor.tick_interval = '200ms'" \
     "log_min_messages = warning"
 trap 'scripts/cluster.sh stop "$IT_DIR"' EXIT
 psql_it() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$IT_DIR" -p "$IT_PORT" -U postgres "$@"; }
-for db in conveyor_it conveyor_regress; do
+for db in conveyor_it conveyor_regress conveyor_examples conveyor_dashboard; do
     psql_it -d postgres -c "create database $db"
     psql_it -d "$db" -c "create extension pg_conveyor"
 done
@@ -53,5 +56,12 @@ fi
 step "integration tests (tests/)"
 CONVEYOR_TEST_HOST="$IT_DIR" CONVEYOR_TEST_PORT="$IT_PORT" CONVEYOR_TEST_DB=conveyor_it \
     cargo test --features integration --test integration -- --test-threads=4
+
+step "example workers and producers in Python, Node.js, Rust (examples/e2e.sh)"
+PGHOST="$IT_DIR" PGPORT="$IT_PORT" PGUSER=postgres PGDATABASE=conveyor_examples examples/e2e.sh
+
+step "the web dashboard in headless Chromium (examples/dashboard/test.sh)"
+PGHOST="$IT_DIR" PGPORT="$IT_PORT" PGUSER=postgres PGDATABASE=conveyor_dashboard \
+    DASHBOARD_SCREENSHOT=/tmp/conveyor-dashboard.png examples/dashboard/test.sh
 
 step "all tests passed"

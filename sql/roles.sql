@@ -49,6 +49,7 @@ to conveyor_producer;
 grant execute on function
     conveyor.claim_run(text, text, conveyor.duration, text[]),
     conveyor.claim_runs(text, text, integer, conveyor.duration, text[]),
+    conveyor.pending(text),
     conveyor.complete_run(conveyor.ulid, uuid, jsonb),
     conveyor.fail_run(conveyor.ulid, uuid, text, jsonb, boolean),
     conveyor.release_run(conveyor.ulid, uuid, text, text, jsonb),

@@ -234,7 +234,9 @@ create type conveyor.claimed_run as (
     task text,
     queue text,
     payload jsonb,
-    attempt integer,
+    attempt integer,          -- this attempt's number (attempts so far + 1: releases and returns count)
+    failures integer,         -- failed attempts so far (what a retry policy in the handler wants)
+    releases integer,         -- releases so far
     attempt_id conveyor.ulid,
     priority smallint,
     parent_run_id conveyor.ulid,
@@ -333,12 +335,12 @@ begin
             log_size = 0
         from conveyor.task_config c
         where r.id = any(v_ids) and c.name = r.task
-        returning r.id, r.lease_token, r.task, r.queue, r.payload, r.attempts + 1 as attempt, r.attempt_id,
-                  r.priority, r.parent_run_id, r.lease_expires_at, r.timeout_at, r.run_at, c.enabled
+        returning r.id, r.lease_token, r.task, r.queue, r.payload, r.attempts + 1 as attempt, r.failures, r.releases,
+                  r.attempt_id, r.priority, r.parent_run_id, r.lease_expires_at, r.timeout_at, r.run_at, c.enabled
     )
     select
-        array_agg(row(c.id, c.lease_token, c.task, c.queue, c.payload, c.attempt, c.attempt_id, c.priority,
-                      c.parent_run_id, c.lease_expires_at, c.timeout_at)::conveyor.claimed_run
+        array_agg(row(c.id, c.lease_token, c.task, c.queue, c.payload, c.attempt, c.failures, c.releases,
+                      c.attempt_id, c.priority, c.parent_run_id, c.lease_expires_at, c.timeout_at)::conveyor.claimed_run
                   order by c.priority, c.run_at, c.id) filter (where c.enabled),
         array_agg(row(c.id, c.lease_token, null, 'failed',
                       conveyor._failure('task_disabled', format('task "%s" is disabled', c.task)),
@@ -374,6 +376,25 @@ end
 $$;
 comment on function conveyor.claim_run is
     'claim one run (zero or one row) from a queue (or several, comma-separated)';
+
+-- pending: how many runs of these queues (comma-separated) are not finished yet: waiting,
+-- queued or running. Lets a worker that drains its queues know when it is done, without
+-- read access to the run tables.
+create function conveyor.pending(queues text)
+returns bigint
+language plpgsql
+stable
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    return (select count(*) from conveyor.runs r
+            where r.queue = any(array(select btrim(q) from unnest(string_to_array(pending.queues, ',')) q))
+              and r.status in ('scheduled', 'queued', 'running', 'retrying', 'released'));
+end
+$$;
+comment on function conveyor.pending is 'runs of these queues (comma-separated) not finished yet: waiting, queued or running';
 
 -- ---------------------------------------------------------------------------------------------
 -- ending attempts

@@ -268,6 +268,9 @@ create table conveyor.attempts (
     constraint attempts_one_row_per_attempt primary key (run_id, attempt)
 ) with (autovacuum_vacuum_insert_scale_factor = 0.05);
 comment on table conveyor.attempts is 'one row per ended attempt, written once when it ends';
+-- dashboards read recent attempts by finished_at; attempts arrive in finished_at order, so a BRIN
+-- index answers those windows for almost no write cost (a btree would add one per attempt)
+create index attempts_finished_brin on conveyor.attempts using brin (finished_at);
 
 create table conveyor.attempt_logs (
     id bigint generated always as identity,

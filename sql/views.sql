@@ -2,8 +2,9 @@
 -- tables; "recent" windows are measured from conveyor._now(). Retry pressure (failures that
 -- were retried) is reported apart from releases (business waiting), never summed with them.
 
--- queue_stats: per queue, runs by status now, the lag of the oldest claimable run, and what
--- finished, retried and released in the last 5 minutes.
+-- queue_stats: per queue, runs by status now, the lag of the oldest claimable run (workers
+-- behind) and of the oldest due run not yet delivered (tick behind), and what finished,
+-- retried and released in the last 5 minutes.
 create view conveyor.queue_stats as
 with now as (select conveyor._now() as t),
 counts as (
@@ -17,7 +18,9 @@ counts as (
            count(*) filter (where r.status = 'failed') as failed,
            count(*) filter (where r.status = 'cancelled') as cancelled,
            count(*) filter (where r.status = 'skipped') as skipped,
-           min(r.run_at) filter (where r.status = 'queued') as oldest_queued
+           min(r.run_at) filter (where r.status = 'queued') as oldest_queued,
+           min(r.run_at) filter (where r.status in ('scheduled', 'retrying', 'released')
+                                   and r.run_at <= (select t from now)) as oldest_undelivered
     from conveyor.runs r
     group by r.queue
 ),
@@ -28,15 +31,16 @@ recent as (
            count(*) filter (where a.outcome in ('failed', 'timeout', 'crashed', 'log_overflow') and a.delay is not null) as retries_5m,
            count(*) filter (where a.outcome = 'released') as releases_5m
     from conveyor.attempts a, now
-    where a.finished_at > now.t - interval '5 minutes'
+    where a.finished_at > now.t - interval '5 minutes' and a.finished_at <= now.t
     group by a.queue
 )
-select q.name as queue, q.paused, q.concurrency,
+select q.name as queue, now.t as as_of, q.paused, q.concurrency,
        coalesce(c.scheduled, 0) as scheduled, coalesce(c.queued, 0) as queued, coalesce(c.running, 0) as running,
        coalesce(c.retrying, 0) as retrying, coalesce(c.released, 0) as released,
        coalesce(c.succeeded, 0) as succeeded, coalesce(c.failed, 0) as failed,
        coalesce(c.cancelled, 0) as cancelled, coalesce(c.skipped, 0) as skipped,
        coalesce(extract(epoch from now.t - c.oldest_queued), 0)::numeric(12, 3) as lag_seconds,
+       coalesce(extract(epoch from now.t - c.oldest_undelivered), 0)::numeric(12, 3) as delivery_lag_seconds,
        coalesce(r.succeeded_5m, 0) as succeeded_5m,
        (coalesce(r.succeeded_5m, 0) / 300.0)::numeric(12, 3) as throughput_per_s_5m,
        coalesce(r.failures_5m, 0) as failures_5m,
@@ -47,16 +51,20 @@ cross join now
 left join counts c on c.queue = q.name
 left join recent r on r.queue = q.name;
 comment on view conveyor.queue_stats is
-    'per queue: runs by status, lag of the oldest claimable run, and the last 5 minutes: succeeded, throughput, failures, retries (failure pressure) and releases (waiting)';
+    'per queue at as_of: runs by status, lag_seconds (oldest claimable run), delivery_lag_seconds (oldest due run tick has not delivered: grows if tick stops), and the last 5 minutes: succeeded, throughput, failures, retries (failure pressure) and releases (waiting)';
 
--- task_stats: per task, runs by status now, cumulative retry and release counters of the runs
--- kept, and the attempts of the last hour (mean duration of successful ones).
+-- task_stats: per task, runs by status now (kept runs: retention), the retry and release
+-- counters of those runs, and the attempts of the last hour: how many, failures, retries,
+-- releases, mean duration of successful ones.
 create view conveyor.task_stats as
 with now as (select conveyor._now() as t),
 counts as (
     select r.task,
-           count(*) filter (where r.status in ('scheduled', 'queued', 'retrying', 'released')) as waiting,
+           count(*) filter (where r.status = 'scheduled') as scheduled,
+           count(*) filter (where r.status = 'queued') as queued,
            count(*) filter (where r.status = 'running') as running,
+           count(*) filter (where r.status = 'retrying') as retrying,
+           count(*) filter (where r.status = 'released') as released,
            count(*) filter (where r.status = 'succeeded') as succeeded,
            count(*) filter (where r.status = 'failed') as failed,
            count(*) filter (where r.status = 'cancelled') as cancelled,
@@ -69,49 +77,68 @@ recent as (
     select a.task,
            count(*) as attempts_1h,
            count(*) filter (where a.outcome in ('failed', 'timeout', 'crashed', 'log_overflow')) as failures_1h,
+           count(*) filter (where a.outcome in ('failed', 'timeout', 'crashed', 'log_overflow') and a.delay is not null) as retries_1h,
+           count(*) filter (where a.outcome = 'released') as releases_1h,
            avg(extract(epoch from a.finished_at - a.started_at)) filter (where a.outcome = 'succeeded') as mean_seconds
     from conveyor.attempts a, now
-    where a.finished_at > now.t - interval '1 hour'
+    where a.finished_at > now.t - interval '1 hour' and a.finished_at <= now.t
     group by a.task
 )
 select t.name as task, t.kind, t.queue, t.enabled, t.version,
-       coalesce(c.waiting, 0) as waiting, coalesce(c.running, 0) as running,
+       coalesce(c.scheduled, 0) as scheduled, coalesce(c.queued, 0) as queued, coalesce(c.running, 0) as running,
+       coalesce(c.retrying, 0) as retrying, coalesce(c.released, 0) as released,
        coalesce(c.succeeded, 0) as succeeded, coalesce(c.failed, 0) as failed, coalesce(c.cancelled, 0) as cancelled,
        coalesce(c.retries, 0) as retries, coalesce(c.releases, 0) as releases,
        coalesce(r.attempts_1h, 0) as attempts_1h, coalesce(r.failures_1h, 0) as failures_1h,
+       coalesce(r.retries_1h, 0) as retries_1h, coalesce(r.releases_1h, 0) as releases_1h,
        r.mean_seconds::numeric(12, 3) as mean_seconds_1h
 from conveyor.tasks t
 left join counts c on c.task = t.name
 left join recent r on r.task = t.name;
 comment on view conveyor.task_stats is
-    'per task: runs by status, retries and releases of the runs kept, and the last hour of attempts';
+    'per task: runs by status, retries and releases of the runs kept, and the last hour of attempts (failures, retries, releases, mean duration)';
 
 -- recent_failures: failed attempts of the last 24 hours, newest first, with their error.
 create view conveyor.recent_failures as
 select a.finished_at, a.run_id, a.task, a.queue, a.attempt, a.outcome,
        a.error ->> 'code' as code, a.error ->> 'message' as message, a.error -> 'meta' as meta,
-       a.worker, r.status as run_status, a.delay as retry_in
+       a.worker, r.status as run_status, a.delay as retry_in, a.finished_at + a.delay as retry_at
 from conveyor.attempts a
 left join conveyor.runs r on r.id = a.run_id
-where a.outcome in ('failed', 'timeout', 'crashed', 'log_overflow', 'stopped')
+where a.outcome in ('failed', 'timeout', 'crashed', 'log_overflow')
   and a.finished_at > conveyor._now() - interval '24 hours'
 order by a.finished_at desc;
-comment on view conveyor.recent_failures is 'failed, timed-out, crashed and stopped attempts of the last 24 hours, newest first';
+comment on view conveyor.recent_failures is
+    'failed, timed-out, crashed and log-overflow attempts of the last 24 hours, newest first (retry_at: when it was due again; null if not retried)';
 
--- throughput: per queue and minute, the last hour: attempts succeeded, failed (retried or
--- not) and released, for charts.
+-- throughput: per queue and minute, the last hour (every minute, zeros included): attempts
+-- succeeded, retried (failed and retried), failed (for good) and released, for charts.
 create view conveyor.throughput as
-select a.queue,
-       date_trunc('minute', a.finished_at) as minute,
-       count(*) filter (where a.outcome = 'succeeded') as succeeded,
-       count(*) filter (where a.outcome in ('failed', 'timeout', 'crashed', 'log_overflow') and a.delay is not null) as retried,
-       count(*) filter (where a.outcome in ('failed', 'timeout', 'crashed', 'log_overflow') and a.delay is null) as failed,
-       count(*) filter (where a.outcome = 'released') as released
-from conveyor.attempts a
-where a.finished_at > conveyor._now() - interval '1 hour'
-group by a.queue, date_trunc('minute', a.finished_at)
-order by minute, a.queue;
-comment on view conveyor.throughput is 'per queue and minute of the last hour: attempts succeeded, retried, failed and released';
+with now as (select date_trunc('minute', conveyor._now()) as t),
+minutes as (
+    select q.name as queue, m.minute
+    from conveyor.queues q
+    cross join now
+    cross join generate_series(now.t - interval '59 minutes', now.t, interval '1 minute') as m(minute)
+),
+counts as (
+    select a.queue, date_trunc('minute', a.finished_at) as minute,
+           count(*) filter (where a.outcome = 'succeeded') as succeeded,
+           count(*) filter (where a.outcome in ('failed', 'timeout', 'crashed', 'log_overflow') and a.delay is not null) as retried,
+           count(*) filter (where a.outcome in ('failed', 'timeout', 'crashed', 'log_overflow') and a.delay is null) as failed,
+           count(*) filter (where a.outcome = 'released') as released
+    from conveyor.attempts a, now
+    where a.finished_at >= now.t - interval '59 minutes' and a.finished_at < now.t + interval '1 minute'
+    group by 1, 2
+)
+select m.queue, m.minute,
+       coalesce(c.succeeded, 0) as succeeded, coalesce(c.retried, 0) as retried,
+       coalesce(c.failed, 0) as failed, coalesce(c.released, 0) as released
+from minutes m
+left join counts c on c.queue = m.queue and c.minute = m.minute
+order by m.minute, m.queue;
+comment on view conveyor.throughput is
+    'per queue and minute of the last hour (all 60 minutes): attempts succeeded, retried, failed and released';
 
 -- run_history: a run's attempts and events in time order, one row each (its timeline).
 create view conveyor.run_history as
@@ -155,6 +182,13 @@ as $$
                   '# TYPE conveyor_queue_lag_seconds gauge', ''
         union all
         select 4, format('conveyor_queue_lag_seconds{queue=%s} %s', conveyor._metric_label(s.queue), s.lag_seconds), s.queue
+        from s
+        union all
+        select 4, '# HELP conveyor_queue_delivery_lag_seconds Age of the oldest due run not yet delivered by tick.' || E'\n' ||
+                  '# TYPE conveyor_queue_delivery_lag_seconds gauge', 'y'
+        union all
+        select 4, format('conveyor_queue_delivery_lag_seconds{queue=%s} %s', conveyor._metric_label(s.queue),
+                         s.delivery_lag_seconds), 'z' || s.queue
         from s
         union all
         select 5, '# HELP conveyor_attempts_5m Attempts ended in the last 5 minutes, by kind.' || E'\n' ||

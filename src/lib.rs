@@ -29,7 +29,6 @@ extension_sql_file!("../sql/views.sql", name = "views", requires = ["outbox"]);
 extension_sql_file!("../sql/roles.sql", name = "roles", requires = ["views"], finalize);
 
 #[pg_guard]
-#[unsafe(no_mangle)]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
     worker::register();

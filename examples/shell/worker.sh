@@ -118,9 +118,7 @@ while [ "$stopping" = 0 ]; do
                              from conveyor.claim_runs($(b64 "$QUEUES"), $(b64 "$WORKER"), $BATCH, $(b64 "$LEASE"))")
     if [ ${#runs[@]} -eq 0 ]; then
         if [ "$DRAIN" = --drain ]; then
-            waiting=$(sql "select count(*) from conveyor.runs where queue = any(string_to_array(replace($(b64 "$QUEUES"), ' ', ''), ','))
-                           and status in ('scheduled', 'retrying', 'released', 'queued', 'running')")
-            [ "$waiting" = 0 ] && break
+            [ "$(sql "select conveyor.pending($(b64 "$QUEUES"))")" = 0 ] && break
         fi
         # wait for a wakeup (a notification shows after any statement), or poll after POLL_SECONDS
         for _ in $(seq $((POLL_SECONDS * 4))); do

@@ -36,14 +36,23 @@ select pg_temp.work('reports', 1, 'ok');
 select count(*) from conveyor.claim_runs('reports', 'w', 1);
 
 select regress.at('2030-01-01 00:03:00+00');
-select queue, paused, concurrency, scheduled, queued, running, retrying, released, succeeded, failed,
-       lag_seconds, succeeded_5m, throughput_per_s_5m, failures_5m, retries_5m, releases_5m
+select queue, as_of = conveyor._now() as as_of_now, paused, concurrency, scheduled, queued, running, retrying,
+       released, succeeded, failed, lag_seconds, delivery_lag_seconds, succeeded_5m, throughput_per_s_5m,
+       failures_5m, retries_5m, releases_5m
 from conveyor.queue_stats order by queue;
-select task, queue, waiting, running, succeeded, failed, retries, releases, attempts_1h, failures_1h, mean_seconds_1h
+select task, queue, scheduled, queued, running, retrying, released, succeeded, failed, retries, releases,
+       attempts_1h, failures_1h, retries_1h, releases_1h, mean_seconds_1h
 from conveyor.task_stats order by task;
-select task, attempt, outcome, code, message, meta, run_status, retry_in
+select task, attempt, outcome, code, message, meta, run_status, retry_in, to_char(retry_at at time zone 'UTC', 'HH24:MI:SS') as retry_at
 from conveyor.recent_failures order by finished_at, run_id;
+-- every minute of the last hour for every queue; the minutes with attempts:
+select count(*) as rows, count(*) filter (where succeeded + retried + failed + released > 0) as busy_minutes
+from conveyor.throughput;
 select queue, to_char(minute at time zone 'UTC', 'HH24:MI') as minute, succeeded, retried, failed, released
-from conveyor.throughput order by minute, queue;
+from conveyor.throughput where succeeded + retried + failed + released > 0 order by minute, queue;
+-- tick stops: a due retry is not delivered, and delivery_lag_seconds shows it
+select conveyor.enqueue('emails.send', '{"n": 99}', delay => '1m') is not null as enqueued;
+select regress.at('2030-01-01 00:05:30+00');
+select queue, lag_seconds, delivery_lag_seconds from conveyor.queue_stats where queue = 'emails';
 select conveyor.metrics();
 rollback;

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Build pg_conveyor and install it into the system PostgreSQL 15 without disturbing running
+# servers: `cargo pgrx package` builds into target/, then each file is copied beside its
+# destination and renamed over it. A rename gives the file a new inode, so running backends
+# keep the library they mapped and new ones load the new one; there is no moment without a
+# library (cp over the file in place would crash running servers; deleting it first would
+# leave a gap in which new connections fail).
+#   scripts/install-ext.sh [--release]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile=debug
+args=(--debug)
+if [ "${1:-}" = --release ]; then profile=release args=(); fi
+cargo pgrx package --pg-config /usr/bin/pg_config "${args[@]}" >/dev/null
+root=target/$profile/pg_conveyor-pg15
+sudo_if() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+(cd "$root" && find . -type f) | while read -r f; do
+    dest=/${f#./}
+    sudo_if install -D -m 0644 "$root/$f" "$dest.new.$$"
+    sudo_if mv -f "$dest.new.$$" "$dest"
+done
