@@ -70,7 +70,7 @@ as $$
 #variable_conflict use_column
 declare
     v_now timestamptz := conveyor._now();
-    v_task conveyor.task_config;
+    v_task record;
     v_queue text;
     v_due timestamptz;
     v_n integer := coalesce(cardinality(p_payloads), 0);
@@ -78,7 +78,12 @@ declare
     v_bad integer;
     v_ids conveyor.ulid[];
 begin
-    select * into v_task from conveyor.task_config c where c.name = p_task;
+    -- the task, and whether its queue exists and is bounded (or the task capped), in one look-up
+    select c.*, q.name as queue_found, (q.concurrency is not null or c.parallelism is not null) as limited
+    into v_task
+    from conveyor.task_config c
+    left join conveyor.queues q on q.name = coalesce(p_queue, c.queue)
+    where c.name = p_task;
     if not found then
         raise exception using errcode = 'CV003', message = format('unknown task "%s"', p_task),
             hint = 'define it first: select conveyor.define_task(''' || coalesce(p_task, '') || ''')';
@@ -94,9 +99,13 @@ begin
         raise exception using errcode = '22023',
             message = format('invalid priority %s: expected 0 (first) to 9 (last)', p_priority);
     end if;
-    select min(i.n) into v_bad
-    from unnest(p_payloads) with ordinality as i(p, n)
-    where i.p is null or jsonb_typeof(i.p) <> 'object';
+    if v_n = 1 then
+        v_bad := case when p_payloads[1] is null or jsonb_typeof(p_payloads[1]) <> 'object' then 1 end;
+    else
+        select min(i.n) into v_bad
+        from unnest(p_payloads) with ordinality as i(p, n)
+        where i.p is null or jsonb_typeof(i.p) <> 'object';
+    end if;
     if v_bad is not null then
         raise exception using errcode = '22023',
             message = format('payload must be a JSON object, got %s%s',
@@ -112,10 +121,12 @@ begin
     end if;
 
     v_queue := coalesce(p_queue, v_task.queue);
-    perform conveyor._ensure_queue(v_queue);
+    if v_task.queue_found is null then
+        perform conveyor._ensure_queue(v_queue);
+    end if;
     v_due := coalesce(p_run_at, v_now + p_delay, v_now);
     if v_due <= v_now then
-        v_free := conveyor._free_capacity(v_queue, p_task, v_n);
+        v_free := case when v_task.limited is not false then conveyor._free_capacity(v_queue, p_task, v_n) else v_n end;
     end if;
 
     with input as (
@@ -140,6 +151,10 @@ begin
     from input i
     left join inserted ins on ins.id = i.new_id;
 
+    if p_keys is null then
+        return query select i.n::integer, i.id from unnest(v_ids) with ordinality as i(id, n);
+        return;
+    end if;
     -- keys that matched a live run: that run's id (a fresh statement sees runs committed since)
     return query
     select i.n::integer, coalesce(v_ids[i.n], (

@@ -273,7 +273,7 @@ fn concurrent_ticks_never_double_anything() {
 }
 
 #[test]
-fn a_listening_worker_is_woken_at_enqueue_commit_and_not_by_a_rollback() {
+fn a_listening_worker_is_woken_when_a_queue_becomes_claimable_at_commit_and_not_by_a_rollback() {
     let task = unique("it_wake");
     let mut listener = connect();
     let mut producer = connect();
@@ -291,6 +291,18 @@ fn a_listening_worker_is_woken_at_enqueue_commit_and_not_by_a_rollback() {
     let note = listener.notifications().timeout_iter(Duration::from_secs(5)).next().unwrap().expect("a wakeup");
     println!("wakeup {:.2} ms after the enqueue call", sent.elapsed().as_secs_f64() * 1000.0);
     assert_eq!(note.channel(), format!("conveyor.{task}"));
+
+    // while the queue holds a claimable run its workers are busy: no wakeup (and no NOTIFY lock)
+    producer.execute("select conveyor.enqueue($1)", &[&task]).unwrap();
+    let quiet = listener.notifications().timeout_iter(Duration::from_millis(500)).next().unwrap();
+    assert!(quiet.is_none(), "no wakeup while the queue is not empty");
+    // once drained, the next run wakes a worker again
+    let drained: i64 =
+        producer.query_one("select count(*) from conveyor.claim_runs($1, 'w', 10)", &[&task]).unwrap().get(0);
+    assert_eq!(drained, 2);
+    producer.execute("select conveyor.enqueue($1)", &[&task]).unwrap();
+    let again = listener.notifications().timeout_iter(Duration::from_secs(5)).next().unwrap();
+    assert!(again.is_some(), "a wakeup for the run that made the queue claimable again");
 }
 
 #[test]

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# bench-report.sh RESULTS [setting ...]: the markdown report of a `make bench` run.
+set -euo pipefail
+results=$1
+shift
+exec python3 - "$results" "$@" <<'PY'
+import os, platform, subprocess, sys
+from collections import defaultdict
+
+path, settings = sys.argv[1], sys.argv[2:]
+rows = []
+for line in open(path):
+    if not line.startswith("RESULT "):
+        continue
+    fields = dict(kv.split("=", 1) for kv in line.split()[1:])
+    rows.append(fields)
+
+def find(system, workload, **match):
+    for r in rows:
+        if r.get("system") == system and r.get("workload") == workload and all(r.get(k) == str(v) for k, v in match.items()):
+            return r
+    return None
+
+def num(r, key):
+    try:
+        return float(r[key]) if r and key in r else None
+    except ValueError:
+        return None
+
+def fmt(x, unit=""):
+    return "–" if x is None else (f"{x:,.0f}{unit}" if x >= 100 else f"{x:,.2f}{unit}")
+
+mem = os.popen("free -g | awk '/Mem:/ {print $2}'").read().strip()
+pg = subprocess.run(["/usr/bin/pg_config", "--version"], capture_output=True, text=True).stdout.strip()
+print(f"Machine: {os.cpu_count()} cores, {mem} GiB memory, {platform.platform()}; {pg}.")
+print("Cluster settings: " + ", ".join(f"`{s}`" for s in settings) + ".")
+print()
+
+single = num(find("pgbench", "limit_single"), "per_second")
+batch = num(find("pgbench", "limit_batch"), "per_second")
+p1 = find("pg_conveyor", "process", batch=1)
+p50 = find("pg_conveyor", "process", batch=50)
+print("| workload | pg_conveyor | reference | ratio |")
+print("|---|---|---|---|")
+es = num(find("pg_conveyor", "enqueue_single"), "per_second")
+eb = num(find("pg_conveyor", "enqueue_batch"), "per_second")
+print(f"| enqueue, one run per transaction (8 clients) | {fmt(es)} runs/s | | |")
+print(f"| enqueue, batches of 50 (8 clients) | {fmt(eb)} runs/s | | |")
+def ratio(a, b):
+    return "–" if a is None or not b else f"{a / b:.2f}×"
+r1 = num(p1, "per_second")
+r50 = num(p50, "per_second")
+print(f"| end to end, {p1['runs'] if p1 else '?'} no-op runs, 8 workers, claim batch 1 | {fmt(r1)} runs/s | pgbench limit (a): {fmt(single)} jobs/s | {ratio(r1, single)} of (a) |")
+print(f"| end to end, {p50['runs'] if p50 else '?'} no-op runs, 8 workers, claim batch 50 | {fmt(r50)} runs/s | pgbench limit (b): {fmt(batch)} jobs/s | {ratio(r50, batch)} of (b) |")
+lat = find("pg_conveyor", "latency")
+if lat:
+    print(f"| latency enqueue commit → claimed (LISTENing worker), {lat['samples']} samples | p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms | | |")
+cc = sorted([r for r in rows if r.get("workload") == "claim_cost"], key=lambda r: int(r["waiting"]))
+if len(cc) >= 2:
+    a, b = cc[0], cc[-1]
+    print(f"| claim + complete, {int(a['waiting']):,} vs {int(b['waiting']):,} runs waiting | {a['ms']} ms vs {b['ms']} ms | flat: ≤ 1.5× | {float(b['ms']) / float(a['ms']):.2f}× |")
+tc = sorted([r for r in rows if r.get("workload") == "tick_cost"], key=lambda r: int(r["scheduled"]))
+if len(tc) >= 2:
+    a, b = tc[0], tc[-1]
+    print(f"| tick delivering {a['due']} due runs, {int(a['scheduled']):,} vs {int(b['scheduled']):,} not yet due | {a['ms']} ms vs {b['ms']} ms | independent of the not-due | {float(b['ms']) / max(float(a['ms']), 0.001):.2f}× |")
+sz = find("pg_conveyor", "size")
+if sz:
+    print(f"| {int(sz['runs']):,} runs processed and kept (retention 7d), autovacuum on | runs table {sz['table_mb']} MB + indexes {sz['index_mb']} MB, {int(sz['dead']):,} dead tuples | events {sz['events_mb']} MB, attempts {sz['attempts_mb']} MB | |")
+gr = find("pg_conveyor", "growth")
+if gr:
+    print(f"| sustained load, {int(gr['runs']):,} runs, retention 10s | runs table + indexes peak {gr['peak_mb']} MB (second half {gr['second_half_peak_mb']} MB) | no unbounded growth | |")
+print()
+print("Targets (printed, not enforced): end to end with batched claims ≥ 10,000 runs/s and ≥ 2× every per-job peer.")
+print()
+
+peers = defaultdict(dict)
+for r in rows:
+    if r.get("system") not in ("pg_conveyor", "pgbench"):
+        key = r["workload"] if r["workload"] != "process" else f"process_batch{r.get('batch', '1')}"
+        peers[r["system"]][key] = r
+if peers:
+    ours = {"enqueue_single": es, "enqueue_batch": eb, "process_batch1": r1, "process_batch50": r50}
+    print("| system | enqueue single (jobs/s) | enqueue batch (jobs/s) | process, batch 1 (jobs/s) | process, batch 50 (jobs/s) |")
+    print("|---|---|---|---|---|")
+    print(f"| pg_conveyor | {fmt(es)} | {fmt(eb)} | {fmt(r1)} | {fmt(r50)} |")
+    for name, w in sorted(peers.items()):
+        cells = []
+        for key in ("enqueue_single", "enqueue_batch", "process_batch1", "process_batch50"):
+            v = num(w.get(key), "per_second")
+            o = ours[key]
+            cells.append("–" if v is None else f"{fmt(v)} (pg_conveyor {o / v:.1f}×)" if o and v else fmt(v))
+        note = next((w[k].get("note") for k in w if w[k].get("note")), None)
+        version = next((w[k].get("version") for k in w if w[k].get("version")), None)
+        label = name + (f" {version}" if version else "") + (f" ({note.replace('_', ' ')})" if note else "")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print()
+    print("Peers' knobs (what made their batches and concurrency):")
+    for name, w in sorted(peers.items()):
+        for key in ("process_batch1", "process_batch50"):
+            if key in w and w[key].get("knob"):
+                print(f"- {name}, {key.replace('_', ' ')}: `{w[key]['knob']}`")
+PY
