@@ -1,0 +1,456 @@
+//! pg_conveyor's benchmark driver. Connects with PGHOST/PGPORT/PGUSER/PGDATABASE to a database
+//! it may reset, runs one workload, and prints one machine-readable line:
+//!   RESULT system=pg_conveyor workload=... key=value ...
+//! plus human-readable detail on stderr. `scripts/bench.sh` runs the workloads and the peers and
+//! prints the table.
+//!
+//! Workloads:
+//!   enqueue-single  N clients, one enqueue per transaction, for S seconds
+//!   enqueue-batch   N clients, enqueue_many of B runs per transaction, for S seconds
+//!   process         R no-op runs pre-enqueued, W workers claim batches of B and finish them
+//!                   until the queue is empty (B = 1: complete_run each; B > 1: finish_runs)
+//!   latency         a LISTENing worker; enqueue commit -> claimed, p50/p99 over K samples
+//!   claim-cost      mean claim+complete time with N runs waiting
+//!   tick-cost       tick time with N scheduled runs of which D are due
+//!   growth          R runs through W workers with a short retention: runs table size over time
+
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::{Client, NoTls};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == &format!("--{name}"))
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("--{name} takes a number")))
+        .unwrap_or(default)
+}
+
+fn connect() -> Client {
+    let cfg = format!(
+        "host={} port={} user={} dbname={}",
+        std::env::var("PGHOST").unwrap_or_else(|_| "/tmp".into()),
+        std::env::var("PGPORT").unwrap_or_else(|_| "5432".into()),
+        std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()),
+        std::env::var("PGDATABASE").unwrap_or_else(|_| "bench".into()),
+    );
+    Client::connect(&cfg, NoTls).unwrap_or_else(|e| panic!("connect ({cfg}): {e}"))
+}
+
+/// A clean slate: the extension recreated, one no-op task in queue `bench`.
+fn reset(client: &mut Client, extra: &str) {
+    client
+        .batch_execute(&format!(
+            "drop extension if exists pg_conveyor cascade;
+             create extension pg_conveyor;
+             select conveyor.define_task('bench.noop', queue => 'bench');
+             {extra}"
+        ))
+        .expect("reset");
+}
+
+fn enqueue_backlog(client: &mut Client, runs: u64, extra: &str) {
+    let chunk = 20_000;
+    let mut left = runs;
+    while left > 0 {
+        let n = left.min(chunk) as i32;
+        client
+            .execute(
+                &format!("select count(*) from conveyor.enqueue_many('bench.noop', array(select '{{}}'::jsonb from generate_series(1, $1::int)){extra})"),
+                &[&n],
+            )
+            .expect("enqueue backlog");
+        left -= n as u64;
+    }
+    client.batch_execute("vacuum analyze conveyor.runs").unwrap();
+}
+
+fn result(workload: &str, fields: &[(&str, String)]) {
+    let rest: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("RESULT system=pg_conveyor workload={workload} {}", rest.join(" "));
+}
+
+/// Run `clients` threads doing `one` in a loop for `seconds`; returns operations/s.
+fn for_seconds(clients: u64, seconds: u64, one: impl Fn(&mut Client) -> u64 + Send + Sync + 'static) -> f64 {
+    let one = Arc::new(one);
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let barrier = Arc::new(Barrier::new(clients as usize + 1));
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let (one, done, stop, barrier) = (one.clone(), done.clone(), stop.clone(), barrier.clone());
+            thread::spawn(move || {
+                let mut c = connect();
+                barrier.wait();
+                while !stop.load(Ordering::Relaxed) {
+                    done.fetch_add(one(&mut c), Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    thread::sleep(Duration::from_secs(seconds));
+    stop.store(true, Ordering::Relaxed);
+    let ops = done.load(Ordering::Relaxed);
+    let elapsed = start.elapsed().as_secs_f64();
+    for h in handles {
+        h.join().unwrap();
+    }
+    ops as f64 / elapsed
+}
+
+fn enqueue_single(clients: u64, seconds: u64) {
+    reset(&mut connect(), "");
+    let rate = for_seconds(clients, seconds, |c| {
+        c.execute("select conveyor.enqueue('bench.noop', '{\"n\": 1}')", &[]).unwrap();
+        1
+    });
+    eprintln!("enqueue single: {clients} clients, {rate:.0} runs/s");
+    result("enqueue_single", &[("clients", clients.to_string()), ("per_second", format!("{rate:.0}"))]);
+}
+
+fn enqueue_batch(clients: u64, batch: u64, seconds: u64) {
+    reset(&mut connect(), "");
+    let b = batch as i32;
+    let rate = for_seconds(clients, seconds, move |c| {
+        c.execute(
+            "select count(*) from conveyor.enqueue_many('bench.noop', array(select '{\"n\": 1}'::jsonb from generate_series(1, $1::int)))",
+            &[&b],
+        )
+        .unwrap();
+        batch
+    });
+    eprintln!("enqueue batch: {clients} clients x {batch} per call, {rate:.0} runs/s");
+    result(
+        "enqueue_batch",
+        &[("clients", clients.to_string()), ("batch", batch.to_string()), ("per_second", format!("{rate:.0}"))],
+    );
+}
+
+/// One worker: claim batches until the queue stays empty; returns runs finished.
+fn work_until_empty(c: &mut Client, batch: u64, worker: &str) -> u64 {
+    let mut finished = 0;
+    let mut empty = 0;
+    loop {
+        let rows = c
+            .query("select run_id::text, lease_token from conveyor.claim_runs('bench', $1, $2::int)", &[&worker, &(batch as i32)])
+            .unwrap();
+        if rows.is_empty() {
+            // SKIP LOCKED can hide rows another worker holds: stop only when nothing is left
+            let left: i64 = c
+                .query_one("select count(*) from conveyor.runs where status in ('queued', 'running')", &[])
+                .unwrap()
+                .get(0);
+            if left == 0 {
+                empty += 1;
+                if empty > 1 {
+                    return finished;
+                }
+            }
+            thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        empty = 0;
+        if batch == 1 {
+            for r in &rows {
+                let (id, token): (String, uuid::Uuid) = (r.get(0), r.get(1));
+                c.execute("select conveyor.complete_run($1::text, $2)", &[&id, &token]).unwrap();
+            }
+        } else {
+            let items: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|r| {
+                    let (id, token): (String, uuid::Uuid) = (r.get(0), r.get(1));
+                    serde_json::json!({"run_id": id, "lease_token": token.to_string(), "outcome": "succeeded"})
+                })
+                .collect();
+            c.execute("select count(*) from conveyor.finish_runs($1)", &[&serde_json::Value::Array(items)]).unwrap();
+        }
+        finished += rows.len() as u64;
+    }
+}
+
+fn run_workers(workers: u64, batch: u64) -> (f64, u64) {
+    let barrier = Arc::new(Barrier::new(workers as usize + 1));
+    let handles: Vec<_> = (0..workers)
+        .map(|i| {
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                let mut c = connect();
+                barrier.wait();
+                work_until_empty(&mut c, batch, &format!("bench-{i}"))
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    let finished: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    (start.elapsed().as_secs_f64(), finished)
+}
+
+fn process(runs: u64, workers: u64, batch: u64) {
+    let mut client = connect();
+    reset(&mut client, "");
+    enqueue_backlog(&mut client, runs, "");
+    let (seconds, finished) = run_workers(workers, batch);
+    let row = client
+        .query_one(
+            "select count(*) filter (where status = 'succeeded'), count(*), (select count(*) from conveyor.attempts),
+                    (select count(*) from conveyor.events)
+             from conveyor.runs",
+            &[],
+        )
+        .unwrap();
+    let (succeeded, total, attempts, events): (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!((succeeded as u64, total as u64, attempts as u64), (runs, runs, runs), "every run succeeded once");
+    assert_eq!(finished, runs);
+    assert_eq!(events as u64, 3 * runs, "three events per run");
+    let rate = runs as f64 / seconds;
+    eprintln!("process: {runs} runs, {workers} workers, batch {batch}: {seconds:.2}s, {rate:.0} runs/s, all {succeeded} verified succeeded");
+    result(
+        "process",
+        &[
+            ("runs", runs.to_string()),
+            ("workers", workers.to_string()),
+            ("batch", batch.to_string()),
+            ("seconds", format!("{seconds:.2}")),
+            ("per_second", format!("{rate:.0}")),
+            ("verified", succeeded.to_string()),
+        ],
+    );
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn latency(samples: u64) {
+    let mut client = connect();
+    reset(&mut client, "");
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let lat: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
+    let ready = Arc::new(Barrier::new(2));
+    let worker = {
+        let (sent, lat, ready) = (sent.clone(), lat.clone(), ready.clone());
+        thread::spawn(move || {
+            let mut c = connect();
+            c.batch_execute("listen \"conveyor.bench\"").unwrap();
+            ready.wait();
+            let mut got = 0;
+            while got < samples {
+                // wait for a wakeup (poll fallback 1s), then claim what is there
+                let _ = c.notifications().timeout_iter(Duration::from_secs(1)).next();
+                let rows = c.query("select run_id::text, lease_token from conveyor.claim_runs('bench', 'listener', 10)", &[]).unwrap();
+                let now = Instant::now();
+                for r in rows {
+                    let (id, token): (String, uuid::Uuid) = (r.get(0), r.get(1));
+                    let t0 = loop {
+                        if let Some(t) = sent.lock().unwrap().remove(&id) {
+                            break t;
+                        }
+                        thread::yield_now();
+                    };
+                    lat.lock().unwrap().push(now.duration_since(t0).as_secs_f64() * 1000.0);
+                    c.execute("select conveyor.complete_run($1::text, $2)", &[&id, &token]).unwrap();
+                    got += 1;
+                }
+            }
+        })
+    };
+    ready.wait();
+    let mut producer = connect();
+    for _ in 0..samples {
+        // the clock starts when the enqueue's commit returns to the producer
+        let id: String = producer.query_one("select conveyor.enqueue('bench.noop')::text", &[]).unwrap().get(0);
+        sent.lock().unwrap().insert(id, Instant::now());
+        thread::sleep(Duration::from_millis(5));
+    }
+    worker.join().unwrap();
+    let mut l = lat.lock().unwrap().clone();
+    l.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (p50, p99) = (percentile(&l, 0.5), percentile(&l, 0.99));
+    eprintln!("latency (enqueue commit -> claimed by a LISTENing worker): p50 {p50:.2} ms, p99 {p99:.2} ms over {samples}");
+    result("latency", &[("samples", samples.to_string()), ("p50_ms", format!("{p50:.2}")), ("p99_ms", format!("{p99:.2}"))]);
+}
+
+fn claim_cost(waiting: u64, cycles: u64) {
+    let mut client = connect();
+    reset(&mut client, "");
+    enqueue_backlog(&mut client, waiting, "");
+    let start = Instant::now();
+    for _ in 0..cycles {
+        let row = client.query_one("select run_id::text, lease_token from conveyor.claim_runs('bench', 'one', 1)", &[]).unwrap();
+        let (id, token): (String, uuid::Uuid) = (row.get(0), row.get(1));
+        client.execute("select conveyor.complete_run($1::text, $2)", &[&id, &token]).unwrap();
+    }
+    let per = start.elapsed().as_secs_f64() * 1000.0 / cycles as f64;
+    eprintln!("claim cost: {waiting} waiting: {per:.3} ms per claim+complete (mean of {cycles})");
+    result("claim_cost", &[("waiting", waiting.to_string()), ("ms", format!("{per:.3}"))]);
+}
+
+fn tick_cost(scheduled: u64, due: u64) {
+    let mut client = connect();
+    reset(&mut client, "");
+    client.batch_execute("set conveyor.tick_batch = 100000").unwrap();
+    enqueue_backlog(&mut client, scheduled, ", delay => '30d'");
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        client
+            .execute(
+                "select count(*) from conveyor.enqueue_many('bench.noop', array(select '{}'::jsonb from generate_series(1, $1::int)), delay => '1s')",
+                &[&(due as i32)],
+            )
+            .unwrap();
+        client.batch_execute("select pg_sleep(1.1)").unwrap();
+        let start = Instant::now();
+        let delivered: i32 = client.query_one("select delivered from conveyor.tick()", &[]).unwrap().get(0);
+        samples.push(start.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(delivered as u64, due, "tick delivered the due runs");
+        client.batch_execute("select count(*) from conveyor.cancel_runs(queue => 'bench', status => 'queued', max => 100000)").unwrap();
+    }
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let ms = percentile(&samples, 0.5);
+    eprintln!("tick cost: {scheduled} scheduled, {due} due: {ms:.1} ms per tick (median of 5)");
+    result("tick_cost", &[("scheduled", scheduled.to_string()), ("due", due.to_string()), ("ms", format!("{ms:.1}"))]);
+}
+
+fn growth(runs: u64, workers: u64, batch: u64) {
+    let mut client = connect();
+    reset(&mut client, "select conveyor.set_defaults('{\"retention\": \"10s\"}');");
+    let size = |c: &mut Client| -> (i64, i64) {
+        let r = c
+            .query_one(
+                "select pg_table_size('conveyor.runs'), pg_indexes_size('conveyor.runs')",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let produced = Arc::new(AtomicU64::new(0));
+    // a producer keeps ~20k runs ahead of the workers; the background worker ticks and prunes
+    let producer = {
+        let (stop, produced) = (stop.clone(), produced.clone());
+        thread::spawn(move || {
+            let mut c = connect();
+            while produced.load(Ordering::Relaxed) < runs && !stop.load(Ordering::Relaxed) {
+                let backlog: i64 = c
+                    .query_one("select count(*) from conveyor.runs where status = 'queued'", &[])
+                    .unwrap()
+                    .get(0);
+                if backlog < 20_000 {
+                    c.execute("select count(*) from conveyor.enqueue_many('bench.noop', array(select '{}'::jsonb from generate_series(1, 5000)))", &[])
+                        .unwrap();
+                    produced.fetch_add(5000, Ordering::Relaxed);
+                } else {
+                    thread::sleep(Duration::from_millis(10));
+                }
+            }
+        })
+    };
+    let handles: Vec<_> = (0..workers)
+        .map(|i| {
+            let (stop, produced) = (stop.clone(), produced.clone());
+            thread::spawn(move || {
+                let mut c = connect();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += work_until_empty(&mut c, batch, &format!("growth-{i}"));
+                    if produced.load(Ordering::Relaxed) >= runs {
+                        break;
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    while !handles.iter().all(|h| h.is_finished()) {
+        thread::sleep(Duration::from_secs(5));
+        let (t, i) = size(&mut client);
+        let done = produced.load(Ordering::Relaxed);
+        samples.push((done, t + i));
+        eprintln!("  {:>5.0}s: ~{done} runs enqueued, runs table {} MB + indexes {} MB", start.elapsed().as_secs_f64(), t >> 20, i >> 20);
+    }
+    stop.store(true, Ordering::Relaxed);
+    producer.join().unwrap();
+    let finished: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    let (t, i) = size(&mut client);
+    let max = samples.iter().map(|s| s.1).max().unwrap_or(t + i);
+    let half: Vec<i64> = samples.iter().skip(samples.len() / 2).map(|s| s.1).collect();
+    let late_max = half.iter().copied().max().unwrap_or(max);
+    eprintln!("growth: {finished} runs processed; runs table + indexes peaked at {} MB, {} MB at the end", max >> 20, (t + i) >> 20);
+    result(
+        "growth",
+        &[
+            ("runs", finished.to_string()),
+            ("peak_mb", (max >> 20).to_string()),
+            ("second_half_peak_mb", (late_max >> 20).to_string()),
+            ("end_table_mb", (t >> 20).to_string()),
+            ("end_index_mb", (i >> 20).to_string()),
+        ],
+    );
+}
+
+fn size_after(runs: u64, workers: u64, batch: u64) {
+    // runs kept (default retention 7 days): the size of 1M finished runs, and their dead space
+    let mut client = connect();
+    reset(&mut client, "");
+    enqueue_backlog(&mut client, runs, "");
+    let (seconds, _) = run_workers(workers, batch);
+    thread::sleep(Duration::from_secs(5)); // let autovacuum catch up
+    let r = client
+        .query_one(
+            "select pg_table_size('conveyor.runs'), pg_indexes_size('conveyor.runs'), n_live_tup, n_dead_tup,
+                    pg_total_relation_size('conveyor.events'), pg_total_relation_size('conveyor.attempts')
+             from pg_stat_user_tables where relid = 'conveyor.runs'::regclass",
+            &[],
+        )
+        .unwrap();
+    let (table, index, live, dead, events, attempts): (i64, i64, i64, i64, i64, i64) =
+        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+    eprintln!(
+        "size: {runs} runs processed in {seconds:.1}s; runs table {} MB, indexes {} MB, live {live}, dead {dead}; events {} MB, attempts {} MB",
+        table >> 20,
+        index >> 20,
+        events >> 20,
+        attempts >> 20
+    );
+    result(
+        "size",
+        &[
+            ("runs", runs.to_string()),
+            ("table_mb", (table >> 20).to_string()),
+            ("index_mb", (index >> 20).to_string()),
+            ("live", live.to_string()),
+            ("dead", dead.to_string()),
+            ("events_mb", (events >> 20).to_string()),
+            ("attempts_mb", (attempts >> 20).to_string()),
+        ],
+    );
+}
+
+fn main() {
+    let workload = std::env::args().nth(1).unwrap_or_default();
+    match workload.as_str() {
+        "enqueue-single" => enqueue_single(arg("clients", 8), arg("seconds", 10)),
+        "enqueue-batch" => enqueue_batch(arg("clients", 8), arg("batch", 50), arg("seconds", 10)),
+        "process" => process(arg("runs", 100_000), arg("workers", 8), arg("batch", 50)),
+        "latency" => latency(arg("samples", 500)),
+        "claim-cost" => claim_cost(arg("waiting", 10_000), arg("cycles", 2000)),
+        "tick-cost" => tick_cost(arg("scheduled", 1_000_000), arg("due", 1000)),
+        "growth" => growth(arg("runs", 1_000_000), arg("workers", 8), arg("batch", 50)),
+        "size" => size_after(arg("runs", 1_000_000), arg("workers", 8), arg("batch", 50)),
+        other => {
+            eprintln!("unknown workload {other:?}: enqueue-single, enqueue-batch, process, latency, claim-cost, tick-cost, growth, size");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# make bench: pg_conveyor's throughput, latency and scale, the pgbench limit for the least SQL
+# any queue must run per job, and the peers (bench/peers/), all on one PostgreSQL 15 cluster
+# with a fixed, printed configuration. Prints a markdown table; the figures are targets to read,
+# not assertions. BENCH_SCALE=quick runs everything small (a smoke test of the harness).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DIR=/tmp/pgc-bench
+PORT=${CONVEYOR_BENCH_PORT:-54500}
+PGBIN=$(/usr/bin/pg_config --bindir)
+OUT=$(mktemp -d /tmp/pgc-bench-out.XXXXXX)
+QUICK=${BENCH_SCALE:-full}
+if [ "$QUICK" = quick ]; then
+    RUNS=10000 BIG=100000 SECONDS_EACH=3 LAT=100 PEER_JOBS=5000
+else
+    RUNS=100000 BIG=1000000 SECONDS_EACH=10 LAT=500 PEER_JOBS=100000
+fi
+
+log() { printf '\n=== %s\n' "$*" >&2; }
+
+scripts/setup.sh
+if [ "${BENCH_PEERS:-1}" = 1 ] && [ -x bench/peers/setup.sh ]; then bench/peers/setup.sh; fi
+
+log "building the extension (release) and the driver"
+scripts/cluster.sh stop "$DIR"
+scripts/install-ext.sh --release
+cargo build --release --quiet --manifest-path bench/driver/Cargo.toml
+DRIVER=bench/driver/target/release/conveyor-bench
+
+# the configuration every figure below was measured with
+CONF=(
+    "shared_buffers = '1GB'"
+    "max_connections = 100"
+    "synchronous_commit = on"
+    "wal_level = replica"
+    "max_wal_size = '4GB'"
+    "checkpoint_timeout = '15min'"
+    "autovacuum = on"
+    "conveyor.database = 'bench'"
+    "conveyor.tick_interval = '200ms'"
+    "conveyor.tick_batch = 10000"
+)
+rm -rf "$DIR"
+scripts/cluster.sh start "$DIR" "$PORT" "${CONF[@]}"
+trap 'scripts/cluster.sh stop "$DIR"' EXIT
+export PGHOST=$DIR PGPORT=$PORT PGUSER=postgres
+psql() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
+for db in bench bench_manual bench_pgbench; do psql -d postgres -c "create database $db"; done
+
+run() { # run DB ARGS...: the driver's RESULT line into the results file
+    PGDATABASE=$1 "$DRIVER" "${@:2}" | tee -a "$OUT/results"
+}
+
+log "pg_conveyor"
+run bench enqueue-single --clients 8 --seconds "$SECONDS_EACH"
+run bench enqueue-batch --clients 8 --batch 50 --seconds "$SECONDS_EACH"
+run bench process --runs "$RUNS" --workers 8 --batch 1
+run bench process --runs "$RUNS" --workers 8 --batch 50
+run bench latency --samples "$LAT"
+run bench_manual claim-cost --waiting $((BIG / 100)) --cycles 2000
+run bench_manual claim-cost --waiting "$BIG" --cycles 2000
+run bench_manual tick-cost --scheduled $((BIG / 100)) --due 1000
+run bench_manual tick-cost --scheduled "$BIG" --due 1000
+run bench size --runs "$BIG" --workers 8 --batch 50
+run bench growth --runs "$BIG" --workers 8 --batch 50
+
+log "the limit: pgbench, 8 clients, the least SQL per job (insert, update, update)"
+psql -d bench_pgbench -c "create table bench_jobs (id bigserial primary key, status text not null default 'queued', payload jsonb not null)"
+cat >"$OUT/single.sql" <<'SQL'
+insert into bench_jobs (payload) values ('{}') returning id \gset
+update bench_jobs set status = 'running' where id = :id;
+update bench_jobs set status = 'done' where id = :id;
+SQL
+cat >"$OUT/batch.sql" <<'SQL'
+with ins as (insert into bench_jobs (payload) select '{}' from generate_series(1, 50) returning id) select min(id) as lo, max(id) as hi from ins \gset
+update bench_jobs set status = 'running' where id between :lo and :hi;
+update bench_jobs set status = 'done' where id between :lo and :hi;
+SQL
+for kind in single batch; do
+    tps=$("$PGBIN/pgbench" -n -M prepared -c 8 -j 2 -T "$SECONDS_EACH" -f "$OUT/$kind.sql" bench_pgbench 2>/dev/null |
+          sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+    per=$(awk -v t="$tps" -v k="$kind" 'BEGIN { printf "%.0f", (k == "batch" ? 50 : 1) * t }')
+    echo "RESULT system=pgbench workload=limit_$kind per_second=$per" | tee -a "$OUT/results"
+done
+
+if [ "${BENCH_PEERS:-1}" = 1 ] && [ -x bench/peers/run.sh ]; then
+    log "peers"
+    for peer in $(bench/peers/run.sh --list); do
+        for workload in enqueue_single enqueue_batch process_batch1 process_batch50; do
+            PGDATABASE=bench_$peer bench/peers/run.sh "$peer" "$workload" --jobs "$PEER_JOBS" --workers 8 \
+                2> >(sed "s/^/  [$peer] /" >&2) | grep '^RESULT' | tee -a "$OUT/results" || true
+        done
+    done
+fi
+
+log "report"
+scripts/bench-report.sh "$OUT/results" "${CONF[@]}"
+echo "raw results: $OUT/results" >&2
