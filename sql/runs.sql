@@ -302,16 +302,7 @@ begin
         return;
     end if;
 
-    if cardinality(v_open) = 1 then
-        select array_agg(r.id) into v_ids from (
-            select r.id from conveyor.runs r
-            where r.status = 'queued' and r.queue = v_open[1]
-              and (claim_runs.tasks is null or r.task = any(claim_runs.tasks))
-            order by r.priority, r.run_at, r.id
-            limit claim_runs.max
-            for no key update skip locked
-        ) r;
-    else
+    if cardinality(v_open) > 1 then
         -- the best candidates of each queue, then the best of those, locked
         select array_agg(r.id) into v_ids from (
             select r.id from conveyor.runs r
@@ -332,9 +323,9 @@ begin
             limit claim_runs.max
             for no key update skip locked
         ) r;
-    end if;
-    if v_ids is null then
-        return;
+        if v_ids is null then
+            return;
+        end if;
     end if;
 
     with claimed as (
@@ -349,7 +340,16 @@ begin
             worker = claim_runs.worker,
             log_size = 0
         from conveyor.task_config c
-        where r.id = any(v_ids) and c.name = r.task
+        where c.name = r.task
+          and r.id = any(coalesce(v_ids, array(
+              -- one queue: pick and lock in index order, in this same statement (an array, so the
+              -- generic plan looks the rows up by primary key whatever max is)
+              select p.id from conveyor.runs p
+              where p.status = 'queued' and p.queue = v_open[1]
+                and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
+              order by p.priority, p.run_at, p.id
+              limit claim_runs.max
+              for no key update skip locked)))
         returning r.id, r.lease_token, r.task, r.queue, r.payload, r.attempts + 1 as attempt, r.failures, r.releases,
                   r.attempt_id, r.priority, r.parent_run_id, r.lease_expires_at, r.timeout_at, r.run_at, c.enabled
     )
@@ -422,7 +422,7 @@ comment on function conveyor.pending is 'runs of these queues (comma-separated) 
 --   n = failures - failure_base (after this one) < max_attempts, with the backoff delay for
 --   retry n, else failed. Any outcome but succeeded on a run with a cancel request is stopped.
 -- Writes one attempt row per run. Returns (ord, run_id, status, outcome, delay) per ended run.
-create function conveyor._end_attempts(endings conveyor._ending[])
+create function conveyor._end_attempts(endings conveyor._ending[], all_succeeded boolean default false)
 returns table (ord integer, run_id conveyor.ulid, status conveyor.run_status,
                outcome conveyor.attempt_outcome, delay interval)
 language plpgsql
@@ -433,6 +433,47 @@ as $$
 declare
     v_now timestamptz := conveyor._now();
 begin
+    if all_succeeded then
+        -- the common case, in a lean statement: every ending is a success (complete_run, or a
+        -- finish_runs batch of successes). A success needs no policy: attempts+1, the result,
+        -- finished; a cancel request does not change it (the work was done). Same guard, same
+        -- attempt row as the general statement below.
+        return query
+        with input as (
+            select distinct on (e.run_id) e.*, e.n::integer as ord
+            from unnest(endings) with ordinality
+                 as e(run_id, lease_token, attempt_id, outcome, error, retryable, result, release_delay, reason, n)
+            order by e.run_id, e.n
+        ),
+        updated as (
+            update conveyor.runs r
+            set status = 'succeeded',
+                attempts = r.attempts + 1,
+                result = i.result,
+                finished_at = v_now,
+                lease_token = null,
+                lease_expires_at = null,
+                timeout_at = null
+            from input i
+            where r.id = i.run_id
+              and r.lease_token is not null
+              and (i.lease_token is null or r.lease_token = i.lease_token)
+              and (i.attempt_id is null or r.attempt_id = i.attempt_id)
+              and (i.lease_token is not null or i.attempt_id is not null)
+            returning i.ord, r.id, r.attempt_id, r.attempts, r.prev_attempt_id, r.task, r.queue, r.worker, r.started_at
+        ),
+        recorded as (
+            insert into conveyor.attempts (id, run_id, attempt, retry_of, task, queue, worker, started_at,
+                                           finished_at, outcome)
+            select u.attempt_id, u.id, u.attempts, u.prev_attempt_id, u.task, u.queue, u.worker, u.started_at,
+                   v_now, 'succeeded'
+            from updated u
+        )
+        select u.ord, u.id, 'succeeded'::conveyor.run_status, 'succeeded'::conveyor.attempt_outcome, null::interval
+        from updated u order by u.ord;
+        return;
+    end if;
+
     return query
     with input as (
         -- one ending per run: a batch naming a run twice ends it once
@@ -545,7 +586,7 @@ end
 $$;
 
 -- _end_one: end one attempt for a worker, raising the stale-lease error when the guard fails.
-create function conveyor._end_one(p_ending conveyor._ending)
+create function conveyor._end_one(p_ending conveyor._ending, p_succeeded boolean default false)
 returns conveyor.run_status
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
@@ -554,7 +595,7 @@ as $$
 declare
     v_status conveyor.run_status;
 begin
-    select e.status into v_status from conveyor._end_attempts(array[p_ending]) e;
+    select e.status into v_status from conveyor._end_attempts(array[p_ending], p_succeeded) e;
     if v_status is null then
         perform conveyor._raise_stale(p_ending.run_id, p_ending.lease_token);
     end if;
@@ -571,7 +612,7 @@ set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
 as $$
 begin
-    return conveyor._end_one(row(run_id, lease_token, null, 'succeeded', null, null, result, null, null));
+    return conveyor._end_one(row(run_id, lease_token, null, 'succeeded', null, null, result, null, null), true);
 end
 $$;
 comment on function conveyor.complete_run is
@@ -731,7 +772,8 @@ begin
                     row(c.id, c.token, null, 'interrupted', null, null, null, null, null)::conveyor._ending
             end
             from checked c
-            where c.id is not null and c.token is not null)) e
+            where c.id is not null and c.token is not null),
+            (select bool_and(c.outcome = 'succeeded' and c.problem is null) from checked c)) e
     )
     select i.id, e.status
     from item i
