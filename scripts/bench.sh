@@ -37,6 +37,7 @@ CONF=(
     "max_wal_size = '4GB'"
     "checkpoint_timeout = '15min'"
     "autovacuum = on"
+    "autovacuum_naptime = '10s'"
     "conveyor.database = 'bench'"
     "conveyor.tick_interval = '200ms'"
     "conveyor.tick_batch = 10000"
@@ -63,7 +64,7 @@ run bench_manual claim-cost --waiting "$BIG" --cycles 2000
 run bench_manual tick-cost --scheduled $((BIG / 100)) --due 1000
 run bench_manual tick-cost --scheduled "$BIG" --due 1000
 run bench size --runs "$BIG" --workers 8 --batch 50
-run bench growth --runs "$BIG" --workers 8 --batch 50
+run bench growth --runs $((BIG * 3)) --workers 8 --batch 50
 
 log "the limit: pgbench, 8 clients, the least SQL per job (insert, update, update)"
 psql -d bench_pgbench -c "create table bench_jobs (id bigserial primary key, status text not null default 'queued', payload jsonb not null)"

@@ -244,10 +244,13 @@ fn latency(samples: u64) {
             ready.wait();
             let mut got = 0;
             while got < samples {
-                // wait for a wakeup (poll fallback 1s), then claim what is there
-                let _ = c.notifications().timeout_iter(Duration::from_secs(1)).next();
+                // a worker claims until the queue is empty, then waits for a wakeup (poll: 1s)
                 let rows = c.query("select run_id::text, lease_token from conveyor.claim_runs('bench', 'listener', 10)", &[]).unwrap();
                 let now = Instant::now();
+                if rows.is_empty() {
+                    let _ = c.notifications().timeout_iter(Duration::from_secs(1)).next();
+                    continue;
+                }
                 for r in rows {
                     let (id, token): (String, uuid::Uuid) = (r.get(0), r.get(1));
                     let t0 = loop {
@@ -386,12 +389,19 @@ fn growth(runs: u64, workers: u64, batch: u64) {
     let max = samples.iter().map(|s| s.1).max().unwrap_or(t + i);
     let half: Vec<i64> = samples.iter().skip(samples.len() / 2).map(|s| s.1).collect();
     let late_max = half.iter().copied().max().unwrap_or(max);
+    let first_half_max = samples.iter().take(samples.len() / 2).map(|s| s.1).max().unwrap_or(max);
+    eprintln!(
+        "growth: first half peak {} MB, second half peak {} MB (bounded if the second is not above the first)",
+        first_half_max >> 20,
+        late_max >> 20
+    );
     eprintln!("growth: {finished} runs processed; runs table + indexes peaked at {} MB, {} MB at the end", max >> 20, (t + i) >> 20);
     result(
         "growth",
         &[
             ("runs", finished.to_string()),
             ("peak_mb", (max >> 20).to_string()),
+            ("first_half_peak_mb", (first_half_max >> 20).to_string()),
             ("second_half_peak_mb", (late_max >> 20).to_string()),
             ("end_table_mb", (t >> 20).to_string()),
             ("end_index_mb", (i >> 20).to_string()),
@@ -446,7 +456,7 @@ fn main() {
         "latency" => latency(arg("samples", 500)),
         "claim-cost" => claim_cost(arg("waiting", 10_000), arg("cycles", 2000)),
         "tick-cost" => tick_cost(arg("scheduled", 1_000_000), arg("due", 1000)),
-        "growth" => growth(arg("runs", 1_000_000), arg("workers", 8), arg("batch", 50)),
+        "growth" => growth(arg("runs", 3_000_000), arg("workers", 8), arg("batch", 50)),
         "size" => size_after(arg("runs", 1_000_000), arg("workers", 8), arg("batch", 50)),
         other => {
             eprintln!("unknown workload {other:?}: enqueue-single, enqueue-batch, process, latency, claim-cost, tick-cost, growth, size");
