@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end check of the example clients (Python, Node.js, Rust) against a running cluster.
+# End-to-end check of the example clients (Python, Node.js, Rust, shell) against a running cluster.
 #
 #   PGHOST=/tmp/pgc-it PGPORT=54329 PGUSER=postgres PGDATABASE=conveyor_it examples/e2e.sh
 #
@@ -12,7 +12,7 @@
 # a debug cargo build in examples/rust/target), then for each language, on its own queue:
 #   1. its producer defines the tasks and enqueues E2E_COUNT (3) runs of each demo task,
 #   2. its app example enqueues in the same transaction as an insert (commit: both; rollback: neither),
-#   3. its worker runs with --drain, all three languages at once, until its queue is empty,
+#   3. its worker runs with --drain, all languages at once, until its queue is empty,
 #   4. SQL checks that every run of this batch succeeded, the flaky ones after a retry, the
 #      wait ones after two releases, the slow ones after heartbeats, all worked by that
 #      language's worker, and that the transactional enqueue held.
@@ -25,7 +25,7 @@ COUNT=${E2E_COUNT:-3}
 WORKER_TIMEOUT=${E2E_TIMEOUT:-120}
 BATCH="e2e-$(date +%Y%m%d%H%M%S)-$$"
 LOGS=$(mktemp -d /tmp/conveyor-e2e.XXXXXX)
-LANGS=(python node rust)
+LANGS=(python node rust shell)
 started=$SECONDS
 
 say() { printf 'e2e: %s\n' "$*"; }
@@ -81,6 +81,7 @@ cmd() {
     python) CMD=("$EXAMPLES/python/.venv/bin/python" "$EXAMPLES/python/$2.py") ;;
     node) CMD=(node "$EXAMPLES/node/$2.js") ;;
     rust) CMD=("$EXAMPLES/rust/target/debug/$2") ;;
+    shell) CMD=("$EXAMPLES/shell/$2.sh") ;;
     esac
 }
 
@@ -95,13 +96,13 @@ for lang in "${LANGS[@]}"; do
 done
 say "produced $((4 * COUNT + 1)) runs per language"
 
-# --- work: the three workers at once, each on its own queue, until drained --------------------
+# --- work: the workers at once, each on its own queue, until drained ---------------------------
 work_started=$SECONDS
 declare -A pids
 for lang in "${LANGS[@]}"; do
     cmd "$lang" worker
     # (timeout exits 124 if the worker has not drained by then, whatever the worker answers)
-    CONVEYOR_POLL_SECONDS=2 timeout "$WORKER_TIMEOUT" "${CMD[@]}" "$lang" --drain \
+    CONVEYOR_POLL_SECONDS=2 CONVEYOR_HEARTBEAT_SECONDS=1 timeout "$WORKER_TIMEOUT" "${CMD[@]}" "$lang" --drain \
         >"$LOGS/$lang-worker.out" 2>"$LOGS/$lang-worker.err" &
     pids[$lang]=$!
 done

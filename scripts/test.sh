@@ -55,7 +55,7 @@ fi
 
 step "integration tests (tests/)"
 CONVEYOR_TEST_HOST="$IT_DIR" CONVEYOR_TEST_PORT="$IT_PORT" CONVEYOR_TEST_DB=conveyor_it \
-    cargo test --features integration --test integration -- --test-threads=4
+    cargo test --features integration --test integration -- --test-threads=4 --show-output
 
 step "example workers and producers in Python, Node.js, Rust (examples/e2e.sh)"
 PGHOST="$IT_DIR" PGPORT="$IT_PORT" PGUSER=postgres PGDATABASE=conveyor_examples examples/e2e.sh

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # A pg_conveyor worker in plain shell: one psql connection is its only client.
 #
-#   worker.sh QUEUES HANDLER_DIR [--drain]
+#   worker.sh QUEUES [HANDLER_DIR] [--drain]       (HANDLER_DIR defaults to handlers/ beside it)
 #
 # Connects with the usual PG* variables. LISTENs on each queue's channel (conveyor.<queue>),
 # claims runs from QUEUES (comma-separated) in batches and runs HANDLER_DIR/<task> for each,
 # with the payload on stdin and CONVEYOR_RUN_ID, CONVEYOR_TASK, CONVEYOR_ATTEMPT set:
-#   exit 0    complete; the handler's stdout becomes the result {"output": ...}
+#   exit 0    complete; the result is {"output": <the handler's stdout>, "heartbeats": N}
 #   exit 75   release (business waiting): stdout is the delay, e.g. 30s
 #   exit 65   fail, not retryable
 #   other     fail, retryable; the last line of stderr is the message
@@ -16,9 +16,13 @@
 # --drain: exit once the queues are empty instead of waiting for more.
 set -u
 
-QUEUES=${1:?usage: worker.sh QUEUES HANDLER_DIR [--drain]}
-HANDLERS=${2:?usage: worker.sh QUEUES HANDLER_DIR [--drain]}
-DRAIN=${3:-}
+QUEUES=${1:?usage: worker.sh QUEUES [HANDLER_DIR] [--drain]}
+shift
+HANDLERS=$(dirname "$0")/handlers
+DRAIN=
+for arg in "$@"; do
+    if [ "$arg" = --drain ]; then DRAIN=--drain; else HANDLERS=$arg; fi
+done
 WORKER="shell:$(hostname):$$"
 BATCH=${CONVEYOR_BATCH:-10}
 LEASE=${CONVEYOR_LEASE:-30s}
@@ -65,7 +69,7 @@ finish() { # finish ID TOKEN SQL-CALL
 
 run_one() {
     local id=$1 token=$2 task=$3 attempt=$4 payload=$5
-    local handler="$HANDLERS/$task" out err pid code cancelled=0 beat=$SECONDS
+    local handler="$HANDLERS/$task" out err pid code cancelled=0 beat=$SECONDS beats=0
     if [ ! -x "$handler" ]; then
         finish "$id" "$token" "conveyor.fail_run('$id', '$token', $(b64 "no handler $handler for task $task"), retryable => false)"
         return
@@ -85,6 +89,7 @@ run_one() {
         fi
         if [ $((SECONDS - beat)) -ge "$HEARTBEAT_EVERY" ]; then
             beat=$SECONDS
+            beats=$((beats + 1))
             if [ "$(sql "select conveyor.heartbeat('$id', '$token', '$LEASE')")" = t ]; then
                 log "run $id was cancelled: stopping its handler"
                 cancelled=1; kill "$pid" 2>/dev/null
@@ -96,7 +101,7 @@ run_one() {
     if [ "$cancelled" = 1 ]; then
         finish "$id" "$token" "conveyor.fail_run('$id', '$token', 'stopped: cancelled while running')"
     elif [ "$code" = 0 ]; then
-        finish "$id" "$token" "conveyor.complete_run('$id', '$token', jsonb_build_object('output', $(b64 "$(cat "$out")")))"
+        finish "$id" "$token" "conveyor.complete_run('$id', '$token', jsonb_build_object('output', $(b64 "$(cat "$out")"), 'heartbeats', $beats))"
     elif [ "$code" = 75 ]; then
         finish "$id" "$token" "conveyor.release_run('$id', '$token', $(b64 "$(head -n 1 "$out")"), $(b64 "$message"))"
     else

@@ -137,16 +137,16 @@ fn enqueue_batch(clients: u64, batch: u64, seconds: u64) {
 fn work_until_empty(c: &mut Client, batch: u64, worker: &str) -> u64 {
     let mut finished = 0;
     let mut empty = 0;
+    // prepared once, as a real worker does
+    let claim = c.prepare("select run_id::text, lease_token from conveyor.claim_runs('bench', $1, $2::int)").unwrap();
+    let complete = c.prepare("select conveyor.complete_run($1::text, $2)").unwrap();
+    let finish = c.prepare("select count(*) from conveyor.finish_runs($1)").unwrap();
+    let pending = c.prepare("select conveyor.pending('bench')").unwrap();
     loop {
-        let rows = c
-            .query("select run_id::text, lease_token from conveyor.claim_runs('bench', $1, $2::int)", &[&worker, &(batch as i32)])
-            .unwrap();
+        let rows = c.query(&claim, &[&worker, &(batch as i32)]).unwrap();
         if rows.is_empty() {
             // SKIP LOCKED can hide rows another worker holds: stop only when nothing is left
-            let left: i64 = c
-                .query_one("select count(*) from conveyor.runs where status in ('queued', 'running')", &[])
-                .unwrap()
-                .get(0);
+            let left: i64 = c.query_one(&pending, &[]).unwrap().get(0);
             if left == 0 {
                 empty += 1;
                 if empty > 1 {
@@ -160,7 +160,7 @@ fn work_until_empty(c: &mut Client, batch: u64, worker: &str) -> u64 {
         if batch == 1 {
             for r in &rows {
                 let (id, token): (String, uuid::Uuid) = (r.get(0), r.get(1));
-                c.execute("select conveyor.complete_run($1::text, $2)", &[&id, &token]).unwrap();
+                c.execute(&complete, &[&id, &token]).unwrap();
             }
         } else {
             let items: Vec<serde_json::Value> = rows
@@ -170,7 +170,7 @@ fn work_until_empty(c: &mut Client, batch: u64, worker: &str) -> u64 {
                     serde_json::json!({"run_id": id, "lease_token": token.to_string(), "outcome": "succeeded"})
                 })
                 .collect();
-            c.execute("select count(*) from conveyor.finish_runs($1)", &[&serde_json::Value::Array(items)]).unwrap();
+            c.execute(&finish, &[&serde_json::Value::Array(items)]).unwrap();
         }
         finished += rows.len() as u64;
     }
