@@ -159,7 +159,9 @@ language sql
 immutable
 as $$ select '"' || replace(replace(replace(value, '\', '\\'), '"', '\"'), E'\n', '\n') || '"' $$;
 
--- metrics: the figures of queue_stats in Prometheus text exposition format.
+-- metrics: the figures of queue_stats in Prometheus text exposition format: each family's HELP
+-- and TYPE lines, then its samples ordered by queue and label (a family stays in one block, as
+-- the format requires).
 create function conveyor.metrics()
 returns text
 language sql
@@ -168,44 +170,41 @@ security definer
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
     with s as (select * from conveyor.queue_stats),
-    lines as (
-        select 1 as part, '# HELP conveyor_runs Runs by queue and status.' || E'\n' || '# TYPE conveyor_runs gauge' as line, '' as k
-        union all
-        select 2, format('conveyor_runs{queue=%s,status=%s} %s', conveyor._metric_label(s.queue),
-                         conveyor._metric_label(st.status), st.n), s.queue || st.status
+    family (ord, name, help) as (values
+        (1, 'conveyor_runs', 'Runs by queue and status.'),
+        (2, 'conveyor_queue_lag_seconds', 'Age of the oldest claimable run.'),
+        (3, 'conveyor_queue_delivery_lag_seconds', 'Age of the oldest due run not yet delivered by tick.'),
+        (4, 'conveyor_attempts_5m', 'Attempts ended in the last 5 minutes, by kind.'),
+        (5, 'conveyor_queue_paused', 'Whether the queue is paused.')
+    ),
+    sample (family, queue, label, value) as (
+        select 'conveyor_runs', s.queue, 'status=' || conveyor._metric_label(st.status), st.n::text
         from s cross join lateral (values
             ('scheduled', s.scheduled), ('queued', s.queued), ('running', s.running), ('retrying', s.retrying),
             ('released', s.released), ('succeeded', s.succeeded), ('failed', s.failed),
             ('cancelled', s.cancelled), ('skipped', s.skipped)) as st(status, n)
         union all
-        select 3, '# HELP conveyor_queue_lag_seconds Age of the oldest claimable run.' || E'\n' ||
-                  '# TYPE conveyor_queue_lag_seconds gauge', ''
+        select 'conveyor_queue_lag_seconds', s.queue, null, s.lag_seconds::text from s
         union all
-        select 4, format('conveyor_queue_lag_seconds{queue=%s} %s', conveyor._metric_label(s.queue), s.lag_seconds), s.queue
-        from s
+        select 'conveyor_queue_delivery_lag_seconds', s.queue, null, s.delivery_lag_seconds::text from s
         union all
-        select 4, '# HELP conveyor_queue_delivery_lag_seconds Age of the oldest due run not yet delivered by tick.' || E'\n' ||
-                  '# TYPE conveyor_queue_delivery_lag_seconds gauge', 'y'
-        union all
-        select 4, format('conveyor_queue_delivery_lag_seconds{queue=%s} %s', conveyor._metric_label(s.queue),
-                         s.delivery_lag_seconds), 'z' || s.queue
-        from s
-        union all
-        select 5, '# HELP conveyor_attempts_5m Attempts ended in the last 5 minutes, by kind.' || E'\n' ||
-                  '# TYPE conveyor_attempts_5m gauge', ''
-        union all
-        select 6, format('conveyor_attempts_5m{queue=%s,kind=%s} %s', conveyor._metric_label(s.queue),
-                         conveyor._metric_label(k.kind), k.n), s.queue || k.kind
+        select 'conveyor_attempts_5m', s.queue, 'kind=' || conveyor._metric_label(k.kind), k.n::text
         from s cross join lateral (values
             ('succeeded', s.succeeded_5m), ('failed', s.failures_5m), ('retried', s.retries_5m),
             ('released', s.releases_5m)) as k(kind, n)
         union all
-        select 7, '# HELP conveyor_queue_paused Whether the queue is paused.' || E'\n' ||
-                  '# TYPE conveyor_queue_paused gauge', ''
-        union all
-        select 8, format('conveyor_queue_paused{queue=%s} %s', conveyor._metric_label(s.queue), s.paused::int), s.queue
-        from s
+        select 'conveyor_queue_paused', s.queue, null, s.paused::int::text from s
+    ),
+    block as (
+        select f.ord,
+               format(E'# HELP %s %s\n# TYPE %s gauge', f.name, f.help, f.name)
+               || coalesce(E'\n' || string_agg(format('%s{queue=%s%s} %s', x.family, conveyor._metric_label(x.queue),
+                                                       ',' || x.label, x.value),
+                                                E'\n' order by x.queue, x.label) filter (where x.family is not null), '') as text
+        from family f
+        left join sample x on x.family = f.name
+        group by f.ord, f.name, f.help
     )
-    select string_agg(line, E'\n' order by part, k) || E'\n' from lines
+    select string_agg(b.text, E'\n' order by b.ord) || E'\n' from block b
 $$;
 comment on function conveyor.metrics() is 'queue figures in Prometheus text exposition format (serve it from any HTTP endpoint)';

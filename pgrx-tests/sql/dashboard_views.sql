@@ -55,4 +55,15 @@ select conveyor.enqueue('emails.send', '{"n": 99}', delay => '1m') is not null a
 select regress.at('2030-01-01 00:05:30+00');
 select queue, lag_seconds, delivery_lag_seconds from conveyor.queue_stats where queue = 'emails';
 select conveyor.metrics();
+-- a queue whose name sorts after the others: each metric family still stands in one block
+-- (Prometheus wants a family's HELP, TYPE and samples together)
+select conveyor.set_queue('zulu');
+select count(*) as blocks, count(distinct family) as families
+from (select family, family is distinct from lag(family) over (order by n) as starts
+      from (select n, case when line like '#%' then split_part(line, ' ', 3) else split_part(line, '{', 1) end as family
+            from regexp_split_to_table(rtrim(conveyor.metrics(), E'\n'), E'\n') with ordinality as l(line, n)) l) b
+where starts;
+-- no queues at all: the families' headers, no samples
+delete from conveyor.queues;
+select conveyor.metrics();
 rollback;
