@@ -37,7 +37,8 @@ grant execute on function
     conveyor.ulid_sortsupport(internal), conveyor.ulid_generate(), conveyor.ulid_timestamp(conveyor.ulid),
     conveyor.duration_in(cstring), conveyor.duration_out(conveyor.duration),
     conveyor.duration_recv(internal), conveyor.duration_send(conveyor.duration),
-    conveyor._duration_text(interval), conveyor._now(), conveyor.tick_steps()
+    conveyor._duration_text(interval), conveyor._is_failure(conveyor.attempt_outcome), conveyor._now(),
+    conveyor.tick_steps()
 to public;
 
 grant execute on function

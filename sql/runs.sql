@@ -508,7 +508,7 @@ begin
     ),
     fate as (
         select d.*,
-               d.final in ('failed', 'timeout', 'crashed', 'log_overflow') as is_failure,
+               conveyor._is_failure(d.final) as is_failure,
                case
                    when d.final = 'succeeded' then 'succeeded'
                    when d.final = 'released' then 'released'

@@ -206,6 +206,15 @@ create type conveyor.attempt_outcome as enum (
     'succeeded', 'failed', 'timeout', 'crashed', 'log_overflow', 'released', 'stopped', 'interrupted'
 );
 
+-- _is_failure: whether an attempt outcome is a failure (counted against the retry budget and
+-- shown as failure pressure); releases, stops and interruptions are not. Inlined by the planner.
+create function conveyor._is_failure(outcome conveyor.attempt_outcome)
+returns boolean
+language sql
+immutable
+parallel safe
+as $$ select outcome in ('failed', 'timeout', 'crashed', 'log_overflow') $$;
+
 create type conveyor.event_type as enum (
     'run.enqueued', 'run.delivery_requested', 'run.started', 'run.succeeded', 'run.retry_scheduled',
     'run.failed', 'run.released', 'run.interrupted', 'run.cancel_requested', 'run.cancelled',

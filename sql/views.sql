@@ -27,8 +27,8 @@ counts as (
 recent as (
     select a.queue,
            count(*) filter (where a.outcome = 'succeeded') as succeeded_5m,
-           count(*) filter (where a.outcome in ('failed', 'timeout', 'crashed', 'log_overflow')) as failures_5m,
-           count(*) filter (where a.outcome in ('failed', 'timeout', 'crashed', 'log_overflow') and a.delay is not null) as retries_5m,
+           count(*) filter (where conveyor._is_failure(a.outcome)) as failures_5m,
+           count(*) filter (where conveyor._is_failure(a.outcome) and a.delay is not null) as retries_5m,
            count(*) filter (where a.outcome = 'released') as releases_5m
     from conveyor.attempts a, now
     where a.finished_at > now.t - interval '5 minutes' and a.finished_at <= now.t
@@ -76,8 +76,8 @@ counts as (
 recent as (
     select a.task,
            count(*) as attempts_1h,
-           count(*) filter (where a.outcome in ('failed', 'timeout', 'crashed', 'log_overflow')) as failures_1h,
-           count(*) filter (where a.outcome in ('failed', 'timeout', 'crashed', 'log_overflow') and a.delay is not null) as retries_1h,
+           count(*) filter (where conveyor._is_failure(a.outcome)) as failures_1h,
+           count(*) filter (where conveyor._is_failure(a.outcome) and a.delay is not null) as retries_1h,
            count(*) filter (where a.outcome = 'released') as releases_1h,
            avg(extract(epoch from a.finished_at - a.started_at)) filter (where a.outcome = 'succeeded') as mean_seconds
     from conveyor.attempts a, now
@@ -105,7 +105,7 @@ select a.finished_at, a.run_id, a.task, a.queue, a.attempt, a.outcome,
        a.worker, r.status as run_status, a.delay as retry_in, a.finished_at + a.delay as retry_at
 from conveyor.attempts a
 left join conveyor.runs r on r.id = a.run_id
-where a.outcome in ('failed', 'timeout', 'crashed', 'log_overflow')
+where conveyor._is_failure(a.outcome)
   and a.finished_at > conveyor._now() - interval '24 hours'
 order by a.finished_at desc;
 comment on view conveyor.recent_failures is
@@ -124,8 +124,8 @@ minutes as (
 counts as (
     select a.queue, date_trunc('minute', a.finished_at) as minute,
            count(*) filter (where a.outcome = 'succeeded') as succeeded,
-           count(*) filter (where a.outcome in ('failed', 'timeout', 'crashed', 'log_overflow') and a.delay is not null) as retried,
-           count(*) filter (where a.outcome in ('failed', 'timeout', 'crashed', 'log_overflow') and a.delay is null) as failed,
+           count(*) filter (where conveyor._is_failure(a.outcome) and a.delay is not null) as retried,
+           count(*) filter (where conveyor._is_failure(a.outcome) and a.delay is null) as failed,
            count(*) filter (where a.outcome = 'released') as released
     from conveyor.attempts a, now
     where a.finished_at >= now.t - interval '59 minutes' and a.finished_at < now.t + interval '1 minute'
