@@ -376,6 +376,16 @@ as $$
     end
 $$;
 
+-- _delivered: 1 while a run in this status is delivered (queued or running: what a bounded
+-- queue's concurrency and a task's parallelism count), else 0, also for a new run's missing
+-- from-status. Inlined by the planner.
+create function conveyor._delivered(status conveyor.run_status)
+returns integer
+language sql
+immutable
+parallel safe
+as $$ select coalesce((status in ('queued', 'running'))::int, 0) $$;
+
 -- _side_effects: what some status changes entail beyond their event, in the same transaction:
 -- the delivered counters of bounded queues and capped tasks (queue rows first, then task rows,
 -- each in name order: the lock order of enqueue and tick, so concurrent batches cannot
@@ -392,8 +402,7 @@ declare
 begin
     with delta as (
         select c.queue as name,
-               sum((c.to_status in ('queued', 'running'))::int
-                   - coalesce((c.from_status in ('queued', 'running'))::int, 0)) as n
+               sum(conveyor._delivered(c.to_status) - conveyor._delivered(c.from_status)) as n
         from unnest(changes) c
         group by c.queue
     ),
@@ -410,8 +419,7 @@ begin
 
     with delta as (
         select c.task as name,
-               sum((c.to_status in ('queued', 'running'))::int
-                   - coalesce((c.from_status in ('queued', 'running'))::int, 0)) as n
+               sum(conveyor._delivered(c.to_status) - conveyor._delivered(c.from_status)) as n
         from unnest(changes) c
         group by c.task
     ),
@@ -526,10 +534,10 @@ begin
                    filter (where c.event is null) as bad,
                bool_or(c.to_status = 'queued') as wakes,
                -- queues and tasks whose delivered counter this changes (into or out of queued/running)
-               array_agg(distinct c.queue) filter (where (c.from_status in ('queued', 'running'))
-                                                         <> (c.to_status in ('queued', 'running'))) as queues,
-               array_agg(distinct c.task) filter (where (c.from_status in ('queued', 'running'))
-                                                        <> (c.to_status in ('queued', 'running'))) as tasks
+               array_agg(distinct c.queue) filter (where conveyor._delivered(c.from_status)
+                                                         <> conveyor._delivered(c.to_status)) as queues,
+               array_agg(distinct c.task) filter (where conveyor._delivered(c.from_status)
+                                                        <> conveyor._delivered(c.to_status)) as tasks
         from change c
     )
     select s.bad,
