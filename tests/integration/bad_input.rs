@@ -1,7 +1,7 @@
 //! A corpus of bad calls, each refused with a clear message and a documented SQLSTATE, and
 //! nothing written: the tables' fingerprint is the same before and after every call.
 
-use crate::common::{connect_to, fresh_db};
+use crate::common::{drop_db, fresh_db};
 
 /// (call, expected SQLSTATE, a fragment the message must contain)
 const CORPUS: &[(&str, &str, &str)] = &[
@@ -133,5 +133,5 @@ fn every_bad_call_is_refused_with_a_documented_sqlstate_and_writes_nothing() {
     assert_eq!((len, head.as_str()), (4000, "badnews x"));
     println!("bad inputs tried: {}, refused with the documented SQLSTATE: {refused}, tables unchanged: {unchanged}", CORPUS.len());
     drop(client);
-    connect_to("postgres").execute(&format!("drop database {db} with (force)"), &[]).unwrap();
+    drop_db(&db);
 }

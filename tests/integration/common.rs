@@ -28,7 +28,7 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// A new database with the extension (no background worker there: tests drive tick by hand
-/// and move the clock without touching other tests' runs). Dropped by the caller or the run.
+/// and move the clock without touching other tests' runs). The caller drops it with drop_db.
 pub fn fresh_db(prefix: &str) -> (String, Client) {
     let name = unique(prefix).to_lowercase();
     let mut admin = connect_to("postgres");
@@ -36,6 +36,27 @@ pub fn fresh_db(prefix: &str) -> (String, Client) {
     let mut client = connect_to(&name);
     client.batch_execute("create extension pg_conveyor").unwrap();
     (name, client)
+}
+
+/// Drop a database made by fresh_db, whoever is still connected to it.
+pub fn drop_db(db: &str) {
+    connect_to("postgres").execute(&format!("drop database {db} with (force)"), &[]).unwrap();
+}
+
+/// A run's status, as text.
+pub fn status_of(client: &mut Client, id: &str) -> String {
+    client
+        .query_one("select status::text from conveyor.runs where id = $1::text::conveyor.ulid", &[&id])
+        .unwrap()
+        .get(0)
+}
+
+/// How many tick workers the server behind this connection runs.
+pub fn tick_workers(client: &mut Client) -> i64 {
+    client
+        .query_one("select count(*) from pg_stat_activity where backend_type = 'pg_conveyor'", &[])
+        .unwrap()
+        .get(0)
 }
 
 /// The repository root (scripts/ live there).

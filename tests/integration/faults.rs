@@ -3,7 +3,7 @@
 //! finishes, cancels, retries and ticks on the same rows, after which every run's counters are
 //! checked against its attempt rows. Each test prints what it counted.
 
-use crate::common::{connect, connect_to, env, fresh_db, repo, unique, wait_for, Cluster};
+use crate::common::{connect, connect_to, drop_db, env, fresh_db, repo, status_of, tick_workers, unique, wait_for, Cluster};
 use postgres::{Client, NoTls};
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
@@ -90,14 +90,7 @@ fn workers_sigkilled_mid_attempt_under_load_lose_no_run() {
         let _ = w.kill();
         let _ = w.wait();
     }
-    let mut lost = 0;
-    for id in &ids {
-        let status: String = client
-            .query_one("select status::text from conveyor.runs where id = $1::text::conveyor.ulid", &[id])
-            .unwrap()
-            .get(0);
-        lost += (status != "succeeded") as i64;
-    }
+    let lost = ids.iter().filter(|id| status_of(&mut client, id) != "succeeded").count();
     let (_, twice, overlapping, crashed) = audit(&mut client, task);
     println!(
         "sigkill: {RUNS} runs, {kills} workers killed, {crashed} crashed attempts recovered, lost {lost}, \
@@ -110,22 +103,25 @@ fn workers_sigkilled_mid_attempt_under_load_lose_no_run() {
     assert!(kills >= 3 && crashed >= 1, "the test killed workers holding runs ({kills} kills, {crashed} crashed attempts)");
 }
 
+/// The connection, made anew if there is none; None (after a short pause) while the server
+/// cannot be reached. Clients that survive a server crash drop theirs on any error.
+fn reconnected<'a>(client: &'a mut Option<Client>, config: &str) -> Option<&'a mut Client> {
+    if client.is_none() {
+        match Client::connect(config, NoTls) {
+            Ok(c) => *client = Some(c),
+            Err(_) => thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    client.as_mut()
+}
+
 /// A worker thread that survives the server going away: on any error it reconnects and goes on.
 fn resilient_worker(config: String, task: String, stop: Arc<AtomicBool>) -> thread::JoinHandle<u64> {
     thread::spawn(move || {
         let mut done = 0;
         let mut client: Option<Client> = None;
         while !stop.load(Ordering::SeqCst) {
-            let c = match client.as_mut() {
-                Some(c) => c,
-                None => match Client::connect(&config, NoTls) {
-                    Ok(c) => client.insert(c),
-                    Err(_) => {
-                        thread::sleep(Duration::from_millis(100));
-                        continue;
-                    }
-                },
-            };
+            let Some(c) = reconnected(&mut client, &config) else { continue };
             let claimed = c.query("select run_id::text, lease_token from conveyor.claim_runs($1, 'resilient', 10, '2s')", &[&task]);
             let rows = match claimed {
                 Ok(rows) => rows,
@@ -176,16 +172,7 @@ fn an_immediate_server_stop_mid_load_loses_no_committed_run() {
             let mut client: Option<Client> = None;
             let mut n = 0;
             while !stop.load(Ordering::SeqCst) && n < 3000 {
-                let c = match client.as_mut() {
-                    Some(c) => c,
-                    None => match Client::connect(&config, NoTls) {
-                        Ok(c) => client.insert(c),
-                        Err(_) => {
-                            thread::sleep(Duration::from_millis(100));
-                            continue;
-                        }
-                    },
-                };
+                let Some(c) = reconnected(&mut client, &config) else { continue };
                 match c.query_one("select conveyor.enqueue('t', jsonb_build_object('n', $1::int))::text", &[&n]) {
                     Ok(row) => {
                         committed.lock().unwrap().push(row.get(0));
@@ -227,10 +214,7 @@ fn an_immediate_server_stop_mid_load_loses_no_committed_run() {
         .collect();
     let lost = ids.iter().filter(|id| !present.contains(*id)).count();
     let (_, twice, overlapping, crashed) = audit(&mut client, "t");
-    let worker_back: i64 = client
-        .query_one("select count(*) from pg_stat_activity where backend_type = 'pg_conveyor'", &[])
-        .unwrap()
-        .get(0);
+    let worker_back = tick_workers(&mut client);
     println!(
         "immediate stop: {} runs committed ({before} before the crash), {processed} completions, {crashed} crashed \
          attempts recovered, lost {lost}, succeeded twice {twice}, overlapping attempts {overlapping}",
@@ -274,8 +258,7 @@ fn a_worker_whose_connection_dropped_between_claim_and_complete_can_still_finish
     // too late for the other: the lease ran out, the run was reclaimed, the old token is refused
     let other = &claims[1].0;
     wait_for(15.0, "the second lease to expire and the run to be retried", || {
-        let s: String = admin.query_one("select status::text from conveyor.runs where id = $1::text::conveyor.ulid", &[other]).unwrap().get(0);
-        (s == "queued").then_some(())
+        (status_of(&mut admin, other) == "queued").then_some(())
     });
     let err = worker.execute("select conveyor.complete_run($1::text, $2)", &[other, &claims[1].1]).unwrap_err();
     assert_eq!(err.code().unwrap().code(), "CV001");
@@ -397,5 +380,5 @@ fn claims_finishes_cancels_retries_and_ticks_racing_on_the_same_rows_keep_every_
     assert_eq!(counter as i64, delivered, "bounded queue counter");
     assert!(attempts > 1000, "the race did real work");
     drop(client);
-    connect_to("postgres").execute(&format!("drop database {db} with (force)"), &[]).unwrap();
+    drop_db(&db);
 }

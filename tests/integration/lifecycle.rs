@@ -1,6 +1,6 @@
 //! The core lifecycle over real connections, with concurrent claimers.
 
-use crate::common::{connect, unique};
+use crate::common::{connect, status_of, unique};
 use std::collections::HashSet;
 use std::thread;
 
@@ -86,11 +86,7 @@ fn a_stale_lease_token_is_rejected_with_cv001_and_changes_nothing() {
     let db = err.as_db_error().expect("a database error");
     assert_eq!(db.code().code(), "CV001");
     assert!(db.message().starts_with(&format!("stale lease for run {id}")), "{}", db.message());
-    let status: String = client
-        .query_one("select status::text from conveyor.runs where id = $1::text::conveyor.ulid", &[&id])
-        .unwrap()
-        .get(0);
-    assert_eq!(status, "running");
+    assert_eq!(status_of(&mut client, &id), "running");
 }
 
 #[test]

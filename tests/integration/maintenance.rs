@@ -2,20 +2,13 @@
 //! crash recovery of a killed worker process, cron across a restart, bounded queues under
 //! concurrent claimers and ticks, concurrent ticks, wakeups, shutdown and standbys.
 
-use crate::common::{connect, connect_to, fresh_db, unique, wait_for, Cluster};
+use crate::common::{connect, connect_to, drop_db, fresh_db, status_of, tick_workers, unique, wait_for, Cluster};
 use postgres::fallible_iterator::FallibleIterator;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
-
-fn status_of(client: &mut postgres::Client, id: &str) -> String {
-    client
-        .query_one("select status::text from conveyor.runs where id = $1::text::conveyor.ulid", &[&id])
-        .unwrap()
-        .get(0)
-}
 
 #[test]
 fn the_background_worker_shows_in_pg_stat_activity() {
@@ -269,7 +262,7 @@ fn concurrent_ticks_never_double_anything() {
     let retrying: i64 = client.query_one("select count(*) from conveyor.runs where status = 'retrying'", &[]).unwrap().get(0);
     assert_eq!(retrying, 100);
     drop(client);
-    connect_to("postgres").execute(&format!("drop database {db} with (force)"), &[]).unwrap();
+    drop_db(&db);
 }
 
 #[test]
@@ -462,24 +455,14 @@ fn the_worker_stays_idle_on_a_standby_until_it_is_promoted() {
     let in_recovery: bool = replica.query_one("select pg_is_in_recovery()", &[]).unwrap().get(0);
     assert!(in_recovery);
     thread::sleep(Duration::from_millis(1500));
-    let workers: i64 = replica
-        .query_one("select count(*) from pg_stat_activity where backend_type = 'pg_conveyor'", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(workers, 0, "no tick worker on a standby");
+    assert_eq!(tick_workers(&mut replica), 0, "no tick worker on a standby");
 
     drop(client);
     let out = primary.pg_ctl(&["stop", "-m", "fast"]);
     assert!(out.status.success());
     let promoted: bool = replica.query_one("select pg_promote()", &[]).unwrap().get(0);
     assert!(promoted);
-    wait_for(20.0, "the worker after promotion", || {
-        let n: i64 = replica
-            .query_one("select count(*) from pg_stat_activity where backend_type = 'pg_conveyor'", &[])
-            .unwrap()
-            .get(0);
-        (n == 1).then_some(())
-    });
+    wait_for(20.0, "the worker after promotion", || (tick_workers(&mut replica) == 1).then_some(()));
     // and it ticks: the run enqueued on the primary is delivered on the promoted standby
     wait_for(20.0, "delivery on the promoted standby", || {
         let s: String = replica.query_one("select status::text from conveyor.runs", &[]).unwrap().get(0);

@@ -4,7 +4,7 @@
 //! counters, due time and event log must agree. Time is the superuser-only test clock, so a
 //! case takes milliseconds. proptest shrinks a failing sequence to a minimal one.
 
-use crate::common::{connect_to, fresh_db};
+use crate::common::{drop_db, fresh_db};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use std::cell::RefCell;
@@ -360,7 +360,7 @@ fn random_operation_sequences_agree_with_the_state_machine_model() {
     });
     println!("model check: {cases} random sequences, {} steps, each checked against the model", steps.get());
     drop(client);
-    connect_to("postgres").execute(&format!("drop database {db} with (force)"), &[]).unwrap();
+    drop_db(&db);
     if let Err(e) = result {
         panic!("{e}");
     }

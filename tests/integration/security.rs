@@ -2,7 +2,7 @@
 //! directly; objects planted earlier in a caller's search_path are never picked up by the
 //! SECURITY DEFINER functions; only a superuser can move the test clock.
 
-use crate::common::{connect_to, fresh_db, unique};
+use crate::common::{connect_to, drop_db, fresh_db, unique};
 use postgres::{Client, NoTls};
 
 fn login(db: &str, role: &str) -> Client {
@@ -124,5 +124,5 @@ fn objects_planted_earlier_in_the_search_path_are_never_picked_up() {
     let fake_runs: i64 = client.query_one("select count(*) from evil.runs", &[]).unwrap().get(0);
     assert_eq!((hijacks, fake_runs), (0, 0), "an object in the caller's search_path was used");
     drop(client);
-    connect_to("postgres").execute(&format!("drop database {db} with (force)"), &[]).unwrap();
+    drop_db(&db);
 }
