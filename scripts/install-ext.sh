@@ -13,6 +13,13 @@ args=(--debug)
 if [ "${1:-}" = --release ]; then profile=release args=(); fi
 cargo pgrx package --pg-config /usr/bin/pg_config "${args[@]}" >/dev/null
 root=target/$profile/pg_conveyor-pg15
+# cargo pgrx copies the upgrade scripts (sql/pg_conveyor--A--B.sql) but not the frozen install
+# scripts of earlier releases (sql/pg_conveyor--A.sql): ship those too, so that
+# `create extension pg_conveyor version '0.1.0'` works (the upgrade check uses it)
+for f in sql/pg_conveyor--[0-9]*.sql; do
+    case "$f" in *--*--*) continue ;; esac
+    install -m 0644 "$f" "$root/usr/share/postgresql/15/extension/$(basename "$f")"
+done
 sudo_if() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 (cd "$root" && find . -type f) | while read -r f; do
     dest=/${f#./}

@@ -38,26 +38,115 @@ impl Kind {
         }
     }
 
-    /// Options this kind accepts, in the order the error message lists them.
-    fn accepts(self) -> &'static [&'static str] {
+    /// Options this kind accepts, in the order the error message lists them (the registry's).
+    fn accepts(self) -> Vec<&'static str> {
+        OPTIONS.iter().filter(|o| o.kinds.contains(&self)).map(|o| o.name).collect()
+    }
+}
+
+/// What kind of value an option takes; drives validation and what `conveyor.options` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Takes {
+    /// humantime or interval text; `positive`: 0s is refused
+    Duration { positive: bool },
+    Integer { min: i64, max: i64 },
+    Boolean,
+    Choice(&'static [&'static str]),
+    /// bytes, or text such as "64kB"
+    Size,
+    QueueName,
+    /// a curve name or a list of delays (see `Checker::backoff`)
+    Backoff,
+    /// the list of a custom backoff
+    Delays,
+    Cron,
+    TimeZone,
+    Object,
+}
+
+impl Takes {
+    fn label(self) -> String {
         match self {
-            Kind::Task => &[
-                "queue", "priority", "enabled", "max_attempts", "retry_attempts", "backoff", "delays",
-                "delay", "max_delay", "jitter", "timeout", "lease", "log_max_size", "log_on_full",
-                "schedule", "timezone", "on_overlap", "catch_up", "parallelism", "payload",
-            ],
-            Kind::Service => &[
-                "queue", "priority", "enabled", "replicas", "restart_delay", "restart_backoff",
-                "restart_max_delay", "lease", "log_max_size", "log_on_full", "payload",
-            ],
-            Kind::Queue => &["concurrency", "paused", "notify", "delivery_outbox"],
-            Kind::Defaults => &[
-                "queue", "priority", "max_attempts", "retry_attempts", "backoff", "delays", "delay",
-                "max_delay", "jitter", "timeout", "lease", "max_lease", "log_max_size", "log_on_full",
-                "retention", "restart_delay", "restart_backoff", "restart_max_delay",
-            ],
+            Takes::Duration { positive: true } => "duration > 0".into(),
+            Takes::Duration { positive: false } => "duration".into(),
+            Takes::Integer { min, max } => format!("integer {min}..{max}"),
+            Takes::Boolean => "boolean".into(),
+            Takes::Choice(c) => c.join("|"),
+            Takes::Size => "size".into(),
+            Takes::QueueName => "queue name".into(),
+            Takes::Backoff => "constant|linear|exponential|custom|list of durations".into(),
+            Takes::Delays => "list of durations".into(),
+            Takes::Cron => "cron expression".into(),
+            Takes::TimeZone => "time zone".into(),
+            Takes::Object => "JSON object".into(),
         }
     }
+}
+
+/// One option of a task, service, queue or the defaults: defined here once. Validation, the
+/// accepted-option lists, `conveyor.options` (and through it the tests that check the defaults
+/// view and the README's option table) all come from this list.
+pub struct OptionDef {
+    pub name: &'static str,
+    pub kinds: &'static [Kind],
+    pub value: Takes,
+    /// the built-in default, as a user would write it; None: unset means "none"
+    pub default: Option<&'static str>,
+    pub meaning: &'static str,
+}
+
+use Kind::{Defaults as D, Queue as Q, Service as S, Task as T};
+const CURVES: &[&str] = &["constant", "linear", "exponential"];
+
+pub static OPTIONS: &[OptionDef] = &[
+    OptionDef { name: "queue", kinds: &[T, S, D], value: Takes::QueueName, default: Some("default"), meaning: "the queue its runs go to (created on first use)" },
+    OptionDef { name: "priority", kinds: &[T, S, D], value: Takes::Integer { min: 0, max: 9 }, default: Some("0"), meaning: "0-9, lower first" },
+    OptionDef { name: "enabled", kinds: &[T, S], value: Takes::Boolean, default: Some("true"), meaning: "a disabled task's runs fail with task_disabled when claimed" },
+    OptionDef { name: "max_attempts", kinds: &[T, D], value: Takes::Integer { min: 1, max: 1000 }, default: Some("1"), meaning: "failed attempts allowed, the first included" },
+    OptionDef { name: "retry_attempts", kinds: &[T, D], value: Takes::Integer { min: 0, max: 999 }, default: None, meaning: "retry_attempts = R means max_attempts = R + 1 (not both)" },
+    OptionDef { name: "backoff", kinds: &[T, D], value: Takes::Backoff, default: Some("constant"), meaning: "constant, linear (delay x N), exponential (delay x 2^(N-1)), or a list of delays (custom; the last repeats)" },
+    OptionDef { name: "delays", kinds: &[T, D], value: Takes::Delays, default: None, meaning: "the list of a custom backoff (backoff: custom)" },
+    OptionDef { name: "delay", kinds: &[T, D], value: Takes::Duration { positive: false }, default: Some("5s"), meaning: "base delay of the backoff" },
+    OptionDef { name: "max_delay", kinds: &[T, D], value: Takes::Duration { positive: false }, default: Some("5m"), meaning: "cap of the backoff (at least delay); a custom list is capped only by an explicit max_delay" },
+    OptionDef { name: "jitter", kinds: &[T, D], value: Takes::Choice(&["none", "full", "equal"]), default: Some("none"), meaning: "full (0..d) or equal (d/2..d)" },
+    OptionDef { name: "timeout", kinds: &[T, D], value: Takes::Duration { positive: true }, default: None, meaning: "per attempt; waiting never counts, a retry gets a fresh window" },
+    OptionDef { name: "lease", kinds: &[T, S, D], value: Takes::Duration { positive: true }, default: Some("30s"), meaning: "lease taken at claim (a claim may ask for another)" },
+    OptionDef { name: "max_lease", kinds: &[D], value: Takes::Duration { positive: true }, default: Some("1h"), meaning: "no claim or heartbeat extends a lease further" },
+    OptionDef { name: "log_max_size", kinds: &[T, S, D], value: Takes::Size, default: Some("1MB"), meaning: "cap on an attempt's log" },
+    OptionDef { name: "log_on_full", kinds: &[T, S, D], value: Takes::Choice(&["truncate", "kill_task"]), default: Some("truncate"), meaning: "kill_task ends the attempt with outcome log_overflow" },
+    OptionDef { name: "retention", kinds: &[D], value: Takes::Duration { positive: false }, default: Some("7d"), meaning: "finished runs, with their attempts, logs and events, are pruned after it" },
+    OptionDef { name: "schedule", kinds: &[T], value: Takes::Cron, default: None, meaning: "5-field cron; tick creates one run per firing" },
+    OptionDef { name: "timezone", kinds: &[T], value: Takes::TimeZone, default: Some("UTC"), meaning: "the schedule's time zone" },
+    OptionDef { name: "on_overlap", kinds: &[T], value: Takes::Choice(&["allow", "skip", "terminate"]), default: Some("allow"), meaning: "skip records a skipped run while one is in flight, terminate cancels it" },
+    OptionDef { name: "catch_up", kinds: &[T], value: Takes::Boolean, default: Some("false"), meaning: "after downtime run every missed firing, not only the latest" },
+    OptionDef { name: "parallelism", kinds: &[T], value: Takes::Integer { min: 1, max: 100_000 }, default: None, meaning: "at most N runs of the task delivered (queued or running) at once" },
+    OptionDef { name: "replicas", kinds: &[S], value: Takes::Integer { min: 1, max: 1000 }, default: Some("1"), meaning: "runs of the service kept alive" },
+    OptionDef { name: "restart_delay", kinds: &[S, D], value: Takes::Duration { positive: false }, default: Some("1s"), meaning: "base delay before a replica restarts" },
+    OptionDef { name: "restart_backoff", kinds: &[S, D], value: Takes::Choice(CURVES), default: Some("exponential"), meaning: "curve over a replica's consecutive quick restarts (reset after 60s up)" },
+    OptionDef { name: "restart_max_delay", kinds: &[S, D], value: Takes::Duration { positive: false }, default: Some("60s"), meaning: "cap of the restart backoff" },
+    OptionDef { name: "payload", kinds: &[T, S], value: Takes::Object, default: Some("{}"), meaning: "payload of runs the queue creates itself (cron firings, service replicas)" },
+    OptionDef { name: "concurrency", kinds: &[Q], value: Takes::Integer { min: 1, max: 1_000_000 }, default: None, meaning: "bounded queue: at most N runs queued or running at once" },
+    OptionDef { name: "paused", kinds: &[Q], value: Takes::Boolean, default: Some("false"), meaning: "claims return nothing, tick delivers nothing into it" },
+    OptionDef { name: "notify", kinds: &[Q], value: Takes::Boolean, default: Some("true"), meaning: "wakeups on conveyor.<queue> when runs become claimable" },
+    OptionDef { name: "delivery_outbox", kinds: &[Q], value: Takes::Boolean, default: Some("false"), meaning: "an outbox row (topic conveyor.delivery) for every run that becomes claimable" },
+];
+
+/// The registry for SQL (`conveyor.options`): [{name, kinds, type, default, meaning}, ...].
+pub fn registry_json() -> Value {
+    Value::Array(
+        OPTIONS
+            .iter()
+            .map(|o| {
+                json!({
+                    "name": o.name,
+                    "kinds": o.kinds.iter().map(|k| k.label()).collect::<Vec<_>>(),
+                    "type": o.value.label(),
+                    "default": o.default,
+                    "meaning": o.meaning,
+                })
+            })
+            .collect(),
+    )
 }
 
 const RETRY_OPTIONS: &[&str] = &["max_attempts", "retry_attempts", "backoff", "delays", "delay", "max_delay", "jitter"];
@@ -229,7 +318,7 @@ impl<'a> Checker<'a> {
         let backoff = self.get("backoff");
         let delays = self.get("delays");
         let list_value = match (backoff, delays) {
-            (Some(Value::String(s)), None) if ["constant", "linear", "exponential"].contains(&s.as_str()) => {
+            (Some(Value::String(s)), None) if CURVES.contains(&s.as_str()) => {
                 self.out.insert("backoff".into(), json!(s));
                 return;
             }
@@ -271,12 +360,6 @@ impl<'a> Checker<'a> {
         }
         self.out.insert("backoff".into(), json!("custom"));
         self.out.insert("backoff_custom".into(), Value::Array(out));
-    }
-
-    fn restart_policy(&mut self) {
-        self.duration("restart_delay", "restart_delay", false);
-        self.choice("restart_backoff", &["constant", "linear", "exponential"]);
-        self.duration("restart_max_delay", "restart_max_delay", false);
     }
 
     fn schedule(&mut self) {
@@ -371,48 +454,28 @@ pub fn check(kind: Kind, name: &str, options: &Value) -> Result<Map<String, Valu
         };
         c.problem(key, why);
     }
-    match kind {
-        Kind::Task => {
-            c.queue();
-            c.int("priority", 0, 9);
-            c.boolean("enabled");
-            c.retry_policy();
-            c.duration("timeout", "timeout", true);
-            c.duration("lease", "lease", true);
-            c.size("log_max_size");
-            c.choice("log_on_full", &["truncate", "kill_task"]);
-            c.schedule();
-            c.int("parallelism", 1, 100_000);
-            c.payload();
-        }
-        Kind::Service => {
-            c.queue();
-            c.int("priority", 0, 9);
-            c.boolean("enabled");
-            c.int("replicas", 1, 1000);
-            c.restart_policy();
-            c.duration("lease", "lease", true);
-            c.size("log_max_size");
-            c.choice("log_on_full", &["truncate", "kill_task"]);
-            c.payload();
-        }
-        Kind::Queue => {
-            c.int("concurrency", 1, 1_000_000);
-            c.boolean("paused");
-            c.boolean("notify");
-            c.boolean("delivery_outbox");
-        }
-        Kind::Defaults => {
-            c.queue();
-            c.int("priority", 0, 9);
-            c.retry_policy();
-            c.duration("timeout", "timeout", true);
-            c.duration("lease", "lease", true);
-            c.duration("max_lease", "max_lease", true);
-            c.size("log_max_size");
-            c.choice("log_on_full", &["truncate", "kill_task"]);
-            c.duration("retention", "retention", false);
-            c.restart_policy();
+    // every option this kind accepts, validated by its type; groups of options that are checked
+    // together (the retry policy, the schedule) at their first member
+    for def in OPTIONS.iter().filter(|o| o.kinds.contains(&kind)) {
+        match (def.name, def.value) {
+            ("max_attempts", _) => c.retry_policy(),
+            ("retry_attempts" | "backoff" | "delays" | "delay" | "max_delay" | "jitter", _) => {}
+            ("schedule", _) => c.schedule(),
+            ("timezone" | "on_overlap" | "catch_up", _) => {}
+            (name, Takes::Duration { positive }) => {
+                c.duration(name, name, positive);
+            }
+            (name, Takes::Integer { min, max }) => {
+                c.int(name, min, max);
+            }
+            (name, Takes::Boolean) => c.boolean(name),
+            (name, Takes::Choice(accepted)) => {
+                c.choice(name, accepted);
+            }
+            (name, Takes::Size) => c.size(name),
+            (_, Takes::QueueName) => c.queue(),
+            (_, Takes::Object) => c.payload(),
+            (name, other) => unreachable!("option {name} of type {other:?} has no validator"),
         }
     }
     if c.problems.is_empty() {
@@ -431,6 +494,12 @@ fn _check_options(kind: &str, name: &str, options: Option<pgrx::JsonB>) -> pgrx:
         Ok(options) => json!({ "options": options }),
         Err(problems) => json!({ "problems": problems }),
     })
+}
+
+/// SQL: the option registry as JSON, for the view conveyor.options (new in 0.2.0).
+#[pg_extern(immutable, parallel_safe, sql = false)]
+fn _option_registry() -> pgrx::JsonB {
+    pgrx::JsonB(registry_json())
 }
 
 /// SQL: check a name alone (used by enqueue's queue override and set_queue).
@@ -533,6 +602,49 @@ mod unit {
         let d = check(Kind::Defaults, "", &json!({"retention": "3d", "lease": "1m", "log_max_size": "64kB"})).unwrap();
         assert_eq!(d["retention"], json!("PT259200S"));
         assert_eq!(d["log_max_size"], json!(65536));
+    }
+
+    /// A default as JSON, the way a user would give it in options.
+    fn default_value(def: &OptionDef) -> Option<Value> {
+        let text = def.default?;
+        Some(match def.value {
+            Takes::Integer { .. } => json!(text.parse::<i64>().unwrap()),
+            Takes::Boolean => json!(text.parse::<bool>().unwrap()),
+            Takes::Object => serde_json::from_str(text).unwrap(),
+            _ => json!(text),
+        })
+    }
+
+    #[test]
+    fn every_built_in_default_passes_its_own_validation() {
+        for def in OPTIONS {
+            let Some(value) = default_value(def) else { continue };
+            for &kind in def.kinds {
+                // the schedule's companions need a schedule to go with them
+                let mut options = json!({ def.name: value });
+                if ["timezone", "on_overlap", "catch_up"].contains(&def.name) {
+                    options["schedule"] = json!("* * * * *");
+                }
+                check(kind, "emails.send", &options).unwrap_or_else(|p| panic!("{}: {p:?}", def.name));
+            }
+        }
+    }
+
+    #[test]
+    fn accepted_options_come_from_the_registry() {
+        assert_eq!(
+            Kind::Queue.accepts(),
+            vec!["concurrency", "paused", "notify", "delivery_outbox"]
+        );
+        assert!(Kind::Service.accepts().contains(&"replicas"));
+        assert!(!Kind::Task.accepts().contains(&"replicas"));
+        let names: Vec<_> = OPTIONS.iter().map(|o| o.name).collect();
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(names.len(), unique.len(), "an option is defined twice");
+        let p = problems(Kind::Queue, json!({"bogus": 1}));
+        assert!(p[0].ends_with("a queue accepts concurrency, paused, notify, delivery_outbox"), "{p:?}");
     }
 
     #[test]

@@ -15,18 +15,44 @@ mod duration;
 mod error;
 mod guc;
 mod ulid;
+mod version;
 mod worker;
 
-// The SQL, in install order. types.sql declares the Rust functions above (they are marked
-// `sql = false` so that the SQL types, e.g. conveyor.ulid rather than uuid, are ours to state).
-extension_sql_file!("../sql/types.sql", name = "types", bootstrap);
-extension_sql_file!("../sql/schema.sql", name = "schema", requires = ["types"]);
-extension_sql_file!("../sql/config.sql", name = "config", requires = ["schema"]);
-extension_sql_file!("../sql/runs.sql", name = "runs", requires = ["config"]);
-extension_sql_file!("../sql/tick.sql", name = "tick", requires = ["runs"]);
-extension_sql_file!("../sql/outbox.sql", name = "outbox", requires = ["tick"]);
-extension_sql_file!("../sql/views.sql", name = "views", requires = ["outbox"]);
-extension_sql_file!("../sql/roles.sql", name = "roles", requires = ["views"], finalize);
+// The SQL, in install order; `requires` is what each file's objects need to exist first.
+// sql/schema/ holds tables and types (changed only by migrations in sql/migrations/);
+// sql/functions/ holds `create or replace` files that every upgrade script re-applies whole
+// (scripts/upgrade-script.sh). Rust functions above are marked `sql = false` and declared in
+// functions/rust.sql, so that their SQL types (conveyor.ulid rather than uuid) are ours to state.
+extension_sql_file!("../sql/schema/types.sql", name = "schema_types", bootstrap);
+extension_sql_file!("../sql/schema/state_machine.sql", name = "schema_state_machine", requires = ["schema_types"]);
+extension_sql_file!("../sql/schema/tables.sql", name = "schema_tables", requires = ["schema_state_machine"]);
+extension_sql_file!("../sql/functions/rust.sql", name = "rust", requires = ["schema_tables"]);
+extension_sql_file!("../sql/functions/errors.sql", name = "errors", requires = ["schema_tables"]);
+extension_sql_file!("../sql/functions/state_machine.sql", name = "state_machine", requires = ["rust", "errors"]);
+extension_sql_file!("../sql/functions/options.sql", name = "options", requires = ["state_machine"]);
+extension_sql_file!("../sql/functions/enqueue.sql", name = "enqueue", requires = ["options"]);
+extension_sql_file!("../sql/functions/claim.sql", name = "claim", requires = ["state_machine"]);
+extension_sql_file!("../sql/functions/finish.sql", name = "finish", requires = ["state_machine"]);
+extension_sql_file!("../sql/functions/running.sql", name = "running", requires = ["state_machine"]);
+extension_sql_file!("../sql/functions/operators.sql", name = "operators", requires = ["state_machine"]);
+extension_sql_file!("../sql/functions/tick_expire.sql", name = "tick_expire", requires = ["state_machine"]);
+extension_sql_file!("../sql/functions/tick_schedules.sql", name = "tick_schedules", requires = ["operators"]);
+extension_sql_file!("../sql/functions/tick_services.sql", name = "tick_services", requires = ["operators"]);
+extension_sql_file!("../sql/functions/tick_deliver.sql", name = "tick_deliver", requires = ["state_machine"]);
+extension_sql_file!("../sql/functions/tick_prune.sql", name = "tick_prune", requires = ["state_machine"]);
+extension_sql_file!("../sql/functions/outbox.sql", name = "outbox", requires = ["state_machine"]);
+extension_sql_file!(
+    "../sql/functions/tick.sql",
+    name = "tick",
+    requires = ["tick_expire", "tick_schedules", "tick_services", "tick_deliver", "tick_prune", "outbox"]
+);
+extension_sql_file!("../sql/functions/views.sql", name = "views", requires = ["options"]);
+extension_sql_file!(
+    "../sql/functions/roles.sql",
+    name = "roles",
+    requires = ["enqueue", "claim", "finish", "running", "tick", "views"],
+    finalize
+);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -10,6 +10,7 @@
 //! worker until it is promoted.
 
 use crate::guc;
+use crate::version;
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
 use std::time::Duration;
@@ -37,17 +38,19 @@ fn interval() -> Duration {
     Duration::from_millis(guc::TICK_INTERVAL_MS.get().max(10) as u64)
 }
 
-/// The tick steps, if the extension is installed in this database (it may be created later).
-fn steps() -> Option<Vec<String>> {
+/// The schema version installed in this database, or None while the extension is not there
+/// (it may be created later).
+fn schema_version() -> Option<String> {
     BackgroundWorker::transaction(|| {
-        let installed = Spi::get_one::<bool>(
-            "select exists (select from pg_catalog.pg_extension where extname = 'pg_conveyor')",
-        );
-        if installed != Ok(Some(true)) {
-            return None;
-        }
-        Spi::get_one::<Vec<String>>("select conveyor.tick_steps()").ok().flatten()
+        Spi::get_one::<String>("select extversion from pg_catalog.pg_extension where extname = 'pg_conveyor'")
+            .ok()
+            .flatten()
     })
+}
+
+/// The tick steps of the installed schema (whatever its version lists).
+fn steps() -> Option<Vec<String>> {
+    BackgroundWorker::transaction(|| Spi::get_one::<Vec<String>>("select conveyor.tick_steps()").ok().flatten())
 }
 
 /// SIGTERM seen, without consuming the flag `wait_latch` reads.
@@ -74,12 +77,29 @@ pub extern "C-unwind" fn conveyor_worker_main(_arg: pg_sys::Datum) {
         let _ = Spi::run(&format!("set application_name = '{APPLICATION_NAME}'"));
     });
     log!("pg_conveyor: tick worker started in database \"{db}\"");
+    let mut last_schema = String::new();
 
     while BackgroundWorker::wait_latch(Some(interval())) {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         if !guc::WORKER_ENABLED.get() || unsafe { pg_sys::RecoveryInProgress() } {
+            continue;
+        }
+        let Some(schema) = schema_version() else { continue };
+        if schema != last_schema {
+            // log once per version met: an older schema is ticked with its own steps until
+            // ALTER EXTENSION UPDATE; one this library does not know is left alone
+            match version::mismatch_message(&db, &schema) {
+                Some(message) => log!("{message}"),
+                None if !last_schema.is_empty() => {
+                    log!("pg_conveyor: database \"{db}\" schema is now version {schema}, the library's own")
+                }
+                None => {}
+            }
+            last_schema = schema.clone();
+        }
+        if version::plan(&schema) == version::Plan::Idle {
             continue;
         }
         let Some(steps) = steps() else { continue };

@@ -1,10 +1,10 @@
--- outbox.sql: durable messages written in the caller's transaction and sent later, at least
+-- functions/outbox.sql: durable messages written in the caller's transaction and sent later, at least
 -- once: tick sends each due message with pg_notify on its topic's channel; a relay can also
 -- claim messages in batches under a lease and acknowledge them once forwarded.
 
 -- publish: write a message in the caller's transaction (rolled back with it). It is sent when
 -- deliver_at comes: NOTIFY on channel `topic` with {id, topic, payload}, and relays may claim it.
-create function conveyor.publish(topic text, payload jsonb default '{}', deliver_at timestamptz default null)
+create or replace function conveyor.publish(topic text, payload jsonb default '{}', deliver_at timestamptz default null)
 returns conveyor.ulid
 language plpgsql
 security definer
@@ -17,24 +17,24 @@ declare
     v_id conveyor.ulid := conveyor.ulid_generate();
 begin
     if publish.topic is null or publish.topic !~ '^[A-Za-z0-9_.:/-]{1,63}$' then
-        raise exception using errcode = '22023',
-            message = format('invalid topic %s: use 1 to 63 letters, digits or _.:/- (it names a NOTIFY channel)',
-                             coalesce(quote_literal(publish.topic), 'null'));
+        perform conveyor._raise_invalid(format('invalid topic %s: use 1 to 63 letters, digits or _.:/- (it names a NOTIFY channel)',
+                                               coalesce(quote_literal(publish.topic), 'null')));
     end if;
     if publish.payload is null then
-        raise exception using errcode = '22023', message = 'payload must be JSON, got null';
+        perform conveyor._raise_invalid('payload must be JSON, got null');
     end if;
     insert into conveyor.outbox (id, topic, payload, created_at, deliver_at)
     values (v_id, publish.topic, publish.payload, v_now, coalesce(publish.deliver_at, v_now));
     return v_id;
 end
 $$;
+
 comment on function conveyor.publish is
     'write an outbox message in the caller''s transaction; tick NOTIFYs channel topic when deliver_at comes; relays claim/ack it';
 
 -- _flush_outbox: send due unpublished messages with pg_notify (delivered at commit) and mark
 -- them published. A payload too large for NOTIFY (8000 bytes) is announced without it.
-create function conveyor._flush_outbox(p_now timestamptz, p_limit integer)
+create or replace function conveyor._flush_outbox(p_now timestamptz, p_limit integer)
 returns integer
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
@@ -68,7 +68,7 @@ $$;
 
 -- outbox_claim: a relay claims up to `max` due, unacknowledged messages (optionally of some
 -- topics) under a lease; messages it does not acknowledge in time are claimable again.
-create function conveyor.outbox_claim(
+create or replace function conveyor.outbox_claim(
     relay text,
     topics text[] default null,
     max integer default 100,
@@ -86,10 +86,10 @@ declare
     v_token uuid := gen_random_uuid();
 begin
     if outbox_claim.relay is null or btrim(outbox_claim.relay) = '' then
-        raise exception using errcode = '22023', message = 'relay must name the claiming relay';
+        perform conveyor._raise_invalid('relay must name the claiming relay');
     end if;
     if outbox_claim.max is null or outbox_claim.max not between 1 and 10000 then
-        raise exception using errcode = '22023', message = format('invalid max %s: expected 1 to 10000', outbox_claim.max);
+        perform conveyor._raise_invalid(format('invalid max %s: expected 1 to 10000', outbox_claim.max));
     end if;
     return query
     with picked as (
@@ -109,12 +109,13 @@ begin
     returning o.id, o.topic, o.payload, o.deliver_at, o.claim_token, o.claims;
 end
 $$;
+
 comment on function conveyor.outbox_claim is
     'relay: claim due unacknowledged outbox messages under a lease (at least once: unacked ones come back after it)';
 
 -- outbox_ack: acknowledge claimed messages as forwarded; returns how many were acknowledged
 -- (a message whose claim expired and was taken by another relay is not).
-create function conveyor.outbox_ack(ids conveyor.ulid[], claim_token uuid)
+create or replace function conveyor.outbox_ack(ids conveyor.ulid[], claim_token uuid)
 returns integer
 language plpgsql
 security definer
@@ -132,4 +133,5 @@ begin
     return v_count;
 end
 $$;
+
 comment on function conveyor.outbox_ack is 'relay: acknowledge forwarded outbox messages of a claim';

@@ -1,11 +1,11 @@
--- views.sql: what dashboards read. Every view is plain SQL over the run, attempt and event
+-- functions/views.sql: what dashboards read. Every view is plain SQL over the run, attempt and event
 -- tables; "recent" windows are measured from conveyor._now(). Retry pressure (failures that
 -- were retried) is reported apart from releases (business waiting), never summed with them.
 
 -- queue_stats: per queue, runs by status now, the lag of the oldest claimable run (workers
 -- behind) and of the oldest due run not yet delivered (tick behind), and what finished,
 -- retried and released in the last 5 minutes.
-create view conveyor.queue_stats as
+create or replace view conveyor.queue_stats as
 with now as (select conveyor._now() as t),
 counts as (
     select r.queue,
@@ -19,7 +19,7 @@ counts as (
            count(*) filter (where r.status = 'cancelled') as cancelled,
            count(*) filter (where r.status = 'skipped') as skipped,
            min(r.run_at) filter (where r.status = 'queued') as oldest_queued,
-           min(r.run_at) filter (where r.status in ('scheduled', 'retrying', 'released')
+           min(r.run_at) filter (where conveyor._waiting(r.status)
                                    and r.run_at <= (select t from now)) as oldest_undelivered
     from conveyor.runs r
     group by r.queue
@@ -50,13 +50,14 @@ from conveyor.queues q
 cross join now
 left join counts c on c.queue = q.name
 left join recent r on r.queue = q.name;
+
 comment on view conveyor.queue_stats is
     'per queue at as_of: runs by status, lag_seconds (oldest claimable run), delivery_lag_seconds (oldest due run tick has not delivered: grows if tick stops), and the last 5 minutes: succeeded, throughput, failures, retries (failure pressure) and releases (waiting)';
 
 -- task_stats: per task, runs by status now (kept runs: retention), the retry and release
 -- counters of those runs, and the attempts of the last hour: how many, failures, retries,
 -- releases, mean duration of successful ones.
-create view conveyor.task_stats as
+create or replace view conveyor.task_stats as
 with now as (select conveyor._now() as t),
 counts as (
     select r.task,
@@ -95,11 +96,12 @@ select t.name as task, t.kind, t.queue, t.enabled, t.version,
 from conveyor.tasks t
 left join counts c on c.task = t.name
 left join recent r on r.task = t.name;
+
 comment on view conveyor.task_stats is
     'per task: runs by status, retries and releases of the runs kept, and the last hour of attempts (failures, retries, releases, mean duration)';
 
 -- recent_failures: failed attempts of the last 24 hours, newest first, with their error.
-create view conveyor.recent_failures as
+create or replace view conveyor.recent_failures as
 select a.finished_at, a.run_id, a.task, a.queue, a.attempt, a.outcome,
        a.error ->> 'code' as code, a.error ->> 'message' as message, a.error -> 'meta' as meta,
        a.worker, r.status as run_status, a.delay as retry_in, a.finished_at + a.delay as retry_at
@@ -108,12 +110,13 @@ left join conveyor.runs r on r.id = a.run_id
 where conveyor._is_failure(a.outcome)
   and a.finished_at > conveyor._now() - interval '24 hours'
 order by a.finished_at desc;
+
 comment on view conveyor.recent_failures is
     'failed, timed-out, crashed and log-overflow attempts of the last 24 hours, newest first (retry_at: when it was due again; null if not retried)';
 
 -- throughput: per queue and minute, the last hour (every minute, zeros included): attempts
 -- succeeded, retried (failed and retried), failed (for good) and released, for charts.
-create view conveyor.throughput as
+create or replace view conveyor.throughput as
 with now as (select date_trunc('minute', conveyor._now()) as t),
 minutes as (
     select q.name as queue, m.minute
@@ -137,11 +140,12 @@ select m.queue, m.minute,
 from minutes m
 left join counts c on c.queue = m.queue and c.minute = m.minute
 order by m.minute, m.queue;
+
 comment on view conveyor.throughput is
     'per queue and minute of the last hour (all 60 minutes): attempts succeeded, retried, failed and released';
 
 -- run_history: a run's attempts and events in time order, one row each (its timeline).
-create view conveyor.run_history as
+create or replace view conveyor.run_history as
 select e.run_id, e.at, 'event' as kind, e.type::text as what, e.attempt, e.data as detail
 from conveyor.events e
 union all
@@ -150,10 +154,11 @@ select a.run_id, a.finished_at, 'attempt', a.outcome::text, a.attempt,
                                             'started_at', a.started_at, 'error', a.error, 'reason', a.reason,
                                             'delay', conveyor._duration_text(a.delay)))
 from conveyor.attempts a;
+
 comment on view conveyor.run_history is 'each run''s events and ended attempts (filter by run_id, order by at)';
 
 -- _metric_label: a Prometheus label value, escaped.
-create function conveyor._metric_label(value text)
+create or replace function conveyor._metric_label(value text)
 returns text
 language sql
 immutable
@@ -162,7 +167,7 @@ as $$ select '"' || replace(replace(replace(value, '\', '\\'), '"', '\"'), E'\n'
 -- metrics: the figures of queue_stats in Prometheus text exposition format: each family's HELP
 -- and TYPE lines, then its samples ordered by queue and label (a family stays in one block, as
 -- the format requires).
-create function conveyor.metrics()
+create or replace function conveyor.metrics()
 returns text
 language sql
 stable
@@ -207,4 +212,5 @@ as $$
     )
     select string_agg(b.text, E'\n' order by b.ord) || E'\n' from block b
 $$;
+
 comment on function conveyor.metrics() is 'queue figures in Prometheus text exposition format (serve it from any HTTP endpoint)';

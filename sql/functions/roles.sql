@@ -1,4 +1,4 @@
--- roles.sql: four roles, each granted only its job. Nobody but the owner writes the tables;
+-- functions/roles.sql: four roles, each granted only its job. Nobody but the owner writes the tables;
 -- every state change goes through a SECURITY DEFINER function with a fixed search_path
 -- (pg_catalog, conveyor, pg_temp), so objects in a caller's schemas are never picked up.
 --
@@ -22,8 +22,11 @@ $$;
 grant conveyor_producer, conveyor_worker, conveyor_reader to conveyor_admin;
 
 revoke all on all tables in schema conveyor from public;
+
 revoke all on all sequences in schema conveyor from public;
+
 revoke execute on all functions in schema conveyor from public;
+
 grant usage on schema conveyor to conveyor_admin, conveyor_producer, conveyor_worker, conveyor_reader;
 
 -- the types' own functions (I/O, comparison) and harmless helpers stay usable by everyone
@@ -38,6 +41,8 @@ grant execute on function
     conveyor.duration_in(cstring), conveyor.duration_out(conveyor.duration),
     conveyor.duration_recv(internal), conveyor.duration_send(conveyor.duration),
     conveyor._duration_text(interval), conveyor._is_failure(conveyor.attempt_outcome), conveyor._now(),
+    conveyor._finished(conveyor.run_status), conveyor._live(conveyor.run_status), conveyor._waiting(conveyor.run_status),
+    conveyor._delivered(conveyor.run_status), conveyor._outcome_status(conveyor.attempt_outcome),
     conveyor.tick_steps()
 to public;
 
@@ -63,15 +68,18 @@ to conveyor_worker;
 grant select on
     conveyor.runs, conveyor.attempts, conveyor.attempt_logs, conveyor.events, conveyor.tasks,
     conveyor.queues, conveyor.transitions, conveyor.defaults, conveyor.task_config, conveyor.outbox,
-    conveyor.queue_stats, conveyor.task_stats, conveyor.recent_failures, conveyor.throughput, conveyor.run_history
+    conveyor.queue_stats, conveyor.task_stats, conveyor.recent_failures, conveyor.throughput, conveyor.run_history,
+    conveyor.run_statuses, conveyor.attempt_outcomes, conveyor.error_codes, conveyor.options
 to conveyor_reader;
+
 grant execute on function conveyor.metrics() to conveyor_reader;
+
 grant select on all tables in schema conveyor to conveyor_admin;
 
 grant execute on function
-    conveyor.define_task(text, text, integer, integer, text, conveyor.duration, conveyor.duration, text,
-                         conveyor.duration, integer, text, text, text, integer, jsonb),
-    conveyor.define_service(text, integer, text, conveyor.duration, text, conveyor.duration, jsonb, jsonb),
+    conveyor.define_task(text, text, integer, integer, text, text, text, text, text, integer, text, text, text,
+                         integer, jsonb),
+    conveyor.define_service(text, integer, text, text, text, text, jsonb, jsonb),
     conveyor.disable_task(text), conveyor.enable_task(text),
     conveyor.set_queue(text, integer, boolean, boolean, boolean),
     conveyor.pause_queue(text), conveyor.resume_queue(text),

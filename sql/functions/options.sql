@@ -1,27 +1,73 @@
--- config.sql: tasks, services, queues and defaults. Validation is in Rust (_check_options);
--- what is stored here has passed it whole, or nothing is stored.
+-- functions/options.sql: tasks, services, queues and defaults. Each option is defined once, in
+-- src/config.rs (name, kinds that accept it, value type, built-in default; conveyor.options lists
+-- them); validation is there too (_check_options): what is stored here has passed it whole, or
+-- nothing is stored. The defaults view and the README's option table are checked against that
+-- registry by pgrx-tests/sql/option_registry.sql and tests/integration/docs.rs.
 
--- _raise_config: refuse a configuration, listing every problem.
-create function conveyor._raise_config(problems text[])
-returns void
-language plpgsql
-set search_path = pg_catalog, conveyor, pg_temp
-set plan_cache_mode = force_generic_plan
-as $$
-begin
-    raise exception using
-        errcode = 'CV010',
-        message = case cardinality(problems)
-            when 1 then 'invalid configuration: ' || problems[1]
-            else format('invalid configuration: %s problems: %s', cardinality(problems), array_to_string(problems, '; '))
-        end,
-        detail = array_to_string(problems, E'\n'),
-        hint = 'nothing was changed';
-end
-$$;
+create or replace view conveyor.defaults as
+select
+    coalesce(o.queue, 'default') as queue,
+    coalesce(o.priority, 0::smallint) as priority,
+    coalesce(o.max_attempts, 1) as max_attempts,
+    coalesce(o.backoff, 'constant') as backoff,
+    o.backoff_custom,
+    coalesce(o.delay, interval '5 seconds') as delay,
+    coalesce(o.max_delay, interval '5 minutes') as max_delay,
+    o.max_delay as max_delay_given,
+    coalesce(o.jitter, 'none') as jitter,
+    o.timeout,
+    coalesce(o.lease, interval '30 seconds') as lease,
+    coalesce(o.max_lease, interval '1 hour') as max_lease,
+    coalesce(o.log_max_size, 1048576) as log_max_size,
+    coalesce(o.log_on_full, 'truncate') as log_on_full,
+    coalesce(o.retention, interval '7 days') as retention,
+    coalesce(o.restart_delay, interval '1 second') as restart_delay,
+    coalesce(o.restart_backoff, 'exponential') as restart_backoff,
+    coalesce(o.restart_max_delay, interval '60 seconds') as restart_max_delay
+from (values (true)) as one(singleton)
+left join conveyor._defaults o using (singleton);
+
+comment on view conveyor.defaults is 'effective defaults: what a task that leaves an option off gets';
+
+-- task_config: each task's effective options, its own where given, else the defaults.
+-- A custom backoff list is capped only by an explicitly given max_delay.
+create or replace view conveyor.task_config as
+select
+    t.name, t.kind, t.queue, t.enabled, t.version,
+    coalesce(t.priority, d.priority) as priority,
+    coalesce(t.max_attempts, d.max_attempts) as max_attempts,
+    coalesce(t.backoff, d.backoff) as backoff,
+    case when t.backoff is not null then t.backoff_custom else d.backoff_custom end as backoff_custom,
+    coalesce(t.delay, d.delay) as delay,
+    case when coalesce(t.backoff, d.backoff) = 'custom'
+         then coalesce(t.max_delay, d.max_delay_given)
+         else coalesce(t.max_delay, d.max_delay) end as max_delay,
+    coalesce(t.jitter, d.jitter) as jitter,
+    coalesce(t.timeout, d.timeout) as timeout,
+    coalesce(t.lease, d.lease) as lease,
+    d.max_lease,
+    coalesce(t.log_max_size, d.log_max_size) as log_max_size,
+    coalesce(t.log_on_full, d.log_on_full) as log_on_full,
+    t.schedule, t.timezone, t.on_overlap, t.catch_up, t.next_fire_at,
+    t.parallelism, t.payload, t.replicas,
+    coalesce(t.restart_delay, d.restart_delay) as restart_delay,
+    coalesce(t.restart_backoff, d.restart_backoff) as restart_backoff,
+    coalesce(t.restart_max_delay, d.restart_max_delay) as restart_max_delay
+from conveyor.tasks t
+cross join conveyor.defaults d;
+
+comment on view conveyor.task_config is 'each task''s effective configuration (its options over conveyor.defaults)';
+
+-- options: every option, defined once in src/config.rs: the kinds that accept it (task, service,
+-- queue, defaults), the value it takes, its built-in default and what it does.
+create or replace view conveyor.options as
+select o.name, o.kinds, o.type, o.default, o.meaning
+from jsonb_to_recordset(conveyor._option_registry())
+     as o(name text, kinds text[], type text, "default" text, meaning text);
+comment on view conveyor.options is 'every task, service, queue and defaults option: kinds, value, built-in default, meaning';
 
 -- _checked: the normalized options of one entry, or CV010 listing what is wrong with it.
-create function conveyor._checked(kind text, name text, options jsonb)
+create or replace function conveyor._checked(kind text, name text, options jsonb)
 returns jsonb
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
@@ -39,7 +85,7 @@ $$;
 
 -- _check_effective: after a change, each task's effective policy must still hold together
 -- (its own options over the defaults): max_delay at least delay for computed curves.
-create function conveyor._check_effective()
+create or replace function conveyor._check_effective()
 returns void
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
@@ -61,7 +107,7 @@ end
 $$;
 
 -- _ensure_queue: the queue row, created (unbounded, running) the first time a name is used.
-create function conveyor._ensure_queue(name text)
+create or replace function conveyor._ensure_queue(name text)
 returns void
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
@@ -75,7 +121,7 @@ begin
     end if;
     v_problem := conveyor._check_name('queue', name);
     if v_problem is not null then
-        raise exception using errcode = '22023', message = v_problem;
+        perform conveyor._raise_invalid(v_problem);
     end if;
     insert into conveyor.queues (name) values (_ensure_queue.name) on conflict do nothing;
 end
@@ -84,7 +130,7 @@ $$;
 -- _define: create or replace a task or service from validated options. Re-defining replaces
 -- the options whole (what is left off comes from the defaults) and bumps the version when
 -- anything changed. Returns the version.
-create function conveyor._define(p_kind text, p_name text, p_options jsonb)
+create or replace function conveyor._define(p_kind text, p_name text, p_options jsonb)
 returns integer
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
@@ -170,7 +216,7 @@ begin
         active = case
             when excluded.parallelism is not null and t.parallelism is null then
                 (select count(*) from conveyor.runs r
-                  where r.task = excluded.name and r.status in ('queued', 'running'))
+                  where r.task = excluded.name and conveyor._delivered(r.status) = 1)
             else t.active end;
 
     perform conveyor._check_effective();
@@ -180,17 +226,18 @@ $$;
 
 -- define_task: create or replace a task. Named arguments for the common options; `options`
 -- takes any option (the same shape as an entry of apply_config's "tasks"); a named argument
--- wins over the same key in `options`. Returns the task's version.
-create function conveyor.define_task(
+-- wins over the same key in `options`. Returns the task's version. Durations are text ('30s',
+-- '00:05:00'), validated with the other options: a bad one is CV010 whichever way it came.
+create or replace function conveyor.define_task(
     name text,
     queue text default null,
     max_attempts integer default null,
     retry_attempts integer default null,
     backoff text default null,
-    delay conveyor.duration default null,
-    max_delay conveyor.duration default null,
+    delay text default null,
+    max_delay text default null,
     jitter text default null,
-    timeout conveyor.duration default null,
+    timeout text default null,
     priority integer default null,
     schedule text default null,
     timezone text default null,
@@ -207,23 +254,24 @@ as $$
 begin
     return conveyor._define('task', name, coalesce(options, '{}') || jsonb_strip_nulls(jsonb_build_object(
         'queue', queue, 'max_attempts', max_attempts, 'retry_attempts', retry_attempts,
-        'backoff', backoff, 'delay', delay::text, 'max_delay', max_delay::text, 'jitter', jitter,
-        'timeout', timeout::text, 'priority', priority, 'schedule', schedule, 'timezone', timezone,
+        'backoff', backoff, 'delay', delay, 'max_delay', max_delay, 'jitter', jitter,
+        'timeout', timeout, 'priority', priority, 'schedule', schedule, 'timezone', timezone,
         'on_overlap', on_overlap, 'parallelism', parallelism)));
 end
 $$;
+
 comment on function conveyor.define_task is
     'create or replace a task (re-defining replaces its options and bumps its version); returns the version';
 
 -- define_service: create or replace a service: `replicas` runs kept alive by tick, restarted
 -- with backoff when they end (for any reason but a manual stop).
-create function conveyor.define_service(
+create or replace function conveyor.define_service(
     name text,
     replicas integer default 1,
     queue text default null,
-    restart_delay conveyor.duration default null,
+    restart_delay text default null,
     restart_backoff text default null,
-    restart_max_delay conveyor.duration default null,
+    restart_max_delay text default null,
     payload jsonb default null,
     options jsonb default null
 )
@@ -235,17 +283,18 @@ set plan_cache_mode = force_generic_plan
 as $$
 begin
     return conveyor._define('service', name, coalesce(options, '{}') || jsonb_strip_nulls(jsonb_build_object(
-        'replicas', replicas, 'queue', queue, 'restart_delay', restart_delay::text,
-        'restart_backoff', restart_backoff, 'restart_max_delay', restart_max_delay::text,
+        'replicas', replicas, 'queue', queue, 'restart_delay', restart_delay,
+        'restart_backoff', restart_backoff, 'restart_max_delay', restart_max_delay,
         'payload', payload)));
 end
 $$;
+
 comment on function conveyor.define_service is
     'create or replace a service (always-on replicas restarted by tick); returns the version';
 
 -- _set_enabled: enable or disable a task; a disabled task's outstanding runs fail with
 -- task_disabled when claimed.
-create function conveyor._set_enabled(p_name text, p_enabled boolean)
+create or replace function conveyor._set_enabled(p_name text, p_enabled boolean)
 returns void
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
@@ -257,31 +306,33 @@ begin
         updated_at = conveyor._now()
     where t.name = p_name;
     if not found then
-        raise exception using errcode = 'CV003', message = format('unknown task "%s"', p_name);
+        perform conveyor._raise_unknown_task(p_name);
     end if;
 end
 $$;
 
-create function conveyor.disable_task(name text)
+create or replace function conveyor.disable_task(name text)
 returns void
 language sql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
 as $$ select conveyor._set_enabled(name, false) $$;
+
 comment on function conveyor.disable_task is
     'disable a task: its outstanding runs fail with code task_disabled when claimed (never retried)';
 
-create function conveyor.enable_task(name text)
+create or replace function conveyor.enable_task(name text)
 returns void
 language sql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
 as $$ select conveyor._set_enabled(name, true) $$;
+
 comment on function conveyor.enable_task is 'enable a task again';
 
 -- _set_queue: apply validated queue options (declarative: what is left off is reset).
 -- Turning a queue bounded counts its delivered runs under the queue's lock.
-create function conveyor._set_queue(p_name text, p_options jsonb)
+create or replace function conveyor._set_queue(p_name text, p_options jsonb)
 returns void
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
@@ -298,14 +349,14 @@ begin
         notify = coalesce((o ->> 'notify')::boolean, true),
         delivery_outbox = coalesce((o ->> 'delivery_outbox')::boolean, false),
         delivered = case when o ? 'concurrency' then
-            (select count(*) from conveyor.runs r where r.queue = p_name and r.status in ('queued', 'running'))
+            (select count(*) from conveyor.runs r where r.queue = p_name and conveyor._delivered(r.status) = 1)
             else 0 end
     where q.name = p_name;
 end
 $$;
 
 -- set_queue: configure a queue (declarative: options left off return to their defaults).
-create function conveyor.set_queue(
+create or replace function conveyor.set_queue(
     name text,
     concurrency integer default null,
     paused boolean default false,
@@ -320,12 +371,13 @@ as $$
     select conveyor._set_queue(name, jsonb_strip_nulls(jsonb_build_object(
         'concurrency', concurrency, 'paused', paused, 'notify', notify, 'delivery_outbox', delivery_outbox)))
 $$;
+
 comment on function conveyor.set_queue is
     'configure a queue: concurrency (null = unbounded), paused, notify (wakeups), delivery_outbox';
 
 -- pause_queue / resume_queue: claims from a paused queue return nothing and tick delivers
 -- nothing into it.
-create function conveyor.pause_queue(name text)
+create or replace function conveyor.pause_queue(name text)
 returns void
 language plpgsql
 security definer
@@ -335,13 +387,14 @@ as $$
 begin
     update conveyor.queues q set paused = true where q.name = pause_queue.name;
     if not found then
-        raise exception using errcode = 'CV007', message = format('unknown queue "%s"', name);
+        perform conveyor._raise_unknown_queue(name);
     end if;
 end
 $$;
+
 comment on function conveyor.pause_queue is 'pause a queue: claims return nothing, tick delivers nothing into it';
 
-create function conveyor.resume_queue(name text)
+create or replace function conveyor.resume_queue(name text)
 returns void
 language plpgsql
 security definer
@@ -351,14 +404,15 @@ as $$
 begin
     update conveyor.queues q set paused = false where q.name = resume_queue.name;
     if not found then
-        raise exception using errcode = 'CV007', message = format('unknown queue "%s"', name);
+        perform conveyor._raise_unknown_queue(name);
     end if;
 end
 $$;
+
 comment on function conveyor.resume_queue is 'resume a paused queue';
 
 -- _set_defaults: replace the operator's defaults with validated options.
-create function conveyor._set_defaults(p_options jsonb)
+create or replace function conveyor._set_defaults(p_options jsonb)
 returns void
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
@@ -401,19 +455,20 @@ $$;
 
 -- set_defaults: replace the defaults every task falls back on (declarative: options left off
 -- return to their built-in values; see the view conveyor.defaults).
-create function conveyor.set_defaults(options jsonb)
+create or replace function conveyor.set_defaults(options jsonb)
 returns void
 language sql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
 as $$ select conveyor._set_defaults(options) $$;
+
 comment on function conveyor.set_defaults is
     'replace the defaults (max_attempts, backoff, delay, max_delay, jitter, timeout, lease, max_lease, retention, ...)';
 
 -- apply_config: apply a whole configuration {defaults, queues, tasks, services} (the shape of a
 -- supervisor's config file). Every entry is validated first; one bad entry and nothing is
 -- applied, with every problem listed. Tasks and queues it does not name are left as they are.
-create function conveyor.apply_config(config jsonb)
+create or replace function conveyor.apply_config(config jsonb)
 returns jsonb
 language plpgsql
 security definer
@@ -472,5 +527,6 @@ begin
         'services', (select count(*) from jsonb_object_keys(coalesce(config -> 'services', '{}'))));
 end
 $$;
+
 comment on function conveyor.apply_config is
     'apply {defaults, queues, tasks, services} whole: all validated first; any problem and nothing changes (CV010 lists them all)';

@@ -1,0 +1,155 @@
+-- functions/claim.sql: workers take queued runs under a lease (README: Workers). The lease token
+-- proves the attempt to every later call (fencing).
+
+-- claim_runs: claim up to `max` queued runs (priority, then due time, then id) from one queue or
+-- several (comma-separated), optionally only of some tasks: queued -> running under a new lease.
+-- Rows are locked FOR NO KEY UPDATE SKIP LOCKED, so concurrent claimers never share a run.
+-- Runs of a disabled task fail (task_disabled) here instead of being returned.
+create or replace function conveyor.claim_runs(
+    queues text,
+    worker text,
+    max integer default 10,
+    lease conveyor.duration default null,
+    tasks text[] default null
+)
+returns setof conveyor.claimed_run
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+#variable_conflict use_column
+declare
+    v_now timestamptz := conveyor._now();
+    v_names text[] := array(select btrim(q) from unnest(string_to_array(claim_runs.queues, ',')) q where btrim(q) <> '');
+    v_open text[];
+    v_lease interval := claim_runs.lease;
+    v_ids conveyor.ulid[];
+    v_claimed conveyor.claimed_run[];
+    v_disabled conveyor._ending[];
+begin
+    if claim_runs.worker is null or btrim(claim_runs.worker) = '' or length(claim_runs.worker) > 200 then
+        perform conveyor._raise_invalid('worker must name the claiming worker (1 to 200 characters), e.g. host:pid');
+    end if;
+    if claim_runs.max is null or claim_runs.max not between 1 and 10000 then
+        perform conveyor._raise_invalid(format('invalid max %s: expected 1 to 10000 runs per claim', coalesce(claim_runs.max::text, 'null')));
+    end if;
+    if v_lease is not null and v_lease <= interval '0' then
+        perform conveyor._raise_invalid('lease must be longer than 0s');
+    end if;
+    select array_agg(q.name) into v_open from conveyor.queues q where q.name = any(v_names) and not q.paused;
+    if v_open is null then
+        return;
+    end if;
+
+    if cardinality(v_open) > 1 then
+        -- the best candidates of each queue, then the best of those, locked
+        select array_agg(r.id) into v_ids from (
+            select r.id from conveyor.runs r
+            where r.id in (
+                select c.id
+                from unnest(v_open) as q(name)
+                cross join lateral (
+                    select r2.id, r2.priority, r2.run_at from conveyor.runs r2
+                    where r2.status = 'queued' and r2.queue = q.name
+                      and (claim_runs.tasks is null or r2.task = any(claim_runs.tasks))
+                    order by r2.priority, r2.run_at, r2.id
+                    limit claim_runs.max * 2
+                ) c
+                order by c.priority, c.run_at, c.id
+                limit claim_runs.max * 2)
+              and r.status = 'queued'
+            order by r.priority, r.run_at, r.id
+            limit claim_runs.max
+            for no key update skip locked
+        ) r;
+        if v_ids is null then
+            return;
+        end if;
+    end if;
+
+    with claimed as (
+        update conveyor.runs r
+        set status = 'running',
+            prev_attempt_id = r.attempt_id,
+            attempt_id = conveyor.ulid_generate(),
+            lease_token = gen_random_uuid(),
+            lease_expires_at = v_now + least(coalesce(v_lease, c.lease), c.max_lease),
+            timeout_at = v_now + c.timeout,
+            started_at = v_now,
+            worker = claim_runs.worker,
+            log_size = 0
+        from conveyor.task_config c
+        where c.name = r.task
+          and r.id = any(coalesce(v_ids, array(
+              -- one queue: pick and lock in index order, in this same statement (an array, so the
+              -- generic plan looks the rows up by primary key whatever max is)
+              select p.id from conveyor.runs p
+              where p.status = 'queued' and p.queue = v_open[1]
+                and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
+              order by p.priority, p.run_at, p.id
+              limit claim_runs.max
+              for no key update skip locked)))
+        returning r.id, r.lease_token, r.task, r.queue, r.payload, r.attempts + 1 as attempt, r.failures, r.releases,
+                  r.attempt_id, r.priority, r.parent_run_id, r.lease_expires_at, r.timeout_at, r.run_at, c.enabled
+    )
+    select
+        array_agg(row(c.id, c.lease_token, c.task, c.queue, c.payload, c.attempt, c.failures, c.releases,
+                      c.attempt_id, c.priority, c.parent_run_id, c.lease_expires_at, c.timeout_at)::conveyor.claimed_run
+                  order by c.priority, c.run_at, c.id) filter (where c.enabled),
+        array_agg(row(c.id, c.lease_token, null, 'failed',
+                      conveyor._failure('task_disabled', format('task "%s" is disabled', c.task)),
+                      false, null, null, null)::conveyor._ending) filter (where not c.enabled)
+    into v_claimed, v_disabled
+    from claimed c;
+
+    if v_disabled is not null then
+        perform conveyor._end_attempts(v_disabled);
+    end if;
+    return query select * from unnest(v_claimed);
+end
+$$;
+
+comment on function conveyor.claim_runs is
+    'claim up to max runs from a queue (or several, comma-separated) for a worker; each comes with a lease_token for heartbeat/complete/fail/release';
+
+-- claim_run: claim_runs with max 1.
+create or replace function conveyor.claim_run(
+    queues text,
+    worker text,
+    lease conveyor.duration default null,
+    tasks text[] default null
+)
+returns setof conveyor.claimed_run
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    return query select * from conveyor.claim_runs(queues, worker, 1, lease, tasks);
+end
+$$;
+
+comment on function conveyor.claim_run is
+    'claim one run (zero or one row) from a queue (or several, comma-separated)';
+
+-- pending: how many runs of these queues (comma-separated) are not finished yet: waiting,
+-- queued or running. Lets a worker that drains its queues know when it is done, without
+-- read access to the run tables.
+create or replace function conveyor.pending(queues text)
+returns bigint
+language plpgsql
+stable
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    return (select count(*) from conveyor.runs r
+            where r.queue = any(array(select btrim(q) from unnest(string_to_array(pending.queues, ',')) q))
+              and conveyor._live(r.status));
+end
+$$;
+
+comment on function conveyor.pending is 'runs of these queues (comma-separated) not finished yet: waiting, queued or running';

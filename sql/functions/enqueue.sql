@@ -1,0 +1,169 @@
+-- functions/enqueue.sql: producers create runs, in the caller's transaction (README: Producers).
+
+-- _enqueue: insert runs of one task (scheduled, or queued when due now with capacity free), one
+-- statement for the whole batch. Returns each input's run id in input order; an idempotency key
+-- that matches a live run returns that run's id and writes nothing.
+create or replace function conveyor._enqueue(
+    p_task text, p_payloads jsonb[], p_run_at timestamptz, p_delay interval, p_priority integer,
+    p_queue text, p_keys text[], p_parent conveyor.ulid
+)
+returns table (ord integer, id conveyor.ulid)
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+#variable_conflict use_column
+declare
+    v_now timestamptz := conveyor._now();
+    v_task record;
+    v_queue text;
+    v_due timestamptz;
+    v_n integer := coalesce(cardinality(p_payloads), 0);
+    v_free integer := 0;
+    v_bad integer;
+    v_ids conveyor.ulid[];
+begin
+    -- the task, and whether its queue exists and is bounded (or the task capped), in one look-up
+    select c.*, q.name as queue_found, (q.concurrency is not null or c.parallelism is not null) as limited
+    into v_task
+    from conveyor.task_config c
+    left join conveyor.queues q on q.name = coalesce(p_queue, c.queue)
+    where c.name = p_task;
+    if not found then
+        perform conveyor._raise_unknown_task(p_task, 'task',
+            'define it first: select conveyor.define_task(''' || coalesce(p_task, '') || ''')');
+    end if;
+    if v_task.kind = 'service' then
+        perform conveyor._raise_invalid(format('task "%s" is a service: tick keeps its replicas running; it is not enqueued', p_task));
+    end if;
+    if p_run_at is not null and p_delay is not null then
+        perform conveyor._raise_invalid('give run_at or delay, not both');
+    end if;
+    if p_priority is not null and p_priority not between 0 and 9 then
+        perform conveyor._raise_invalid(format('invalid priority %s: expected 0 (first) to 9 (last)', p_priority));
+    end if;
+    if v_n = 1 then
+        v_bad := case when p_payloads[1] is null or jsonb_typeof(p_payloads[1]) <> 'object' then 1 end;
+    else
+        select min(i.n) into v_bad
+        from unnest(p_payloads) with ordinality as i(p, n)
+        where i.p is null or jsonb_typeof(i.p) <> 'object';
+    end if;
+    if v_bad is not null then
+        perform conveyor._raise_invalid(format('payload must be a JSON object, got %s%s',
+                                               coalesce(jsonb_typeof(p_payloads[v_bad]), 'null'),
+                                               case when v_n > 1 then format(' (payload %s of %s)', v_bad, v_n) else '' end));
+    end if;
+    if p_keys is not null and cardinality(p_keys) <> v_n then
+        perform conveyor._raise_invalid(format('%s idempotency keys for %s payloads: give one per payload (or null)', cardinality(p_keys), v_n));
+    end if;
+    if p_parent is not null and not exists (select from conveyor.runs r where r.id = p_parent) then
+        perform conveyor._raise_unknown_run(p_parent, 'parent run');
+    end if;
+
+    v_queue := coalesce(p_queue, v_task.queue);
+    if v_task.queue_found is null then
+        perform conveyor._ensure_queue(v_queue);
+    end if;
+    v_due := coalesce(p_run_at, v_now + p_delay, v_now);
+    if v_due <= v_now then
+        v_free := case when v_task.limited is not false then conveyor._free_capacity(v_queue, p_task, v_n) else v_n end;
+    end if;
+
+    with input as (
+        select i.n::integer as n, i.p, i.k, conveyor.ulid_generate() as new_id
+        from unnest(p_payloads, p_keys) with ordinality as i(p, k, n)
+    ),
+    inserted as (
+        insert into conveyor.runs (id, task, queue, status, priority, run_at, payload, created_at,
+                                   task_version, idempotency_key, parent_run_id)
+        select i.new_id, p_task, v_queue,
+               case when i.n <= v_free then 'queued' else 'scheduled' end::conveyor.run_status,
+               coalesce(p_priority, v_task.priority), v_due, i.p, v_now, v_task.version, i.k, p_parent
+        from input i
+        order by i.n
+        on conflict (task, idempotency_key)
+            where idempotency_key is not null and conveyor._live(status)
+            do nothing
+        returning id
+    )
+    select array_agg(ins.id order by i.n)
+    into v_ids
+    from input i
+    left join inserted ins on ins.id = i.new_id;
+
+    if p_keys is null then
+        return query select i.n::integer, i.id from unnest(v_ids) with ordinality as i(id, n);
+        return;
+    end if;
+    -- keys that matched a live run: that run's id (a fresh statement sees runs committed since)
+    return query
+    select i.n::integer, coalesce(v_ids[i.n], (
+        select r.id from conveyor.runs r
+        where r.task = p_task and r.idempotency_key = i.k
+          and conveyor._live(r.status)))
+    from unnest(p_keys) with ordinality as i(k, n)
+    where v_ids[i.n] is null
+    union all
+    select i.n::integer, v_ids[i.n]
+    from generate_subscripts(v_ids, 1) as i(n)
+    where v_ids[i.n] is not null
+    order by 1;
+end
+$$;
+
+-- enqueue: create a run of a task, in the caller's transaction. Due now (the default) in an
+-- unbounded queue it is queued (claimable at once; listeners on conveyor.<queue> are woken at
+-- commit); later, or in a bounded queue without room, it is scheduled and tick delivers it.
+create or replace function conveyor.enqueue(
+    task text,
+    payload jsonb default '{}',
+    run_at timestamptz default null,
+    delay conveyor.duration default null,
+    priority integer default null,
+    queue text default null,
+    idempotency_key text default null,
+    parent_run_id conveyor.ulid default null
+)
+returns conveyor.ulid
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    return (select e.id from conveyor._enqueue(task, array[payload], run_at, delay, priority, queue,
+                                               case when idempotency_key is not null then array[idempotency_key] end,
+                                               parent_run_id) e);
+end
+$$;
+
+comment on function conveyor.enqueue is
+    'enqueue a run of a task (payload: a JSON object; run_at or delay; priority 0-9; queue override; idempotency_key; parent_run_id); returns its id';
+
+-- enqueue_many: enqueue many runs of one task in one statement; returns their ids in order.
+create or replace function conveyor.enqueue_many(
+    task text,
+    payloads jsonb[],
+    run_at timestamptz default null,
+    delay conveyor.duration default null,
+    priority integer default null,
+    queue text default null,
+    idempotency_keys text[] default null,
+    parent_run_id conveyor.ulid default null
+)
+returns setof conveyor.ulid
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    return query
+    select e.id from conveyor._enqueue(task, payloads, run_at, delay, priority, queue, idempotency_keys, parent_run_id) e
+    order by e.ord;
+end
+$$;
+
+comment on function conveyor.enqueue_many is
+    'enqueue many runs of one task in one statement (one payload each; idempotency_keys aligned with payloads); returns their ids in order';

@@ -1,0 +1,67 @@
+-- functions/rust.sql: the SQL declarations of the Rust functions in src/ (marked `sql = false`
+-- there, so that their SQL types, e.g. conveyor.ulid rather than uuid, are ours to state).
+-- Their C symbols keep their 0.1.0 behaviour: a database not yet updated runs 0.1.0's SQL
+-- over the new library (docs/upgrading.md).
+
+-- ulid_generate: a new ULID, increasing within a backend even inside one millisecond.
+create or replace function conveyor.ulid_generate() returns conveyor.ulid
+    volatile parallel safe language c as 'MODULE_PATHNAME', 'ulid_generate_wrapper';
+
+comment on function conveyor.ulid_generate() is 'a new ULID (time-ordered; increasing within a session)';
+
+-- ulid_timestamp: the creation time encoded in a ULID.
+create or replace function conveyor.ulid_timestamp(conveyor.ulid) returns timestamptz
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', 'ulid_timestamp_wrapper';
+
+comment on function conveyor.ulid_timestamp(conveyor.ulid) is 'the millisecond timestamp a ULID carries';
+
+-- _ulid_or_null: text to ULID, NULL when it is not one (batch input from JSON).
+create or replace function conveyor._ulid_or_null(text) returns conveyor.ulid
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', '_ulid_or_null_wrapper';
+
+-- _uuid_or_null: text to uuid, NULL when it is not one (lease tokens from JSON).
+create or replace function conveyor._uuid_or_null(text) returns uuid
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', '_uuid_or_null_wrapper';
+
+-- _duration_or_null: text to interval, NULL when it is not a duration (worker input).
+create or replace function conveyor._duration_or_null(text) returns interval
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', '_duration_or_null_wrapper';
+
+-- _duration_text: an interval in duration notation (1m 30s), for events and views.
+create or replace function conveyor._duration_text(interval) returns text
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', '_duration_text_wrapper';
+
+-- time, policy arithmetic, schedules, config validation (pure Rust)
+
+-- _now: the transaction time, or conveyor.test_clock when a superuser set it.
+create or replace function conveyor._now() returns timestamptz
+    stable parallel safe language c as 'MODULE_PATHNAME', '_now_wrapper';
+
+comment on function conveyor._now() is
+    'the current time for every conveyor comparison: now(), or the superuser-only setting conveyor.test_clock';
+
+-- _backoff_delay: the delay before retry n under a policy (jitter applied).
+create or replace function conveyor._backoff_delay(
+    backoff text, base interval, max_delay interval, custom interval[], jitter text, n integer
+) returns interval
+    volatile parallel safe language c as 'MODULE_PATHNAME', '_backoff_delay_wrapper';
+
+-- _cron_next: the next firing of a schedule strictly after a time (NULL: never again).
+create or replace function conveyor._cron_next(expr text, tz text, after timestamptz) returns timestamptz
+    immutable parallel safe language c as 'MODULE_PATHNAME', '_cron_next_wrapper';
+
+-- _check_options: validate one entry's options: {"options": normalized} or {"problems": [...]}.
+create or replace function conveyor._check_options(kind text, name text, options jsonb) returns jsonb
+    immutable parallel safe language c as 'MODULE_PATHNAME', '_check_options_wrapper';
+
+-- _check_name: NULL when a task/queue name is acceptable, else what is wrong with it.
+create or replace function conveyor._check_name(kind text, name text) returns text
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', '_check_name_wrapper';
+
+-- _option_registry: every task, service, queue and defaults option (src/config.rs), as JSON.
+create or replace function conveyor._option_registry() returns jsonb
+    immutable parallel safe language c as 'MODULE_PATHNAME', '_option_registry_wrapper';
+
+-- _library_version: the version of the loaded library (the schema's is pg_extension.extversion).
+create or replace function conveyor._library_version() returns text
+    immutable parallel safe language c as 'MODULE_PATHNAME', '_library_version_wrapper';

@@ -1,0 +1,35 @@
+-- functions/tick_prune.sql: tick step `prune`: retention.
+
+-- _prune: delete finished runs older than the retention (conveyor.defaults), with their
+-- attempts, logs and events, oldest first, at most p_limit runs; and outbox rows published
+-- longer ago than the retention.
+create or replace function conveyor._prune(p_now timestamptz, p_limit integer)
+returns integer
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_cutoff timestamptz := p_now - (select d.retention from conveyor.defaults d);
+    v_ids conveyor.ulid[];
+begin
+    select array_agg(r.id) into v_ids from (
+        select r.id from conveyor.runs r
+        where r.finished_at < v_cutoff
+        order by r.finished_at
+        limit p_limit
+        for update skip locked
+    ) r;
+    delete from conveyor.outbox o
+    where o.id in (select x.id from conveyor.outbox x where x.published_at < v_cutoff
+                   order by x.published_at limit p_limit for update skip locked);
+    if v_ids is null then
+        return 0;
+    end if;
+    delete from conveyor.attempts a where a.run_id = any(v_ids);
+    delete from conveyor.attempt_logs l where l.run_id = any(v_ids);
+    delete from conveyor.events e where e.run_id = any(v_ids);
+    delete from conveyor.runs r where r.id = any(v_ids);
+    return cardinality(v_ids);
+end
+$$;

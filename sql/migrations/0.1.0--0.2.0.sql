@@ -1,0 +1,66 @@
+-- sql/migrations/0.1.0--0.2.0.sql: the schema changes from 0.1.0 to 0.2.0, hand-written, each
+-- with why. scripts/upgrade-script.sh appends every file of sql/functions/ (re-applied whole) to
+-- make sql/pg_conveyor--0.1.0--0.2.0.sql; `make upgrade-check` proves the result equals a fresh
+-- 0.2.0 install. Keep each change here identical to its sql/schema/ counterpart.
+
+-- The state machine's data (sql/schema/state_machine.sql): each status set and each outcome's
+-- rule becomes a row, written once; the helpers _finished, _live, _waiting, _delivered,
+-- _is_failure and _outcome_status are generated from these rows (sql/functions/state_machine.sql).
+-- run_statuses: each status with the named sets it belongs to. The helpers _finished, _waiting,
+-- _delivered and _live (sql/functions/state_machine.sql) are generated from these rows, so a
+-- status set is written down once, here.
+create table conveyor.run_statuses (
+    status conveyor.run_status primary key,
+    -- terminal: finished_at is set; retention prunes it; only retry_run moves it again
+    finished boolean not null,
+    -- waiting for its due time (or for capacity): tick delivers it
+    waiting boolean not null,
+    -- counted by a bounded queue's concurrency and a capped task's parallelism
+    delivered boolean not null,
+    meaning text not null
+);
+comment on table conveyor.run_statuses is 'each run status and the sets it belongs to (finished, waiting, delivered)';
+
+insert into conveyor.run_statuses (status, finished, waiting, delivered, meaning) values
+    ('scheduled', false, true,  false, 'waiting for run_at or for queue capacity'),
+    ('queued',    false, false, true,  'claimable now'),
+    ('running',   false, false, true,  'claimed under a lease'),
+    ('succeeded', true,  false, false, 'the work was done'),
+    ('retrying',  false, true,  false, 'waiting to retry after a retryable failure'),
+    ('failed',    true,  false, false, 'the retry budget is spent or the failure was not retryable'),
+    ('released',  false, true,  false, 'waiting after release_run: business waiting, not a failure'),
+    ('cancelled', true,  false, false, 'cancelled by an operator, or its attempt ended after a cancel request'),
+    ('skipped',   true,  false, false, 'a cron firing skipped while an earlier one was in flight');
+
+-- attempt_outcomes: how an attempt can end, whether that is a failure (counted against the
+-- retry budget, shown as failure pressure) and the status it leads to. A failure leads to
+-- retrying while the budget lasts and the failure is retryable, else to failed (leads_to is
+-- null for them: _end_attempts decides by the budget). _is_failure and _outcome_status are
+-- generated from these rows.
+create table conveyor.attempt_outcomes (
+    outcome conveyor.attempt_outcome primary key,
+    failure boolean not null,
+    leads_to conveyor.run_status,
+    meaning text not null,
+    constraint attempt_outcomes_failures_follow_the_budget check (failure = (leads_to is null))
+);
+comment on table conveyor.attempt_outcomes is 'each attempt outcome: whether it is a failure and the run status it leads to';
+
+insert into conveyor.attempt_outcomes (outcome, failure, leads_to, meaning) values
+    ('succeeded',    false, 'succeeded', 'complete_run'),
+    ('failed',       true,  null,        'fail_run, or malformed worker input (configuration_invalid)'),
+    ('timeout',      true,  null,        'the attempt ran past the task''s timeout (tick)'),
+    ('crashed',      true,  null,        'the lease expired without a heartbeat: the worker is presumed dead (tick)'),
+    ('log_overflow', true,  null,        'the log outgrew log_max_size with log_on_full = kill_task'),
+    ('released',     false, 'released',  'release_run: business waiting'),
+    ('stopped',      false, 'cancelled', 'the attempt ended after a cancel request'),
+    ('interrupted',  false, 'queued',    'return_run: the worker gave the run back unfinished');
+
+-- define_task and define_service take durations as text, validated with the other options by
+-- _check_options: define_task(delay => 'x') used to fail with 22023 in the duration type's input
+-- while options => '{"delay": "x"}' failed with CV010; both are CV010 now. A changed signature
+-- is dropped by its exact old signature; sql/functions/options.sql creates the new one and
+-- sql/functions/roles.sql grants it again.
+drop function conveyor.define_task(text, text, integer, integer, text, conveyor.duration, conveyor.duration, text,
+                                   conveyor.duration, integer, text, text, text, integer, jsonb);
+drop function conveyor.define_service(text, integer, text, conveyor.duration, text, conveyor.duration, jsonb, jsonb);

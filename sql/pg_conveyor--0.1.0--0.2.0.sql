@@ -1,0 +1,3117 @@
+-- pg_conveyor 0.1.0 -> 0.2.0: ALTER EXTENSION pg_conveyor UPDATE runs this file.
+-- Written by scripts/upgrade-script.sh from sql/migrations/0.1.0--0.2.0.sql and sql/functions/*.sql: edit those,
+-- then run `make upgrade-script`; `make lint` and `make test` fail while this file is stale.
+\echo Use "ALTER EXTENSION pg_conveyor UPDATE" to load this file. \quit
+
+-- ============================================================================================
+-- sql/migrations/0.1.0--0.2.0.sql
+
+-- sql/migrations/0.1.0--0.2.0.sql: the schema changes from 0.1.0 to 0.2.0, hand-written, each
+-- with why. scripts/upgrade-script.sh appends every file of sql/functions/ (re-applied whole) to
+-- make sql/pg_conveyor--0.1.0--0.2.0.sql; `make upgrade-check` proves the result equals a fresh
+-- 0.2.0 install. Keep each change here identical to its sql/schema/ counterpart.
+
+-- The state machine's data (sql/schema/state_machine.sql): each status set and each outcome's
+-- rule becomes a row, written once; the helpers _finished, _live, _waiting, _delivered,
+-- _is_failure and _outcome_status are generated from these rows (sql/functions/state_machine.sql).
+-- run_statuses: each status with the named sets it belongs to. The helpers _finished, _waiting,
+-- _delivered and _live (sql/functions/state_machine.sql) are generated from these rows, so a
+-- status set is written down once, here.
+create table conveyor.run_statuses (
+    status conveyor.run_status primary key,
+    -- terminal: finished_at is set; retention prunes it; only retry_run moves it again
+    finished boolean not null,
+    -- waiting for its due time (or for capacity): tick delivers it
+    waiting boolean not null,
+    -- counted by a bounded queue's concurrency and a capped task's parallelism
+    delivered boolean not null,
+    meaning text not null
+);
+comment on table conveyor.run_statuses is 'each run status and the sets it belongs to (finished, waiting, delivered)';
+
+insert into conveyor.run_statuses (status, finished, waiting, delivered, meaning) values
+    ('scheduled', false, true,  false, 'waiting for run_at or for queue capacity'),
+    ('queued',    false, false, true,  'claimable now'),
+    ('running',   false, false, true,  'claimed under a lease'),
+    ('succeeded', true,  false, false, 'the work was done'),
+    ('retrying',  false, true,  false, 'waiting to retry after a retryable failure'),
+    ('failed',    true,  false, false, 'the retry budget is spent or the failure was not retryable'),
+    ('released',  false, true,  false, 'waiting after release_run: business waiting, not a failure'),
+    ('cancelled', true,  false, false, 'cancelled by an operator, or its attempt ended after a cancel request'),
+    ('skipped',   true,  false, false, 'a cron firing skipped while an earlier one was in flight');
+
+-- attempt_outcomes: how an attempt can end, whether that is a failure (counted against the
+-- retry budget, shown as failure pressure) and the status it leads to. A failure leads to
+-- retrying while the budget lasts and the failure is retryable, else to failed (leads_to is
+-- null for them: _end_attempts decides by the budget). _is_failure and _outcome_status are
+-- generated from these rows.
+create table conveyor.attempt_outcomes (
+    outcome conveyor.attempt_outcome primary key,
+    failure boolean not null,
+    leads_to conveyor.run_status,
+    meaning text not null,
+    constraint attempt_outcomes_failures_follow_the_budget check (failure = (leads_to is null))
+);
+comment on table conveyor.attempt_outcomes is 'each attempt outcome: whether it is a failure and the run status it leads to';
+
+insert into conveyor.attempt_outcomes (outcome, failure, leads_to, meaning) values
+    ('succeeded',    false, 'succeeded', 'complete_run'),
+    ('failed',       true,  null,        'fail_run, or malformed worker input (configuration_invalid)'),
+    ('timeout',      true,  null,        'the attempt ran past the task''s timeout (tick)'),
+    ('crashed',      true,  null,        'the lease expired without a heartbeat: the worker is presumed dead (tick)'),
+    ('log_overflow', true,  null,        'the log outgrew log_max_size with log_on_full = kill_task'),
+    ('released',     false, 'released',  'release_run: business waiting'),
+    ('stopped',      false, 'cancelled', 'the attempt ended after a cancel request'),
+    ('interrupted',  false, 'queued',    'return_run: the worker gave the run back unfinished');
+
+-- define_task and define_service take durations as text, validated with the other options by
+-- _check_options: define_task(delay => 'x') used to fail with 22023 in the duration type's input
+-- while options => '{"delay": "x"}' failed with CV010; both are CV010 now. A changed signature
+-- is dropped by its exact old signature; sql/functions/options.sql creates the new one and
+-- sql/functions/roles.sql grants it again.
+drop function conveyor.define_task(text, text, integer, integer, text, conveyor.duration, conveyor.duration, text,
+                                   conveyor.duration, integer, text, text, text, integer, jsonb);
+drop function conveyor.define_service(text, integer, text, conveyor.duration, text, conveyor.duration, jsonb, jsonb);
+
+-- ============================================================================================
+-- sql/functions/rust.sql
+
+-- functions/rust.sql: the SQL declarations of the Rust functions in src/ (marked `sql = false`
+-- there, so that their SQL types, e.g. conveyor.ulid rather than uuid, are ours to state).
+-- Their C symbols keep their 0.1.0 behaviour: a database not yet updated runs 0.1.0's SQL
+-- over the new library (docs/upgrading.md).
+
+-- ulid_generate: a new ULID, increasing within a backend even inside one millisecond.
+create or replace function conveyor.ulid_generate() returns conveyor.ulid
+    volatile parallel safe language c as 'MODULE_PATHNAME', 'ulid_generate_wrapper';
+
+comment on function conveyor.ulid_generate() is 'a new ULID (time-ordered; increasing within a session)';
+
+-- ulid_timestamp: the creation time encoded in a ULID.
+create or replace function conveyor.ulid_timestamp(conveyor.ulid) returns timestamptz
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', 'ulid_timestamp_wrapper';
+
+comment on function conveyor.ulid_timestamp(conveyor.ulid) is 'the millisecond timestamp a ULID carries';
+
+-- _ulid_or_null: text to ULID, NULL when it is not one (batch input from JSON).
+create or replace function conveyor._ulid_or_null(text) returns conveyor.ulid
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', '_ulid_or_null_wrapper';
+
+-- _uuid_or_null: text to uuid, NULL when it is not one (lease tokens from JSON).
+create or replace function conveyor._uuid_or_null(text) returns uuid
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', '_uuid_or_null_wrapper';
+
+-- _duration_or_null: text to interval, NULL when it is not a duration (worker input).
+create or replace function conveyor._duration_or_null(text) returns interval
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', '_duration_or_null_wrapper';
+
+-- _duration_text: an interval in duration notation (1m 30s), for events and views.
+create or replace function conveyor._duration_text(interval) returns text
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', '_duration_text_wrapper';
+
+-- time, policy arithmetic, schedules, config validation (pure Rust)
+
+-- _now: the transaction time, or conveyor.test_clock when a superuser set it.
+create or replace function conveyor._now() returns timestamptz
+    stable parallel safe language c as 'MODULE_PATHNAME', '_now_wrapper';
+
+comment on function conveyor._now() is
+    'the current time for every conveyor comparison: now(), or the superuser-only setting conveyor.test_clock';
+
+-- _backoff_delay: the delay before retry n under a policy (jitter applied).
+create or replace function conveyor._backoff_delay(
+    backoff text, base interval, max_delay interval, custom interval[], jitter text, n integer
+) returns interval
+    volatile parallel safe language c as 'MODULE_PATHNAME', '_backoff_delay_wrapper';
+
+-- _cron_next: the next firing of a schedule strictly after a time (NULL: never again).
+create or replace function conveyor._cron_next(expr text, tz text, after timestamptz) returns timestamptz
+    immutable parallel safe language c as 'MODULE_PATHNAME', '_cron_next_wrapper';
+
+-- _check_options: validate one entry's options: {"options": normalized} or {"problems": [...]}.
+create or replace function conveyor._check_options(kind text, name text, options jsonb) returns jsonb
+    immutable parallel safe language c as 'MODULE_PATHNAME', '_check_options_wrapper';
+
+-- _check_name: NULL when a task/queue name is acceptable, else what is wrong with it.
+create or replace function conveyor._check_name(kind text, name text) returns text
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', '_check_name_wrapper';
+
+-- _option_registry: every task, service, queue and defaults option (src/config.rs), as JSON.
+create or replace function conveyor._option_registry() returns jsonb
+    immutable parallel safe language c as 'MODULE_PATHNAME', '_option_registry_wrapper';
+
+-- _library_version: the version of the loaded library (the schema's is pg_extension.extversion).
+create or replace function conveyor._library_version() returns text
+    immutable parallel safe language c as 'MODULE_PATHNAME', '_library_version_wrapper';
+
+-- ============================================================================================
+-- sql/functions/errors.sql
+
+-- functions/errors.sql: every SQLSTATE pg_conveyor raises, defined once. conveyor.error_codes
+-- lists them (the README's error table is checked against it by a test); each CV code and the
+-- generic invalid-argument code has one raise helper here, and no other function writes an
+-- errcode of its own (pgrx-tests/sql/error_codes.sql checks that). Rust raises 22023 (bad
+-- duration or schedule) and 22P02 (bad ULID) from src/error.rs, which maps to these rows.
+
+create or replace view conveyor.error_codes (sqlstate, name, meaning) as
+values
+    ('CV001', 'stale_lease', 'stale lease: the token does not match the run''s current attempt (expired and reclaimed, or finished); nothing changed'),
+    ('CV002', 'unknown_run', 'unknown run'),
+    ('CV003', 'unknown_task', 'unknown task or service'),
+    ('CV004', 'transition_not_allowed', 'a status change that conveyor.transitions does not allow'),
+    ('CV005', 'retry_refused', 'retry_run refused (and why)'),
+    ('CV006', 'already_finished', 'cancel_run on a run that is already finished'),
+    ('CV007', 'unknown_queue', 'unknown queue'),
+    ('CV010', 'invalid_configuration', 'invalid configuration (every problem listed, nothing applied)'),
+    ('22023', 'invalid_parameter_value', 'invalid argument: payload not an object, priority out of 0-9, run_at and delay both, bad duration, bad queue name or topic'),
+    ('22P02', 'invalid_text_representation', 'text that is not a ULID');
+comment on view conveyor.error_codes is 'every SQLSTATE pg_conveyor raises, with its name and meaning';
+
+-- _raise_stale: the documented error for a finishing call whose lease no longer holds.
+create or replace function conveyor._raise_stale(p_run_id conveyor.ulid, p_token uuid)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_status conveyor.run_status;
+begin
+    select r.status into v_status from conveyor.runs r where r.id = p_run_id;
+    if not found then
+        perform conveyor._raise_unknown_run(p_run_id);
+    end if;
+    raise exception using
+        errcode = 'CV001',
+        message = format('stale lease for run %s: the run is %s', p_run_id,
+                         case when v_status = 'running' then 'running under another lease' else v_status::text end),
+        detail = 'the lease expired and the run was reclaimed, or the run was finished; nothing was changed',
+        hint = 'stop working on this run; its current attempt belongs to someone else or is over';
+end
+$$;
+
+-- _raise_unknown_run: CV002, a run id that names no run (p_what: run, parent run).
+create or replace function conveyor._raise_unknown_run(p_run_id conveyor.ulid, p_what text default 'run')
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    raise exception using errcode = 'CV002', message = format('unknown %s %s', p_what, p_run_id);
+end
+$$;
+
+-- _raise_unknown_task: CV003, a name that is no task (or service).
+create or replace function conveyor._raise_unknown_task(p_name text, p_kind text default 'task', p_hint text default null)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    if p_hint is null then
+        raise exception using errcode = 'CV003', message = format('unknown %s "%s"', p_kind, p_name);
+    end if;
+    raise exception using errcode = 'CV003', message = format('unknown %s "%s"', p_kind, p_name), hint = p_hint;
+end
+$$;
+
+-- _raise_transition_refused: CV004, a status change conveyor.transitions does not allow (raised by the transition triggers).
+create or replace function conveyor._raise_transition_refused(p_message text, p_hint text)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    raise exception using errcode = 'CV004', message = p_message, hint = p_hint;
+end
+$$;
+
+-- _raise_retry_refused: CV005, retry_run refused, with the reason.
+create or replace function conveyor._raise_retry_refused(p_reason text)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    raise exception using errcode = 'CV005', message = p_reason;
+end
+$$;
+
+-- _raise_already_finished: CV006, cancel_run on a finished run.
+create or replace function conveyor._raise_already_finished(p_run_id conveyor.ulid, p_status conveyor.run_status)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    raise exception using errcode = 'CV006', message = format('run %s is already %s', p_run_id, p_status), hint = 'only scheduled, queued, retrying, released or running runs can be cancelled';
+end
+$$;
+
+-- _raise_unknown_queue: CV007, a name that is no queue.
+create or replace function conveyor._raise_unknown_queue(p_name text)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    raise exception using errcode = 'CV007', message = format('unknown queue "%s"', p_name);
+end
+$$;
+
+-- _raise_config: refuse a configuration, listing every problem.
+create or replace function conveyor._raise_config(problems text[])
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    raise exception using
+        errcode = 'CV010',
+        message = case cardinality(problems)
+            when 1 then 'invalid configuration: ' || problems[1]
+            else format('invalid configuration: %s problems: %s', cardinality(problems), array_to_string(problems, '; '))
+        end,
+        detail = array_to_string(problems, E'\n'),
+        hint = 'nothing was changed';
+end
+$$;
+
+-- _raise_invalid: 22023 (invalid_parameter_value), a bad argument; the message names the value and what is accepted.
+create or replace function conveyor._raise_invalid(p_message text)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    raise exception using errcode = '22023', message = p_message;
+end
+$$;
+
+-- ============================================================================================
+-- sql/functions/state_machine.sql
+
+-- functions/state_machine.sql: the code of the state machine whose data is
+-- sql/schema/state_machine.sql (docs/state-machine.md explains both):
+--   * the named status sets and outcome rules, generated from run_statuses and attempt_outcomes;
+--   * the transition triggers, which check every status change of conveyor.runs, whoever makes
+--     it, against conveyor.transitions and write its event and side effects;
+--   * _end_attempts, the one place that decides what an attempt's outcome does to its run.
+-- Every other file asks these helpers instead of writing a status list of its own.
+--
+-- Conventions of every function in sql/functions/: `create or replace` (every upgrade script
+-- re-applies these files whole); PL/pgSQL (it keeps its plans; a SQL function that cannot be
+-- inlined is parsed and planned again on every call), `set search_path = pg_catalog, conveyor,
+-- pg_temp`, and `set plan_cache_mode = force_generic_plan` (the parameters are arrays and ids,
+-- for which a custom plan is no better, and planning each call cost more than running the
+-- statements: measured 0.18 ms -> 0.05 ms for _side_effects). Small SQL helpers have no SET
+-- clause, so that the planner inlines them into the calling statement.
+
+-- The status-set and outcome helpers, written from the rows of run_statuses and
+-- attempt_outcomes (each set is stated once, in those rows). Each is a one-expression SQL
+-- function that the planner inlines, so `where conveyor._live(r.status)` is the same expression
+-- as a partial index's `status not in (...)` and uses that index:
+--   _finished(status)  terminal: succeeded, failed, cancelled, skipped (finished_at is set)
+--   _live(status)      not finished: waiting, queued or running
+--   _waiting(status)   waiting for its due time: tick delivers it (scheduled, retrying, released)
+--   _delivered(status) 1 while counted by queue concurrency and task parallelism (queued,
+--                      running), else 0, also for a new run's missing from-status
+--   _is_failure(outcome)      counted against the retry budget and shown as failure pressure
+--   _outcome_status(outcome)  the status an outcome leads to; null for failures, which lead to
+--                             retrying or failed by the budget (_end_attempts)
+do $generate$
+declare
+    v_finished text;
+    v_waiting text;
+    v_delivered text;
+    v_failures text;
+    v_leads_to text;
+begin
+    select string_agg(quote_literal(s.status::text), ', ' order by s.status) filter (where s.finished),
+           string_agg(quote_literal(s.status::text), ', ' order by s.status) filter (where s.waiting),
+           string_agg(quote_literal(s.status::text), ', ' order by s.status) filter (where s.delivered)
+    into v_finished, v_waiting, v_delivered
+    from conveyor.run_statuses s;
+    select string_agg(quote_literal(o.outcome::text), ', ' order by o.outcome) filter (where o.failure),
+           string_agg(format('when %L then %L', o.outcome, o.leads_to), ' ' order by o.outcome)
+               filter (where o.leads_to is not null)
+    into v_failures, v_leads_to
+    from conveyor.attempt_outcomes o;
+
+    execute format($f$
+        create or replace function conveyor._finished(status conveyor.run_status) returns boolean
+        language sql immutable parallel safe
+        as $body$ select status in (%s) $body$ $f$, v_finished);
+    execute format($f$
+        create or replace function conveyor._live(status conveyor.run_status) returns boolean
+        language sql immutable parallel safe
+        as $body$ select status not in (%s) $body$ $f$, v_finished);
+    execute format($f$
+        create or replace function conveyor._waiting(status conveyor.run_status) returns boolean
+        language sql immutable parallel safe
+        as $body$ select status in (%s) $body$ $f$, v_waiting);
+    execute format($f$
+        create or replace function conveyor._delivered(status conveyor.run_status) returns integer
+        language sql immutable parallel safe
+        as $body$ select coalesce((status in (%s))::int, 0) $body$ $f$, v_delivered);
+    execute format($f$
+        create or replace function conveyor._is_failure(outcome conveyor.attempt_outcome) returns boolean
+        language sql immutable parallel safe
+        as $body$ select outcome in (%s) $body$ $f$, v_failures);
+    execute format($f$
+        create or replace function conveyor._outcome_status(outcome conveyor.attempt_outcome)
+        returns conveyor.run_status
+        language sql immutable parallel safe
+        as $body$ select (case outcome %s end)::conveyor.run_status $body$ $f$, v_leads_to);
+end
+$generate$;
+comment on function conveyor._finished is 'whether a run status is terminal (generated from conveyor.run_statuses)';
+comment on function conveyor._live is 'whether a run status is not terminal (generated from conveyor.run_statuses)';
+comment on function conveyor._waiting is 'whether a run status waits for tick delivery (generated from conveyor.run_statuses)';
+comment on function conveyor._delivered is '1 while a run status counts against queue concurrency and task parallelism (generated from conveyor.run_statuses)';
+comment on function conveyor._is_failure is 'whether an attempt outcome is a failure (generated from conveyor.attempt_outcomes)';
+comment on function conveyor._outcome_status is 'the run status an attempt outcome leads to; null for failures (generated from conveyor.attempt_outcomes)';
+
+-- _allowed: whether conveyor.transitions lets a run go from one status to another (operators ask
+-- it, e.g. which runs retry_run may requeue, instead of listing statuses of their own).
+create or replace function conveyor._allowed(from_status conveyor.run_status, to_status conveyor.run_status)
+returns boolean
+language sql
+stable
+parallel safe
+as $$
+    select exists (select from conveyor.transitions t
+                   where t.from_status = _allowed.from_status and t.to_status = _allowed.to_status)
+$$;
+
+-- _event_data: the detail an event carries (most carry none). Stable like jsonb_build_object,
+-- so the planner inlines it.
+create or replace function conveyor._event_data(event conveyor.event_type, worker text, error_code text, delay interval)
+returns jsonb
+language sql
+stable
+parallel safe
+as $$
+    select case event
+        when 'run.started' then jsonb_build_object('worker', worker)
+        when 'run.retry_scheduled' then jsonb_build_object('code', error_code, 'delay', conveyor._duration_text(delay))
+        when 'run.failed' then jsonb_build_object('code', error_code)
+        when 'run.released' then jsonb_build_object('delay', conveyor._duration_text(delay))
+    end
+$$;
+
+-- _sanitize: worker text made safe to store and show: control characters stripped (tab and
+-- newline kept), at most 4000 characters.
+-- (No SET clause on these two: they are inlined into the calling statement, which runs under
+-- the caller's fixed search_path; a SET clause would make PostgreSQL parse and plan them anew on
+-- every call.)
+create or replace function conveyor._sanitize(message text)
+returns text
+language sql
+immutable
+parallel safe
+as $$
+    select left(regexp_replace(message, E'[\\x01-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]', '', 'g'), 4000)
+$$;
+
+-- _failure: a failure record {code, message, meta}.
+create or replace function conveyor._failure(code text, message text, meta jsonb default null)
+returns jsonb
+language sql
+stable
+parallel safe
+as $$
+    select jsonb_build_object('code', code, 'message', coalesce(conveyor._sanitize(message), ''),
+                              'meta', coalesce(meta, '{}'::jsonb))
+$$;
+
+-- _free_capacity: how many of `want` runs may be delivered now into a queue for a task, with
+-- the bounded queue's and capped task's rows locked (queue first, then task) until commit.
+create or replace function conveyor._free_capacity(p_queue text, p_task text, p_want integer)
+returns integer
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_queue_free integer;
+    v_task_free integer;
+begin
+    select q.concurrency - q.delivered into v_queue_free
+    from conveyor.queues q
+    where q.name = p_queue and q.concurrency is not null
+    for no key update;
+    select t.parallelism - t.active into v_task_free
+    from conveyor.tasks t
+    where t.name = p_task and t.parallelism is not null
+    for no key update;
+    return greatest(0, least(p_want, coalesce(v_queue_free, p_want), coalesce(v_task_free, p_want)));
+end
+$$;
+
+-- _side_effects: what some status changes entail beyond their event, in the same transaction:
+-- the delivered counters of bounded queues and capped tasks (queue rows first, then task rows,
+-- each in name order: the lock order of enqueue and tick, so concurrent batches cannot
+-- deadlock), and for runs that became claimable, a wakeup on their queue's channel and a
+-- delivery-outbox row where the queue asks for one.
+create or replace function conveyor._side_effects(changes conveyor._transition[])
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_now timestamptz := conveyor._now();
+begin
+    with delta as (
+        select c.queue as name,
+               sum(conveyor._delivered(c.to_status) - conveyor._delivered(c.from_status)) as n
+        from unnest(changes) c
+        group by c.queue
+    ),
+    locked as (
+        select q.name from conveyor.queues q
+        where q.name in (select d.name from delta d where d.n <> 0) and q.concurrency is not null
+        order by q.name
+        for no key update
+    )
+    update conveyor.queues q
+    set delivered = q.delivered + d.n
+    from delta d
+    where q.name = d.name and q.name in (select l.name from locked l);
+
+    with delta as (
+        select c.task as name,
+               sum(conveyor._delivered(c.to_status) - conveyor._delivered(c.from_status)) as n
+        from unnest(changes) c
+        group by c.task
+    ),
+    locked as (
+        select t.name from conveyor.tasks t
+        where t.name in (select d.name from delta d where d.n <> 0) and t.parallelism is not null
+        order by t.name
+        for no key update
+    )
+    update conveyor.tasks t
+    set active = t.active + d.n
+    from delta d
+    where t.name = d.name and t.name in (select l.name from locked l);
+
+    -- a wakeup only for a queue that had nothing claimable before this change: workers of a
+    -- queue with claimable runs are busy and claim again before they wait (NOTIFY takes a
+    -- global lock through the commit, so a busy queue that notified on every enqueue would
+    -- serialize its producers' commits; measured: 2,200-2,800 vs 3,700-3,800 enqueues/s)
+    -- (the queue had nothing claimable if it now holds no more claimable runs than this change
+    -- added: a count that stops after n + 1 index entries, whatever the backlog)
+    perform pg_notify('conveyor.' || q.name, '')
+    from (select c.queue, count(*) as n from unnest(changes) c where c.to_status = 'queued' group by c.queue) added
+    join conveyor.queues q on q.name = added.queue
+    where q.notify
+      and (select count(*) from (select from conveyor.runs r
+                                 where r.queue = added.queue and r.status = 'queued'
+                                 limit added.n + 1) claimable) <= added.n;
+
+    insert into conveyor.outbox (id, topic, payload, created_at, deliver_at)
+    select conveyor.ulid_generate(), 'conveyor.delivery',
+           jsonb_build_object('run_id', c.run_id::text, 'queue', c.queue, 'task', c.task), v_now, v_now
+    from unnest(changes) c
+    join conveyor.queues q on q.name = c.queue
+    where c.to_status = 'queued' and q.delivery_outbox;
+end
+$$;
+
+-- _runs_inserted / _runs_updated: the statement-level triggers that check every status change
+-- of conveyor.runs, whoever made it, against conveyor.transitions, and write one event per
+-- change in the same statement; CV004 for a change that is not allowed undoes the whole
+-- statement. Updates that leave the status alone (heartbeats, counters) change nothing here.
+create or replace function conveyor._runs_inserted()
+returns trigger
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_now timestamptz := conveyor._now();
+    v_bad text;
+    v_side_effects boolean;
+begin
+    with change as (
+        select n.id, n.status, n.queue, n.task, n.attempts, t.event
+        from new_runs n
+        left join conveyor.transitions t on t.from_status is null and t.to_status = n.status
+    ),
+    logged as (
+        insert into conveyor.events (run_id, at, type, attempt, data)
+        select c.id, v_now, c.event, c.attempts, null
+        from change c
+        where c.event is not null
+    )
+    select min(format('run %s cannot go from (new) to %s', c.id, c.status)) filter (where c.event is null),
+           bool_or(c.status = 'queued')
+    into v_bad, v_side_effects
+    from change c;
+    if v_bad is not null then
+        perform conveyor._raise_transition_refused(v_bad,
+            'runs are inserted as scheduled, queued or skipped (the rows of conveyor.transitions with no from_status)');
+    end if;
+    if v_side_effects then
+        perform conveyor._side_effects(array(
+            select row(n.id, null, n.status, n.queue, n.task)::conveyor._transition from new_runs n));
+    end if;
+    return null;
+end
+$$;
+
+-- (_runs_updated joins the old and new transition tables. Its plans are generic, made for
+-- whatever size the first statement had: a nested loop made for one row took 105 ms for
+-- 1,000 and grows with the square. Without nested loops it hashes, at every size.)
+create or replace function conveyor._runs_updated()
+returns trigger
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+set enable_nestloop = off
+as $$
+declare
+    v_now timestamptz := conveyor._now();
+    v_bad text;
+    v_side_effects boolean;
+begin
+    with change as (
+        select n.id, o.status as from_status, n.status as to_status, n.queue, n.task, n.attempts, n.worker,
+               n.error ->> 'code' as error_code, n.last_delay, t.event
+        from old_runs o
+        join new_runs n on n.id = o.id
+        left join conveyor.transitions t on t.from_status = o.status and t.to_status = n.status
+        where n.status <> o.status
+    ),
+    logged as (
+        insert into conveyor.events (run_id, at, type, attempt, data)
+        select c.id, v_now, c.event, c.attempts + (c.event = 'run.started')::int,
+               conveyor._event_data(c.event, c.worker, c.error_code, c.last_delay)
+        from change c
+        where c.event is not null
+    ),
+    summary as (
+        select min(format('run %s cannot go from %s to %s', c.id, c.from_status, c.to_status))
+                   filter (where c.event is null) as bad,
+               bool_or(c.to_status = 'queued') as wakes,
+               -- queues and tasks whose delivered counter this changes (into or out of queued/running)
+               array_agg(distinct c.queue) filter (where conveyor._delivered(c.from_status)
+                                                         <> conveyor._delivered(c.to_status)) as queues,
+               array_agg(distinct c.task) filter (where conveyor._delivered(c.from_status)
+                                                        <> conveyor._delivered(c.to_status)) as tasks
+        from change c
+    )
+    select s.bad,
+           s.wakes
+           or exists (select from conveyor.queues q where q.name = any(s.queues) and q.concurrency is not null)
+           or exists (select from conveyor.tasks t where t.name = any(s.tasks) and t.parallelism is not null)
+    into v_bad, v_side_effects
+    from summary s;
+    if v_bad is not null then
+        perform conveyor._raise_transition_refused(v_bad,
+            'allowed changes are the rows of conveyor.transitions; change runs through the conveyor functions');
+    end if;
+    if v_side_effects then
+        perform conveyor._side_effects(array(
+            select row(n.id, o.status, n.status, n.queue, n.task)::conveyor._transition
+            from old_runs o join new_runs n on n.id = o.id
+            where n.status <> o.status));
+    end if;
+    return null;
+end
+$$;
+
+create or replace trigger runs_transitions_on_insert
+    after insert on conveyor.runs
+    referencing new table as new_runs
+    for each statement execute function conveyor._runs_inserted();
+
+create or replace trigger runs_transitions_on_update
+    after update on conveyor.runs
+    referencing old table as old_runs new table as new_runs
+    for each statement execute function conveyor._runs_updated();
+
+-- _end_attempts: end the current attempt of each given running run, in one statement. The
+-- guard: the run is running and its lease token (worker) or attempt id (tick) still matches;
+-- runs that fail it are left alone and not returned. Per outcome (docs/counters.md):
+--   succeeded -> succeeded; released -> released (run_at = now + delay); interrupted -> queued;
+--   stopped -> cancelled; failed/timeout/crashed/log_overflow -> retrying while retryable and
+--   n = failures - failure_base (after this one) < max_attempts, with the backoff delay for
+--   retry n, else failed. Any outcome but succeeded on a run with a cancel request is stopped.
+-- Writes one attempt row per run. Returns (ord, run_id, status, outcome, delay) per ended run.
+create or replace function conveyor._end_attempts(endings conveyor._ending[], all_succeeded boolean default false)
+returns table (ord integer, run_id conveyor.ulid, status conveyor.run_status,
+               outcome conveyor.attempt_outcome, delay interval)
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+#variable_conflict use_column
+declare
+    v_now timestamptz := conveyor._now();
+begin
+    if all_succeeded then
+        -- the common case, in a lean statement: every ending is a success (complete_run, or a
+        -- finish_runs batch of successes). A success needs no policy: attempts+1, the result,
+        -- finished; a cancel request does not change it (the work was done). Same guard, same
+        -- attempt row as the general statement below.
+        return query
+        with input as (
+            select distinct on (e.run_id) e.*, e.n::integer as ord
+            from unnest(endings) with ordinality
+                 as e(run_id, lease_token, attempt_id, outcome, error, retryable, result, release_delay, reason, n)
+            order by e.run_id, e.n
+        ),
+        updated as (
+            update conveyor.runs r
+            set status = 'succeeded',
+                attempts = r.attempts + 1,
+                result = i.result,
+                finished_at = v_now,
+                lease_token = null,
+                lease_expires_at = null,
+                timeout_at = null
+            from input i
+            where r.id = i.run_id
+              and r.lease_token is not null
+              and (i.lease_token is null or r.lease_token = i.lease_token)
+              and (i.attempt_id is null or r.attempt_id = i.attempt_id)
+              and (i.lease_token is not null or i.attempt_id is not null)
+            returning i.ord, r.id, r.attempt_id, r.attempts, r.prev_attempt_id, r.task, r.queue, r.worker, r.started_at
+        ),
+        recorded as (
+            insert into conveyor.attempts (id, run_id, attempt, retry_of, task, queue, worker, started_at,
+                                           finished_at, outcome)
+            select u.attempt_id, u.id, u.attempts, u.prev_attempt_id, u.task, u.queue, u.worker, u.started_at,
+                   v_now, 'succeeded'
+            from updated u
+        )
+        select u.ord, u.id, 'succeeded'::conveyor.run_status, 'succeeded'::conveyor.attempt_outcome, null::interval
+        from updated u order by u.ord;
+        return;
+    end if;
+
+    return query
+    with input as (
+        -- one ending per run: a batch naming a run twice ends it once
+        select distinct on (e.run_id) e.*, e.n::integer as ord
+        from unnest(endings) with ordinality
+             as e(run_id, lease_token, attempt_id, outcome, error, retryable, result, release_delay, reason, n)
+        order by e.run_id, e.n
+    ),
+    locked as (
+        -- lock in id order so concurrent batches (workers, tick) cannot deadlock
+        select r.id, r.task, r.queue, r.failures, r.failure_base, r.attempts, r.cancel_requested_at,
+               r.attempt_id as current_attempt, r.prev_attempt_id, r.worker, r.started_at,
+               i.ord, i.outcome as asked, i.error, i.retryable, i.result, i.release_delay, i.reason
+        from input i
+        join conveyor.runs r on r.id = i.run_id
+        -- a lease token is held exactly while running (runs_lease_iff_running); testing it rather
+        -- than status keeps the planner on the primary key instead of scanning all running runs
+        where r.lease_token is not null
+          and (i.lease_token is null or r.lease_token = i.lease_token)
+          and (i.attempt_id is null or r.attempt_id = i.attempt_id)
+          and (i.lease_token is not null or i.attempt_id is not null)
+        order by r.id
+        for no key update of r
+    ),
+    decided as (
+        select l.*, c.kind, c.max_attempts, c.backoff, c.delay as base, c.max_delay, c.backoff_custom, c.jitter,
+               case when l.cancel_requested_at is not null and l.asked <> 'succeeded' then 'stopped'::conveyor.attempt_outcome
+                    else l.asked end as final,
+               l.failures + 1 - l.failure_base as n
+        from locked l
+        join conveyor.task_config c on c.name = l.task
+    ),
+    fate as (
+        select d.*,
+               conveyor._is_failure(d.final) as is_failure,
+               case
+                   when not conveyor._is_failure(d.final) then conveyor._outcome_status(d.final)
+                   when coalesce(d.retryable, true) and d.kind = 'task' and d.n < d.max_attempts then 'retrying'
+                   else 'failed'
+               end::conveyor.run_status as new_status
+        from decided d
+    ),
+    timed as (
+        select f.*,
+               case f.new_status
+                   when 'retrying' then conveyor._backoff_delay(f.backoff, f.base, f.max_delay, f.backoff_custom, f.jitter, f.n)
+                   when 'released' then f.release_delay
+               end as wait,
+               case
+                   when f.final = 'stopped' then conveyor._failure('stopped', 'cancelled while running',
+                                                                   case when f.error is not null then jsonb_build_object('error', f.error) end)
+                   when f.is_failure then f.error
+               end as failure
+        from fate f
+    ),
+    updated as (
+        update conveyor.runs r
+        set status = t.new_status,
+            attempts = r.attempts + 1,
+            failures = r.failures + t.is_failure::integer,
+            retries = r.retries + (t.new_status = 'retrying')::integer,
+            releases = r.releases + (t.new_status = 'released')::integer,
+            run_at = case when t.wait is not null then v_now + t.wait else r.run_at end,
+            last_delay = coalesce(t.wait, r.last_delay),
+            error = coalesce(t.failure, r.error),
+            result = case when t.new_status = 'succeeded' then t.result else r.result end,
+            finished_at = case when conveyor._finished(t.new_status) then v_now end,
+            lease_token = null,
+            lease_expires_at = null,
+            timeout_at = null
+        from timed t
+        where r.id = t.id
+        returning t.*
+    ),
+    recorded as (
+        insert into conveyor.attempts (id, run_id, attempt, retry_of, task, queue, worker, started_at,
+                                       finished_at, outcome, error, reason, delay)
+        select u.current_attempt, u.id, u.attempts + 1, u.prev_attempt_id, u.task, u.queue, u.worker,
+               u.started_at, v_now, u.final, u.failure, u.reason, u.wait
+        from updated u
+    )
+    select u.ord, u.id, u.new_status, u.final, u.wait from updated u order by u.ord;
+end
+$$;
+
+-- _end_one: end one attempt for a worker, raising the stale-lease error when the guard fails.
+create or replace function conveyor._end_one(p_ending conveyor._ending, p_succeeded boolean default false)
+returns conveyor.run_status
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_status conveyor.run_status;
+begin
+    select e.status into v_status from conveyor._end_attempts(array[p_ending], p_succeeded) e;
+    if v_status is null then
+        perform conveyor._raise_stale(p_ending.run_id, p_ending.lease_token);
+    end if;
+    return v_status;
+end
+$$;
+
+-- ============================================================================================
+-- sql/functions/options.sql
+
+-- functions/options.sql: tasks, services, queues and defaults. Each option is defined once, in
+-- src/config.rs (name, kinds that accept it, value type, built-in default; conveyor.options lists
+-- them); validation is there too (_check_options): what is stored here has passed it whole, or
+-- nothing is stored. The defaults view and the README's option table are checked against that
+-- registry by pgrx-tests/sql/option_registry.sql and tests/integration/docs.rs.
+
+create or replace view conveyor.defaults as
+select
+    coalesce(o.queue, 'default') as queue,
+    coalesce(o.priority, 0::smallint) as priority,
+    coalesce(o.max_attempts, 1) as max_attempts,
+    coalesce(o.backoff, 'constant') as backoff,
+    o.backoff_custom,
+    coalesce(o.delay, interval '5 seconds') as delay,
+    coalesce(o.max_delay, interval '5 minutes') as max_delay,
+    o.max_delay as max_delay_given,
+    coalesce(o.jitter, 'none') as jitter,
+    o.timeout,
+    coalesce(o.lease, interval '30 seconds') as lease,
+    coalesce(o.max_lease, interval '1 hour') as max_lease,
+    coalesce(o.log_max_size, 1048576) as log_max_size,
+    coalesce(o.log_on_full, 'truncate') as log_on_full,
+    coalesce(o.retention, interval '7 days') as retention,
+    coalesce(o.restart_delay, interval '1 second') as restart_delay,
+    coalesce(o.restart_backoff, 'exponential') as restart_backoff,
+    coalesce(o.restart_max_delay, interval '60 seconds') as restart_max_delay
+from (values (true)) as one(singleton)
+left join conveyor._defaults o using (singleton);
+
+comment on view conveyor.defaults is 'effective defaults: what a task that leaves an option off gets';
+
+-- task_config: each task's effective options, its own where given, else the defaults.
+-- A custom backoff list is capped only by an explicitly given max_delay.
+create or replace view conveyor.task_config as
+select
+    t.name, t.kind, t.queue, t.enabled, t.version,
+    coalesce(t.priority, d.priority) as priority,
+    coalesce(t.max_attempts, d.max_attempts) as max_attempts,
+    coalesce(t.backoff, d.backoff) as backoff,
+    case when t.backoff is not null then t.backoff_custom else d.backoff_custom end as backoff_custom,
+    coalesce(t.delay, d.delay) as delay,
+    case when coalesce(t.backoff, d.backoff) = 'custom'
+         then coalesce(t.max_delay, d.max_delay_given)
+         else coalesce(t.max_delay, d.max_delay) end as max_delay,
+    coalesce(t.jitter, d.jitter) as jitter,
+    coalesce(t.timeout, d.timeout) as timeout,
+    coalesce(t.lease, d.lease) as lease,
+    d.max_lease,
+    coalesce(t.log_max_size, d.log_max_size) as log_max_size,
+    coalesce(t.log_on_full, d.log_on_full) as log_on_full,
+    t.schedule, t.timezone, t.on_overlap, t.catch_up, t.next_fire_at,
+    t.parallelism, t.payload, t.replicas,
+    coalesce(t.restart_delay, d.restart_delay) as restart_delay,
+    coalesce(t.restart_backoff, d.restart_backoff) as restart_backoff,
+    coalesce(t.restart_max_delay, d.restart_max_delay) as restart_max_delay
+from conveyor.tasks t
+cross join conveyor.defaults d;
+
+comment on view conveyor.task_config is 'each task''s effective configuration (its options over conveyor.defaults)';
+
+-- options: every option, defined once in src/config.rs: the kinds that accept it (task, service,
+-- queue, defaults), the value it takes, its built-in default and what it does.
+create or replace view conveyor.options as
+select o.name, o.kinds, o.type, o.default, o.meaning
+from jsonb_to_recordset(conveyor._option_registry())
+     as o(name text, kinds text[], type text, "default" text, meaning text);
+comment on view conveyor.options is 'every task, service, queue and defaults option: kinds, value, built-in default, meaning';
+
+-- _checked: the normalized options of one entry, or CV010 listing what is wrong with it.
+create or replace function conveyor._checked(kind text, name text, options jsonb)
+returns jsonb
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_result jsonb := conveyor._check_options(kind, name, options);
+begin
+    if v_result ? 'problems' then
+        perform conveyor._raise_config(array(select jsonb_array_elements_text(v_result -> 'problems')));
+    end if;
+    return v_result -> 'options';
+end
+$$;
+
+-- _check_effective: after a change, each task's effective policy must still hold together
+-- (its own options over the defaults): max_delay at least delay for computed curves.
+create or replace function conveyor._check_effective()
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_problems text[];
+begin
+    select array_agg(format('task "%s": option "max_delay": must be at least delay (%s < %s)',
+                            c.name, conveyor._duration_text(c.max_delay), conveyor._duration_text(c.delay))
+                     order by c.name)
+    into v_problems
+    from conveyor.task_config c
+    where c.kind = 'task' and c.backoff <> 'custom' and c.max_delay < c.delay;
+    if v_problems is not null then
+        perform conveyor._raise_config(v_problems);
+    end if;
+end
+$$;
+
+-- _ensure_queue: the queue row, created (unbounded, running) the first time a name is used.
+create or replace function conveyor._ensure_queue(name text)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_problem text;
+begin
+    if exists (select from conveyor.queues q where q.name = _ensure_queue.name) then
+        return;
+    end if;
+    v_problem := conveyor._check_name('queue', name);
+    if v_problem is not null then
+        perform conveyor._raise_invalid(v_problem);
+    end if;
+    insert into conveyor.queues (name) values (_ensure_queue.name) on conflict do nothing;
+end
+$$;
+
+-- _define: create or replace a task or service from validated options. Re-defining replaces
+-- the options whole (what is left off comes from the defaults) and bumps the version when
+-- anything changed. Returns the version.
+create or replace function conveyor._define(p_kind text, p_name text, p_options jsonb)
+returns integer
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    o jsonb := conveyor._checked(p_kind, p_name, p_options);
+    v_old conveyor.tasks;
+    v_now timestamptz := conveyor._now();
+    v_queue text;
+    v_version integer;
+    v_next timestamptz;
+begin
+    select * into v_old from conveyor.tasks t where t.name = p_name for update;
+    if found and v_old.kind <> p_kind then
+        perform conveyor._raise_config(array[format('%s "%s": already defined as a %s', p_kind, p_name, v_old.kind)]);
+    end if;
+    v_queue := coalesce(o ->> 'queue', (select d.queue from conveyor.defaults d));
+    perform conveyor._ensure_queue(v_queue);
+    o := o - 'queue';
+
+    if o ? 'schedule' then
+        -- keep the cursor when the schedule is unchanged, so re-applying config never refires
+        if v_old.schedule is not distinct from o ->> 'schedule'
+           and v_old.timezone is not distinct from o ->> 'timezone' then
+            v_next := v_old.next_fire_at;
+        else
+            v_next := conveyor._cron_next(o ->> 'schedule', o ->> 'timezone', v_now);
+        end if;
+    end if;
+
+    if v_old.name is null then
+        v_version := 1;
+    elsif v_old.options = o and v_old.queue = v_queue then
+        v_version := v_old.version;
+    else
+        v_version := v_old.version + 1;
+    end if;
+
+    insert into conveyor.tasks as t (
+        name, kind, queue, enabled, version, options, priority, max_attempts, backoff, backoff_custom,
+        delay, max_delay, jitter, timeout, lease, log_max_size, log_on_full, schedule, timezone,
+        on_overlap, catch_up, next_fire_at, parallelism, payload, replicas, restart_delay,
+        restart_backoff, restart_max_delay, created_at, updated_at
+    ) values (
+        p_name, p_kind, v_queue, coalesce((o ->> 'enabled')::boolean, v_old.enabled, true), v_version, o,
+        (o ->> 'priority')::smallint,
+        (o ->> 'max_attempts')::integer,
+        o ->> 'backoff',
+        (select array_agg(e::interval) from jsonb_array_elements_text(o -> 'backoff_custom') e),
+        (o ->> 'delay')::interval,
+        (o ->> 'max_delay')::interval,
+        o ->> 'jitter',
+        (o ->> 'timeout')::interval,
+        (o ->> 'lease')::interval,
+        (o ->> 'log_max_size')::integer,
+        o ->> 'log_on_full',
+        o ->> 'schedule',
+        o ->> 'timezone',
+        coalesce(o ->> 'on_overlap', 'allow'),
+        coalesce((o ->> 'catch_up')::boolean, false),
+        v_next,
+        (o ->> 'parallelism')::integer,
+        coalesce(o -> 'payload', '{}'),
+        case when p_kind = 'service' then coalesce((o ->> 'replicas')::integer, 1) end,
+        (o ->> 'restart_delay')::interval,
+        o ->> 'restart_backoff',
+        (o ->> 'restart_max_delay')::interval,
+        v_now, v_now
+    )
+    on conflict (name) do update set
+        queue = excluded.queue, enabled = excluded.enabled, version = excluded.version,
+        options = excluded.options, priority = excluded.priority, max_attempts = excluded.max_attempts,
+        backoff = excluded.backoff, backoff_custom = excluded.backoff_custom, delay = excluded.delay,
+        max_delay = excluded.max_delay, jitter = excluded.jitter, timeout = excluded.timeout,
+        lease = excluded.lease, log_max_size = excluded.log_max_size, log_on_full = excluded.log_on_full,
+        schedule = excluded.schedule, timezone = excluded.timezone, on_overlap = excluded.on_overlap,
+        catch_up = excluded.catch_up, next_fire_at = excluded.next_fire_at,
+        parallelism = excluded.parallelism, payload = excluded.payload, replicas = excluded.replicas,
+        restart_delay = excluded.restart_delay, restart_backoff = excluded.restart_backoff,
+        restart_max_delay = excluded.restart_max_delay, updated_at = excluded.updated_at,
+        -- a cap that starts now starts from the runs delivered now
+        active = case
+            when excluded.parallelism is not null and t.parallelism is null then
+                (select count(*) from conveyor.runs r
+                  where r.task = excluded.name and conveyor._delivered(r.status) = 1)
+            else t.active end;
+
+    perform conveyor._check_effective();
+    return v_version;
+end
+$$;
+
+-- define_task: create or replace a task. Named arguments for the common options; `options`
+-- takes any option (the same shape as an entry of apply_config's "tasks"); a named argument
+-- wins over the same key in `options`. Returns the task's version. Durations are text ('30s',
+-- '00:05:00'), validated with the other options: a bad one is CV010 whichever way it came.
+create or replace function conveyor.define_task(
+    name text,
+    queue text default null,
+    max_attempts integer default null,
+    retry_attempts integer default null,
+    backoff text default null,
+    delay text default null,
+    max_delay text default null,
+    jitter text default null,
+    timeout text default null,
+    priority integer default null,
+    schedule text default null,
+    timezone text default null,
+    on_overlap text default null,
+    parallelism integer default null,
+    options jsonb default null
+)
+returns integer
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    return conveyor._define('task', name, coalesce(options, '{}') || jsonb_strip_nulls(jsonb_build_object(
+        'queue', queue, 'max_attempts', max_attempts, 'retry_attempts', retry_attempts,
+        'backoff', backoff, 'delay', delay, 'max_delay', max_delay, 'jitter', jitter,
+        'timeout', timeout, 'priority', priority, 'schedule', schedule, 'timezone', timezone,
+        'on_overlap', on_overlap, 'parallelism', parallelism)));
+end
+$$;
+
+comment on function conveyor.define_task is
+    'create or replace a task (re-defining replaces its options and bumps its version); returns the version';
+
+-- define_service: create or replace a service: `replicas` runs kept alive by tick, restarted
+-- with backoff when they end (for any reason but a manual stop).
+create or replace function conveyor.define_service(
+    name text,
+    replicas integer default 1,
+    queue text default null,
+    restart_delay text default null,
+    restart_backoff text default null,
+    restart_max_delay text default null,
+    payload jsonb default null,
+    options jsonb default null
+)
+returns integer
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    return conveyor._define('service', name, coalesce(options, '{}') || jsonb_strip_nulls(jsonb_build_object(
+        'replicas', replicas, 'queue', queue, 'restart_delay', restart_delay,
+        'restart_backoff', restart_backoff, 'restart_max_delay', restart_max_delay,
+        'payload', payload)));
+end
+$$;
+
+comment on function conveyor.define_service is
+    'create or replace a service (always-on replicas restarted by tick); returns the version';
+
+-- _set_enabled: enable or disable a task; a disabled task's outstanding runs fail with
+-- task_disabled when claimed.
+create or replace function conveyor._set_enabled(p_name text, p_enabled boolean)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    update conveyor.tasks t
+    set enabled = p_enabled,
+        updated_at = conveyor._now()
+    where t.name = p_name;
+    if not found then
+        perform conveyor._raise_unknown_task(p_name);
+    end if;
+end
+$$;
+
+create or replace function conveyor.disable_task(name text)
+returns void
+language sql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+as $$ select conveyor._set_enabled(name, false) $$;
+
+comment on function conveyor.disable_task is
+    'disable a task: its outstanding runs fail with code task_disabled when claimed (never retried)';
+
+create or replace function conveyor.enable_task(name text)
+returns void
+language sql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+as $$ select conveyor._set_enabled(name, true) $$;
+
+comment on function conveyor.enable_task is 'enable a task again';
+
+-- _set_queue: apply validated queue options (declarative: what is left off is reset).
+-- Turning a queue bounded counts its delivered runs under the queue's lock.
+create or replace function conveyor._set_queue(p_name text, p_options jsonb)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    o jsonb := conveyor._checked('queue', p_name, p_options);
+begin
+    perform conveyor._ensure_queue(p_name);
+    perform from conveyor.queues q where q.name = p_name for update;
+    update conveyor.queues q
+    set concurrency = (o ->> 'concurrency')::integer,
+        paused = coalesce((o ->> 'paused')::boolean, false),
+        notify = coalesce((o ->> 'notify')::boolean, true),
+        delivery_outbox = coalesce((o ->> 'delivery_outbox')::boolean, false),
+        delivered = case when o ? 'concurrency' then
+            (select count(*) from conveyor.runs r where r.queue = p_name and conveyor._delivered(r.status) = 1)
+            else 0 end
+    where q.name = p_name;
+end
+$$;
+
+-- set_queue: configure a queue (declarative: options left off return to their defaults).
+create or replace function conveyor.set_queue(
+    name text,
+    concurrency integer default null,
+    paused boolean default false,
+    notify boolean default true,
+    delivery_outbox boolean default false
+)
+returns void
+language sql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+    select conveyor._set_queue(name, jsonb_strip_nulls(jsonb_build_object(
+        'concurrency', concurrency, 'paused', paused, 'notify', notify, 'delivery_outbox', delivery_outbox)))
+$$;
+
+comment on function conveyor.set_queue is
+    'configure a queue: concurrency (null = unbounded), paused, notify (wakeups), delivery_outbox';
+
+-- pause_queue / resume_queue: claims from a paused queue return nothing and tick delivers
+-- nothing into it.
+create or replace function conveyor.pause_queue(name text)
+returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    update conveyor.queues q set paused = true where q.name = pause_queue.name;
+    if not found then
+        perform conveyor._raise_unknown_queue(name);
+    end if;
+end
+$$;
+
+comment on function conveyor.pause_queue is 'pause a queue: claims return nothing, tick delivers nothing into it';
+
+create or replace function conveyor.resume_queue(name text)
+returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    update conveyor.queues q set paused = false where q.name = resume_queue.name;
+    if not found then
+        perform conveyor._raise_unknown_queue(name);
+    end if;
+end
+$$;
+
+comment on function conveyor.resume_queue is 'resume a paused queue';
+
+-- _set_defaults: replace the operator's defaults with validated options.
+create or replace function conveyor._set_defaults(p_options jsonb)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    o jsonb := conveyor._checked('defaults', '', p_options);
+begin
+    delete from conveyor._defaults;
+    insert into conveyor._defaults (
+        queue, priority, max_attempts, backoff, backoff_custom, delay, max_delay, jitter, timeout,
+        lease, max_lease, log_max_size, log_on_full, retention, restart_delay, restart_backoff,
+        restart_max_delay, updated_at
+    ) values (
+        o ->> 'queue',
+        (o ->> 'priority')::smallint,
+        (o ->> 'max_attempts')::integer,
+        o ->> 'backoff',
+        (select array_agg(e::interval) from jsonb_array_elements_text(o -> 'backoff_custom') e),
+        (o ->> 'delay')::interval,
+        (o ->> 'max_delay')::interval,
+        o ->> 'jitter',
+        (o ->> 'timeout')::interval,
+        (o ->> 'lease')::interval,
+        (o ->> 'max_lease')::interval,
+        (o ->> 'log_max_size')::integer,
+        o ->> 'log_on_full',
+        (o ->> 'retention')::interval,
+        (o ->> 'restart_delay')::interval,
+        o ->> 'restart_backoff',
+        (o ->> 'restart_max_delay')::interval,
+        conveyor._now()
+    );
+    if o ? 'queue' then
+        perform conveyor._ensure_queue(o ->> 'queue');
+    end if;
+    perform conveyor._check_effective();
+end
+$$;
+
+-- set_defaults: replace the defaults every task falls back on (declarative: options left off
+-- return to their built-in values; see the view conveyor.defaults).
+create or replace function conveyor.set_defaults(options jsonb)
+returns void
+language sql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+as $$ select conveyor._set_defaults(options) $$;
+
+comment on function conveyor.set_defaults is
+    'replace the defaults (max_attempts, backoff, delay, max_delay, jitter, timeout, lease, max_lease, retention, ...)';
+
+-- apply_config: apply a whole configuration {defaults, queues, tasks, services} (the shape of a
+-- supervisor's config file). Every entry is validated first; one bad entry and nothing is
+-- applied, with every problem listed. Tasks and queues it does not name are left as they are.
+create or replace function conveyor.apply_config(config jsonb)
+returns jsonb
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_problems text[] := '{}';
+    v_section text;
+    v_entry record;
+    v_result jsonb;
+begin
+    if config is null or jsonb_typeof(config) <> 'object' then
+        perform conveyor._raise_config(array['expected an object with sections defaults, queues, tasks, services']);
+    end if;
+    for v_section in select jsonb_object_keys(config) loop
+        if v_section not in ('defaults', 'queues', 'tasks', 'services') then
+            v_problems := v_problems || format('unknown section "%s": expected defaults, queues, tasks, services', v_section);
+        elsif v_section <> 'defaults' and jsonb_typeof(config -> v_section) <> 'object' then
+            v_problems := v_problems || format('section "%s": expected an object of name: options', v_section);
+        end if;
+    end loop;
+    if cardinality(v_problems) > 0 then
+        perform conveyor._raise_config(v_problems);
+    end if;
+
+    -- validate everything before changing anything
+    if config ? 'defaults' then
+        v_result := conveyor._check_options('defaults', '', config -> 'defaults');
+        v_problems := v_problems || array(select jsonb_array_elements_text(v_result -> 'problems'));
+    end if;
+    for v_entry in
+        select 'queue' as kind, e.key, e.value from jsonb_each(coalesce(config -> 'queues', '{}')) e
+        union all
+        select 'task', e.key, e.value from jsonb_each(coalesce(config -> 'tasks', '{}')) e
+        union all
+        select 'service', e.key, e.value from jsonb_each(coalesce(config -> 'services', '{}')) e
+    loop
+        v_result := conveyor._check_options(v_entry.kind, v_entry.key, v_entry.value);
+        v_problems := v_problems || array(select jsonb_array_elements_text(v_result -> 'problems'));
+    end loop;
+    if cardinality(v_problems) > 0 then
+        perform conveyor._raise_config(v_problems);
+    end if;
+
+    if config ? 'defaults' then
+        perform conveyor._set_defaults(config -> 'defaults');
+    end if;
+    perform conveyor._set_queue(e.key, e.value) from jsonb_each(coalesce(config -> 'queues', '{}')) e;
+    perform conveyor._define('task', e.key, e.value) from jsonb_each(coalesce(config -> 'tasks', '{}')) e;
+    perform conveyor._define('service', e.key, e.value) from jsonb_each(coalesce(config -> 'services', '{}')) e;
+    return jsonb_build_object(
+        'defaults', config ? 'defaults',
+        'queues', (select count(*) from jsonb_object_keys(coalesce(config -> 'queues', '{}'))),
+        'tasks', (select count(*) from jsonb_object_keys(coalesce(config -> 'tasks', '{}'))),
+        'services', (select count(*) from jsonb_object_keys(coalesce(config -> 'services', '{}'))));
+end
+$$;
+
+comment on function conveyor.apply_config is
+    'apply {defaults, queues, tasks, services} whole: all validated first; any problem and nothing changes (CV010 lists them all)';
+
+-- ============================================================================================
+-- sql/functions/enqueue.sql
+
+-- functions/enqueue.sql: producers create runs, in the caller's transaction (README: Producers).
+
+-- _enqueue: insert runs of one task (scheduled, or queued when due now with capacity free), one
+-- statement for the whole batch. Returns each input's run id in input order; an idempotency key
+-- that matches a live run returns that run's id and writes nothing.
+create or replace function conveyor._enqueue(
+    p_task text, p_payloads jsonb[], p_run_at timestamptz, p_delay interval, p_priority integer,
+    p_queue text, p_keys text[], p_parent conveyor.ulid
+)
+returns table (ord integer, id conveyor.ulid)
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+#variable_conflict use_column
+declare
+    v_now timestamptz := conveyor._now();
+    v_task record;
+    v_queue text;
+    v_due timestamptz;
+    v_n integer := coalesce(cardinality(p_payloads), 0);
+    v_free integer := 0;
+    v_bad integer;
+    v_ids conveyor.ulid[];
+begin
+    -- the task, and whether its queue exists and is bounded (or the task capped), in one look-up
+    select c.*, q.name as queue_found, (q.concurrency is not null or c.parallelism is not null) as limited
+    into v_task
+    from conveyor.task_config c
+    left join conveyor.queues q on q.name = coalesce(p_queue, c.queue)
+    where c.name = p_task;
+    if not found then
+        perform conveyor._raise_unknown_task(p_task, 'task',
+            'define it first: select conveyor.define_task(''' || coalesce(p_task, '') || ''')');
+    end if;
+    if v_task.kind = 'service' then
+        perform conveyor._raise_invalid(format('task "%s" is a service: tick keeps its replicas running; it is not enqueued', p_task));
+    end if;
+    if p_run_at is not null and p_delay is not null then
+        perform conveyor._raise_invalid('give run_at or delay, not both');
+    end if;
+    if p_priority is not null and p_priority not between 0 and 9 then
+        perform conveyor._raise_invalid(format('invalid priority %s: expected 0 (first) to 9 (last)', p_priority));
+    end if;
+    if v_n = 1 then
+        v_bad := case when p_payloads[1] is null or jsonb_typeof(p_payloads[1]) <> 'object' then 1 end;
+    else
+        select min(i.n) into v_bad
+        from unnest(p_payloads) with ordinality as i(p, n)
+        where i.p is null or jsonb_typeof(i.p) <> 'object';
+    end if;
+    if v_bad is not null then
+        perform conveyor._raise_invalid(format('payload must be a JSON object, got %s%s',
+                                               coalesce(jsonb_typeof(p_payloads[v_bad]), 'null'),
+                                               case when v_n > 1 then format(' (payload %s of %s)', v_bad, v_n) else '' end));
+    end if;
+    if p_keys is not null and cardinality(p_keys) <> v_n then
+        perform conveyor._raise_invalid(format('%s idempotency keys for %s payloads: give one per payload (or null)', cardinality(p_keys), v_n));
+    end if;
+    if p_parent is not null and not exists (select from conveyor.runs r where r.id = p_parent) then
+        perform conveyor._raise_unknown_run(p_parent, 'parent run');
+    end if;
+
+    v_queue := coalesce(p_queue, v_task.queue);
+    if v_task.queue_found is null then
+        perform conveyor._ensure_queue(v_queue);
+    end if;
+    v_due := coalesce(p_run_at, v_now + p_delay, v_now);
+    if v_due <= v_now then
+        v_free := case when v_task.limited is not false then conveyor._free_capacity(v_queue, p_task, v_n) else v_n end;
+    end if;
+
+    with input as (
+        select i.n::integer as n, i.p, i.k, conveyor.ulid_generate() as new_id
+        from unnest(p_payloads, p_keys) with ordinality as i(p, k, n)
+    ),
+    inserted as (
+        insert into conveyor.runs (id, task, queue, status, priority, run_at, payload, created_at,
+                                   task_version, idempotency_key, parent_run_id)
+        select i.new_id, p_task, v_queue,
+               case when i.n <= v_free then 'queued' else 'scheduled' end::conveyor.run_status,
+               coalesce(p_priority, v_task.priority), v_due, i.p, v_now, v_task.version, i.k, p_parent
+        from input i
+        order by i.n
+        on conflict (task, idempotency_key)
+            where idempotency_key is not null and conveyor._live(status)
+            do nothing
+        returning id
+    )
+    select array_agg(ins.id order by i.n)
+    into v_ids
+    from input i
+    left join inserted ins on ins.id = i.new_id;
+
+    if p_keys is null then
+        return query select i.n::integer, i.id from unnest(v_ids) with ordinality as i(id, n);
+        return;
+    end if;
+    -- keys that matched a live run: that run's id (a fresh statement sees runs committed since)
+    return query
+    select i.n::integer, coalesce(v_ids[i.n], (
+        select r.id from conveyor.runs r
+        where r.task = p_task and r.idempotency_key = i.k
+          and conveyor._live(r.status)))
+    from unnest(p_keys) with ordinality as i(k, n)
+    where v_ids[i.n] is null
+    union all
+    select i.n::integer, v_ids[i.n]
+    from generate_subscripts(v_ids, 1) as i(n)
+    where v_ids[i.n] is not null
+    order by 1;
+end
+$$;
+
+-- enqueue: create a run of a task, in the caller's transaction. Due now (the default) in an
+-- unbounded queue it is queued (claimable at once; listeners on conveyor.<queue> are woken at
+-- commit); later, or in a bounded queue without room, it is scheduled and tick delivers it.
+create or replace function conveyor.enqueue(
+    task text,
+    payload jsonb default '{}',
+    run_at timestamptz default null,
+    delay conveyor.duration default null,
+    priority integer default null,
+    queue text default null,
+    idempotency_key text default null,
+    parent_run_id conveyor.ulid default null
+)
+returns conveyor.ulid
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    return (select e.id from conveyor._enqueue(task, array[payload], run_at, delay, priority, queue,
+                                               case when idempotency_key is not null then array[idempotency_key] end,
+                                               parent_run_id) e);
+end
+$$;
+
+comment on function conveyor.enqueue is
+    'enqueue a run of a task (payload: a JSON object; run_at or delay; priority 0-9; queue override; idempotency_key; parent_run_id); returns its id';
+
+-- enqueue_many: enqueue many runs of one task in one statement; returns their ids in order.
+create or replace function conveyor.enqueue_many(
+    task text,
+    payloads jsonb[],
+    run_at timestamptz default null,
+    delay conveyor.duration default null,
+    priority integer default null,
+    queue text default null,
+    idempotency_keys text[] default null,
+    parent_run_id conveyor.ulid default null
+)
+returns setof conveyor.ulid
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    return query
+    select e.id from conveyor._enqueue(task, payloads, run_at, delay, priority, queue, idempotency_keys, parent_run_id) e
+    order by e.ord;
+end
+$$;
+
+comment on function conveyor.enqueue_many is
+    'enqueue many runs of one task in one statement (one payload each; idempotency_keys aligned with payloads); returns their ids in order';
+
+-- ============================================================================================
+-- sql/functions/claim.sql
+
+-- functions/claim.sql: workers take queued runs under a lease (README: Workers). The lease token
+-- proves the attempt to every later call (fencing).
+
+-- claim_runs: claim up to `max` queued runs (priority, then due time, then id) from one queue or
+-- several (comma-separated), optionally only of some tasks: queued -> running under a new lease.
+-- Rows are locked FOR NO KEY UPDATE SKIP LOCKED, so concurrent claimers never share a run.
+-- Runs of a disabled task fail (task_disabled) here instead of being returned.
+create or replace function conveyor.claim_runs(
+    queues text,
+    worker text,
+    max integer default 10,
+    lease conveyor.duration default null,
+    tasks text[] default null
+)
+returns setof conveyor.claimed_run
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+#variable_conflict use_column
+declare
+    v_now timestamptz := conveyor._now();
+    v_names text[] := array(select btrim(q) from unnest(string_to_array(claim_runs.queues, ',')) q where btrim(q) <> '');
+    v_open text[];
+    v_lease interval := claim_runs.lease;
+    v_ids conveyor.ulid[];
+    v_claimed conveyor.claimed_run[];
+    v_disabled conveyor._ending[];
+begin
+    if claim_runs.worker is null or btrim(claim_runs.worker) = '' or length(claim_runs.worker) > 200 then
+        perform conveyor._raise_invalid('worker must name the claiming worker (1 to 200 characters), e.g. host:pid');
+    end if;
+    if claim_runs.max is null or claim_runs.max not between 1 and 10000 then
+        perform conveyor._raise_invalid(format('invalid max %s: expected 1 to 10000 runs per claim', coalesce(claim_runs.max::text, 'null')));
+    end if;
+    if v_lease is not null and v_lease <= interval '0' then
+        perform conveyor._raise_invalid('lease must be longer than 0s');
+    end if;
+    select array_agg(q.name) into v_open from conveyor.queues q where q.name = any(v_names) and not q.paused;
+    if v_open is null then
+        return;
+    end if;
+
+    if cardinality(v_open) > 1 then
+        -- the best candidates of each queue, then the best of those, locked
+        select array_agg(r.id) into v_ids from (
+            select r.id from conveyor.runs r
+            where r.id in (
+                select c.id
+                from unnest(v_open) as q(name)
+                cross join lateral (
+                    select r2.id, r2.priority, r2.run_at from conveyor.runs r2
+                    where r2.status = 'queued' and r2.queue = q.name
+                      and (claim_runs.tasks is null or r2.task = any(claim_runs.tasks))
+                    order by r2.priority, r2.run_at, r2.id
+                    limit claim_runs.max * 2
+                ) c
+                order by c.priority, c.run_at, c.id
+                limit claim_runs.max * 2)
+              and r.status = 'queued'
+            order by r.priority, r.run_at, r.id
+            limit claim_runs.max
+            for no key update skip locked
+        ) r;
+        if v_ids is null then
+            return;
+        end if;
+    end if;
+
+    with claimed as (
+        update conveyor.runs r
+        set status = 'running',
+            prev_attempt_id = r.attempt_id,
+            attempt_id = conveyor.ulid_generate(),
+            lease_token = gen_random_uuid(),
+            lease_expires_at = v_now + least(coalesce(v_lease, c.lease), c.max_lease),
+            timeout_at = v_now + c.timeout,
+            started_at = v_now,
+            worker = claim_runs.worker,
+            log_size = 0
+        from conveyor.task_config c
+        where c.name = r.task
+          and r.id = any(coalesce(v_ids, array(
+              -- one queue: pick and lock in index order, in this same statement (an array, so the
+              -- generic plan looks the rows up by primary key whatever max is)
+              select p.id from conveyor.runs p
+              where p.status = 'queued' and p.queue = v_open[1]
+                and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
+              order by p.priority, p.run_at, p.id
+              limit claim_runs.max
+              for no key update skip locked)))
+        returning r.id, r.lease_token, r.task, r.queue, r.payload, r.attempts + 1 as attempt, r.failures, r.releases,
+                  r.attempt_id, r.priority, r.parent_run_id, r.lease_expires_at, r.timeout_at, r.run_at, c.enabled
+    )
+    select
+        array_agg(row(c.id, c.lease_token, c.task, c.queue, c.payload, c.attempt, c.failures, c.releases,
+                      c.attempt_id, c.priority, c.parent_run_id, c.lease_expires_at, c.timeout_at)::conveyor.claimed_run
+                  order by c.priority, c.run_at, c.id) filter (where c.enabled),
+        array_agg(row(c.id, c.lease_token, null, 'failed',
+                      conveyor._failure('task_disabled', format('task "%s" is disabled', c.task)),
+                      false, null, null, null)::conveyor._ending) filter (where not c.enabled)
+    into v_claimed, v_disabled
+    from claimed c;
+
+    if v_disabled is not null then
+        perform conveyor._end_attempts(v_disabled);
+    end if;
+    return query select * from unnest(v_claimed);
+end
+$$;
+
+comment on function conveyor.claim_runs is
+    'claim up to max runs from a queue (or several, comma-separated) for a worker; each comes with a lease_token for heartbeat/complete/fail/release';
+
+-- claim_run: claim_runs with max 1.
+create or replace function conveyor.claim_run(
+    queues text,
+    worker text,
+    lease conveyor.duration default null,
+    tasks text[] default null
+)
+returns setof conveyor.claimed_run
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    return query select * from conveyor.claim_runs(queues, worker, 1, lease, tasks);
+end
+$$;
+
+comment on function conveyor.claim_run is
+    'claim one run (zero or one row) from a queue (or several, comma-separated)';
+
+-- pending: how many runs of these queues (comma-separated) are not finished yet: waiting,
+-- queued or running. Lets a worker that drains its queues know when it is done, without
+-- read access to the run tables.
+create or replace function conveyor.pending(queues text)
+returns bigint
+language plpgsql
+stable
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    return (select count(*) from conveyor.runs r
+            where r.queue = any(array(select btrim(q) from unnest(string_to_array(pending.queues, ',')) q))
+              and conveyor._live(r.status));
+end
+$$;
+
+comment on function conveyor.pending is 'runs of these queues (comma-separated) not finished yet: waiting, queued or running';
+
+-- ============================================================================================
+-- sql/functions/finish.sql
+
+-- functions/finish.sql: workers end attempts (README: Workers). Each call builds its endings and
+-- hands them to conveyor._end_attempts (functions/state_machine.sql), which decides what an
+-- outcome does to the run.
+
+-- complete_run: running -> succeeded (also when a cancel was requested: the work was done).
+create or replace function conveyor.complete_run(run_id conveyor.ulid, lease_token uuid, result jsonb default null)
+returns conveyor.run_status
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    return conveyor._end_one(row(run_id, lease_token, null, 'succeeded', null, null, result, null, null), true);
+end
+$$;
+
+comment on function conveyor.complete_run is
+    'finish an attempt successfully (optional result); raises CV001 if the lease is stale';
+
+-- fail_run: running -> retrying (retryable, budget left; run_at = now + backoff) or failed.
+-- The failure is {code: task_failed, message, meta}. meta that is not a JSON object fails the
+-- attempt with configuration_invalid (not retried) instead.
+create or replace function conveyor.fail_run(
+    run_id conveyor.ulid,
+    lease_token uuid,
+    message text,
+    meta jsonb default null,
+    retryable boolean default true
+)
+returns conveyor.run_status
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    return conveyor._end_one(
+        case when meta is not null and jsonb_typeof(meta) <> 'object' then
+            row(run_id, lease_token, null, 'failed',
+                conveyor._failure('configuration_invalid',
+                                  format('fail_run meta must be a JSON object, got %s', jsonb_typeof(meta)),
+                                  jsonb_build_object('message', message, 'meta', meta)),
+                false, null, null, null)::conveyor._ending
+        else
+            row(run_id, lease_token, null, 'failed', conveyor._failure('task_failed', message, meta),
+                coalesce(retryable, true), null, null, null)::conveyor._ending
+        end);
+end
+$$;
+
+comment on function conveyor.fail_run is
+    'fail an attempt: retried after the backoff delay while the budget lasts (retryable), else failed; returns the new status';
+
+-- release_run: running -> released, due again after `delay` (business waiting: no failure is
+-- counted, the retry budget is untouched). A delay that is missing or not a duration, or meta
+-- that is not an object, fails the attempt with configuration_invalid instead.
+create or replace function conveyor.release_run(
+    run_id conveyor.ulid,
+    lease_token uuid,
+    delay text,
+    reason text default null,
+    meta jsonb default null
+)
+returns conveyor.run_status
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_delay interval := conveyor._duration_or_null(delay);
+    v_problem text;
+begin
+    v_problem := case
+        when v_delay is null then format('release_run needs a delay such as ''30s'', got %s',
+                                         coalesce(quote_literal(delay), 'null'))
+        when meta is not null and jsonb_typeof(meta) <> 'object' then
+            format('release_run meta must be a JSON object, got %s', jsonb_typeof(meta))
+    end;
+    if v_problem is not null then
+        return conveyor._end_one(row(run_id, lease_token, null, 'failed',
+            conveyor._failure('configuration_invalid', v_problem,
+                              jsonb_build_object('delay', delay, 'reason', reason, 'meta', meta)),
+            false, null, null, null));
+    end if;
+    return conveyor._end_one(row(run_id, lease_token, null, 'released', null, null, null, v_delay,
+        jsonb_strip_nulls(jsonb_build_object('reason', conveyor._sanitize(reason), 'meta', meta))));
+end
+$$;
+
+comment on function conveyor.release_run is
+    'release an attempt: the run waits (delay, e.g. ''30s'') and is claimed again; not a failure, never spends the retry budget';
+
+-- return_run: running -> queued (outcome interrupted): a worker shutting down gives the run
+-- back unfinished; it is claimable again at once.
+create or replace function conveyor.return_run(run_id conveyor.ulid, lease_token uuid)
+returns conveyor.run_status
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    return conveyor._end_one(row(run_id, lease_token, null, 'interrupted', null, null, null, null, null));
+end
+$$;
+
+comment on function conveyor.return_run is
+    'give a run back unfinished (worker shutting down): it is queued again at once; no failure counted';
+
+-- finish_runs: end many attempts in one call and one transaction. `items` is a JSON array of
+-- {run_id, lease_token, outcome: succeeded|failed|released|returned, result, message, meta,
+--  retryable, delay, reason}. Malformed items fail their attempt with configuration_invalid;
+-- items whose lease is stale change nothing and come back with status null.
+create or replace function conveyor.finish_runs(items jsonb)
+returns table (run_id conveyor.ulid, status conveyor.run_status)
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+#variable_conflict use_column
+begin
+    if items is null or jsonb_typeof(items) <> 'array' then
+        perform conveyor._raise_invalid(format('finish_runs takes a JSON array of items, got %s', coalesce(jsonb_typeof(items), 'null')));
+    end if;
+    if exists (select from jsonb_array_elements(items) e where jsonb_typeof(e) <> 'object') then
+        perform conveyor._raise_invalid('finish_runs items must be JSON objects {run_id, lease_token, outcome, ...}');
+    end if;
+
+    return query
+    with item as (
+        select x.n, conveyor._ulid_or_null(x.run_id) as id, conveyor._uuid_or_null(x.lease_token) as token,
+               x.outcome, nullif(x.result, 'null') as result, x.message, nullif(x.meta, 'null') as meta,
+               x.retryable, x.delay, conveyor._duration_or_null(x.delay) as wait, x.reason
+        from rows from (jsonb_to_recordset(items) as (run_id text, lease_token text, outcome text, result jsonb,
+                        message text, meta jsonb, retryable jsonb, delay text, reason text))
+             with ordinality as x(run_id, lease_token, outcome, result, message, meta, retryable, delay, reason, n)
+    ),
+    checked as (
+        select i.*,
+               case
+                   when i.outcome is null or i.outcome not in ('succeeded', 'failed', 'released', 'returned') then
+                       format('outcome must be succeeded, failed, released or returned, got %s', coalesce(i.outcome, 'nothing'))
+                   when i.meta is not null and jsonb_typeof(i.meta) <> 'object' then
+                       format('meta must be a JSON object, got %s', jsonb_typeof(i.meta))
+                   when i.retryable is not null and jsonb_typeof(i.retryable) not in ('boolean', 'null') then
+                       format('retryable must be true or false, got %s', i.retryable)
+                   when i.outcome = 'released' and i.wait is null then
+                       format('a release needs a delay such as "30s", got %s', coalesce(quote_literal(i.delay), 'nothing'))
+               end as problem
+        from item i
+    ),
+    ended as (
+        select e.run_id, e.status from conveyor._end_attempts(array(
+            select case
+                when c.problem is not null then
+                    row(c.id, c.token, null, 'failed', conveyor._failure('configuration_invalid', c.problem,
+                        jsonb_strip_nulls(jsonb_build_object('outcome', c.outcome, 'message', c.message, 'meta', c.meta,
+                                                             'delay', c.delay, 'retryable', c.retryable))),
+                        false, null, null, null)::conveyor._ending
+                when c.outcome = 'succeeded' then
+                    row(c.id, c.token, null, 'succeeded', null, null, c.result, null, null)::conveyor._ending
+                when c.outcome = 'failed' then
+                    row(c.id, c.token, null, 'failed', conveyor._failure('task_failed', c.message, c.meta),
+                        case when jsonb_typeof(c.retryable) = 'boolean' then (c.retryable)::boolean else true end,
+                        null, null, null)::conveyor._ending
+                when c.outcome = 'released' then
+                    row(c.id, c.token, null, 'released', null, null, null, c.wait,
+                        jsonb_strip_nulls(jsonb_build_object('reason', conveyor._sanitize(c.reason), 'meta', c.meta)))::conveyor._ending
+                else
+                    row(c.id, c.token, null, 'interrupted', null, null, null, null, null)::conveyor._ending
+            end
+            from checked c
+            where c.id is not null and c.token is not null),
+            (select bool_and(c.outcome = 'succeeded' and c.problem is null) from checked c)) e
+    )
+    select i.id, e.status
+    from item i
+    left join ended e on e.run_id = i.id
+    order by i.n;
+end
+$$;
+
+comment on function conveyor.finish_runs is
+    'end many attempts at once: items [{run_id, lease_token, outcome: succeeded|failed|released|returned, result, message, meta, retryable, delay, reason}]; status null = stale lease';
+
+-- ============================================================================================
+-- sql/functions/running.sql
+
+-- functions/running.sql: what a worker may do while an attempt runs: heartbeats (lease, cancel
+-- requests) and logs.
+
+-- heartbeat: extend a running run's lease by `extend` (default: the task's lease), never by
+-- more than max_lease; returns true when cancellation was requested.
+create or replace function conveyor.heartbeat(run_id conveyor.ulid, lease_token uuid, extend conveyor.duration default null)
+returns boolean
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+#variable_conflict use_column
+declare
+    v_cancel boolean;
+begin
+    if extend is not null and extend::interval <= interval '0' then
+        perform conveyor._raise_invalid('extend must be longer than 0s');
+    end if;
+    update conveyor.runs r
+    set lease_expires_at = conveyor._now() + least(coalesce(heartbeat.extend::interval, c.lease), c.max_lease)
+    from conveyor.task_config c
+    where r.id = heartbeat.run_id and r.lease_token = heartbeat.lease_token  -- a token is held only while running
+      and c.name = r.task
+    returning r.cancel_requested_at is not null into v_cancel;
+    if not found then
+        perform conveyor._raise_stale(heartbeat.run_id, heartbeat.lease_token);
+    end if;
+    return v_cancel;
+end
+$$;
+
+comment on function conveyor.heartbeat is
+    'extend the lease of a running attempt (never beyond max_lease); returns true when cancellation was requested';
+
+-- append_log: append text to the current attempt's log (one row per append). Past the task's
+-- log_max_size: truncate (default) keeps what fits and drops the rest; kill_task ends the
+-- attempt with outcome log_overflow (a retryable failure). Returns appended, truncated or killed.
+create or replace function conveyor.append_log(run_id conveyor.ulid, lease_token uuid, text text)
+returns text
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+#variable_conflict use_column
+declare
+    v_run record;
+    v_now timestamptz := conveyor._now();
+    v_len integer := octet_length(append_log.text);
+    v_room integer;
+    v_part text;
+begin
+    select r.log_size, r.attempt_id, c.log_max_size, c.log_on_full into v_run
+    from conveyor.runs r
+    join conveyor.task_config c on c.name = r.task
+    where r.id = append_log.run_id and r.lease_token = append_log.lease_token  -- held only while running
+    for no key update of r;
+    if not found then
+        perform conveyor._raise_stale(append_log.run_id, append_log.lease_token);
+    end if;
+    if append_log.text is null or v_len = 0 then
+        return 'appended';
+    end if;
+
+    v_room := greatest(v_run.log_max_size - v_run.log_size, 0);
+    if v_len <= v_room then
+        v_part := append_log.text;
+    else
+        -- the longest prefix that fits in v_room bytes, whole characters only
+        v_part := left(append_log.text, v_room);
+        while octet_length(v_part) > v_room loop
+            v_part := left(v_part, -greatest(1, (octet_length(v_part) - v_room) / 4));
+        end loop;
+    end if;
+    if v_part <> '' then
+        insert into conveyor.attempt_logs (run_id, attempt_id, at, chunk)
+        values (append_log.run_id, v_run.attempt_id, v_now, v_part);
+        update conveyor.runs r set log_size = r.log_size + octet_length(v_part) where r.id = append_log.run_id;
+    end if;
+    if v_len <= v_room then
+        return 'appended';
+    end if;
+    if v_run.log_on_full = 'kill_task' then
+        perform conveyor._end_one(row(append_log.run_id, append_log.lease_token, null, 'log_overflow',
+            conveyor._failure('log_overflow',
+                              format('log exceeded log_max_size of %s bytes', v_run.log_max_size)),
+            true, null, null, null));
+        return 'killed';
+    end if;
+    return 'truncated';
+end
+$$;
+
+comment on function conveyor.append_log is
+    'append text to the running attempt''s log; returns appended, truncated (log_max_size reached) or killed (log_on_full = kill_task)';
+
+-- ============================================================================================
+-- sql/functions/operators.sql
+
+-- functions/operators.sql: cancel and retry, one run or in bulk (README: Operators). Which runs
+-- qualify is asked of the state machine (conveyor._allowed, conveyor._live).
+
+-- _cancel: cancel one locked run. Waiting or queued: cancelled at once. Running: the request is
+-- recorded (event run.cancel_requested) and the worker's next finishing call decides.
+create or replace function conveyor._cancel(p_run conveyor.runs)
+returns text
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_now timestamptz := conveyor._now();
+begin
+    if p_run.status <> 'running' and conveyor._allowed(p_run.status, 'cancelled') then
+        update conveyor.runs r set status = 'cancelled', finished_at = v_now where r.id = p_run.id;
+        return 'cancelled';
+    elsif p_run.status = 'running' then
+        if p_run.cancel_requested_at is null then
+            update conveyor.runs r set cancel_requested_at = v_now where r.id = p_run.id;
+            insert into conveyor.events (run_id, at, type, attempt) values (p_run.id, v_now, 'run.cancel_requested', p_run.attempts + 1);
+        end if;
+        return 'cancel_requested';
+    end if;
+    return null;
+end
+$$;
+
+-- cancel_run: cancel a run: at once if it is not running; if it is, request it (heartbeat
+-- answers true; the worker's next finishing call ends it cancelled, unless it completes).
+create or replace function conveyor.cancel_run(run_id conveyor.ulid)
+returns text
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+#variable_conflict use_column
+declare
+    v_run conveyor.runs;
+    v_result text;
+begin
+    select * into v_run from conveyor.runs r where r.id = cancel_run.run_id for no key update;
+    if not found then
+        perform conveyor._raise_unknown_run(cancel_run.run_id);
+    end if;
+    v_result := conveyor._cancel(v_run);
+    if v_result is null then
+        perform conveyor._raise_already_finished(cancel_run.run_id, v_run.status);
+    end if;
+    return v_result;
+end
+$$;
+
+comment on function conveyor.cancel_run is
+    'cancel a run: returns cancelled (it was waiting) or cancel_requested (it is running; the worker is told by heartbeat)';
+
+create or replace function conveyor.cancel_runs(
+    queue text default null,
+    task text default null,
+    status conveyor.run_status default null,
+    max integer default 1000
+)
+returns integer
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+#variable_conflict use_column
+declare
+    v_run conveyor.runs;
+    v_count integer := 0;
+begin
+    for v_run in
+        select * from conveyor.runs r
+        where conveyor._live(r.status)
+          and (cancel_runs.status is null or r.status = cancel_runs.status)
+          and (cancel_runs.queue is null or r.queue = cancel_runs.queue)
+          and (cancel_runs.task is null or r.task = cancel_runs.task)
+        order by r.id
+        limit greatest(cancel_runs.max, 0)
+        for no key update skip locked
+    loop
+        if conveyor._cancel(v_run) is not null then
+            v_count := v_count + 1;
+        end if;
+    end loop;
+    return v_count;
+end
+$$;
+
+comment on function conveyor.cancel_runs is
+    'cancel up to max unfinished runs matching queue/task/status (running ones get a cancel request); returns how many';
+
+-- _retry_refusal: why a run cannot be retried, or null.
+create or replace function conveyor._retry_refusal(p_run conveyor.runs)
+returns text
+language plpgsql
+stable
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    return case
+        when not conveyor._allowed(p_run.status, 'queued') or not conveyor._finished(p_run.status) then
+            format('run %s is %s: only failed, cancelled, or succeeded runs without a result can be retried', p_run.id, p_run.status)
+        when p_run.status = 'succeeded' and p_run.result is not null then
+            format('run %s succeeded with a result: retrying would discard it', p_run.id)
+        when exists (select from conveyor.runs c where c.parent_run_id = p_run.id) then
+            format('run %s has child runs: retrying would discard what they were spawned from', p_run.id)
+    end;
+end
+$$;
+
+-- _retry: requeue one locked, retryable run with a fresh budget (failure_base = failures);
+-- counters stay, old attempts stay in history; queued, or scheduled when its bounded queue or
+-- capped task has no room (tick delivers it then).
+create or replace function conveyor._retry(p_run conveyor.runs)
+returns conveyor.run_status
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_now timestamptz := conveyor._now();
+    v_status conveyor.run_status;
+begin
+    v_status := case when conveyor._free_capacity(p_run.queue, p_run.task, 1) > 0 then 'queued' else 'scheduled' end;
+    update conveyor.runs r
+    set status = v_status,
+        run_at = v_now,
+        failure_base = r.failures,
+        error = null,
+        result = null,
+        finished_at = null,
+        cancel_requested_at = null,
+        last_delay = null
+    where r.id = p_run.id;
+    return v_status;
+end
+$$;
+
+-- retry_run: retry a failed or cancelled run (or a succeeded one without result and children)
+-- under the task's latest config; refused with the reason otherwise (CV005).
+create or replace function conveyor.retry_run(run_id conveyor.ulid)
+returns conveyor.run_status
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+#variable_conflict use_column
+declare
+    v_run conveyor.runs;
+    v_refusal text;
+begin
+    select * into v_run from conveyor.runs r where r.id = retry_run.run_id for no key update;
+    if not found then
+        perform conveyor._raise_unknown_run(retry_run.run_id);
+    end if;
+    v_refusal := conveyor._retry_refusal(v_run);
+    if v_refusal is not null then
+        perform conveyor._raise_retry_refused(v_refusal);
+    end if;
+    return conveyor._retry(v_run);
+end
+$$;
+
+comment on function conveyor.retry_run is
+    'retry a failed/cancelled run (or a succeeded one with no result and no children) with a fresh retry budget';
+
+-- retry_runs / cancel_runs: the bulk forms for operators, by queue, task and status, at most
+-- `max` runs (oldest first); runs that cannot be retried are skipped. Return how many changed.
+create or replace function conveyor.retry_runs(
+    queue text default null,
+    task text default null,
+    status conveyor.run_status default 'failed',
+    since timestamptz default null,
+    max integer default 1000
+)
+returns integer
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+#variable_conflict use_column
+declare
+    v_run conveyor.runs;
+    v_count integer := 0;
+begin
+    if not conveyor._allowed(retry_runs.status, 'queued') or not conveyor._finished(retry_runs.status) then
+        perform conveyor._raise_invalid(format('retry_runs takes status failed, cancelled or succeeded, got %s', retry_runs.status));
+    end if;
+    for v_run in
+        select * from conveyor.runs r
+        where r.status = retry_runs.status
+          and (retry_runs.queue is null or r.queue = retry_runs.queue)
+          and (retry_runs.task is null or r.task = retry_runs.task)
+          and (retry_runs.since is null or r.finished_at >= retry_runs.since)
+        order by r.finished_at, r.id
+        limit greatest(retry_runs.max, 0)
+        for no key update skip locked
+    loop
+        if conveyor._retry_refusal(v_run) is null then
+            perform conveyor._retry(v_run);
+            v_count := v_count + 1;
+        end if;
+    end loop;
+    return v_count;
+end
+$$;
+
+comment on function conveyor.retry_runs is
+    'retry up to max runs matching queue/task/status (default failed) finished since a time; returns how many';
+
+-- ============================================================================================
+-- sql/functions/tick_expire.sql
+
+-- functions/tick_expire.sql: tick step `expire`: leases and timeouts that ran out.
+
+-- _expire_leases: end attempts whose lease ran out (outcome crashed: the worker is presumed
+-- dead) or whose timeout passed (outcome timeout); both retry under the budget. A run with a
+-- cancel request ends cancelled/stopped instead (an abandoned cancellation).
+create or replace function conveyor._expire_leases(p_now timestamptz, p_limit integer)
+returns table (crashed integer, timed_out integer, stopped integer)
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+#variable_conflict use_column
+begin
+    return query
+    with ended as (
+        select e.outcome
+        from conveyor._end_attempts(array(
+            select row(r.id, null, r.attempt_id,
+                       case when r.timeout_at <= p_now then 'timeout' else 'crashed' end,
+                       case when r.timeout_at <= p_now
+                            then conveyor._failure('timeout', format('attempt %s exceeded its timeout of %s',
+                                                   r.attempts + 1, conveyor._duration_text(r.timeout_at - r.started_at)))
+                            else conveyor._failure('crashed', format('no heartbeat before the lease expired at %s: worker %s is presumed dead',
+                                                   to_char(r.lease_expires_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                                                   coalesce(r.worker, '?')))
+                       end,
+                       true, null, null, null)::conveyor._ending
+            from conveyor.runs r
+            where r.status = 'running' and least(r.lease_expires_at, r.timeout_at) <= p_now
+            order by least(r.lease_expires_at, r.timeout_at)
+            limit p_limit
+            for no key update skip locked)) e
+    )
+    select count(*) filter (where ended.outcome = 'crashed')::integer,
+           count(*) filter (where ended.outcome = 'timeout')::integer,
+           count(*) filter (where ended.outcome = 'stopped')::integer
+    from ended;
+end
+$$;
+
+-- ============================================================================================
+-- sql/functions/tick_schedules.sql
+
+-- functions/tick_schedules.sql: tick step `schedule`: cron firings become runs.
+
+-- _fire_schedules: materialize due cron firings as runs, exactly once per (task, firing):
+-- the task row is locked SKIP LOCKED, the run has a unique firing key, and the cursor
+-- next_fire_at moves by a guarded update. After downtime only the latest missed firing runs,
+-- unless the task asks for catch_up. on_overlap decides when an earlier firing is in flight:
+-- allow (default) runs both, skip records a skipped run, terminate cancels the earlier one.
+create or replace function conveyor._fire_schedules(p_now timestamptz, p_limit integer)
+returns integer
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_task record;
+    v_fire timestamptz;
+    v_firings timestamptz[];
+    v_next timestamptz;
+    v_in_flight boolean;
+    v_run conveyor.runs;
+    v_count integer := 0;
+begin
+    for v_task in
+        select c.*
+        from conveyor.tasks t
+        join conveyor.task_config c on c.name = t.name
+        where t.schedule is not null and t.enabled and t.next_fire_at <= p_now
+        order by t.next_fire_at
+        limit p_limit
+        for no key update of t skip locked
+    loop
+        -- the firings to run: every one due (catch_up), or the latest due
+        v_firings := '{}';
+        v_fire := v_task.next_fire_at;
+        while v_fire is not null and v_fire <= p_now loop
+            if v_task.catch_up then
+                exit when cardinality(v_firings) >= p_limit;
+                v_firings := v_firings || v_fire;
+            else
+                v_firings := array[v_fire];
+            end if;
+            v_fire := conveyor._cron_next(v_task.schedule, v_task.timezone, v_fire);
+        end loop;
+        v_next := coalesce(v_fire, conveyor._cron_next(v_task.schedule, v_task.timezone, p_now));
+
+        foreach v_fire in array v_firings loop
+            v_in_flight := exists (
+                select from conveyor.runs r
+                where r.task = v_task.name and r.fire_at is not null
+                  and conveyor._live(r.status));
+            if v_in_flight and v_task.on_overlap = 'skip' then
+                insert into conveyor.runs (id, task, queue, status, priority, run_at, payload, created_at,
+                                           task_version, fire_at, finished_at)
+                values (conveyor.ulid_generate(), v_task.name, v_task.queue, 'skipped', v_task.priority, v_fire,
+                        v_task.payload, p_now, v_task.version, v_fire, p_now)
+                on conflict (task, fire_at) where fire_at is not null do nothing;
+                continue;
+            end if;
+            if v_in_flight and v_task.on_overlap = 'terminate' then
+                for v_run in
+                    select * from conveyor.runs r
+                    where r.task = v_task.name and r.fire_at is not null
+                      and conveyor._live(r.status)
+                    for no key update
+                loop
+                    if v_run.status = 'running' then
+                        perform conveyor._end_attempts(array[row(v_run.id, null, v_run.attempt_id, 'stopped',
+                            conveyor._failure('stopped', format('terminated by the next firing (%s)', v_fire)),
+                            false, null, null, null)::conveyor._ending]);
+                    else
+                        perform conveyor._cancel(v_run);
+                    end if;
+                end loop;
+            end if;
+            insert into conveyor.runs (id, task, queue, status, priority, run_at, payload, created_at,
+                                       task_version, fire_at)
+            values (conveyor.ulid_generate(), v_task.name, v_task.queue, 'scheduled', v_task.priority, v_fire,
+                    v_task.payload, p_now, v_task.version, v_fire)
+            on conflict (task, fire_at) where fire_at is not null do nothing;
+            v_count := v_count + 1;
+        end loop;
+
+        update conveyor.tasks t
+        set next_fire_at = v_next
+        where t.name = v_task.name and t.next_fire_at = v_task.next_fire_at;
+    end loop;
+    return v_count;
+end
+$$;
+
+-- ============================================================================================
+-- sql/functions/tick_services.sql
+
+-- functions/tick_services.sql: tick step `restart` (services' replicas kept alive), and the
+-- operator's start_service and stop_service.
+
+-- _restart_services: keep each enabled service's replicas alive. A replica with no live run
+-- gets one: at once the first time, else after restart_delay with restart_backoff over its
+-- consecutive quick restarts (a run that stayed up 60s resets the count). A replica whose last
+-- run was stopped by hand (cancelled, or asked to cancel and then completed) stays down until
+-- start_service. Replicas above `replicas` get a cancel request.
+create or replace function conveyor._restart_services(p_now timestamptz, p_limit integer)
+returns integer
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_service record;
+    v_replica integer;
+    v_last conveyor.runs;
+    v_restarts integer;
+    v_count integer := 0;
+    v_run conveyor.runs;
+begin
+    for v_service in
+        select c.*
+        from conveyor.tasks t
+        join conveyor.task_config c on c.name = t.name
+        where t.kind = 'service' and t.enabled
+        order by t.name
+        for no key update of t skip locked
+    loop
+        for v_replica in 1 .. v_service.replicas loop
+            exit when v_count >= p_limit;
+            continue when exists (
+                select from conveyor.runs r
+                where r.task = v_service.name and r.replica = v_replica
+                  and conveyor._live(r.status));
+            select * into v_last from conveyor.runs r
+            where r.task = v_service.name and r.replica = v_replica
+            order by r.id desc
+            limit 1;
+            continue when found and (v_last.status = 'cancelled' or v_last.cancel_requested_at is not null);
+            v_restarts := case
+                when v_last.id is null then 0
+                when v_last.finished_at - coalesce(v_last.started_at, v_last.finished_at) >= interval '60 seconds' then 0
+                else v_last.restarts + 1
+            end;
+            insert into conveyor.runs (id, task, queue, status, priority, run_at, payload, created_at,
+                                       task_version, replica, restarts)
+            values (conveyor.ulid_generate(), v_service.name, v_service.queue, 'scheduled', v_service.priority,
+                    case when v_last.id is null then p_now
+                         else greatest(p_now, v_last.finished_at + conveyor._backoff_delay(
+                             v_service.restart_backoff, v_service.restart_delay, v_service.restart_max_delay,
+                             null, 'none', v_restarts))
+                    end,
+                    v_service.payload, p_now, v_service.version, v_replica, v_restarts)
+            on conflict do nothing;
+            v_count := v_count + 1;
+        end loop;
+        -- scaled down: replicas above the count are asked to stop
+        for v_run in
+            select * from conveyor.runs r
+            where r.task = v_service.name and r.replica > v_service.replicas
+              and conveyor._live(r.status)
+              and r.cancel_requested_at is null
+            for no key update skip locked
+        loop
+            perform conveyor._cancel(v_run);
+        end loop;
+    end loop;
+    return v_count;
+end
+$$;
+
+-- start_service: start every replica of a service that has no live run now, including ones
+-- stopped by hand. Returns how many were started.
+create or replace function conveyor.start_service(name text)
+returns integer
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+#variable_conflict use_column
+declare
+    v_now timestamptz := conveyor._now();
+    v_service conveyor.task_config;
+    v_count integer;
+begin
+    select * into v_service from conveyor.task_config c where c.name = start_service.name and c.kind = 'service';
+    if not found then
+        perform conveyor._raise_unknown_task(start_service.name, 'service');
+    end if;
+    insert into conveyor.runs (id, task, queue, status, priority, run_at, payload, created_at, task_version, replica)
+    select conveyor.ulid_generate(), v_service.name, v_service.queue, 'scheduled', v_service.priority, v_now,
+           v_service.payload, v_now, v_service.version, n
+    from generate_series(1, v_service.replicas) n
+    on conflict do nothing;
+    get diagnostics v_count = row_count;
+    return v_count;
+end
+$$;
+
+comment on function conveyor.start_service is 'start the replicas of a service that are not running (also ones stopped by hand)';
+
+-- stop_service: stop every replica of a service by hand (cancel_run on each live run); tick
+-- does not restart them until start_service. Returns how many were asked to stop.
+create or replace function conveyor.stop_service(name text)
+returns integer
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+#variable_conflict use_column
+declare
+    v_run conveyor.runs;
+    v_count integer := 0;
+begin
+    if not exists (select from conveyor.tasks t where t.name = stop_service.name and t.kind = 'service') then
+        perform conveyor._raise_unknown_task(stop_service.name, 'service');
+    end if;
+    for v_run in
+        select * from conveyor.runs r
+        where r.task = stop_service.name and r.replica is not null
+          and conveyor._live(r.status)
+        order by r.replica
+        for no key update
+    loop
+        perform conveyor._cancel(v_run);
+        v_count := v_count + 1;
+    end loop;
+    return v_count;
+end
+$$;
+
+comment on function conveyor.stop_service is 'stop every replica of a service by hand: tick does not restart them until start_service';
+
+-- ============================================================================================
+-- sql/functions/tick_deliver.sql
+
+-- functions/tick_deliver.sql: tick step `deliver`: due waiting runs become queued.
+
+-- _deliver_due: scheduled, retrying and released runs whose time has come -> queued (event
+-- run.delivery_requested), queue by queue, skipping paused queues. A bounded queue's free
+-- capacity (and a capped task's) is reserved under its row lock first, so no more than
+-- `concurrency` runs are ever delivered, however many ticks and enqueues run at once.
+create or replace function conveyor._deliver_due(p_now timestamptz, p_limit integer)
+returns integer
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_queue record;
+    v_free integer;
+    v_done integer;
+    v_total integer := 0;
+begin
+    for v_queue in
+        select q.name, q.concurrency from conveyor.queues q where not q.paused order by q.name
+    loop
+        exit when v_total >= p_limit;
+        v_free := null;
+        if v_queue.concurrency is not null then
+            select q.concurrency - q.delivered into v_free
+            from conveyor.queues q where q.name = v_queue.name
+            for no key update;
+            continue when v_free <= 0;
+        end if;
+
+        with candidate as (
+            select r.id, r.task, r.priority, r.run_at
+            from conveyor.runs r
+            where r.queue = v_queue.name
+              and conveyor._waiting(r.status)
+              and r.run_at <= p_now
+            order by r.run_at
+            limit p_limit - v_total
+            for no key update skip locked
+        ),
+        cap as (
+            select t.name, t.parallelism - t.active as free
+            from conveyor.tasks t
+            where t.name in (select c.task from candidate c) and t.parallelism is not null
+            order by t.name
+            for no key update
+        ),
+        chosen as (
+            select c.id
+            from (select c.*, row_number() over (partition by c.task order by c.priority, c.run_at, c.id) as nth
+                  from candidate c) c
+            left join cap on cap.name = c.task
+            where cap.name is null or c.nth <= cap.free
+            order by c.priority, c.run_at, c.id
+            limit coalesce(v_free, p_limit)
+        )
+        update conveyor.runs r
+        set status = 'queued'
+        from chosen
+        where r.id = chosen.id;
+        get diagnostics v_done = row_count;
+        v_total := v_total + v_done;
+    end loop;
+    return v_total;
+end
+$$;
+
+-- ============================================================================================
+-- sql/functions/tick_prune.sql
+
+-- functions/tick_prune.sql: tick step `prune`: retention.
+
+-- _prune: delete finished runs older than the retention (conveyor.defaults), with their
+-- attempts, logs and events, oldest first, at most p_limit runs; and outbox rows published
+-- longer ago than the retention.
+create or replace function conveyor._prune(p_now timestamptz, p_limit integer)
+returns integer
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_cutoff timestamptz := p_now - (select d.retention from conveyor.defaults d);
+    v_ids conveyor.ulid[];
+begin
+    select array_agg(r.id) into v_ids from (
+        select r.id from conveyor.runs r
+        where r.finished_at < v_cutoff
+        order by r.finished_at
+        limit p_limit
+        for update skip locked
+    ) r;
+    delete from conveyor.outbox o
+    where o.id in (select x.id from conveyor.outbox x where x.published_at < v_cutoff
+                   order by x.published_at limit p_limit for update skip locked);
+    if v_ids is null then
+        return 0;
+    end if;
+    delete from conveyor.attempts a where a.run_id = any(v_ids);
+    delete from conveyor.attempt_logs l where l.run_id = any(v_ids);
+    delete from conveyor.events e where e.run_id = any(v_ids);
+    delete from conveyor.runs r where r.id = any(v_ids);
+    return cardinality(v_ids);
+end
+$$;
+
+-- ============================================================================================
+-- sql/functions/outbox.sql
+
+-- functions/outbox.sql: durable messages written in the caller's transaction and sent later, at least
+-- once: tick sends each due message with pg_notify on its topic's channel; a relay can also
+-- claim messages in batches under a lease and acknowledge them once forwarded.
+
+-- publish: write a message in the caller's transaction (rolled back with it). It is sent when
+-- deliver_at comes: NOTIFY on channel `topic` with {id, topic, payload}, and relays may claim it.
+create or replace function conveyor.publish(topic text, payload jsonb default '{}', deliver_at timestamptz default null)
+returns conveyor.ulid
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+#variable_conflict use_column
+declare
+    v_now timestamptz := conveyor._now();
+    v_id conveyor.ulid := conveyor.ulid_generate();
+begin
+    if publish.topic is null or publish.topic !~ '^[A-Za-z0-9_.:/-]{1,63}$' then
+        perform conveyor._raise_invalid(format('invalid topic %s: use 1 to 63 letters, digits or _.:/- (it names a NOTIFY channel)',
+                                               coalesce(quote_literal(publish.topic), 'null')));
+    end if;
+    if publish.payload is null then
+        perform conveyor._raise_invalid('payload must be JSON, got null');
+    end if;
+    insert into conveyor.outbox (id, topic, payload, created_at, deliver_at)
+    values (v_id, publish.topic, publish.payload, v_now, coalesce(publish.deliver_at, v_now));
+    return v_id;
+end
+$$;
+
+comment on function conveyor.publish is
+    'write an outbox message in the caller''s transaction; tick NOTIFYs channel topic when deliver_at comes; relays claim/ack it';
+
+-- _flush_outbox: send due unpublished messages with pg_notify (delivered at commit) and mark
+-- them published. A payload too large for NOTIFY (8000 bytes) is announced without it.
+create or replace function conveyor._flush_outbox(p_now timestamptz, p_limit integer)
+returns integer
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_count integer;
+begin
+    with due as (
+        select o.id from conveyor.outbox o
+        where o.published_at is null and o.deliver_at <= p_now
+        order by o.deliver_at, o.id
+        limit p_limit
+        for update skip locked
+    ),
+    sent as (
+        update conveyor.outbox o set published_at = p_now
+        from due where o.id = due.id
+        returning o.id, o.topic, o.payload
+    )
+    select count(pg_notify(s.topic, case
+               when octet_length(s.payload::text) < 7000
+               then jsonb_build_object('id', s.id::text, 'topic', s.topic, 'payload', s.payload)::text
+               else jsonb_build_object('id', s.id::text, 'topic', s.topic, 'truncated', true)::text
+           end))
+    into v_count
+    from (select * from sent order by id) s;
+    return v_count;
+end
+$$;
+
+-- outbox_claim: a relay claims up to `max` due, unacknowledged messages (optionally of some
+-- topics) under a lease; messages it does not acknowledge in time are claimable again.
+create or replace function conveyor.outbox_claim(
+    relay text,
+    topics text[] default null,
+    max integer default 100,
+    lease conveyor.duration default '30s'
+)
+returns table (id conveyor.ulid, topic text, payload jsonb, deliver_at timestamptz, claim_token uuid, claims integer)
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+#variable_conflict use_column
+declare
+    v_now timestamptz := conveyor._now();
+    v_token uuid := gen_random_uuid();
+begin
+    if outbox_claim.relay is null or btrim(outbox_claim.relay) = '' then
+        perform conveyor._raise_invalid('relay must name the claiming relay');
+    end if;
+    if outbox_claim.max is null or outbox_claim.max not between 1 and 10000 then
+        perform conveyor._raise_invalid(format('invalid max %s: expected 1 to 10000', outbox_claim.max));
+    end if;
+    return query
+    with picked as (
+        select o.id from conveyor.outbox o
+        where o.acked_at is null and o.deliver_at <= v_now
+          and (outbox_claim.topics is null or o.topic = any(outbox_claim.topics))
+          and (o.claim_expires_at is null or o.claim_expires_at <= v_now)
+        order by o.deliver_at, o.id
+        limit outbox_claim.max
+        for update skip locked
+    )
+    update conveyor.outbox o
+    set claim_token = v_token, claimed_by = outbox_claim.relay,
+        claim_expires_at = v_now + outbox_claim.lease::interval, claims = o.claims + 1
+    from picked
+    where o.id = picked.id
+    returning o.id, o.topic, o.payload, o.deliver_at, o.claim_token, o.claims;
+end
+$$;
+
+comment on function conveyor.outbox_claim is
+    'relay: claim due unacknowledged outbox messages under a lease (at least once: unacked ones come back after it)';
+
+-- outbox_ack: acknowledge claimed messages as forwarded; returns how many were acknowledged
+-- (a message whose claim expired and was taken by another relay is not).
+create or replace function conveyor.outbox_ack(ids conveyor.ulid[], claim_token uuid)
+returns integer
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+#variable_conflict use_column
+declare
+    v_count integer;
+begin
+    update conveyor.outbox o
+    set acked_at = conveyor._now(), claim_expires_at = null
+    where o.id = any(outbox_ack.ids) and o.claim_token = outbox_ack.claim_token and o.acked_at is null;
+    get diagnostics v_count = row_count;
+    return v_count;
+end
+$$;
+
+comment on function conveyor.outbox_ack is 'relay: acknowledge forwarded outbox messages of a claim';
+
+-- ============================================================================================
+-- sql/functions/tick.sql
+
+-- functions/tick.sql: tick() and the steps the background worker runs one by one. Each step
+-- touches at most `p_limit` rows, reads only rows that are due (partial indexes on due times),
+-- locks what it changes with SKIP LOCKED or guarded updates so two ticks at once never double
+-- anything, and returns a count. It runs no user code. The steps are in tick_*.sql.
+
+-- tick_steps: the steps of a tick, in order (the background worker runs each in its own
+-- transaction): expire first to free capacity, then create runs, then deliver them.
+create or replace function conveyor.tick_steps()
+returns text[]
+language sql
+immutable
+as $$ select array['expire', 'schedule', 'restart', 'deliver', 'flush', 'prune'] $$;
+
+comment on function conveyor.tick_steps is 'the steps of a tick, in the order tick runs them';
+
+-- _run_step: one step, by name; returns how many rows it changed.
+create or replace function conveyor._run_step(p_step text, p_limit integer)
+returns bigint
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_now timestamptz := conveyor._now();
+begin
+    return case p_step
+        when 'expire' then (select e.crashed + e.timed_out + e.stopped from conveyor._expire_leases(v_now, p_limit) e)
+        when 'schedule' then conveyor._fire_schedules(v_now, p_limit)
+        when 'restart' then conveyor._restart_services(v_now, p_limit)
+        when 'deliver' then conveyor._deliver_due(v_now, p_limit)
+        when 'flush' then conveyor._flush_outbox(v_now, p_limit)
+        when 'prune' then conveyor._prune(v_now, p_limit)
+    end;
+end
+$$;
+
+-- tick_step: one step for the background worker: an error ends this step (reported as a
+-- WARNING, returning -1), not the worker.
+create or replace function conveyor.tick_step(step text)
+returns bigint
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    if not step = any(conveyor.tick_steps()) then
+        perform conveyor._raise_invalid(format('unknown tick step "%s": expected one of %s', step, array_to_string(conveyor.tick_steps(), ', ')));
+    end if;
+    begin
+        return conveyor._run_step(step, coalesce(current_setting('conveyor.tick_batch', true)::integer, 1000));
+    exception when others then
+        raise warning 'pg_conveyor: tick step % failed: % (SQLSTATE %)', step, sqlerrm, sqlstate;
+        return -1;
+    end;
+end
+$$;
+
+comment on function conveyor.tick_step is 'run one tick step by name (errors become a WARNING and -1)';
+
+-- tick: one pass of maintenance, in the caller's transaction; returns what each step did.
+-- Call it by hand, from pg_cron, or from any client where the background worker is not loaded.
+create or replace function conveyor.tick(
+    out crashed integer,
+    out timed_out integer,
+    out stopped integer,
+    out fired integer,
+    out restarted integer,
+    out delivered integer,
+    out flushed integer,
+    out pruned integer
+)
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_now timestamptz := conveyor._now();
+    v_limit integer := coalesce(current_setting('conveyor.tick_batch', true)::integer, 1000);
+begin
+    select e.crashed, e.timed_out, e.stopped into crashed, timed_out, stopped
+    from conveyor._expire_leases(v_now, v_limit) e;
+    fired := conveyor._fire_schedules(v_now, v_limit);
+    restarted := conveyor._restart_services(v_now, v_limit);
+    delivered := conveyor._deliver_due(v_now, v_limit);
+    flushed := conveyor._flush_outbox(v_now, v_limit);
+    pruned := conveyor._prune(v_now, v_limit);
+end
+$$;
+
+comment on function conveyor.tick is
+    'one pass of maintenance: expire leases and timeouts, fire schedules, restart services, deliver due runs, flush the outbox, prune; returns counts';
+
+-- ============================================================================================
+-- sql/functions/views.sql
+
+-- functions/views.sql: what dashboards read. Every view is plain SQL over the run, attempt and event
+-- tables; "recent" windows are measured from conveyor._now(). Retry pressure (failures that
+-- were retried) is reported apart from releases (business waiting), never summed with them.
+
+-- queue_stats: per queue, runs by status now, the lag of the oldest claimable run (workers
+-- behind) and of the oldest due run not yet delivered (tick behind), and what finished,
+-- retried and released in the last 5 minutes.
+create or replace view conveyor.queue_stats as
+with now as (select conveyor._now() as t),
+counts as (
+    select r.queue,
+           count(*) filter (where r.status = 'scheduled') as scheduled,
+           count(*) filter (where r.status = 'queued') as queued,
+           count(*) filter (where r.status = 'running') as running,
+           count(*) filter (where r.status = 'retrying') as retrying,
+           count(*) filter (where r.status = 'released') as released,
+           count(*) filter (where r.status = 'succeeded') as succeeded,
+           count(*) filter (where r.status = 'failed') as failed,
+           count(*) filter (where r.status = 'cancelled') as cancelled,
+           count(*) filter (where r.status = 'skipped') as skipped,
+           min(r.run_at) filter (where r.status = 'queued') as oldest_queued,
+           min(r.run_at) filter (where conveyor._waiting(r.status)
+                                   and r.run_at <= (select t from now)) as oldest_undelivered
+    from conveyor.runs r
+    group by r.queue
+),
+recent as (
+    select a.queue,
+           count(*) filter (where a.outcome = 'succeeded') as succeeded_5m,
+           count(*) filter (where conveyor._is_failure(a.outcome)) as failures_5m,
+           count(*) filter (where conveyor._is_failure(a.outcome) and a.delay is not null) as retries_5m,
+           count(*) filter (where a.outcome = 'released') as releases_5m
+    from conveyor.attempts a, now
+    where a.finished_at > now.t - interval '5 minutes' and a.finished_at <= now.t
+    group by a.queue
+)
+select q.name as queue, now.t as as_of, q.paused, q.concurrency,
+       coalesce(c.scheduled, 0) as scheduled, coalesce(c.queued, 0) as queued, coalesce(c.running, 0) as running,
+       coalesce(c.retrying, 0) as retrying, coalesce(c.released, 0) as released,
+       coalesce(c.succeeded, 0) as succeeded, coalesce(c.failed, 0) as failed,
+       coalesce(c.cancelled, 0) as cancelled, coalesce(c.skipped, 0) as skipped,
+       coalesce(extract(epoch from now.t - c.oldest_queued), 0)::numeric(12, 3) as lag_seconds,
+       coalesce(extract(epoch from now.t - c.oldest_undelivered), 0)::numeric(12, 3) as delivery_lag_seconds,
+       coalesce(r.succeeded_5m, 0) as succeeded_5m,
+       (coalesce(r.succeeded_5m, 0) / 300.0)::numeric(12, 3) as throughput_per_s_5m,
+       coalesce(r.failures_5m, 0) as failures_5m,
+       coalesce(r.retries_5m, 0) as retries_5m,
+       coalesce(r.releases_5m, 0) as releases_5m
+from conveyor.queues q
+cross join now
+left join counts c on c.queue = q.name
+left join recent r on r.queue = q.name;
+
+comment on view conveyor.queue_stats is
+    'per queue at as_of: runs by status, lag_seconds (oldest claimable run), delivery_lag_seconds (oldest due run tick has not delivered: grows if tick stops), and the last 5 minutes: succeeded, throughput, failures, retries (failure pressure) and releases (waiting)';
+
+-- task_stats: per task, runs by status now (kept runs: retention), the retry and release
+-- counters of those runs, and the attempts of the last hour: how many, failures, retries,
+-- releases, mean duration of successful ones.
+create or replace view conveyor.task_stats as
+with now as (select conveyor._now() as t),
+counts as (
+    select r.task,
+           count(*) filter (where r.status = 'scheduled') as scheduled,
+           count(*) filter (where r.status = 'queued') as queued,
+           count(*) filter (where r.status = 'running') as running,
+           count(*) filter (where r.status = 'retrying') as retrying,
+           count(*) filter (where r.status = 'released') as released,
+           count(*) filter (where r.status = 'succeeded') as succeeded,
+           count(*) filter (where r.status = 'failed') as failed,
+           count(*) filter (where r.status = 'cancelled') as cancelled,
+           sum(r.retries) as retries,
+           sum(r.releases) as releases
+    from conveyor.runs r
+    group by r.task
+),
+recent as (
+    select a.task,
+           count(*) as attempts_1h,
+           count(*) filter (where conveyor._is_failure(a.outcome)) as failures_1h,
+           count(*) filter (where conveyor._is_failure(a.outcome) and a.delay is not null) as retries_1h,
+           count(*) filter (where a.outcome = 'released') as releases_1h,
+           avg(extract(epoch from a.finished_at - a.started_at)) filter (where a.outcome = 'succeeded') as mean_seconds
+    from conveyor.attempts a, now
+    where a.finished_at > now.t - interval '1 hour' and a.finished_at <= now.t
+    group by a.task
+)
+select t.name as task, t.kind, t.queue, t.enabled, t.version,
+       coalesce(c.scheduled, 0) as scheduled, coalesce(c.queued, 0) as queued, coalesce(c.running, 0) as running,
+       coalesce(c.retrying, 0) as retrying, coalesce(c.released, 0) as released,
+       coalesce(c.succeeded, 0) as succeeded, coalesce(c.failed, 0) as failed, coalesce(c.cancelled, 0) as cancelled,
+       coalesce(c.retries, 0) as retries, coalesce(c.releases, 0) as releases,
+       coalesce(r.attempts_1h, 0) as attempts_1h, coalesce(r.failures_1h, 0) as failures_1h,
+       coalesce(r.retries_1h, 0) as retries_1h, coalesce(r.releases_1h, 0) as releases_1h,
+       r.mean_seconds::numeric(12, 3) as mean_seconds_1h
+from conveyor.tasks t
+left join counts c on c.task = t.name
+left join recent r on r.task = t.name;
+
+comment on view conveyor.task_stats is
+    'per task: runs by status, retries and releases of the runs kept, and the last hour of attempts (failures, retries, releases, mean duration)';
+
+-- recent_failures: failed attempts of the last 24 hours, newest first, with their error.
+create or replace view conveyor.recent_failures as
+select a.finished_at, a.run_id, a.task, a.queue, a.attempt, a.outcome,
+       a.error ->> 'code' as code, a.error ->> 'message' as message, a.error -> 'meta' as meta,
+       a.worker, r.status as run_status, a.delay as retry_in, a.finished_at + a.delay as retry_at
+from conveyor.attempts a
+left join conveyor.runs r on r.id = a.run_id
+where conveyor._is_failure(a.outcome)
+  and a.finished_at > conveyor._now() - interval '24 hours'
+order by a.finished_at desc;
+
+comment on view conveyor.recent_failures is
+    'failed, timed-out, crashed and log-overflow attempts of the last 24 hours, newest first (retry_at: when it was due again; null if not retried)';
+
+-- throughput: per queue and minute, the last hour (every minute, zeros included): attempts
+-- succeeded, retried (failed and retried), failed (for good) and released, for charts.
+create or replace view conveyor.throughput as
+with now as (select date_trunc('minute', conveyor._now()) as t),
+minutes as (
+    select q.name as queue, m.minute
+    from conveyor.queues q
+    cross join now
+    cross join generate_series(now.t - interval '59 minutes', now.t, interval '1 minute') as m(minute)
+),
+counts as (
+    select a.queue, date_trunc('minute', a.finished_at) as minute,
+           count(*) filter (where a.outcome = 'succeeded') as succeeded,
+           count(*) filter (where conveyor._is_failure(a.outcome) and a.delay is not null) as retried,
+           count(*) filter (where conveyor._is_failure(a.outcome) and a.delay is null) as failed,
+           count(*) filter (where a.outcome = 'released') as released
+    from conveyor.attempts a, now
+    where a.finished_at >= now.t - interval '59 minutes' and a.finished_at < now.t + interval '1 minute'
+    group by 1, 2
+)
+select m.queue, m.minute,
+       coalesce(c.succeeded, 0) as succeeded, coalesce(c.retried, 0) as retried,
+       coalesce(c.failed, 0) as failed, coalesce(c.released, 0) as released
+from minutes m
+left join counts c on c.queue = m.queue and c.minute = m.minute
+order by m.minute, m.queue;
+
+comment on view conveyor.throughput is
+    'per queue and minute of the last hour (all 60 minutes): attempts succeeded, retried, failed and released';
+
+-- run_history: a run's attempts and events in time order, one row each (its timeline).
+create or replace view conveyor.run_history as
+select e.run_id, e.at, 'event' as kind, e.type::text as what, e.attempt, e.data as detail
+from conveyor.events e
+union all
+select a.run_id, a.finished_at, 'attempt', a.outcome::text, a.attempt,
+       jsonb_strip_nulls(jsonb_build_object('attempt_id', a.id::text, 'worker', a.worker,
+                                            'started_at', a.started_at, 'error', a.error, 'reason', a.reason,
+                                            'delay', conveyor._duration_text(a.delay)))
+from conveyor.attempts a;
+
+comment on view conveyor.run_history is 'each run''s events and ended attempts (filter by run_id, order by at)';
+
+-- _metric_label: a Prometheus label value, escaped.
+create or replace function conveyor._metric_label(value text)
+returns text
+language sql
+immutable
+as $$ select '"' || replace(replace(replace(value, '\', '\\'), '"', '\"'), E'\n', '\n') || '"' $$;
+
+-- metrics: the figures of queue_stats in Prometheus text exposition format: each family's HELP
+-- and TYPE lines, then its samples ordered by queue and label (a family stays in one block, as
+-- the format requires).
+create or replace function conveyor.metrics()
+returns text
+language sql
+stable
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+    with s as (select * from conveyor.queue_stats),
+    family (ord, name, help) as (values
+        (1, 'conveyor_runs', 'Runs by queue and status.'),
+        (2, 'conveyor_queue_lag_seconds', 'Age of the oldest claimable run.'),
+        (3, 'conveyor_queue_delivery_lag_seconds', 'Age of the oldest due run not yet delivered by tick.'),
+        (4, 'conveyor_attempts_5m', 'Attempts ended in the last 5 minutes, by kind.'),
+        (5, 'conveyor_queue_paused', 'Whether the queue is paused.')
+    ),
+    sample (family, queue, label, value) as (
+        select 'conveyor_runs', s.queue, 'status=' || conveyor._metric_label(st.status), st.n::text
+        from s cross join lateral (values
+            ('scheduled', s.scheduled), ('queued', s.queued), ('running', s.running), ('retrying', s.retrying),
+            ('released', s.released), ('succeeded', s.succeeded), ('failed', s.failed),
+            ('cancelled', s.cancelled), ('skipped', s.skipped)) as st(status, n)
+        union all
+        select 'conveyor_queue_lag_seconds', s.queue, null, s.lag_seconds::text from s
+        union all
+        select 'conveyor_queue_delivery_lag_seconds', s.queue, null, s.delivery_lag_seconds::text from s
+        union all
+        select 'conveyor_attempts_5m', s.queue, 'kind=' || conveyor._metric_label(k.kind), k.n::text
+        from s cross join lateral (values
+            ('succeeded', s.succeeded_5m), ('failed', s.failures_5m), ('retried', s.retries_5m),
+            ('released', s.releases_5m)) as k(kind, n)
+        union all
+        select 'conveyor_queue_paused', s.queue, null, s.paused::int::text from s
+    ),
+    block as (
+        select f.ord,
+               format(E'# HELP %s %s\n# TYPE %s gauge', f.name, f.help, f.name)
+               || coalesce(E'\n' || string_agg(format('%s{queue=%s%s} %s', x.family, conveyor._metric_label(x.queue),
+                                                       ',' || x.label, x.value),
+                                                E'\n' order by x.queue, x.label) filter (where x.family is not null), '') as text
+        from family f
+        left join sample x on x.family = f.name
+        group by f.ord, f.name, f.help
+    )
+    select string_agg(b.text, E'\n' order by b.ord) || E'\n' from block b
+$$;
+
+comment on function conveyor.metrics() is 'queue figures in Prometheus text exposition format (serve it from any HTTP endpoint)';
+
+-- ============================================================================================
+-- sql/functions/roles.sql
+
+-- functions/roles.sql: four roles, each granted only its job. Nobody but the owner writes the tables;
+-- every state change goes through a SECURITY DEFINER function with a fixed search_path
+-- (pg_catalog, conveyor, pg_temp), so objects in a caller's schemas are never picked up.
+--
+--   conveyor_producer  enqueue runs, publish outbox messages
+--   conveyor_worker    claim runs and finish them under their lease
+--   conveyor_reader    read runs, attempts, events and the dashboard views
+--   conveyor_admin     configure tasks and queues, cancel and retry, tick; and all of the above
+
+do $$
+declare
+    v_role text;
+begin
+    foreach v_role in array array['conveyor_admin', 'conveyor_producer', 'conveyor_worker', 'conveyor_reader'] loop
+        if not exists (select from pg_catalog.pg_roles where rolname = v_role) then
+            execute format('create role %I nologin', v_role);
+        end if;
+    end loop;
+end
+$$;
+
+grant conveyor_producer, conveyor_worker, conveyor_reader to conveyor_admin;
+
+revoke all on all tables in schema conveyor from public;
+
+revoke all on all sequences in schema conveyor from public;
+
+revoke execute on all functions in schema conveyor from public;
+
+grant usage on schema conveyor to conveyor_admin, conveyor_producer, conveyor_worker, conveyor_reader;
+
+-- the types' own functions (I/O, comparison) and harmless helpers stay usable by everyone
+grant execute on function
+    conveyor.ulid_in(cstring), conveyor.ulid_out(conveyor.ulid), conveyor.ulid_recv(internal),
+    conveyor.ulid_send(conveyor.ulid), conveyor.ulid_eq(conveyor.ulid, conveyor.ulid),
+    conveyor.ulid_ne(conveyor.ulid, conveyor.ulid), conveyor.ulid_lt(conveyor.ulid, conveyor.ulid),
+    conveyor.ulid_le(conveyor.ulid, conveyor.ulid), conveyor.ulid_gt(conveyor.ulid, conveyor.ulid),
+    conveyor.ulid_ge(conveyor.ulid, conveyor.ulid), conveyor.ulid_cmp(conveyor.ulid, conveyor.ulid),
+    conveyor.ulid_hash(conveyor.ulid), conveyor.ulid_hash_extended(conveyor.ulid, bigint),
+    conveyor.ulid_sortsupport(internal), conveyor.ulid_generate(), conveyor.ulid_timestamp(conveyor.ulid),
+    conveyor.duration_in(cstring), conveyor.duration_out(conveyor.duration),
+    conveyor.duration_recv(internal), conveyor.duration_send(conveyor.duration),
+    conveyor._duration_text(interval), conveyor._is_failure(conveyor.attempt_outcome), conveyor._now(),
+    conveyor._finished(conveyor.run_status), conveyor._live(conveyor.run_status), conveyor._waiting(conveyor.run_status),
+    conveyor._delivered(conveyor.run_status), conveyor._outcome_status(conveyor.attempt_outcome),
+    conveyor.tick_steps()
+to public;
+
+grant execute on function
+    conveyor.enqueue(text, jsonb, timestamptz, conveyor.duration, integer, text, text, conveyor.ulid),
+    conveyor.enqueue_many(text, jsonb[], timestamptz, conveyor.duration, integer, text, text[], conveyor.ulid),
+    conveyor.publish(text, jsonb, timestamptz)
+to conveyor_producer;
+
+grant execute on function
+    conveyor.claim_run(text, text, conveyor.duration, text[]),
+    conveyor.claim_runs(text, text, integer, conveyor.duration, text[]),
+    conveyor.pending(text),
+    conveyor.complete_run(conveyor.ulid, uuid, jsonb),
+    conveyor.fail_run(conveyor.ulid, uuid, text, jsonb, boolean),
+    conveyor.release_run(conveyor.ulid, uuid, text, text, jsonb),
+    conveyor.return_run(conveyor.ulid, uuid),
+    conveyor.finish_runs(jsonb),
+    conveyor.heartbeat(conveyor.ulid, uuid, conveyor.duration),
+    conveyor.append_log(conveyor.ulid, uuid, text)
+to conveyor_worker;
+
+grant select on
+    conveyor.runs, conveyor.attempts, conveyor.attempt_logs, conveyor.events, conveyor.tasks,
+    conveyor.queues, conveyor.transitions, conveyor.defaults, conveyor.task_config, conveyor.outbox,
+    conveyor.queue_stats, conveyor.task_stats, conveyor.recent_failures, conveyor.throughput, conveyor.run_history,
+    conveyor.run_statuses, conveyor.attempt_outcomes, conveyor.error_codes, conveyor.options
+to conveyor_reader;
+
+grant execute on function conveyor.metrics() to conveyor_reader;
+
+grant select on all tables in schema conveyor to conveyor_admin;
+
+grant execute on function
+    conveyor.define_task(text, text, integer, integer, text, text, text, text, text, integer, text, text, text,
+                         integer, jsonb),
+    conveyor.define_service(text, integer, text, text, text, text, jsonb, jsonb),
+    conveyor.disable_task(text), conveyor.enable_task(text),
+    conveyor.set_queue(text, integer, boolean, boolean, boolean),
+    conveyor.pause_queue(text), conveyor.resume_queue(text),
+    conveyor.set_defaults(jsonb), conveyor.apply_config(jsonb),
+    conveyor.cancel_run(conveyor.ulid), conveyor.cancel_runs(text, text, conveyor.run_status, integer),
+    conveyor.retry_run(conveyor.ulid),
+    conveyor.retry_runs(text, text, conveyor.run_status, timestamptz, integer),
+    conveyor.tick(), conveyor.tick_step(text),
+    conveyor.start_service(text), conveyor.stop_service(text),
+    conveyor.outbox_claim(text, text[], integer, conveyor.duration), conveyor.outbox_ack(conveyor.ulid[], uuid)
+to conveyor_admin;

@@ -1,0 +1,298 @@
+-- schema/tables.sql: tables, indexes and composite types. Changed only by migrations
+-- (sql/migrations/); the functions that use them are in sql/functions/.
+--
+-- Hot tables (runs, attempts, events) have no foreign keys: the functions in sql/functions/ keep them
+-- consistent and retention deletes a run with its attempts, events and logs together.
+
+
+-- _defaults: the options an operator set for every task (zero or one row). The view
+-- conveyor.defaults fills in the built-in values for whatever is not set.
+create table conveyor._defaults (
+    singleton boolean primary key default true,
+    queue text,
+    priority smallint,
+    max_attempts integer,
+    backoff text,
+    backoff_custom interval[],
+    delay interval,
+    max_delay interval,
+    jitter text,
+    timeout interval,
+    lease interval,
+    max_lease interval,
+    log_max_size integer,
+    log_on_full text,
+    retention interval,
+    restart_delay interval,
+    restart_backoff text,
+    restart_max_delay interval,
+    updated_at timestamptz not null default now(),
+    constraint defaults_one_row check (singleton)
+);
+
+comment on table conveyor._defaults is
+    'defaults an operator set (conveyor.set_defaults / apply_config); conveyor.defaults shows the effective ones';
+
+create table conveyor.queues (
+    name text primary key,
+    paused boolean not null default false,
+    -- bounded queue: at most this many runs delivered (queued or running) at once; null = unbounded
+    concurrency integer,
+    -- runs delivered now; kept (by the transition trigger) only while concurrency is set
+    delivered integer not null default 0,
+    -- send pg_notify('conveyor.<name>') when runs become claimable
+    notify boolean not null default true,
+    -- write an outbox row (topic conveyor.delivery) for each run that becomes claimable
+    delivery_outbox boolean not null default false,
+    created_at timestamptz not null default now(),
+    constraint queues_concurrency_positive check (concurrency > 0),
+    constraint queues_delivered_not_negative check (delivered >= 0)
+);
+
+create table conveyor.tasks (
+    name text primary key,
+    kind text not null default 'task',
+    queue text not null,
+    enabled boolean not null default true,
+    version integer not null default 1,
+    -- the normalized options as given; what is absent comes from conveyor.defaults
+    options jsonb not null default '{}',
+    priority smallint,
+    max_attempts integer,
+    backoff text,
+    backoff_custom interval[],
+    delay interval,
+    max_delay interval,
+    jitter text,
+    timeout interval,
+    lease interval,
+    log_max_size integer,
+    log_on_full text,
+    -- cron
+    schedule text,
+    timezone text,
+    on_overlap text not null default 'allow',
+    catch_up boolean not null default false,
+    next_fire_at timestamptz,
+    -- at most this many runs of the task delivered (queued or running) at once; null = no cap
+    parallelism integer,
+    -- runs delivered now; kept (by the transition trigger) only while parallelism is set
+    active integer not null default 0,
+    -- payload of runs the queue creates itself (cron firings, service replicas)
+    payload jsonb not null default '{}',
+    -- services
+    replicas integer,
+    restart_delay interval,
+    restart_backoff text,
+    restart_max_delay interval,
+    created_at timestamptz not null default now(),
+    updated_at timestamptz not null default now(),
+    constraint tasks_kind check (kind in ('task', 'service')),
+    constraint tasks_service_has_replicas check ((kind = 'service') = (replicas is not null)),
+    constraint tasks_active_not_negative check (active >= 0),
+    constraint tasks_schedule_has_cursor check ((schedule is null) = (next_fire_at is null))
+);
+
+create table conveyor.runs (
+    id conveyor.ulid primary key,
+    task text not null,
+    queue text not null,
+    status conveyor.run_status not null,
+    priority smallint not null default 0,
+    -- due time while waiting (scheduled/retrying/released); kept as the claim order once queued
+    run_at timestamptz not null,
+    payload jsonb not null,
+    created_at timestamptz not null,
+    task_version integer not null,
+    -- the current (or last) attempt
+    attempt_id conveyor.ulid,
+    prev_attempt_id conveyor.ulid,
+    lease_token uuid,
+    lease_expires_at timestamptz,
+    timeout_at timestamptz,
+    started_at timestamptz,
+    worker text,
+    cancel_requested_at timestamptz,
+    finished_at timestamptz,
+    -- counters: cumulative, never reset
+    attempts integer not null default 0,
+    failures integer not null default 0,
+    retries integer not null default 0,
+    releases integer not null default 0,
+    -- failures counted before the current retry budget started (retry_run moves it)
+    failure_base integer not null default 0,
+    -- the delay chosen after the last attempt (retry backoff or release delay)
+    last_delay interval,
+    -- the last failure {code, message, meta}
+    error jsonb,
+    result jsonb,
+    -- bytes of log captured for the current attempt
+    log_size integer not null default 0,
+    idempotency_key text,
+    parent_run_id conveyor.ulid,
+    -- cron: the firing this run materializes
+    fire_at timestamptz,
+    -- services: the replica this run is, and its consecutive quick restarts
+    replica integer,
+    restarts integer not null default 0,
+    -- The two invariants of the state machine itself. (PostgreSQL 15 re-reads a table's CHECK
+    -- expressions on every INSERT and UPDATE statement; seven checks here cost 8-18% of claim
+    -- and finish throughput, so the others, on priority, payload, counters and cancel
+    -- requests, are the functions' to keep and the tests' to prove: see
+    -- model::random_operation_sequences_agree_with_the_state_machine_model and the race test.)
+    constraint runs_finished_iff_terminal
+        check ((status in ('succeeded', 'failed', 'cancelled', 'skipped')) = (finished_at is not null)),
+    constraint runs_lease_iff_running
+        check ((status = 'running') = (lease_token is not null and lease_expires_at is not null))
+) with (
+    -- a queue churns: vacuum early and without sleeping so dead versions are reused, not piled up
+    autovacuum_vacuum_scale_factor = 0.02,
+    autovacuum_vacuum_insert_scale_factor = 0.05,
+    autovacuum_analyze_scale_factor = 0.05,
+    autovacuum_vacuum_cost_delay = 0
+);
+
+comment on table conveyor.runs is 'one row per run; status changes are checked against conveyor.transitions';
+
+-- claim: one index range per queue, in claim order; only claimable rows are in it
+create index runs_claimable on conveyor.runs (queue, priority, run_at, id) where status = 'queued';
+
+-- tick delivery: waiting runs by due time, per queue
+create index runs_waiting_due on conveyor.runs (queue, run_at)
+    where status in ('scheduled', 'retrying', 'released');
+
+-- tick expiry: running runs by the earlier of lease expiry and timeout
+create index runs_running_deadline on conveyor.runs ((least(lease_expires_at, timeout_at)))
+    where status = 'running';
+
+-- retention and recent-throughput dashboards
+create index runs_finished on conveyor.runs (finished_at) where finished_at is not null;
+
+-- one live run per idempotency key and task (race-free under concurrent enqueues)
+create unique index runs_idempotency on conveyor.runs (task, idempotency_key)
+    where idempotency_key is not null and status not in ('succeeded', 'failed', 'cancelled', 'skipped');
+
+-- cron: exactly one run per task and firing
+create unique index runs_cron_firing on conveyor.runs (task, fire_at) where fire_at is not null;
+
+-- cron overlap: the firings of a task still in flight
+create index runs_cron_in_flight on conveyor.runs (task)
+    where fire_at is not null and status not in ('succeeded', 'failed', 'cancelled', 'skipped');
+
+-- services: at most one live run per replica, and each replica's history
+create unique index runs_service_replica_live on conveyor.runs (task, replica)
+    where replica is not null and status not in ('succeeded', 'failed', 'cancelled', 'skipped');
+
+create index runs_service_replica_history on conveyor.runs (task, replica, id) where replica is not null;
+
+-- retry_run refuses runs that spawned children
+create index runs_parent on conveyor.runs (parent_run_id) where parent_run_id is not null;
+
+create table conveyor.attempts (
+    id conveyor.ulid not null,
+    run_id conveyor.ulid not null,
+    attempt integer not null,
+    retry_of conveyor.ulid,
+    task text not null,
+    queue text not null,
+    worker text,
+    started_at timestamptz not null,
+    finished_at timestamptz not null,
+    outcome conveyor.attempt_outcome not null,
+    -- failures: {code, message, meta}
+    error jsonb,
+    -- releases: {reason, meta}
+    reason jsonb,
+    -- the delay chosen after this attempt (retry backoff or release delay)
+    delay interval,
+    constraint attempts_one_row_per_attempt primary key (run_id, attempt)
+) with (autovacuum_vacuum_insert_scale_factor = 0.05);
+
+comment on table conveyor.attempts is 'one row per ended attempt, written once when it ends';
+-- dashboards read recent attempts by finished_at; attempts arrive in finished_at order, so a BRIN
+-- index answers those windows for almost no write cost (a btree would add one per attempt)
+create index attempts_finished_brin on conveyor.attempts using brin (finished_at);
+
+create table conveyor.attempt_logs (
+    id bigint generated always as identity,
+    run_id conveyor.ulid not null,
+    attempt_id conveyor.ulid not null,
+    at timestamptz not null,
+    chunk text not null
+);
+
+comment on table conveyor.attempt_logs is 'log text appended by workers, one row per append';
+create index attempt_logs_by_run on conveyor.attempt_logs (run_id, id);
+
+create table conveyor.events (
+    id bigint generated always as identity,
+    run_id conveyor.ulid not null,
+    at timestamptz not null,
+    type conveyor.event_type not null,
+    -- the attempt this event is about (started: the one starting; ended: the one that ended)
+    attempt integer not null,
+    data jsonb
+) with (autovacuum_vacuum_insert_scale_factor = 0.05);
+
+comment on table conveyor.events is 'append-only log of run transitions, written by the transition trigger';
+create index events_by_run on conveyor.events (run_id);
+
+create table conveyor.outbox (
+    id conveyor.ulid primary key,
+    topic text not null,
+    payload jsonb not null,
+    created_at timestamptz not null,
+    deliver_at timestamptz not null,
+    -- set when tick sent it with pg_notify
+    published_at timestamptz,
+    -- relay: claimed under a lease, acknowledged when forwarded
+    claim_token uuid,
+    claimed_by text,
+    claim_expires_at timestamptz,
+    claims integer not null default 0,
+    acked_at timestamptz
+);
+
+comment on table conveyor.outbox is 'messages written in the caller''s transaction, sent later at least once';
+create index outbox_unpublished on conveyor.outbox (deliver_at) where published_at is null;
+create index outbox_unacked on conveyor.outbox (topic, deliver_at) where acked_at is null;
+create index outbox_published on conveyor.outbox (published_at) where published_at is not null;
+
+-- What claim_run(s) hand a worker.
+create type conveyor.claimed_run as (
+    run_id conveyor.ulid,
+    lease_token uuid,
+    task text,
+    queue text,
+    payload jsonb,
+    attempt integer,          -- this attempt's number (attempts so far + 1: releases and returns count)
+    failures integer,         -- failed attempts so far (what a retry policy in the handler wants)
+    releases integer,         -- releases so far
+    attempt_id conveyor.ulid,
+    priority smallint,
+    parent_run_id conveyor.ulid,
+    lease_expires_at timestamptz,
+    timeout_at timestamptz
+);
+
+-- pg_dump keeps the data of these tables (the extension's own rows are recreated by it)
+
+select pg_catalog.pg_extension_config_dump('conveyor._defaults', '');
+
+select pg_catalog.pg_extension_config_dump('conveyor.queues', '');
+
+select pg_catalog.pg_extension_config_dump('conveyor.tasks', '');
+
+select pg_catalog.pg_extension_config_dump('conveyor.runs', '');
+
+select pg_catalog.pg_extension_config_dump('conveyor.attempts', '');
+
+select pg_catalog.pg_extension_config_dump('conveyor.attempt_logs', '');
+
+select pg_catalog.pg_extension_config_dump('conveyor.attempt_logs_id_seq', '');
+
+select pg_catalog.pg_extension_config_dump('conveyor.events', '');
+
+select pg_catalog.pg_extension_config_dump('conveyor.events_id_seq', '');
+
+select pg_catalog.pg_extension_config_dump('conveyor.outbox', '');
