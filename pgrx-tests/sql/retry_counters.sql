@@ -1,4 +1,4 @@
--- Every row of the counters table in DESIGN.md: what each attempt outcome does to a run's
+-- Every row of the counters table in docs/counters.md: what each attempt outcome does to a run's
 -- status and its attempts, failures, retries and releases counters.
 begin;
 select regress.at('2030-01-01 00:00:00+00');

@@ -271,7 +271,7 @@ fn a_worker_whose_connection_dropped_between_claim_and_complete_can_still_finish
     assert_eq!(history, vec!["crashed"]);
 }
 
-/// The invariants of DESIGN.md's counters table, for every run, from the attempt rows.
+/// The invariants of the counters table (docs/counters.md), for every run, from the attempt rows.
 fn counter_violations(client: &mut Client) -> Vec<String> {
     client
         .query(

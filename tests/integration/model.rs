@@ -1,6 +1,6 @@
 //! Model check: random sequences of enqueue / claim / complete / fail / release / return /
 //! heartbeat / cancel / retry / tick / time advance run against the extension and against a
-//! small Rust model of DESIGN.md's state machine; after every step each run's status,
+//! small Rust model of the state machine (docs/state-machine.md, docs/counters.md); after every step each run's status,
 //! counters, due time and event log must agree. Time is the superuser-only test clock, so a
 //! case takes milliseconds. proptest shrinks a failing sequence to a minimal one.
 
