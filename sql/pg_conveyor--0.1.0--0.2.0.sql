@@ -1223,31 +1223,11 @@ as $$
 declare
     o jsonb := conveyor._checked('defaults', '', p_options);
 begin
+    -- the normalized options are keyed by column name (src/config.rs): one row, column by name
     delete from conveyor._defaults;
-    insert into conveyor._defaults (
-        queue, priority, max_attempts, backoff, backoff_custom, delay, max_delay, jitter, timeout,
-        lease, max_lease, log_max_size, log_on_full, retention, restart_delay, restart_backoff,
-        restart_max_delay, updated_at
-    ) values (
-        o ->> 'queue',
-        (o ->> 'priority')::smallint,
-        (o ->> 'max_attempts')::integer,
-        o ->> 'backoff',
-        (select array_agg(e::interval) from jsonb_array_elements_text(o -> 'backoff_custom') e),
-        (o ->> 'delay')::interval,
-        (o ->> 'max_delay')::interval,
-        o ->> 'jitter',
-        (o ->> 'timeout')::interval,
-        (o ->> 'lease')::interval,
-        (o ->> 'max_lease')::interval,
-        (o ->> 'log_max_size')::integer,
-        o ->> 'log_on_full',
-        (o ->> 'retention')::interval,
-        (o ->> 'restart_delay')::interval,
-        o ->> 'restart_backoff',
-        (o ->> 'restart_max_delay')::interval,
-        conveyor._now()
-    );
+    insert into conveyor._defaults
+    select * from jsonb_populate_record(null::conveyor._defaults,
+                                        o || jsonb_build_object('singleton', true, 'updated_at', conveyor._now()));
     if o ? 'queue' then
         perform conveyor._ensure_queue(o ->> 'queue');
     end if;
