@@ -8,3 +8,4 @@ mod faults;
 mod model;
 mod bad_input;
 mod security;
+mod docs;
