@@ -641,7 +641,8 @@ create or replace trigger runs_transitions_on_update
 --   stopped -> cancelled; failed/timeout/crashed/log_overflow -> retrying while retryable and
 --   n = failures - failure_base (after this one) < max_attempts, with the backoff delay for
 --   retry n, else failed. Any outcome but succeeded on a run with a cancel request is stopped.
--- Writes one attempt row per run. Returns (ord, run_id, status, outcome, delay) per ended run.
+-- Writes one attempt row per run. Returns (ord, run_id, status, outcome, delay) per ended run,
+-- ord being the position in `endings` of the item that ended it.
 create or replace function conveyor._end_attempts(endings conveyor._ending[], all_succeeded boolean default false)
 returns table (ord integer, run_id conveyor.ulid, status conveyor.run_status,
                outcome conveyor.attempt_outcome, delay interval)
@@ -660,17 +661,19 @@ begin
         -- attempt row as the general statement below.
         return query
         with input as (
-            select distinct on (e.run_id) e.*, e.n::integer as ord
+            -- no de-duplication before the guard: an item that fails it (a forged token beside the
+            -- real one) must not displace the one that holds; the UPDATE changes each run once
+            select e.*, e.n::integer as ord
             from unnest(endings) with ordinality
                  as e(run_id, lease_token, attempt_id, outcome, error, retryable, result, release_delay, reason, n)
-            order by e.run_id, e.n
         ),
         updated as (
             update conveyor.runs r
             set status = 'succeeded',
                 attempts = r.attempts + 1,
                 result = i.result,
-                finished_at = v_now,
+                -- never before the start: the claim may have committed after this transaction began
+                finished_at = greatest(v_now, r.started_at),
                 lease_token = null,
                 lease_expires_at = null,
                 timeout_at = null
@@ -686,7 +689,7 @@ begin
             insert into conveyor.attempts (id, run_id, attempt, retry_of, task, queue, worker, started_at,
                                            finished_at, outcome)
             select u.attempt_id, u.id, u.attempts, u.prev_attempt_id, u.task, u.queue, u.worker, u.started_at,
-                   v_now, 'succeeded'
+                   greatest(v_now, u.started_at), 'succeeded'
             from updated u
         )
         select u.ord, u.id, 'succeeded'::conveyor.run_status, 'succeeded'::conveyor.attempt_outcome, null::interval
@@ -696,11 +699,12 @@ begin
 
     return query
     with input as (
-        -- one ending per run: a batch naming a run twice ends it once
-        select distinct on (e.run_id) e.*, e.n::integer as ord
+        -- a batch naming a run twice ends it once: the guard below keeps only items that hold the
+        -- attempt, and the UPDATE changes each run once (an item that fails the guard, such as a
+        -- forged token beside the real one, never displaces the one that holds)
+        select e.*, e.n::integer as ord
         from unnest(endings) with ordinality
              as e(run_id, lease_token, attempt_id, outcome, error, retryable, result, release_delay, reason, n)
-        order by e.run_id, e.n
     ),
     locked as (
         -- lock in id order so concurrent batches (workers, tick) cannot deadlock
@@ -760,7 +764,7 @@ begin
             last_delay = coalesce(t.wait, r.last_delay),
             error = coalesce(t.failure, r.error),
             result = case when t.new_status = 'succeeded' then t.result else r.result end,
-            finished_at = case when conveyor._finished(t.new_status) then v_now end,
+            finished_at = case when conveyor._finished(t.new_status) then greatest(v_now, r.started_at) end,
             lease_token = null,
             lease_expires_at = null,
             timeout_at = null
@@ -772,7 +776,7 @@ begin
         insert into conveyor.attempts (id, run_id, attempt, retry_of, task, queue, worker, started_at,
                                        finished_at, outcome, error, reason, delay)
         select u.current_attempt, u.id, u.attempts + 1, u.prev_attempt_id, u.task, u.queue, u.worker,
-               u.started_at, v_now, u.final, u.failure, u.reason, u.wait
+               u.started_at, greatest(v_now, u.started_at), u.final, u.failure, u.reason, u.wait
         from updated u
     )
     select u.ord, u.id, u.new_status, u.final, u.wait from updated u order by u.ord;
@@ -1495,7 +1499,8 @@ comment on function conveyor.enqueue_many is
 -- claim_runs: claim up to `max` queued runs (priority, then due time, then id) from one queue or
 -- several (comma-separated), optionally only of some tasks: queued -> running under a new lease.
 -- Rows are locked FOR NO KEY UPDATE SKIP LOCKED, so concurrent claimers never share a run.
--- Runs of a disabled task fail (task_disabled) here instead of being returned.
+-- Runs of a disabled task fail (task_disabled) here instead of being returned, and the claim
+-- goes on to the runs behind them.
 create or replace function conveyor.claim_runs(
     queues text,
     worker text,
@@ -1516,8 +1521,11 @@ declare
     v_open text[];
     v_lease interval := claim_runs.lease;
     v_ids conveyor.ulid[];
-    v_claimed conveyor.claimed_run[];
+    v_claimed conveyor.claimed_run[] := '{}';
+    v_batch conveyor.claimed_run[];
     v_disabled conveyor._ending[];
+    v_want integer := claim_runs.max;
+    v_round integer := 0;
 begin
     if claim_runs.worker is null or btrim(claim_runs.worker) = '' or length(claim_runs.worker) > 200 then
         perform conveyor._raise_invalid('worker must name the claiming worker (1 to 200 characters), e.g. host:pid');
@@ -1533,70 +1541,78 @@ begin
         return;
     end if;
 
-    if cardinality(v_open) > 1 then
-        -- the best candidates of each queue, then the best of those, locked
-        select array_agg(r.id) into v_ids from (
-            select r.id from conveyor.runs r
-            where r.id in (
-                select c.id
-                from unnest(v_open) as q(name)
-                cross join lateral (
-                    select r2.id, r2.priority, r2.run_at from conveyor.runs r2
-                    where r2.status = 'queued' and r2.queue = q.name
-                      and (claim_runs.tasks is null or r2.task = any(claim_runs.tasks))
-                    order by r2.priority, r2.run_at, r2.id
-                    limit claim_runs.max * 2
-                ) c
-                order by c.priority, c.run_at, c.id
-                limit claim_runs.max * 2)
-              and r.status = 'queued'
-            order by r.priority, r.run_at, r.id
-            limit claim_runs.max
-            for no key update skip locked
-        ) r;
-        if v_ids is null then
-            return;
+    -- Runs of a disabled task fail (task_disabled) as they are claimed and do not count: while a
+    -- round met some, claim again for what is still wanted (at most 10 rounds a call, each
+    -- failing up to `max` of them, so a backlog of disabled runs drains and never hides the
+    -- enabled runs behind it for long)
+    loop
+        v_round := v_round + 1;
+        v_ids := null;
+        if cardinality(v_open) > 1 then
+            -- the best candidates of each queue, then the best of those, locked
+            select array_agg(r.id) into v_ids from (
+                select r.id from conveyor.runs r
+                where r.id in (
+                    select c.id
+                    from unnest(v_open) as q(name)
+                    cross join lateral (
+                        select r2.id, r2.priority, r2.run_at from conveyor.runs r2
+                        where r2.status = 'queued' and r2.queue = q.name
+                          and (claim_runs.tasks is null or r2.task = any(claim_runs.tasks))
+                        order by r2.priority, r2.run_at, r2.id
+                        limit v_want * 2
+                    ) c
+                    order by c.priority, c.run_at, c.id
+                    limit v_want * 2)
+                  and r.status = 'queued'
+                order by r.priority, r.run_at, r.id
+                limit v_want
+                for no key update skip locked
+            ) r;
+            exit when v_ids is null;
         end if;
-    end if;
 
-    with claimed as (
-        update conveyor.runs r
-        set status = 'running',
-            prev_attempt_id = r.attempt_id,
-            attempt_id = conveyor.ulid_generate(),
-            lease_token = gen_random_uuid(),
-            lease_expires_at = v_now + least(coalesce(v_lease, c.lease), c.max_lease),
-            timeout_at = v_now + c.timeout,
-            started_at = v_now,
-            worker = claim_runs.worker,
-            log_size = 0
-        from conveyor.task_config c
-        where c.name = r.task
-          and r.id = any(coalesce(v_ids, array(
-              -- one queue: pick and lock in index order, in this same statement (an array, so the
-              -- generic plan looks the rows up by primary key whatever max is)
-              select p.id from conveyor.runs p
-              where p.status = 'queued' and p.queue = v_open[1]
-                and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
-              order by p.priority, p.run_at, p.id
-              limit claim_runs.max
-              for no key update skip locked)))
-        returning r.id, r.lease_token, r.task, r.queue, r.payload, r.attempts + 1 as attempt, r.failures, r.releases,
-                  r.attempt_id, r.priority, r.parent_run_id, r.lease_expires_at, r.timeout_at, r.run_at, c.enabled
-    )
-    select
-        array_agg(row(c.id, c.lease_token, c.task, c.queue, c.payload, c.attempt, c.failures, c.releases,
-                      c.attempt_id, c.priority, c.parent_run_id, c.lease_expires_at, c.timeout_at)::conveyor.claimed_run
-                  order by c.priority, c.run_at, c.id) filter (where c.enabled),
-        array_agg(row(c.id, c.lease_token, null, 'failed',
-                      conveyor._failure('task_disabled', format('task "%s" is disabled', c.task)),
-                      false, null, null, null)::conveyor._ending) filter (where not c.enabled)
-    into v_claimed, v_disabled
-    from claimed c;
+        with claimed as (
+            update conveyor.runs r
+            set status = 'running',
+                prev_attempt_id = r.attempt_id,
+                attempt_id = conveyor.ulid_generate(),
+                lease_token = gen_random_uuid(),
+                lease_expires_at = v_now + least(coalesce(v_lease, c.lease), c.max_lease),
+                timeout_at = v_now + c.timeout,
+                started_at = v_now,
+                worker = claim_runs.worker,
+                log_size = 0
+            from conveyor.task_config c
+            where c.name = r.task
+              and r.id = any(coalesce(v_ids, array(
+                  -- one queue: pick and lock in index order, in this same statement (an array, so the
+                  -- generic plan looks the rows up by primary key whatever max is)
+                  select p.id from conveyor.runs p
+                  where p.status = 'queued' and p.queue = v_open[1]
+                    and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
+                  order by p.priority, p.run_at, p.id
+                  limit v_want
+                  for no key update skip locked)))
+            returning r.id, r.lease_token, r.task, r.queue, r.payload, r.attempts + 1 as attempt, r.failures, r.releases,
+                      r.attempt_id, r.priority, r.parent_run_id, r.lease_expires_at, r.timeout_at, r.run_at, c.enabled
+        )
+        select
+            array_agg(row(c.id, c.lease_token, c.task, c.queue, c.payload, c.attempt, c.failures, c.releases,
+                          c.attempt_id, c.priority, c.parent_run_id, c.lease_expires_at, c.timeout_at)::conveyor.claimed_run
+                      order by c.priority, c.run_at, c.id) filter (where c.enabled),
+            array_agg(row(c.id, c.lease_token, null, 'failed',
+                          conveyor._failure('task_disabled', format('task "%s" is disabled', c.task)),
+                          false, null, null, null)::conveyor._ending) filter (where not c.enabled)
+        into v_batch, v_disabled
+        from claimed c;
 
-    if v_disabled is not null then
+        v_claimed := v_claimed || coalesce(v_batch, '{}');
+        exit when v_disabled is null;
         perform conveyor._end_attempts(v_disabled);
-    end if;
+        v_want := claim_runs.max - cardinality(v_claimed);
+        exit when v_want <= 0 or v_round >= 10;
+    end loop;
     return query select * from unnest(v_claimed);
 end
 $$;
@@ -1803,7 +1819,10 @@ begin
         from item i
     ),
     ended as (
-        select e.run_id, e.status from conveyor._end_attempts(array(
+        -- every item, in item order: an ending's ord is its item's position, so a status is
+        -- reported for the item that ended the attempt and null for any other (a stale or forged
+        -- item naming the same run)
+        select e.ord, e.status from conveyor._end_attempts(array(
             select case
                 when c.problem is not null then
                     row(c.id, c.token, null, 'failed', conveyor._failure('configuration_invalid', c.problem,
@@ -1823,12 +1842,12 @@ begin
                     row(c.id, c.token, null, 'interrupted', null, null, null, null, null)::conveyor._ending
             end
             from checked c
-            where c.id is not null and c.token is not null),
+            order by c.n),
             (select bool_and(c.outcome = 'succeeded' and c.problem is null) from checked c)) e
     )
     select i.id, e.status
     from item i
-    left join ended e on e.run_id = i.id
+    left join ended e on e.ord = i.n
     order by i.n;
 end
 $$;
@@ -1954,7 +1973,8 @@ declare
     v_now timestamptz := conveyor._now();
 begin
     if p_run.status <> 'running' and conveyor._allowed(p_run.status, 'cancelled') then
-        update conveyor.runs r set status = 'cancelled', finished_at = v_now where r.id = p_run.id;
+        update conveyor.runs r set status = 'cancelled', finished_at = greatest(v_now, r.started_at)
+        where r.id = p_run.id;
         return 'cancelled';
     elsif p_run.status = 'running' then
         if p_run.cancel_requested_at is null then

@@ -4,7 +4,8 @@
 -- claim_runs: claim up to `max` queued runs (priority, then due time, then id) from one queue or
 -- several (comma-separated), optionally only of some tasks: queued -> running under a new lease.
 -- Rows are locked FOR NO KEY UPDATE SKIP LOCKED, so concurrent claimers never share a run.
--- Runs of a disabled task fail (task_disabled) here instead of being returned.
+-- Runs of a disabled task fail (task_disabled) here instead of being returned, and the claim
+-- goes on to the runs behind them.
 create or replace function conveyor.claim_runs(
     queues text,
     worker text,
@@ -25,8 +26,11 @@ declare
     v_open text[];
     v_lease interval := claim_runs.lease;
     v_ids conveyor.ulid[];
-    v_claimed conveyor.claimed_run[];
+    v_claimed conveyor.claimed_run[] := '{}';
+    v_batch conveyor.claimed_run[];
     v_disabled conveyor._ending[];
+    v_want integer := claim_runs.max;
+    v_round integer := 0;
 begin
     if claim_runs.worker is null or btrim(claim_runs.worker) = '' or length(claim_runs.worker) > 200 then
         perform conveyor._raise_invalid('worker must name the claiming worker (1 to 200 characters), e.g. host:pid');
@@ -42,70 +46,78 @@ begin
         return;
     end if;
 
-    if cardinality(v_open) > 1 then
-        -- the best candidates of each queue, then the best of those, locked
-        select array_agg(r.id) into v_ids from (
-            select r.id from conveyor.runs r
-            where r.id in (
-                select c.id
-                from unnest(v_open) as q(name)
-                cross join lateral (
-                    select r2.id, r2.priority, r2.run_at from conveyor.runs r2
-                    where r2.status = 'queued' and r2.queue = q.name
-                      and (claim_runs.tasks is null or r2.task = any(claim_runs.tasks))
-                    order by r2.priority, r2.run_at, r2.id
-                    limit claim_runs.max * 2
-                ) c
-                order by c.priority, c.run_at, c.id
-                limit claim_runs.max * 2)
-              and r.status = 'queued'
-            order by r.priority, r.run_at, r.id
-            limit claim_runs.max
-            for no key update skip locked
-        ) r;
-        if v_ids is null then
-            return;
+    -- Runs of a disabled task fail (task_disabled) as they are claimed and do not count: while a
+    -- round met some, claim again for what is still wanted (at most 10 rounds a call, each
+    -- failing up to `max` of them, so a backlog of disabled runs drains and never hides the
+    -- enabled runs behind it for long)
+    loop
+        v_round := v_round + 1;
+        v_ids := null;
+        if cardinality(v_open) > 1 then
+            -- the best candidates of each queue, then the best of those, locked
+            select array_agg(r.id) into v_ids from (
+                select r.id from conveyor.runs r
+                where r.id in (
+                    select c.id
+                    from unnest(v_open) as q(name)
+                    cross join lateral (
+                        select r2.id, r2.priority, r2.run_at from conveyor.runs r2
+                        where r2.status = 'queued' and r2.queue = q.name
+                          and (claim_runs.tasks is null or r2.task = any(claim_runs.tasks))
+                        order by r2.priority, r2.run_at, r2.id
+                        limit v_want * 2
+                    ) c
+                    order by c.priority, c.run_at, c.id
+                    limit v_want * 2)
+                  and r.status = 'queued'
+                order by r.priority, r.run_at, r.id
+                limit v_want
+                for no key update skip locked
+            ) r;
+            exit when v_ids is null;
         end if;
-    end if;
 
-    with claimed as (
-        update conveyor.runs r
-        set status = 'running',
-            prev_attempt_id = r.attempt_id,
-            attempt_id = conveyor.ulid_generate(),
-            lease_token = gen_random_uuid(),
-            lease_expires_at = v_now + least(coalesce(v_lease, c.lease), c.max_lease),
-            timeout_at = v_now + c.timeout,
-            started_at = v_now,
-            worker = claim_runs.worker,
-            log_size = 0
-        from conveyor.task_config c
-        where c.name = r.task
-          and r.id = any(coalesce(v_ids, array(
-              -- one queue: pick and lock in index order, in this same statement (an array, so the
-              -- generic plan looks the rows up by primary key whatever max is)
-              select p.id from conveyor.runs p
-              where p.status = 'queued' and p.queue = v_open[1]
-                and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
-              order by p.priority, p.run_at, p.id
-              limit claim_runs.max
-              for no key update skip locked)))
-        returning r.id, r.lease_token, r.task, r.queue, r.payload, r.attempts + 1 as attempt, r.failures, r.releases,
-                  r.attempt_id, r.priority, r.parent_run_id, r.lease_expires_at, r.timeout_at, r.run_at, c.enabled
-    )
-    select
-        array_agg(row(c.id, c.lease_token, c.task, c.queue, c.payload, c.attempt, c.failures, c.releases,
-                      c.attempt_id, c.priority, c.parent_run_id, c.lease_expires_at, c.timeout_at)::conveyor.claimed_run
-                  order by c.priority, c.run_at, c.id) filter (where c.enabled),
-        array_agg(row(c.id, c.lease_token, null, 'failed',
-                      conveyor._failure('task_disabled', format('task "%s" is disabled', c.task)),
-                      false, null, null, null)::conveyor._ending) filter (where not c.enabled)
-    into v_claimed, v_disabled
-    from claimed c;
+        with claimed as (
+            update conveyor.runs r
+            set status = 'running',
+                prev_attempt_id = r.attempt_id,
+                attempt_id = conveyor.ulid_generate(),
+                lease_token = gen_random_uuid(),
+                lease_expires_at = v_now + least(coalesce(v_lease, c.lease), c.max_lease),
+                timeout_at = v_now + c.timeout,
+                started_at = v_now,
+                worker = claim_runs.worker,
+                log_size = 0
+            from conveyor.task_config c
+            where c.name = r.task
+              and r.id = any(coalesce(v_ids, array(
+                  -- one queue: pick and lock in index order, in this same statement (an array, so the
+                  -- generic plan looks the rows up by primary key whatever max is)
+                  select p.id from conveyor.runs p
+                  where p.status = 'queued' and p.queue = v_open[1]
+                    and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
+                  order by p.priority, p.run_at, p.id
+                  limit v_want
+                  for no key update skip locked)))
+            returning r.id, r.lease_token, r.task, r.queue, r.payload, r.attempts + 1 as attempt, r.failures, r.releases,
+                      r.attempt_id, r.priority, r.parent_run_id, r.lease_expires_at, r.timeout_at, r.run_at, c.enabled
+        )
+        select
+            array_agg(row(c.id, c.lease_token, c.task, c.queue, c.payload, c.attempt, c.failures, c.releases,
+                          c.attempt_id, c.priority, c.parent_run_id, c.lease_expires_at, c.timeout_at)::conveyor.claimed_run
+                      order by c.priority, c.run_at, c.id) filter (where c.enabled),
+            array_agg(row(c.id, c.lease_token, null, 'failed',
+                          conveyor._failure('task_disabled', format('task "%s" is disabled', c.task)),
+                          false, null, null, null)::conveyor._ending) filter (where not c.enabled)
+        into v_batch, v_disabled
+        from claimed c;
 
-    if v_disabled is not null then
+        v_claimed := v_claimed || coalesce(v_batch, '{}');
+        exit when v_disabled is null;
         perform conveyor._end_attempts(v_disabled);
-    end if;
+        v_want := claim_runs.max - cardinality(v_claimed);
+        exit when v_want <= 0 or v_round >= 10;
+    end loop;
     return query select * from unnest(v_claimed);
 end
 $$;

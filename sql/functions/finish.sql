@@ -153,7 +153,10 @@ begin
         from item i
     ),
     ended as (
-        select e.run_id, e.status from conveyor._end_attempts(array(
+        -- every item, in item order: an ending's ord is its item's position, so a status is
+        -- reported for the item that ended the attempt and null for any other (a stale or forged
+        -- item naming the same run)
+        select e.ord, e.status from conveyor._end_attempts(array(
             select case
                 when c.problem is not null then
                     row(c.id, c.token, null, 'failed', conveyor._failure('configuration_invalid', c.problem,
@@ -173,12 +176,12 @@ begin
                     row(c.id, c.token, null, 'interrupted', null, null, null, null, null)::conveyor._ending
             end
             from checked c
-            where c.id is not null and c.token is not null),
+            order by c.n),
             (select bool_and(c.outcome = 'succeeded' and c.problem is null) from checked c)) e
     )
     select i.id, e.status
     from item i
-    left join ended e on e.run_id = i.id
+    left join ended e on e.ord = i.n
     order by i.n;
 end
 $$;

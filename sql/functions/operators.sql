@@ -13,7 +13,8 @@ declare
     v_now timestamptz := conveyor._now();
 begin
     if p_run.status <> 'running' and conveyor._allowed(p_run.status, 'cancelled') then
-        update conveyor.runs r set status = 'cancelled', finished_at = v_now where r.id = p_run.id;
+        update conveyor.runs r set status = 'cancelled', finished_at = greatest(v_now, r.started_at)
+        where r.id = p_run.id;
         return 'cancelled';
     elsif p_run.status = 'running' then
         if p_run.cancel_requested_at is null then

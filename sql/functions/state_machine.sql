@@ -347,7 +347,8 @@ create or replace trigger runs_transitions_on_update
 --   stopped -> cancelled; failed/timeout/crashed/log_overflow -> retrying while retryable and
 --   n = failures - failure_base (after this one) < max_attempts, with the backoff delay for
 --   retry n, else failed. Any outcome but succeeded on a run with a cancel request is stopped.
--- Writes one attempt row per run. Returns (ord, run_id, status, outcome, delay) per ended run.
+-- Writes one attempt row per run. Returns (ord, run_id, status, outcome, delay) per ended run,
+-- ord being the position in `endings` of the item that ended it.
 create or replace function conveyor._end_attempts(endings conveyor._ending[], all_succeeded boolean default false)
 returns table (ord integer, run_id conveyor.ulid, status conveyor.run_status,
                outcome conveyor.attempt_outcome, delay interval)
@@ -366,17 +367,19 @@ begin
         -- attempt row as the general statement below.
         return query
         with input as (
-            select distinct on (e.run_id) e.*, e.n::integer as ord
+            -- no de-duplication before the guard: an item that fails it (a forged token beside the
+            -- real one) must not displace the one that holds; the UPDATE changes each run once
+            select e.*, e.n::integer as ord
             from unnest(endings) with ordinality
                  as e(run_id, lease_token, attempt_id, outcome, error, retryable, result, release_delay, reason, n)
-            order by e.run_id, e.n
         ),
         updated as (
             update conveyor.runs r
             set status = 'succeeded',
                 attempts = r.attempts + 1,
                 result = i.result,
-                finished_at = v_now,
+                -- never before the start: the claim may have committed after this transaction began
+                finished_at = greatest(v_now, r.started_at),
                 lease_token = null,
                 lease_expires_at = null,
                 timeout_at = null
@@ -392,7 +395,7 @@ begin
             insert into conveyor.attempts (id, run_id, attempt, retry_of, task, queue, worker, started_at,
                                            finished_at, outcome)
             select u.attempt_id, u.id, u.attempts, u.prev_attempt_id, u.task, u.queue, u.worker, u.started_at,
-                   v_now, 'succeeded'
+                   greatest(v_now, u.started_at), 'succeeded'
             from updated u
         )
         select u.ord, u.id, 'succeeded'::conveyor.run_status, 'succeeded'::conveyor.attempt_outcome, null::interval
@@ -402,11 +405,12 @@ begin
 
     return query
     with input as (
-        -- one ending per run: a batch naming a run twice ends it once
-        select distinct on (e.run_id) e.*, e.n::integer as ord
+        -- a batch naming a run twice ends it once: the guard below keeps only items that hold the
+        -- attempt, and the UPDATE changes each run once (an item that fails the guard, such as a
+        -- forged token beside the real one, never displaces the one that holds)
+        select e.*, e.n::integer as ord
         from unnest(endings) with ordinality
              as e(run_id, lease_token, attempt_id, outcome, error, retryable, result, release_delay, reason, n)
-        order by e.run_id, e.n
     ),
     locked as (
         -- lock in id order so concurrent batches (workers, tick) cannot deadlock
@@ -466,7 +470,7 @@ begin
             last_delay = coalesce(t.wait, r.last_delay),
             error = coalesce(t.failure, r.error),
             result = case when t.new_status = 'succeeded' then t.result else r.result end,
-            finished_at = case when conveyor._finished(t.new_status) then v_now end,
+            finished_at = case when conveyor._finished(t.new_status) then greatest(v_now, r.started_at) end,
             lease_token = null,
             lease_expires_at = null,
             timeout_at = null
@@ -478,7 +482,7 @@ begin
         insert into conveyor.attempts (id, run_id, attempt, retry_of, task, queue, worker, started_at,
                                        finished_at, outcome, error, reason, delay)
         select u.current_attempt, u.id, u.attempts + 1, u.prev_attempt_id, u.task, u.queue, u.worker,
-               u.started_at, v_now, u.final, u.failure, u.reason, u.wait
+               u.started_at, greatest(v_now, u.started_at), u.final, u.failure, u.reason, u.wait
         from updated u
     )
     select u.ord, u.id, u.new_status, u.final, u.wait from updated u order by u.ord;
