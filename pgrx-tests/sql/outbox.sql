@@ -38,4 +38,7 @@ select regress.try($$select conveyor.publish('bad topic!', '{}')$$);
 select regress.try($$select conveyor.publish(repeat('t', 64), '{}')$$);
 select regress.try($$select conveyor.publish('t', null)$$);
 select regress.try($$select * from conveyor.outbox_claim('', null, 10)$$);
+-- the channels of pg_conveyor itself are reserved (issue 13, finding 7)
+select regress.try($$select conveyor.publish('conveyor.delivery', '{}')$$);
+select regress.try($$select conveyor.publish('conveyor.emails', '{}')$$);
 rollback;

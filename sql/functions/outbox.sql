@@ -2,8 +2,8 @@
 -- once: tick sends each due message with pg_notify on its topic's channel; a relay can also
 -- claim messages in batches under a lease and acknowledge them once forwarded.
 
--- publish: write a message in the caller's transaction (rolled back with it). It is sent when
--- deliver_at comes: NOTIFY on channel `topic` with {id, topic, payload}, and relays may claim it.
+-- publish: write a message in the caller's transaction (rolled back with it). When deliver_at
+-- comes, tick wakes the listeners of channel `topic` (an empty NOTIFY) and relays claim it.
 create or replace function conveyor.publish(topic text, payload jsonb default '{}', deliver_at timestamptz default null)
 returns conveyor.ulid
 language plpgsql
@@ -20,6 +20,10 @@ begin
         perform conveyor._raise_invalid(format('invalid topic %s: use 1 to 63 letters, digits or _.:/- (it names a NOTIFY channel)',
                                                coalesce(quote_literal(publish.topic), 'null')));
     end if;
+    if publish.topic like 'conveyor.%' then
+        perform conveyor._raise_invalid(format('topic %s is reserved: channels named conveyor.* are pg_conveyor''s own '
+                                               '(queue wakeups, the delivery outbox)', quote_literal(publish.topic)));
+    end if;
     if publish.payload is null then
         perform conveyor._raise_invalid('payload must be JSON, got null');
     end if;
@@ -32,8 +36,10 @@ $$;
 comment on function conveyor.publish is
     'write an outbox message in the caller''s transaction; tick NOTIFYs channel topic when deliver_at comes; relays claim/ack it';
 
--- _flush_outbox: send due unpublished messages with pg_notify (delivered at commit) and mark
--- them published. A payload too large for NOTIFY (8000 bytes) is announced without it.
+-- _flush_outbox: mark due unpublished messages published and wake each topic's listeners with
+-- an empty NOTIFY on the topic's channel (delivered at commit). Notifications carry no payload:
+-- any login may LISTEN on any channel, and NOTIFY a forged one, so a channel is only a wakeup;
+-- messages are read through outbox_claim, which only granted roles may call.
 create or replace function conveyor._flush_outbox(p_now timestamptz, p_limit integer)
 returns integer
 language plpgsql
@@ -42,6 +48,7 @@ set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_count integer;
+    v_topics text[];
 begin
     with due as (
         select o.id from conveyor.outbox o
@@ -55,13 +62,8 @@ begin
         from due where o.id = due.id
         returning o.id, o.topic, o.payload
     )
-    select count(pg_notify(s.topic, case
-               when octet_length(s.payload::text) < 7000
-               then jsonb_build_object('id', s.id::text, 'topic', s.topic, 'payload', s.payload)::text
-               else jsonb_build_object('id', s.id::text, 'topic', s.topic, 'truncated', true)::text
-           end))
-    into v_count
-    from (select * from sent order by id) s;
+    select count(*), array_agg(distinct s.topic) into v_count, v_topics from sent s;
+    perform pg_notify(t.topic, '') from unnest(v_topics) as t(topic);
     return v_count;
 end
 $$;
