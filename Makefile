@@ -1,6 +1,6 @@
 # The two set-up commands: `make demo` and `make test`. Both install what they need first.
 
-.PHONY: all setup test demo demo-stop bench
+.PHONY: all setup test demo demo-stop bench lint scenario it upgrade-script upgrade-check
 
 all: test
 
@@ -18,3 +18,19 @@ demo-stop:
 
 bench:
 	scripts/bench.sh
+
+# rustfmt, clippy -D warnings, bash -n on the scripts, the upgrade script current; make test runs it first
+lint:
+	scripts/lint.sh
+
+# write sql/pg_conveyor--A--B.sql from sql/migrations/A--B.sql and sql/functions/ (docs/upgrading.md)
+upgrade-script:
+	scripts/upgrade-script.sh
+
+# make scenario NAME=lifecycle (NAME="a b": several; none: all): reinstall into the dev cluster, run pgrx-tests/sql/NAME.sql
+scenario:
+	scripts/dev.sh $(NAME)
+
+# make it NAME=lifecycle::a_stale_lease: reinstall into the dev cluster, run the integration tests matching NAME
+it:
+	scripts/dev.sh --it $(NAME)

@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
+scripts/lint.sh # rustfmt, clippy, bash -n, upgrade script current: seconds when warm
 
 IT_DIR=/tmp/pgc-it
 IT_PORT=${CONVEYOR_IT_PORT:-54329}

@@ -92,10 +92,9 @@ fn _backoff_delay(
     n: i32,
 ) -> Interval {
     let list: Vec<i64> = custom.unwrap_or_default().iter().flatten().map(micros).collect();
-    let curve = Curve::from_name(backoff, list)
-        .unwrap_or_else(|| panic!("stored backoff {backoff:?} is not a curve"));
-    let kind = Jitter::from_name(jitter_kind)
-        .unwrap_or_else(|| panic!("stored jitter {jitter_kind:?} is not a jitter kind"));
+    let curve = Curve::from_name(backoff, list).unwrap_or_else(|| panic!("stored backoff {backoff:?} is not a curve"));
+    let kind =
+        Jitter::from_name(jitter_kind).unwrap_or_else(|| panic!("stored jitter {jitter_kind:?} is not a jitter kind"));
     let d = delay(&curve, micros(&base), max_delay.as_ref().map(micros), n.max(1) as u32);
     Interval::from_micros(jitter(d, kind, rand::random::<f64>()))
 }
@@ -112,10 +111,7 @@ mod unit {
 
     #[test]
     fn exponential_doubles_up_to_the_cap() {
-        assert_eq!(
-            series(Curve::Exponential, 10 * S, Some(300 * S), 7),
-            vec![10, 20, 40, 80, 160, 300, 300]
-        );
+        assert_eq!(series(Curve::Exponential, 10 * S, Some(300 * S), 7), vec![10, 20, 40, 80, 160, 300, 300]);
     }
 
     #[test]

@@ -48,8 +48,13 @@ impl Kind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Takes {
     /// humantime or interval text; `positive`: 0s is refused
-    Duration { positive: bool },
-    Integer { min: i64, max: i64 },
+    Duration {
+        positive: bool,
+    },
+    Integer {
+        min: i64,
+        max: i64,
+    },
     Boolean,
     Choice(&'static [&'static str]),
     /// bytes, or text such as "64kB"
@@ -267,7 +272,10 @@ impl<'a> Checker<'a> {
             Some(b) if (0..=1 << 30).contains(&b) => {
                 self.out.insert(option.into(), json!(b));
             }
-            _ => self.problem(option, format!("expected a size in bytes (e.g. 65536, \"64kB\", \"1MB\"; at most 1GB), got {value}")),
+            _ => self.problem(
+                option,
+                format!("expected a size in bytes (e.g. 65536, \"64kB\", \"1MB\"; at most 1GB), got {value}"),
+            ),
         }
     }
 
@@ -288,7 +296,10 @@ impl<'a> Checker<'a> {
         let max = self.int("max_attempts", 1, 1000);
         if let Some(r) = self.get("retry_attempts") {
             if max.is_some() || self.get("max_attempts").is_some() {
-                self.problem("retry_attempts", "give max_attempts or retry_attempts, not both (retry_attempts = R means max_attempts = R + 1)");
+                self.problem(
+                    "retry_attempts",
+                    "give max_attempts or retry_attempts, not both (retry_attempts = R means max_attempts = R + 1)",
+                );
             } else {
                 match r.as_i64() {
                     Some(r) if (0..1000).contains(&r) => {
@@ -334,7 +345,9 @@ impl<'a> Checker<'a> {
             (Some(v), _) => {
                 self.problem(
                     "backoff",
-                    format!("expected constant, linear, exponential, or a list of delays such as \"30s, 1m16s\", got {v}"),
+                    format!(
+                        "expected constant, linear, exponential, or a list of delays such as \"30s, 1m16s\", got {v}"
+                    ),
                 );
                 return;
             }
@@ -381,7 +394,9 @@ impl<'a> Checker<'a> {
                 }
                 Err(e) => self.problem("schedule", e),
             },
-            Some(other) => self.problem("schedule", format!("expected a cron expression such as \"*/5 * * * *\", got {other}")),
+            Some(other) => {
+                self.problem("schedule", format!("expected a cron expression such as \"*/5 * * * *\", got {other}"))
+            }
             None => {
                 if tz.is_some() {
                     self.problem("timezone", "a time zone needs a schedule");
@@ -632,10 +647,7 @@ mod unit {
 
     #[test]
     fn accepted_options_come_from_the_registry() {
-        assert_eq!(
-            Kind::Queue.accepts(),
-            vec!["concurrency", "paused", "notify", "delivery_outbox"]
-        );
+        assert_eq!(Kind::Queue.accepts(), vec!["concurrency", "paused", "notify", "delivery_outbox"]);
         assert!(Kind::Service.accepts().contains(&"replicas"));
         assert!(!Kind::Task.accepts().contains(&"replicas"));
         let names: Vec<_> = OPTIONS.iter().map(|o| o.name).collect();

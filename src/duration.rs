@@ -249,7 +249,9 @@ mod unit {
 
     #[test]
     fn bad_durations_are_refused_with_the_value_quoted() {
-        for text in ["5 minits", "", "30", "abc", "-5s", "1:99:00", "200years", "1 fortnight", "P1Y", "PT", "@ 3 mins ago"] {
+        for text in
+            ["5 minits", "", "30", "abc", "-5s", "1:99:00", "200years", "1 fortnight", "P1Y", "PT", "@ 3 mins ago"]
+        {
             let err = parse(text).expect_err(text);
             assert!(err.to_string().contains(&format!("\"{text}\"")), "{err}");
         }

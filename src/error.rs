@@ -10,6 +10,7 @@ use pgrx::PgLogLevel;
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(clippy::enum_variant_names, reason = "named as their messages begin: \"invalid duration ...\"")]
 pub enum Error {
     /// A duration string that is neither humantime (`30s`, `1m30s`) nor an interval text.
     InvalidDuration { input: String, reason: String },
@@ -42,8 +43,7 @@ impl Error {
 
     /// Raise this error as a PostgreSQL ERROR. Never returns.
     pub fn raise(self) -> ! {
-        let report = ErrorReport::new(self.sqlstate(), self.to_string(), "pg_conveyor")
-            .set_hint(self.hint());
+        let report = ErrorReport::new(self.sqlstate(), self.to_string(), "pg_conveyor").set_hint(self.hint());
         report.report(PgLogLevel::ERROR);
         unreachable!("ereport(ERROR) returned")
     }

@@ -53,6 +53,8 @@ pub fn init() {
         GucFlags::default(),
     );
     // a PGC_POSTMASTER variable can only be defined while shared_preload_libraries is loaded
+    // SAFETY: a plain bool PostgreSQL sets around loading the preload libraries; read on the
+    // process's only thread, during _PG_init
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         GucRegistry::define_string_guc(
             c"conveyor.database",

@@ -9,10 +9,7 @@ fn one<T: pgrx::IntoDatum + pgrx::FromDatum>(sql: &str) -> T {
 
 #[pg_test]
 fn ulid_text_round_trips_and_sorts_by_time() {
-    assert_eq!(
-        one::<String>("select '01ARZ3NDEKTSV4RRFFQ69G5FAV'::conveyor.ulid::text"),
-        "01ARZ3NDEKTSV4RRFFQ69G5FAV"
-    );
+    assert_eq!(one::<String>("select '01ARZ3NDEKTSV4RRFFQ69G5FAV'::conveyor.ulid::text"), "01ARZ3NDEKTSV4RRFFQ69G5FAV");
     assert_eq!(one::<String>("select '01arz3ndektsv4rrffq69g5fav'::conveyor.ulid::text"), "01ARZ3NDEKTSV4RRFFQ69G5FAV");
     assert!(one::<bool>(
         "select bool_and(a < b) from (select conveyor.ulid_generate() a, conveyor.ulid_generate() b from generate_series(1, 1000)) x"
@@ -84,7 +81,9 @@ fn cron_next_from_sql() {
     );
 }
 
-#[pg_test(error = "invalid configuration: task \"t\": option \"delay\": invalid duration \"soon\": expected e.g. 30s, 5m, 1h30m, 2d or 00:05:00")]
+#[pg_test(
+    error = "invalid configuration: task \"t\": option \"delay\": invalid duration \"soon\": expected e.g. 30s, 5m, 1h30m, 2d or 00:05:00"
+)]
 fn define_task_refuses_bad_options() {
     Spi::run("select conveyor.define_task('t', options => '{\"delay\": \"soon\"}')").unwrap();
 }

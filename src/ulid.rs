@@ -77,10 +77,7 @@ pub fn timestamp_ms(bytes: [u8; 16]) -> u64 {
 }
 
 fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 // ---- SQL-facing functions, declared in sql/types.sql with the type conveyor.ulid
@@ -157,7 +154,13 @@ mod unit {
 
     #[test]
     fn bad_text_is_refused() {
-        for text in ["", "01ARZ3NDEKTSV4RRFFQ69G5FA", "01ARZ3NDEKTSV4RRFFQ69G5FAVX", "8ZZZZZZZZZZZZZZZZZZZZZZZZZ", "01ARZ3NDEKTSV4RRFFQ69G5FAU"] {
+        for text in [
+            "",
+            "01ARZ3NDEKTSV4RRFFQ69G5FA",
+            "01ARZ3NDEKTSV4RRFFQ69G5FAVX",
+            "8ZZZZZZZZZZZZZZZZZZZZZZZZZ",
+            "01ARZ3NDEKTSV4RRFFQ69G5FAU",
+        ] {
             assert!(decode(text).is_err(), "{text}");
         }
         assert_eq!(decode("nope").unwrap_err().to_string(), "invalid ulid \"nope\"");

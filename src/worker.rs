@@ -9,6 +9,9 @@
 //! (but not during shutdown); it starts only once recovery has finished, so a standby has no
 //! worker until it is promoted.
 
+// an error ends one tick step, never the worker (STYLE.md): nothing here may panic
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "the worker loop must not panic")]
+
 use crate::guc;
 use crate::version;
 use pgrx::bgworkers::*;
@@ -18,6 +21,8 @@ use std::time::Duration;
 const APPLICATION_NAME: &str = "pg_conveyor tick";
 
 pub fn register() {
+    // SAFETY: a plain bool PostgreSQL sets around loading the preload libraries; read on the
+    // process's only thread, during _PG_init
     if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         return;
     }
@@ -55,15 +60,14 @@ fn steps() -> Option<Vec<String>> {
 
 /// SIGTERM seen, without consuming the flag `wait_latch` reads.
 fn shutdown_requested() -> bool {
+    // SAFETY: a sig_atomic_t that PostgreSQL's SIGTERM handler sets; a volatile read through a
+    // raw pointer (no reference to a mutable static) on the worker's only thread, as C reads it
     unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
 }
 
 fn run_step(step: &str) -> i64 {
     BackgroundWorker::transaction(|| {
-        Spi::get_one_with_args::<i64>("select conveyor.tick_step($1)", &[step.into()])
-            .ok()
-            .flatten()
-            .unwrap_or(0)
+        Spi::get_one_with_args::<i64>("select conveyor.tick_step($1)", &[step.into()]).ok().flatten().unwrap_or(0)
     })
 }
 
@@ -81,8 +85,12 @@ pub extern "C-unwind" fn conveyor_worker_main(_arg: pg_sys::Datum) {
 
     while BackgroundWorker::wait_latch(Some(interval())) {
         if BackgroundWorker::sighup_received() {
+            // SAFETY: called from the worker's main loop, outside any transaction, as
+            // PostgreSQL's own background processes reload the configuration after SIGHUP
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
+        // SAFETY: RecoveryInProgress takes no arguments and reads shared memory, which this
+        // worker was registered to attach to (enable_spi_access)
         if !guc::WORKER_ENABLED.get() || unsafe { pg_sys::RecoveryInProgress() } {
             continue;
         }
@@ -116,5 +124,7 @@ pub extern "C-unwind" fn conveyor_worker_main(_arg: pg_sys::Datum) {
     log!("pg_conveyor: tick worker in database \"{db}\" stopping");
     // exit 1, not 0: the postmaster restarts a worker that was terminated by hand (after the
     // restart time) and, during shutdown, restarts nothing anyway
+    // SAFETY: the worker's main function ends its process here, outside any transaction,
+    // the way a background worker exits; nothing after it runs
     unsafe { pg_sys::proc_exit(1) };
 }

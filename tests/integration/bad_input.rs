@@ -4,6 +4,7 @@
 use crate::common::{drop_db, fresh_db};
 
 /// (call, expected SQLSTATE, a fragment the message must contain)
+#[rustfmt::skip] // a table: one row per call, however wide
 const CORPUS: &[(&str, &str, &str)] = &[
     ("select conveyor.enqueue('no.such.task')", "CV003", "unknown task \"no.such.task\""),
     ("select conveyor.enqueue('t', '[1, 2]')", "22023", "payload must be a JSON object, got array"),
@@ -131,7 +132,10 @@ fn every_bad_call_is_refused_with_a_documented_sqlstate_and_writes_nothing() {
         (r.get(0), r.get(1))
     };
     assert_eq!((len, head.as_str()), (4000, "badnews x"));
-    println!("bad inputs tried: {}, refused with the documented SQLSTATE: {refused}, tables unchanged: {unchanged}", CORPUS.len());
+    println!(
+        "bad inputs tried: {}, refused with the documented SQLSTATE: {refused}, tables unchanged: {unchanged}",
+        CORPUS.len()
+    );
     drop(client);
     drop_db(&db);
 }

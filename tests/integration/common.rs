@@ -53,10 +53,7 @@ pub fn status_of(client: &mut Client, id: &str) -> String {
 
 /// How many tick workers the server behind this connection runs.
 pub fn tick_workers(client: &mut Client) -> i64 {
-    client
-        .query_one("select count(*) from pg_stat_activity where backend_type = 'pg_conveyor'", &[])
-        .unwrap()
-        .get(0)
+    client.query_one("select count(*) from pg_stat_activity where backend_type = 'pg_conveyor'", &[]).unwrap().get(0)
 }
 
 /// The repository root (scripts/ live there).
@@ -102,11 +99,14 @@ impl Cluster {
 
     /// pg_ctl as the cluster's owner, e.g. `["restart", "-m", "fast"]`.
     pub fn pg_ctl(&self, args: &[&str]) -> std::process::Output {
-        let bin = String::from_utf8(std::process::Command::new("/usr/bin/pg_config").arg("--bindir").output().unwrap().stdout)
-            .unwrap();
+        let bin = String::from_utf8(
+            std::process::Command::new("/usr/bin/pg_config").arg("--bindir").output().unwrap().stdout,
+        )
+        .unwrap();
         let pg_ctl = format!("{}/pg_ctl", bin.trim());
         let data = format!("{}/data", self.dir);
         let log = format!("{}/server.log", self.dir);
+        // SAFETY: geteuid takes no arguments, cannot fail and touches no memory of ours
         let mut cmd = if unsafe { libc_geteuid() } == 0 {
             let mut c = std::process::Command::new("sudo");
             c.args(["-u", "postgres", &pg_ctl]);

@@ -3,7 +3,9 @@
 //! finishes, cancels, retries and ticks on the same rows, after which every run's counters are
 //! checked against its attempt rows. Each test prints what it counted.
 
-use crate::common::{connect, connect_to, drop_db, env, fresh_db, repo, status_of, tick_workers, unique, wait_for, Cluster};
+use crate::common::{
+    connect, connect_to, drop_db, env, fresh_db, repo, status_of, tick_workers, unique, wait_for, Cluster,
+};
 use postgres::{Client, NoTls};
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
@@ -100,7 +102,10 @@ fn workers_sigkilled_mid_attempt_under_load_lose_no_run() {
     assert_eq!(lost, 0, "runs lost");
     assert_eq!(twice, 0, "runs with two succeeded attempts");
     assert_eq!(overlapping, 0, "duplicate concurrent executions");
-    assert!(kills >= 3 && crashed >= 1, "the test killed workers holding runs ({kills} kills, {crashed} crashed attempts)");
+    assert!(
+        kills >= 3 && crashed >= 1,
+        "the test killed workers holding runs ({kills} kills, {crashed} crashed attempts)"
+    );
 }
 
 /// The connection, made anew if there is none; None (after a short pause) while the server
@@ -122,7 +127,10 @@ fn resilient_worker(config: String, task: String, stop: Arc<AtomicBool>) -> thre
         let mut client: Option<Client> = None;
         while !stop.load(Ordering::SeqCst) {
             let Some(c) = reconnected(&mut client, &config) else { continue };
-            let claimed = c.query("select run_id::text, lease_token from conveyor.claim_runs($1, 'resilient', 10, '2s')", &[&task]);
+            let claimed = c.query(
+                "select run_id::text, lease_token from conveyor.claim_runs($1, 'resilient', 10, '2s')",
+                &[&task],
+            );
             let rows = match claimed {
                 Ok(rows) => rows,
                 Err(_) => {
@@ -159,7 +167,9 @@ fn an_immediate_server_stop_mid_load_loses_no_committed_run() {
     cluster.connect("postgres").batch_execute("create database app").unwrap();
     let mut client = cluster.connect("app");
     client
-        .batch_execute("create extension pg_conveyor; select conveyor.define_task('t', max_attempts => 10, delay => '0s');")
+        .batch_execute(
+            "create extension pg_conveyor; select conveyor.define_task('t', max_attempts => 10, delay => '0s');",
+        )
         .unwrap();
     drop(client);
 
@@ -183,7 +193,8 @@ fn an_immediate_server_stop_mid_load_loses_no_committed_run() {
             }
         })
     };
-    let workers: Vec<_> = (0..4).map(|_| resilient_worker(cluster.config("app"), "default".into(), stop.clone())).collect();
+    let workers: Vec<_> =
+        (0..4).map(|_| resilient_worker(cluster.config("app"), "default".into(), stop.clone())).collect();
 
     thread::sleep(Duration::from_millis(1500));
     let before = committed.lock().unwrap().len();
@@ -197,10 +208,8 @@ fn an_immediate_server_stop_mid_load_loses_no_committed_run() {
 
     let mut client = cluster.connect("app");
     wait_for(60.0, "every committed run to finish after the crash", || {
-        let left: i64 = client
-            .query_one("select count(*) from conveyor.runs where status <> 'succeeded'", &[])
-            .unwrap()
-            .get(0);
+        let left: i64 =
+            client.query_one("select count(*) from conveyor.runs where status <> 'succeeded'", &[]).unwrap().get(0);
         (left == 0).then_some(())
     });
     stop.store(true, Ordering::SeqCst);
@@ -263,7 +272,10 @@ fn a_worker_whose_connection_dropped_between_claim_and_complete_can_still_finish
     let err = worker.execute("select conveyor.complete_run($1::text, $2)", &[other, &claims[1].1]).unwrap_err();
     assert_eq!(err.code().unwrap().code(), "CV001");
     let history: Vec<String> = admin
-        .query("select outcome::text from conveyor.attempts where run_id = $1::text::conveyor.ulid order by attempt", &[other])
+        .query(
+            "select outcome::text from conveyor.attempts where run_id = $1::text::conveyor.ulid order by attempt",
+            &[other],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get(0))
@@ -321,7 +333,9 @@ fn claims_finishes_cancels_retries_and_ticks_racing_on_the_same_rows_keep_every_
             let mut c = connect_to(&db);
             let mut n: u64 = i;
             while !stop.load(Ordering::SeqCst) {
-                let rows = c.query("select run_id::text, lease_token from conveyor.claim_runs('race', 'w', 5, '1s')", &[]).unwrap();
+                let rows = c
+                    .query("select run_id::text, lease_token from conveyor.claim_runs('race', 'w', 5, '1s')", &[])
+                    .unwrap();
                 for row in rows {
                     let (id, token): (String, uuid::Uuid) = (row.get(0), row.get(1));
                     n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -375,7 +389,10 @@ fn claims_finishes_cancels_retries_and_ticks_racing_on_the_same_rows_keep_every_
         )
         .unwrap();
     let (attempts, events, counter, delivered): (i64, i64, i32, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
-    println!("race: {attempts} attempts, {events} events, {} counter violations, queue counter {counter} vs {delivered}", violations.len());
+    println!(
+        "race: {attempts} attempts, {events} events, {} counter violations, queue counter {counter} vs {delivered}",
+        violations.len()
+    );
     assert!(violations.is_empty(), "{violations:#?}");
     assert_eq!(counter as i64, delivered, "bounded queue counter");
     assert!(attempts > 1000, "the race did real work");

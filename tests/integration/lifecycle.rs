@@ -10,10 +10,7 @@ fn drain(queue: &str, worker: &str, batch: i32) -> Vec<String> {
     let mut seen = Vec::new();
     loop {
         let rows = client
-            .query(
-                "select run_id::text, lease_token from conveyor.claim_runs($1, $2, $3)",
-                &[&queue, &worker, &batch],
-            )
+            .query("select run_id::text, lease_token from conveyor.claim_runs($1, $2, $3)", &[&queue, &worker, &batch])
             .unwrap();
         if rows.is_empty() {
             return seen;
@@ -21,9 +18,7 @@ fn drain(queue: &str, worker: &str, batch: i32) -> Vec<String> {
         for row in rows {
             let id: String = row.get(0);
             let token: uuid::Uuid = row.get(1);
-            client
-                .execute("select conveyor.complete_run($1::text::conveyor.ulid, $2)", &[&id, &token])
-                .unwrap();
+            client.execute("select conveyor.complete_run($1::text::conveyor.ulid, $2)", &[&id, &token]).unwrap();
             seen.push(id);
         }
     }
@@ -75,14 +70,10 @@ fn a_stale_lease_token_is_rejected_with_cv001_and_changes_nothing() {
     let mut client = connect();
     client.execute("select conveyor.define_task($1, queue => $1)", &[&task]).unwrap();
     client.execute("select conveyor.enqueue($1)", &[&task]).unwrap();
-    let row = client
-        .query_one("select run_id::text, lease_token from conveyor.claim_run($1, 'w')", &[&task])
-        .unwrap();
+    let row = client.query_one("select run_id::text, lease_token from conveyor.claim_run($1, 'w')", &[&task]).unwrap();
     let id: String = row.get(0);
     let wrong = uuid::Uuid::new_v4();
-    let err = client
-        .execute("select conveyor.complete_run($1::text::conveyor.ulid, $2)", &[&id, &wrong])
-        .unwrap_err();
+    let err = client.execute("select conveyor.complete_run($1::text::conveyor.ulid, $2)", &[&id, &wrong]).unwrap_err();
     let db = err.as_db_error().expect("a database error");
     assert_eq!(db.code().code(), "CV001");
     assert!(db.message().starts_with(&format!("stale lease for run {id}")), "{}", db.message());

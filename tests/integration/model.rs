@@ -172,8 +172,17 @@ fn check(tx: &mut postgres::Transaction, model: &Model, step: usize, op: &Op) ->
                 &[&r.id],
             )
             .unwrap();
-        let got: (String, i32, i32, i32, i32, i32, i64, bool, Vec<String>) =
-            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), row.get(5), row.get(6), row.get(7), row.get(8));
+        let got: (String, i32, i32, i32, i32, i32, i64, bool, Vec<String>) = (
+            row.get(0),
+            row.get(1),
+            row.get(2),
+            row.get(3),
+            row.get(4),
+            row.get(5),
+            row.get(6),
+            row.get(7),
+            row.get(8),
+        );
         let want_events: Vec<String> = r.events.iter().map(|e| e.to_string()).collect();
         let want = (
             r.status.name().to_string(),
@@ -227,7 +236,12 @@ fn run_case(tx: &mut postgres::Transaction, ops: &[Op]) -> Result<(), TestCaseEr
                 let mut want: Vec<usize> = (0..m.runs.len()).filter(|&i| m.runs[i].status == S::Queued).collect();
                 want.sort_by_key(|&i| (m.runs[i].run_at, i));
                 want.truncate(n as usize);
-                let rows = tx.query("select run_id::text, lease_token, attempt from conveyor.claim_runs('m', 'model', $1::int)", &[&(n as i32)]).unwrap();
+                let rows = tx
+                    .query(
+                        "select run_id::text, lease_token, attempt from conveyor.claim_runs('m', 'model', $1::int)",
+                        &[&(n as i32)],
+                    )
+                    .unwrap();
                 let got: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
                 let want_ids: Vec<String> = want.iter().map(|&i| m.runs[i].id.clone()).collect();
                 prop_assert_eq!(&got, &want_ids, "claim order at step {}", step);
@@ -240,18 +254,26 @@ fn run_case(tx: &mut postgres::Transaction, ops: &[Op]) -> Result<(), TestCaseEr
                     r.events.push("run.started");
                 }
             }
-            Op::Complete { pick: p } | Op::Fail { pick: p, .. } | Op::Release { pick: p, .. } | Op::Return { pick: p } => {
+            Op::Complete { pick: p }
+            | Op::Fail { pick: p, .. }
+            | Op::Release { pick: p, .. }
+            | Op::Return { pick: p } => {
                 let Some(i) = pick(&m.running(), p) else { continue };
                 let (id, token) = (m.runs[i].id.clone(), m.runs[i].token.unwrap());
                 let (sql, fin) = match *op {
-                    Op::Complete { .. } => ("select conveyor.complete_run($1::text, $2)::text".to_string(), Fin::Succeeded),
+                    Op::Complete { .. } => {
+                        ("select conveyor.complete_run($1::text, $2)::text".to_string(), Fin::Succeeded)
+                    }
                     Op::Fail { retryable, .. } => (
-                        format!("select conveyor.fail_run($1::text, $2, 'model failure', retryable => {retryable})::text"),
+                        format!(
+                            "select conveyor.fail_run($1::text, $2, 'model failure', retryable => {retryable})::text"
+                        ),
                         Fin::Failure { retryable },
                     ),
-                    Op::Release { delay, .. } => {
-                        (format!("select conveyor.release_run($1::text, $2, '{delay}s')::text"), Fin::Released { delay })
-                    }
+                    Op::Release { delay, .. } => (
+                        format!("select conveyor.release_run($1::text, $2, '{delay}s')::text"),
+                        Fin::Released { delay },
+                    ),
                     _ => ("select conveyor.return_run($1::text, $2)::text".to_string(), Fin::Interrupted),
                 };
                 let got: String = tx.query_one(sql.as_str(), &[&id, &token]).unwrap().get(0);

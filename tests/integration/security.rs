@@ -53,7 +53,10 @@ fn each_role_can_do_its_job_and_not_the_others() {
     let (id, token): (String, uuid::Uuid) = (row.get(0), row.get(1));
     assert!(w.execute("select conveyor.heartbeat($1::text, $2)", &[&id, &token]).is_ok());
     assert!(w.execute("select conveyor.append_log($1::text, $2, 'working')", &[&id, &token]).is_ok());
-    assert!(denied(attempt(&mut w, &format!("update conveyor.runs set status = 'succeeded' where id = '{id}'"))), "a worker cannot update runs directly");
+    assert!(
+        denied(attempt(&mut w, &format!("update conveyor.runs set status = 'succeeded' where id = '{id}'"))),
+        "a worker cannot update runs directly"
+    );
     assert!(denied(attempt(&mut w, "delete from conveyor.runs")));
     assert!(denied(attempt(&mut w, "insert into conveyor.events (run_id, at, type, attempt) values ('01ARZ3NDEKTSV4RRFFQ69G5FAV', now(), 'run.started', 1)")));
     assert!(denied(attempt(&mut w, "select conveyor.enqueue('t')")), "a worker cannot enqueue");
@@ -74,7 +77,10 @@ fn each_role_can_do_its_job_and_not_the_others() {
     assert_eq!(attempt(&mut a, "select conveyor.define_task('t3', max_attempts => 2)"), Ok(()));
     assert_eq!(attempt(&mut a, "select conveyor.tick(); select conveyor.set_queue('q', concurrency => 5)"), Ok(()));
     assert_eq!(attempt(&mut a, "select conveyor.enqueue('t3')"), Ok(()), "admin includes producer");
-    assert!(denied(attempt(&mut a, "insert into conveyor.tasks (name, queue) values ('sneaky', 'q')")), "not even the admin writes tables");
+    assert!(
+        denied(attempt(&mut a, "insert into conveyor.tasks (name, queue) values ('sneaky', 'q')")),
+        "not even the admin writes tables"
+    );
     assert!(denied(attempt(&mut a, "update conveyor.runs set status = 'cancelled'")));
 
     // the clock that decides leases is not anyone's to move
