@@ -73,6 +73,49 @@ drop function conveyor.define_task(text, text, integer, integer, text, conveyor.
                                    conveyor.duration, integer, text, text, text, integer, jsonb);
 drop function conveyor.define_service(text, integer, text, conveyor.duration, text, conveyor.duration, jsonb, jsonb);
 
+-- Maintenance that no client can freeze (issue 13). runs_due: deliver walks the due runs by due
+-- time, whatever their queue, so its cost follows the due rows, not the number of queues.
+-- _tick_stats: tick's own counters and deliver's cursor, written only by tick. quarantine and
+-- the event run.quarantined: a row that fails alone is set aside while the step goes on.
+-- tick delivery: every due waiting run by due time, whatever its queue (the oldest first, so a
+-- step's cost follows the due rows, not the number of queues)
+create index runs_due on conveyor.runs (run_at) where status in ('scheduled', 'retrying', 'released');
+
+-- tick's own record, written only by tick (no client can lock these rows): per step, how often
+-- it ran, failed whole, changed rows, left rows or queues for later because a client held their
+-- lock, and set rows aside that failed alone; `cursor` is where deliver's turn through the
+-- queues stands. metrics() shows the counters (monotonic: Prometheus can rate them).
+create table conveyor._tick_stats (
+    step text primary key,
+    runs bigint not null default 0,
+    failures bigint not null default 0,
+    changed bigint not null default 0,
+    skipped bigint not null default 0,
+    quarantined bigint not null default 0,
+    cursor text,
+    last_error text,
+    last_run_at timestamptz
+);
+comment on table conveyor._tick_stats is 'per tick step: runs, failures, rows changed, skipped (locked by a client) and quarantined';
+
+-- quarantine: rows a tick step could not handle on their own (an error that only that row
+-- causes). The step goes on with the other rows and leaves a quarantined row alone until
+-- retry_at (1 minute, doubling up to 1 hour); each quarantining writes an event run.quarantined.
+create table conveyor.quarantine (
+    step text not null,
+    run_id conveyor.ulid not null,
+    sqlstate text not null,
+    message text not null,
+    first_at timestamptz not null,
+    last_at timestamptz not null,
+    failures integer not null default 1,
+    retry_at timestamptz not null,
+    constraint quarantine_one_row_per_step_and_run primary key (step, run_id)
+);
+comment on table conveyor.quarantine is 'runs a tick step set aside after they failed alone, with the error, until retry_at';
+
+alter type conveyor.event_type add value 'run.quarantined';
+
 -- ============================================================================================
 -- sql/functions/rust.sql
 
@@ -161,7 +204,8 @@ values
     ('CV004', 'transition_not_allowed', 'a status change that conveyor.transitions does not allow'),
     ('CV005', 'retry_refused', 'retry_run refused (and why)'),
     ('CV006', 'already_finished', 'cancel_run on a run that is already finished'),
-    ('CV007', 'unknown_queue', 'unknown queue'),
+    ('CV007', 'unknown_queue', 'unknown queue (producers do not create queues: an operator does)'),
+    ('CV008', 'queue_in_use', 'drop_queue of a queue that tasks use or that holds unfinished runs'),
     ('CV010', 'invalid_configuration', 'invalid configuration (every problem listed, nothing applied)'),
     ('22023', 'invalid_parameter_value', 'invalid argument: payload not an object, priority out of 0-9, run_at and delay both, bad duration, bad queue name or topic'),
     ('22P02', 'invalid_text_representation', 'text that is not a ULID');
@@ -249,13 +293,28 @@ end
 $$;
 
 -- _raise_unknown_queue: CV007, a name that is no queue.
-create or replace function conveyor._raise_unknown_queue(p_name text)
+create or replace function conveyor._raise_unknown_queue(p_name text, p_hint text default null)
 returns void
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
 begin
-    raise exception using errcode = 'CV007', message = format('unknown queue "%s"', p_name);
+    if p_hint is null then
+        raise exception using errcode = 'CV007', message = format('unknown queue "%s"', p_name);
+    end if;
+    raise exception using errcode = 'CV007', message = format('unknown queue "%s"', p_name), hint = p_hint;
+end
+$$;
+
+-- _raise_queue_in_use: CV008, drop_queue of a queue still in use, and why.
+create or replace function conveyor._raise_queue_in_use(p_name text, p_why text)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    raise exception using errcode = 'CV008', message = format('queue "%s" is in use: %s', p_name, p_why),
+        hint = 'move its tasks to another queue and let its runs finish (or cancel them) first';
 end
 $$;
 
@@ -1217,6 +1276,39 @@ $$;
 
 comment on function conveyor.resume_queue is 'resume a paused queue';
 
+-- drop_queue: remove a queue that no task uses and that holds no unfinished run (its finished
+-- runs stay, as history, until retention). CV007 for an unknown queue, CV008 for one in use.
+create or replace function conveyor.drop_queue(name text)
+returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+#variable_conflict use_column
+declare
+    v_tasks text;
+begin
+    perform from conveyor.queues q where q.name = drop_queue.name for update;
+    if not found then
+        perform conveyor._raise_unknown_queue(drop_queue.name);
+    end if;
+    select string_agg(t.name, ', ' order by t.name) into v_tasks from conveyor.tasks t where t.queue = drop_queue.name;
+    if v_tasks is not null then
+        perform conveyor._raise_queue_in_use(drop_queue.name, format('tasks %s use it', v_tasks));
+    end if;
+    if drop_queue.name = (select d.queue from conveyor.defaults d) then
+        perform conveyor._raise_queue_in_use(drop_queue.name, 'it is the default queue (conveyor.defaults)');
+    end if;
+    if exists (select from conveyor.runs r where r.queue = drop_queue.name and conveyor._live(r.status)) then
+        perform conveyor._raise_queue_in_use(drop_queue.name, 'it holds unfinished runs');
+    end if;
+    delete from conveyor.queues q where q.name = drop_queue.name;
+end
+$$;
+comment on function conveyor.drop_queue is
+    'remove a queue that no task uses and that holds no unfinished run (CV008 otherwise)';
+
 -- _set_defaults: replace the operator's defaults with validated options.
 create or replace function conveyor._set_defaults(p_options jsonb)
 returns void
@@ -1344,6 +1436,7 @@ declare
     v_free integer := 0;
     v_bad integer;
     v_ids conveyor.ulid[];
+    v_problem text;
 begin
     -- the task, and whether its queue exists and is bounded (or the task capped), in one look-up
     select c.*, q.name as queue_found, (q.concurrency is not null or c.parallelism is not null) as limited
@@ -1385,7 +1478,14 @@ begin
 
     v_queue := coalesce(p_queue, v_task.queue);
     if v_task.queue_found is null then
-        perform conveyor._ensure_queue(v_queue);
+        -- producers do not create queues (each queue costs every dashboard and metrics scrape):
+        -- an operator does, with define_task, set_queue or apply_config
+        v_problem := conveyor._check_name('queue', v_queue);
+        if v_problem is not null then
+            perform conveyor._raise_invalid(v_problem);
+        end if;
+        perform conveyor._raise_unknown_queue(v_queue,
+            'queues are created by an operator: conveyor.set_queue(name), define_task(queue => ...) or apply_config');
     end if;
     v_due := coalesce(p_run_at, v_now + p_delay, v_now);
     if v_due <= v_now then
@@ -2181,9 +2281,30 @@ comment on function conveyor.retry_runs is
 
 -- functions/tick_expire.sql: tick step `expire`: leases and timeouts that ran out.
 
--- _expire_leases: end attempts whose lease ran out (outcome crashed: the worker is presumed
--- dead) or whose timeout passed (outcome timeout); both retry under the budget. A run with a
--- cancel request ends cancelled/stopped instead (an abandoned cancellation).
+-- _expiry: the ending tick gives a running run whose lease or timeout ran out: outcome timeout
+-- when the timeout passed, else crashed (no heartbeat: the worker is presumed dead).
+create or replace function conveyor._expiry(p_run conveyor.runs, p_now timestamptz)
+returns conveyor._ending
+language sql
+stable
+as $$
+    select row(p_run.id, null, p_run.attempt_id,
+               case when p_run.timeout_at <= p_now then 'timeout' else 'crashed' end,
+               case when p_run.timeout_at <= p_now
+                    then conveyor._failure('timeout', format('attempt %s exceeded its timeout of %s',
+                                           p_run.attempts + 1, conveyor._duration_text(p_run.timeout_at - p_run.started_at)))
+                    else conveyor._failure('crashed', format('no heartbeat before the lease expired at %s: worker %s is presumed dead',
+                                           to_char(p_run.lease_expires_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                                           coalesce(p_run.worker, '?')))
+               end,
+               true, null, null, null)::conveyor._ending
+$$;
+
+-- _expire_leases: end attempts whose lease ran out (outcome crashed) or whose timeout passed
+-- (outcome timeout); both retry under the budget. A run with a cancel request ends
+-- cancelled/stopped instead (an abandoned cancellation). One statement for the batch; if it
+-- fails, the runs are ended one by one, and one that fails alone is set aside
+-- (conveyor._quarantine) while the others are recovered. Runs a client holds are skipped.
 create or replace function conveyor._expire_leases(p_now timestamptz, p_limit integer)
 returns table (crashed integer, timed_out integer, stopped integer)
 language plpgsql
@@ -2191,31 +2312,50 @@ set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
+declare
+    v_outcomes conveyor.attempt_outcome[];
+    v_run conveyor.runs;
+    v_outcome conveyor.attempt_outcome;
 begin
-    return query
-    with ended as (
-        select e.outcome
-        from conveyor._end_attempts(array(
-            select row(r.id, null, r.attempt_id,
-                       case when r.timeout_at <= p_now then 'timeout' else 'crashed' end,
-                       case when r.timeout_at <= p_now
-                            then conveyor._failure('timeout', format('attempt %s exceeded its timeout of %s',
-                                                   r.attempts + 1, conveyor._duration_text(r.timeout_at - r.started_at)))
-                            else conveyor._failure('crashed', format('no heartbeat before the lease expired at %s: worker %s is presumed dead',
-                                                   to_char(r.lease_expires_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-                                                   coalesce(r.worker, '?')))
-                       end,
-                       true, null, null, null)::conveyor._ending
-            from conveyor.runs r
+    begin
+        v_outcomes := array(
+            select e.outcome
+            from conveyor._end_attempts(array(
+                select conveyor._expiry(r, p_now)
+                from conveyor.runs r
+                where r.status = 'running' and least(r.lease_expires_at, r.timeout_at) <= p_now
+                  and not conveyor._quarantined('expire', r.id, p_now)
+                order by least(r.lease_expires_at, r.timeout_at)
+                limit p_limit
+                for no key update skip locked)) e);
+    exception when others then
+        -- some run makes the batch fail: end them one at a time, setting aside the ones that fail
+        v_outcomes := '{}';
+        for v_run in
+            select * from conveyor.runs r
             where r.status = 'running' and least(r.lease_expires_at, r.timeout_at) <= p_now
+              and not conveyor._quarantined('expire', r.id, p_now)
             order by least(r.lease_expires_at, r.timeout_at)
             limit p_limit
-            for no key update skip locked)) e
-    )
-    select count(*) filter (where ended.outcome = 'crashed')::integer,
-           count(*) filter (where ended.outcome = 'timeout')::integer,
-           count(*) filter (where ended.outcome = 'stopped')::integer
-    from ended;
+        loop
+            begin
+                select e.outcome into v_outcome
+                from conveyor._end_attempts(array[conveyor._expiry(v_run, p_now)]) e;
+                v_outcomes := v_outcomes || v_outcome;
+            exception
+                when lock_not_available then
+                    -- a client holds what this run's ending must lock: a later tick
+                    perform conveyor._tick_note('expire', p_skipped => 1);
+                when others then
+                    perform conveyor._quarantine('expire', v_run.id, sqlstate, sqlerrm, p_now);
+            end;
+        end loop;
+    end;
+    return query
+    select count(*) filter (where o = 'crashed')::integer,
+           count(*) filter (where o = 'timeout')::integer,
+           count(*) filter (where o = 'stopped')::integer
+    from unnest(v_outcomes) o;
 end
 $$;
 
@@ -2458,9 +2598,17 @@ comment on function conveyor.stop_service is 'stop every replica of a service by
 -- functions/tick_deliver.sql: tick step `deliver`: due waiting runs become queued.
 
 -- _deliver_due: scheduled, retrying and released runs whose time has come -> queued (event
--- run.delivery_requested), queue by queue, skipping paused queues. A bounded queue's free
--- capacity (and a capped task's) is reserved under its row lock first, so no more than
--- `concurrency` runs are ever delivered, however many ticks and enqueues run at once.
+-- run.delivery_requested). Fair, bounded by the due rows, and never waiting on a client:
+--   * candidates are the oldest due runs whatever their queue (index runs_due, 2 x p_limit),
+--     plus the due runs of up to 100 queues whose turn it is (a cursor goes round the queues
+--     from tick to tick), so a queue behind a flood elsewhere is reached within a few ticks;
+--     the cost follows the due rows and that fixed turn, not the number of queues or tasks;
+--   * they are delivered round-robin: every queue's first candidate, then every second, ...;
+--   * a bounded queue's free room (and a capped task's) is reserved under its row lock, taken
+--     SKIP LOCKED: a queue or task row a client holds (an open transaction that enqueued into
+--     it) is left for a later tick and counted as skipped, and so is a run a client holds.
+-- No more than `concurrency` runs are ever delivered, however many ticks and enqueues run at
+-- once (the locked counters are the same as enqueue's).
 create or replace function conveyor._deliver_due(p_now timestamptz, p_limit integer)
 returns integer
 language plpgsql
@@ -2468,57 +2616,103 @@ set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
 as $$
 declare
-    v_queue record;
-    v_free integer;
+    v_cursor text;
+    v_turn text[];
+    v_ids conveyor.ulid[];
+    v_bounded text[];
+    v_queues text[];
+    v_queue_free integer[];
+    v_capped text[];
+    v_tasks text[];
+    v_task_free integer[];
+    v_chosen conveyor.ulid[];
     v_done integer;
-    v_total integer := 0;
+    v_skipped integer;
 begin
-    for v_queue in
-        select q.name, q.concurrency from conveyor.queues q where not q.paused order by q.name
-    loop
-        exit when v_total >= p_limit;
-        v_free := null;
-        if v_queue.concurrency is not null then
-            select q.concurrency - q.delivered into v_free
-            from conveyor.queues q where q.name = v_queue.name
-            for no key update;
-            continue when v_free <= 0;
-        end if;
+    -- the queues whose turn it is: the next 100 after the cursor, wrapping round
+    select s.cursor into v_cursor from conveyor._tick_stats s where s.step = 'deliver';
+    v_turn := array(select q.name from conveyor.queues q
+                    where q.name > coalesce(v_cursor, '') and not q.paused order by q.name limit 100);
+    if cardinality(v_turn) < 100 then
+        v_turn := v_turn || array(select q.name from conveyor.queues q
+                                  where q.name <= coalesce(v_cursor, '') and not q.paused
+                                  order by q.name limit 100 - cardinality(v_turn));
+    end if;
+    perform conveyor._tick_note('deliver', p_cursor => v_turn[cardinality(v_turn)]);
 
-        with candidate as (
-            select r.id, r.task, r.priority, r.run_at
-            from conveyor.runs r
-            where r.queue = v_queue.name
-              and conveyor._waiting(r.status)
-              and r.run_at <= p_now
+    v_ids := array(
+        select o.id from (
+            select r.id from conveyor.runs r
+            where conveyor._waiting(r.status) and r.run_at <= p_now
             order by r.run_at
-            limit p_limit - v_total
-            for no key update skip locked
+            limit p_limit * 2
+        ) o
+        union
+        select t.id from unnest(v_turn) as q(name)
+        cross join lateral (
+            select r.id from conveyor.runs r
+            where r.queue = q.name and conveyor._waiting(r.status) and r.run_at <= p_now
+            order by r.run_at
+            limit greatest(1, p_limit / 100)
+        ) t);
+    if cardinality(v_ids) = 0 then
+        return 0;
+    end if;
+
+    -- room in the bounded queues and capped tasks among them, reserved under row locks that no
+    -- one else holds; the others are left for a later tick
+    v_bounded := array(select distinct q.name from conveyor.queues q
+                       join conveyor.runs r on r.queue = q.name
+                       where r.id = any(v_ids) and q.concurrency is not null);
+    select array_agg(l.name order by l.name), array_agg(l.free order by l.name) into v_queues, v_queue_free
+    from (select q.name, greatest(q.concurrency - q.delivered, 0) as free
+          from conveyor.queues q where q.name = any(v_bounded)
+          order by q.name
+          for no key update skip locked) l;
+    v_capped := array(select distinct t.name from conveyor.tasks t
+                      join conveyor.runs r on r.task = t.name
+                      where r.id = any(v_ids) and t.parallelism is not null);
+    select array_agg(l.name order by l.name), array_agg(l.free order by l.name) into v_tasks, v_task_free
+    from (select t.name, greatest(t.parallelism - t.active, 0) as free
+          from conveyor.tasks t where t.name = any(v_capped)
+          order by t.name
+          for no key update skip locked) l;
+    v_skipped := cardinality(v_bounded) - coalesce(cardinality(v_queues), 0)
+               + cardinality(v_capped) - coalesce(cardinality(v_tasks), 0);
+
+    v_chosen := array(
+        with candidate as (
+            select r.id, r.queue, r.task, r.priority, r.run_at,
+                   qf.free as queue_free, tf.free as task_free
+            from conveyor.runs r
+            join conveyor.queues q on q.name = r.queue and not q.paused
+            left join unnest(v_queues, v_queue_free) as qf(name, free) on qf.name = r.queue
+            left join unnest(v_tasks, v_task_free) as tf(name, free) on tf.name = r.task
+            where r.id = any(v_ids) and conveyor._waiting(r.status) and r.run_at <= p_now
+              -- a bounded queue or capped task whose row a client holds waits for a later tick
+              and (qf.name is not null or r.queue <> all(v_bounded))
+              and (tf.name is not null or r.task <> all(v_capped))
         ),
-        cap as (
-            select t.name, t.parallelism - t.active as free
-            from conveyor.tasks t
-            where t.name in (select c.task from candidate c) and t.parallelism is not null
-            order by t.name
-            for no key update
-        ),
-        chosen as (
-            select c.id
-            from (select c.*, row_number() over (partition by c.task order by c.priority, c.run_at, c.id) as nth
-                  from candidate c) c
-            left join cap on cap.name = c.task
-            where cap.name is null or c.nth <= cap.free
-            order by c.priority, c.run_at, c.id
-            limit coalesce(v_free, p_limit)
+        ranked as (
+            select c.*,
+                   row_number() over (partition by c.queue order by c.priority, c.run_at, c.id) as nth_in_queue,
+                   row_number() over (partition by c.task order by c.priority, c.run_at, c.id) as nth_in_task
+            from candidate c
         )
-        update conveyor.runs r
-        set status = 'queued'
-        from chosen
-        where r.id = chosen.id;
-        get diagnostics v_done = row_count;
-        v_total := v_total + v_done;
-    end loop;
-    return v_total;
+        select k.id from ranked k
+        where (k.queue_free is null or k.nth_in_queue <= k.queue_free)
+          and (k.task_free is null or k.nth_in_task <= k.task_free)
+        order by k.nth_in_queue, k.priority, k.run_at, k.id
+        limit p_limit);
+
+    update conveyor.runs r
+    set status = 'queued'
+    where r.id in (select p.id from conveyor.runs p
+                   where p.id = any(v_chosen) and conveyor._waiting(p.status)
+                   for no key update skip locked);
+    get diagnostics v_done = row_count;
+    perform conveyor._tick_note('deliver', p_skipped => v_skipped + (cardinality(v_chosen) - v_done));
+    return v_done;
 end
 $$;
 
@@ -2712,6 +2906,76 @@ comment on function conveyor.outbox_ack is 'relay: acknowledge forwarded outbox 
 -- locks what it changes with SKIP LOCKED or guarded updates so two ticks at once never double
 -- anything, and returns a count. It runs no user code. The steps are in tick_*.sql.
 
+-- _tick_note: add to a step's counters in conveyor._tick_stats (and move deliver's cursor).
+-- Only tick writes these rows.
+create or replace function conveyor._tick_note(
+    p_step text,
+    p_runs integer default 0,
+    p_failures integer default 0,
+    p_changed bigint default 0,
+    p_skipped integer default 0,
+    p_quarantined integer default 0,
+    p_cursor text default null,
+    p_error text default null
+)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    insert into conveyor._tick_stats as s (step, runs, failures, changed, skipped, quarantined, cursor, last_error,
+                                           last_run_at)
+    values (p_step, p_runs, p_failures, greatest(p_changed, 0), p_skipped, p_quarantined, p_cursor, p_error,
+            case when p_runs > 0 then conveyor._now() end)
+    on conflict (step) do update set
+        runs = s.runs + excluded.runs,
+        failures = s.failures + excluded.failures,
+        changed = s.changed + excluded.changed,
+        skipped = s.skipped + excluded.skipped,
+        quarantined = s.quarantined + excluded.quarantined,
+        cursor = coalesce(excluded.cursor, s.cursor),
+        last_error = coalesce(excluded.last_error, s.last_error),
+        last_run_at = coalesce(excluded.last_run_at, s.last_run_at);
+end
+$$;
+
+-- _quarantine: set a run aside for a step that failed on it alone: the step leaves it until
+-- retry_at (1 minute, doubling with each failure up to 1 hour) and goes on with the others;
+-- event run.quarantined records it, metrics() counts it.
+create or replace function conveyor._quarantine(p_step text, p_run_id conveyor.ulid, p_sqlstate text, p_message text,
+                                                p_now timestamptz)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    insert into conveyor.quarantine as q (step, run_id, sqlstate, message, first_at, last_at, failures, retry_at)
+    values (p_step, p_run_id, p_sqlstate, left(p_message, 1000), p_now, p_now, 1, p_now + interval '1 minute')
+    on conflict (step, run_id) do update set
+        sqlstate = excluded.sqlstate, message = excluded.message, last_at = excluded.last_at,
+        failures = q.failures + 1,
+        retry_at = excluded.last_at + least(interval '1 hour', interval '1 minute' * 2 ^ least(q.failures, 6));
+    insert into conveyor.events (run_id, at, type, attempt, data)
+    select r.id, p_now, 'run.quarantined', r.attempts + 1,
+           jsonb_build_object('step', p_step, 'sqlstate', p_sqlstate, 'message', left(p_message, 1000))
+    from conveyor.runs r where r.id = p_run_id;
+    perform conveyor._tick_note(p_step, p_quarantined => 1);
+    raise warning 'pg_conveyor: tick step % set run % aside: % (SQLSTATE %)', p_step, p_run_id, p_message, p_sqlstate;
+end
+$$;
+
+-- _quarantined: whether a step set this run aside and it is not yet time to try it again.
+create or replace function conveyor._quarantined(p_step text, p_run_id conveyor.ulid, p_now timestamptz)
+returns boolean
+language sql
+stable
+as $$
+    select exists (select from conveyor.quarantine q
+                   where q.step = p_step and q.run_id = p_run_id and q.retry_at > p_now)
+$$;
+
 -- tick_steps: the steps of a tick, in order (the background worker runs each in its own
 -- transaction): expire first to free capacity, then create runs, then deliver them.
 create or replace function conveyor.tick_steps()
@@ -2743,8 +3007,9 @@ begin
 end
 $$;
 
--- tick_step: one step for the background worker: an error ends this step (reported as a
--- WARNING, returning -1), not the worker.
+-- tick_step: one step for the background worker, counted in conveyor._tick_stats. A row that
+-- fails alone is set aside by the step (conveyor.quarantine) and the rest goes on; an error of
+-- the whole step ends this step (reported as a WARNING, returning -1), not the worker.
 create or replace function conveyor.tick_step(step text)
 returns bigint
 language plpgsql
@@ -2752,16 +3017,24 @@ security definer
 set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
 as $$
+declare
+    v_changed bigint;
 begin
     if not step = any(conveyor.tick_steps()) then
         perform conveyor._raise_invalid(format('unknown tick step "%s": expected one of %s', step, array_to_string(conveyor.tick_steps(), ', ')));
     end if;
+    -- a backstop: the steps skip what clients hold (SKIP LOCKED), but a lock they must take
+    -- (a bounded queue's counter, in the transition trigger) waits at most this long
+    perform set_config('lock_timeout', '500ms', true);
     begin
-        return conveyor._run_step(step, coalesce(current_setting('conveyor.tick_batch', true)::integer, 1000));
+        v_changed := conveyor._run_step(step, coalesce(current_setting('conveyor.tick_batch', true)::integer, 1000));
     exception when others then
         raise warning 'pg_conveyor: tick step % failed: % (SQLSTATE %)', step, sqlerrm, sqlstate;
+        perform conveyor._tick_note(step, p_runs => 1, p_failures => 1, p_error => sqlstate || ': ' || left(sqlerrm, 500));
         return -1;
     end;
+    perform conveyor._tick_note(step, p_runs => 1, p_changed => v_changed);
+    return v_changed;
 end
 $$;
 
@@ -2790,11 +3063,17 @@ declare
 begin
     select e.crashed, e.timed_out, e.stopped into crashed, timed_out, stopped
     from conveyor._expire_leases(v_now, v_limit) e;
+    perform conveyor._tick_note('expire', p_runs => 1, p_changed => crashed + timed_out + stopped);
     fired := conveyor._fire_schedules(v_now, v_limit);
+    perform conveyor._tick_note('schedule', p_runs => 1, p_changed => fired);
     restarted := conveyor._restart_services(v_now, v_limit);
+    perform conveyor._tick_note('restart', p_runs => 1, p_changed => restarted);
     delivered := conveyor._deliver_due(v_now, v_limit);
+    perform conveyor._tick_note('deliver', p_runs => 1, p_changed => delivered);
     flushed := conveyor._flush_outbox(v_now, v_limit);
+    perform conveyor._tick_note('flush', p_runs => 1, p_changed => flushed);
     pruned := conveyor._prune(v_now, v_limit);
+    perform conveyor._tick_note('prune', p_runs => 1, p_changed => pruned);
 end
 $$;
 
@@ -2970,7 +3249,8 @@ language sql
 immutable
 as $$ select '"' || replace(replace(replace(value, '\', '\\'), '"', '\"'), E'\n', '\n') || '"' $$;
 
--- metrics: the figures of queue_stats in Prometheus text exposition format: each family's HELP
+-- metrics: the figures of queue_stats and tick's own counters (conveyor._tick_stats, monotonic)
+-- in Prometheus text exposition format: each family's HELP
 -- and TYPE lines, then its samples ordered by queue and label (a family stays in one block, as
 -- the format requires).
 create or replace function conveyor.metrics()
@@ -2981,40 +3261,63 @@ security definer
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
     with s as (select * from conveyor.queue_stats),
-    family (ord, name, help) as (values
-        (1, 'conveyor_runs', 'Runs by queue and status.'),
-        (2, 'conveyor_queue_lag_seconds', 'Age of the oldest claimable run.'),
-        (3, 'conveyor_queue_delivery_lag_seconds', 'Age of the oldest due run not yet delivered by tick.'),
-        (4, 'conveyor_attempts_5m', 'Attempts ended in the last 5 minutes, by kind.'),
-        (5, 'conveyor_queue_paused', 'Whether the queue is paused.')
+    family (ord, name, type, help) as (values
+        (1, 'conveyor_runs', 'gauge', 'Runs by queue and status.'),
+        (2, 'conveyor_queue_lag_seconds', 'gauge', 'Age of the oldest claimable run.'),
+        (3, 'conveyor_queue_delivery_lag_seconds', 'gauge', 'Age of the oldest due run not yet delivered by tick.'),
+        (4, 'conveyor_attempts_5m', 'gauge', 'Attempts ended in the last 5 minutes, by kind.'),
+        (5, 'conveyor_queue_paused', 'gauge', 'Whether the queue is paused.'),
+        (6, 'conveyor_tick_step_runs_total', 'counter', 'Calls of each tick step.'),
+        (7, 'conveyor_tick_step_failures_total', 'counter', 'Calls of each tick step that failed whole.'),
+        (8, 'conveyor_tick_step_changed_total', 'counter', 'Rows each tick step changed.'),
+        (9, 'conveyor_tick_step_skipped_total', 'counter', 'Rows or queues a tick step left for a later tick because a client held their lock.'),
+        (10, 'conveyor_tick_step_quarantined_total', 'counter', 'Runs a tick step set aside because they failed alone.'),
+        (11, 'conveyor_quarantined_runs', 'gauge', 'Runs set aside by a tick step now (conveyor.quarantine).')
     ),
-    sample (family, queue, label, value) as (
-        select 'conveyor_runs', s.queue, 'status=' || conveyor._metric_label(st.status), st.n::text
+    sample (family, labels, value) as (
+        select 'conveyor_runs', format('queue=%s,status=%s', conveyor._metric_label(s.queue), conveyor._metric_label(st.status)),
+               st.n::text
         from s cross join lateral (values
             ('scheduled', s.scheduled), ('queued', s.queued), ('running', s.running), ('retrying', s.retrying),
             ('released', s.released), ('succeeded', s.succeeded), ('failed', s.failed),
             ('cancelled', s.cancelled), ('skipped', s.skipped)) as st(status, n)
         union all
-        select 'conveyor_queue_lag_seconds', s.queue, null, s.lag_seconds::text from s
+        select 'conveyor_queue_lag_seconds', 'queue=' || conveyor._metric_label(s.queue), s.lag_seconds::text from s
         union all
-        select 'conveyor_queue_delivery_lag_seconds', s.queue, null, s.delivery_lag_seconds::text from s
+        select 'conveyor_queue_delivery_lag_seconds', 'queue=' || conveyor._metric_label(s.queue),
+               s.delivery_lag_seconds::text from s
         union all
-        select 'conveyor_attempts_5m', s.queue, 'kind=' || conveyor._metric_label(k.kind), k.n::text
+        select 'conveyor_attempts_5m', format('queue=%s,kind=%s', conveyor._metric_label(s.queue), conveyor._metric_label(k.kind)),
+               k.n::text
         from s cross join lateral (values
             ('succeeded', s.succeeded_5m), ('failed', s.failures_5m), ('retried', s.retries_5m),
             ('released', s.releases_5m)) as k(kind, n)
         union all
-        select 'conveyor_queue_paused', s.queue, null, s.paused::int::text from s
+        select 'conveyor_queue_paused', 'queue=' || conveyor._metric_label(s.queue), s.paused::int::text from s
+        union all
+        select f.name, 'step=' || conveyor._metric_label(t.step),
+               (case f.name when 'conveyor_tick_step_runs_total' then t.runs
+                            when 'conveyor_tick_step_failures_total' then t.failures
+                            when 'conveyor_tick_step_changed_total' then t.changed
+                            when 'conveyor_tick_step_skipped_total' then t.skipped
+                            else t.quarantined end)::text
+        from conveyor._tick_stats t
+        cross join (values ('conveyor_tick_step_runs_total'), ('conveyor_tick_step_failures_total'),
+                           ('conveyor_tick_step_changed_total'), ('conveyor_tick_step_skipped_total'),
+                           ('conveyor_tick_step_quarantined_total')) as f(name)
+        union all
+        select 'conveyor_quarantined_runs', 'step=' || conveyor._metric_label(q.step), count(*)::text
+        from conveyor.quarantine q
+        group by q.step
     ),
     block as (
         select f.ord,
-               format(E'# HELP %s %s\n# TYPE %s gauge', f.name, f.help, f.name)
-               || coalesce(E'\n' || string_agg(format('%s{queue=%s%s} %s', x.family, conveyor._metric_label(x.queue),
-                                                       ',' || x.label, x.value),
-                                                E'\n' order by x.queue, x.label) filter (where x.family is not null), '') as text
+               format(E'# HELP %s %s\n# TYPE %s %s', f.name, f.help, f.name, f.type)
+               || coalesce(E'\n' || string_agg(format('%s{%s} %s', x.family, x.labels, x.value),
+                                                E'\n' order by x.labels) filter (where x.family is not null), '') as text
         from family f
         left join sample x on x.family = f.name
-        group by f.ord, f.name, f.help
+        group by f.ord, f.name, f.type, f.help
     )
     select string_agg(b.text, E'\n' order by b.ord) || E'\n' from block b
 $$;
@@ -3095,7 +3398,8 @@ grant select on
     conveyor.runs, conveyor.attempts, conveyor.attempt_logs, conveyor.events, conveyor.tasks,
     conveyor.queues, conveyor.transitions, conveyor.defaults, conveyor.task_config, conveyor.outbox,
     conveyor.queue_stats, conveyor.task_stats, conveyor.recent_failures, conveyor.throughput, conveyor.run_history,
-    conveyor.run_statuses, conveyor.attempt_outcomes, conveyor.error_codes, conveyor.options
+    conveyor.run_statuses, conveyor.attempt_outcomes, conveyor.error_codes, conveyor.options,
+    conveyor.quarantine, conveyor._tick_stats
 to conveyor_reader;
 
 grant execute on function conveyor.metrics() to conveyor_reader;
@@ -3108,7 +3412,7 @@ grant execute on function
     conveyor.define_service(text, integer, text, text, text, text, jsonb, jsonb),
     conveyor.disable_task(text), conveyor.enable_task(text),
     conveyor.set_queue(text, integer, boolean, boolean, boolean),
-    conveyor.pause_queue(text), conveyor.resume_queue(text),
+    conveyor.pause_queue(text), conveyor.resume_queue(text), conveyor.drop_queue(text),
     conveyor.set_defaults(jsonb), conveyor.apply_config(jsonb),
     conveyor.cancel_run(conveyor.ulid), conveyor.cancel_runs(text, text, conveyor.run_status, integer),
     conveyor.retry_run(conveyor.ulid),

@@ -13,6 +13,9 @@ select id = :'now_id' as now, id = :'later_id' as later, status, run_at - convey
 from conveyor.runs where task = 'reports.build' order by run_at;
 
 -- queue override (created on first use) and priority
+-- a queue override names a queue an operator created; producers do not create queues (issue 13, finding 5)
+select regress.try($$select conveyor.enqueue('reports.build', queue => 'urgent')$$);
+select conveyor.set_queue('urgent');
 select conveyor.enqueue('reports.build', queue => 'urgent', priority => 2) as urgent_id \gset
 select queue, priority from conveyor.runs where id = :'urgent_id';
 select name, concurrency, paused from conveyor.queues order by name;

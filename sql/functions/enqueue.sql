@@ -22,6 +22,7 @@ declare
     v_free integer := 0;
     v_bad integer;
     v_ids conveyor.ulid[];
+    v_problem text;
 begin
     -- the task, and whether its queue exists and is bounded (or the task capped), in one look-up
     select c.*, q.name as queue_found, (q.concurrency is not null or c.parallelism is not null) as limited
@@ -63,7 +64,14 @@ begin
 
     v_queue := coalesce(p_queue, v_task.queue);
     if v_task.queue_found is null then
-        perform conveyor._ensure_queue(v_queue);
+        -- producers do not create queues (each queue costs every dashboard and metrics scrape):
+        -- an operator does, with define_task, set_queue or apply_config
+        v_problem := conveyor._check_name('queue', v_queue);
+        if v_problem is not null then
+            perform conveyor._raise_invalid(v_problem);
+        end if;
+        perform conveyor._raise_unknown_queue(v_queue,
+            'queues are created by an operator: conveyor.set_queue(name), define_task(queue => ...) or apply_config');
     end if;
     v_due := coalesce(p_run_at, v_now + p_delay, v_now);
     if v_due <= v_now then

@@ -12,7 +12,8 @@ values
     ('CV004', 'transition_not_allowed', 'a status change that conveyor.transitions does not allow'),
     ('CV005', 'retry_refused', 'retry_run refused (and why)'),
     ('CV006', 'already_finished', 'cancel_run on a run that is already finished'),
-    ('CV007', 'unknown_queue', 'unknown queue'),
+    ('CV007', 'unknown_queue', 'unknown queue (producers do not create queues: an operator does)'),
+    ('CV008', 'queue_in_use', 'drop_queue of a queue that tasks use or that holds unfinished runs'),
     ('CV010', 'invalid_configuration', 'invalid configuration (every problem listed, nothing applied)'),
     ('22023', 'invalid_parameter_value', 'invalid argument: payload not an object, priority out of 0-9, run_at and delay both, bad duration, bad queue name or topic'),
     ('22P02', 'invalid_text_representation', 'text that is not a ULID');
@@ -100,13 +101,28 @@ end
 $$;
 
 -- _raise_unknown_queue: CV007, a name that is no queue.
-create or replace function conveyor._raise_unknown_queue(p_name text)
+create or replace function conveyor._raise_unknown_queue(p_name text, p_hint text default null)
 returns void
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
 begin
-    raise exception using errcode = 'CV007', message = format('unknown queue "%s"', p_name);
+    if p_hint is null then
+        raise exception using errcode = 'CV007', message = format('unknown queue "%s"', p_name);
+    end if;
+    raise exception using errcode = 'CV007', message = format('unknown queue "%s"', p_name), hint = p_hint;
+end
+$$;
+
+-- _raise_queue_in_use: CV008, drop_queue of a queue still in use, and why.
+create or replace function conveyor._raise_queue_in_use(p_name text, p_why text)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    raise exception using errcode = 'CV008', message = format('queue "%s" is in use: %s', p_name, p_why),
+        hint = 'move its tasks to another queue and let its runs finish (or cancel them) first';
 end
 $$;
 

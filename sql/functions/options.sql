@@ -411,6 +411,39 @@ $$;
 
 comment on function conveyor.resume_queue is 'resume a paused queue';
 
+-- drop_queue: remove a queue that no task uses and that holds no unfinished run (its finished
+-- runs stay, as history, until retention). CV007 for an unknown queue, CV008 for one in use.
+create or replace function conveyor.drop_queue(name text)
+returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+#variable_conflict use_column
+declare
+    v_tasks text;
+begin
+    perform from conveyor.queues q where q.name = drop_queue.name for update;
+    if not found then
+        perform conveyor._raise_unknown_queue(drop_queue.name);
+    end if;
+    select string_agg(t.name, ', ' order by t.name) into v_tasks from conveyor.tasks t where t.queue = drop_queue.name;
+    if v_tasks is not null then
+        perform conveyor._raise_queue_in_use(drop_queue.name, format('tasks %s use it', v_tasks));
+    end if;
+    if drop_queue.name = (select d.queue from conveyor.defaults d) then
+        perform conveyor._raise_queue_in_use(drop_queue.name, 'it is the default queue (conveyor.defaults)');
+    end if;
+    if exists (select from conveyor.runs r where r.queue = drop_queue.name and conveyor._live(r.status)) then
+        perform conveyor._raise_queue_in_use(drop_queue.name, 'it holds unfinished runs');
+    end if;
+    delete from conveyor.queues q where q.name = drop_queue.name;
+end
+$$;
+comment on function conveyor.drop_queue is
+    'remove a queue that no task uses and that holds no unfinished run (CV008 otherwise)';
+
 -- _set_defaults: replace the operator's defaults with validated options.
 create or replace function conveyor._set_defaults(p_options jsonb)
 returns void

@@ -69,7 +69,8 @@ grant select on
     conveyor.runs, conveyor.attempts, conveyor.attempt_logs, conveyor.events, conveyor.tasks,
     conveyor.queues, conveyor.transitions, conveyor.defaults, conveyor.task_config, conveyor.outbox,
     conveyor.queue_stats, conveyor.task_stats, conveyor.recent_failures, conveyor.throughput, conveyor.run_history,
-    conveyor.run_statuses, conveyor.attempt_outcomes, conveyor.error_codes, conveyor.options
+    conveyor.run_statuses, conveyor.attempt_outcomes, conveyor.error_codes, conveyor.options,
+    conveyor.quarantine, conveyor._tick_stats
 to conveyor_reader;
 
 grant execute on function conveyor.metrics() to conveyor_reader;
@@ -82,7 +83,7 @@ grant execute on function
     conveyor.define_service(text, integer, text, text, text, text, jsonb, jsonb),
     conveyor.disable_task(text), conveyor.enable_task(text),
     conveyor.set_queue(text, integer, boolean, boolean, boolean),
-    conveyor.pause_queue(text), conveyor.resume_queue(text),
+    conveyor.pause_queue(text), conveyor.resume_queue(text), conveyor.drop_queue(text),
     conveyor.set_defaults(jsonb), conveyor.apply_config(jsonb),
     conveyor.cancel_run(conveyor.ulid), conveyor.cancel_runs(text, text, conveyor.run_status, integer),
     conveyor.retry_run(conveyor.ulid),

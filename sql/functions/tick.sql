@@ -3,6 +3,76 @@
 -- locks what it changes with SKIP LOCKED or guarded updates so two ticks at once never double
 -- anything, and returns a count. It runs no user code. The steps are in tick_*.sql.
 
+-- _tick_note: add to a step's counters in conveyor._tick_stats (and move deliver's cursor).
+-- Only tick writes these rows.
+create or replace function conveyor._tick_note(
+    p_step text,
+    p_runs integer default 0,
+    p_failures integer default 0,
+    p_changed bigint default 0,
+    p_skipped integer default 0,
+    p_quarantined integer default 0,
+    p_cursor text default null,
+    p_error text default null
+)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    insert into conveyor._tick_stats as s (step, runs, failures, changed, skipped, quarantined, cursor, last_error,
+                                           last_run_at)
+    values (p_step, p_runs, p_failures, greatest(p_changed, 0), p_skipped, p_quarantined, p_cursor, p_error,
+            case when p_runs > 0 then conveyor._now() end)
+    on conflict (step) do update set
+        runs = s.runs + excluded.runs,
+        failures = s.failures + excluded.failures,
+        changed = s.changed + excluded.changed,
+        skipped = s.skipped + excluded.skipped,
+        quarantined = s.quarantined + excluded.quarantined,
+        cursor = coalesce(excluded.cursor, s.cursor),
+        last_error = coalesce(excluded.last_error, s.last_error),
+        last_run_at = coalesce(excluded.last_run_at, s.last_run_at);
+end
+$$;
+
+-- _quarantine: set a run aside for a step that failed on it alone: the step leaves it until
+-- retry_at (1 minute, doubling with each failure up to 1 hour) and goes on with the others;
+-- event run.quarantined records it, metrics() counts it.
+create or replace function conveyor._quarantine(p_step text, p_run_id conveyor.ulid, p_sqlstate text, p_message text,
+                                                p_now timestamptz)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    insert into conveyor.quarantine as q (step, run_id, sqlstate, message, first_at, last_at, failures, retry_at)
+    values (p_step, p_run_id, p_sqlstate, left(p_message, 1000), p_now, p_now, 1, p_now + interval '1 minute')
+    on conflict (step, run_id) do update set
+        sqlstate = excluded.sqlstate, message = excluded.message, last_at = excluded.last_at,
+        failures = q.failures + 1,
+        retry_at = excluded.last_at + least(interval '1 hour', interval '1 minute' * 2 ^ least(q.failures, 6));
+    insert into conveyor.events (run_id, at, type, attempt, data)
+    select r.id, p_now, 'run.quarantined', r.attempts + 1,
+           jsonb_build_object('step', p_step, 'sqlstate', p_sqlstate, 'message', left(p_message, 1000))
+    from conveyor.runs r where r.id = p_run_id;
+    perform conveyor._tick_note(p_step, p_quarantined => 1);
+    raise warning 'pg_conveyor: tick step % set run % aside: % (SQLSTATE %)', p_step, p_run_id, p_message, p_sqlstate;
+end
+$$;
+
+-- _quarantined: whether a step set this run aside and it is not yet time to try it again.
+create or replace function conveyor._quarantined(p_step text, p_run_id conveyor.ulid, p_now timestamptz)
+returns boolean
+language sql
+stable
+as $$
+    select exists (select from conveyor.quarantine q
+                   where q.step = p_step and q.run_id = p_run_id and q.retry_at > p_now)
+$$;
+
 -- tick_steps: the steps of a tick, in order (the background worker runs each in its own
 -- transaction): expire first to free capacity, then create runs, then deliver them.
 create or replace function conveyor.tick_steps()
@@ -34,8 +104,9 @@ begin
 end
 $$;
 
--- tick_step: one step for the background worker: an error ends this step (reported as a
--- WARNING, returning -1), not the worker.
+-- tick_step: one step for the background worker, counted in conveyor._tick_stats. A row that
+-- fails alone is set aside by the step (conveyor.quarantine) and the rest goes on; an error of
+-- the whole step ends this step (reported as a WARNING, returning -1), not the worker.
 create or replace function conveyor.tick_step(step text)
 returns bigint
 language plpgsql
@@ -43,16 +114,24 @@ security definer
 set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
 as $$
+declare
+    v_changed bigint;
 begin
     if not step = any(conveyor.tick_steps()) then
         perform conveyor._raise_invalid(format('unknown tick step "%s": expected one of %s', step, array_to_string(conveyor.tick_steps(), ', ')));
     end if;
+    -- a backstop: the steps skip what clients hold (SKIP LOCKED), but a lock they must take
+    -- (a bounded queue's counter, in the transition trigger) waits at most this long
+    perform set_config('lock_timeout', '500ms', true);
     begin
-        return conveyor._run_step(step, coalesce(current_setting('conveyor.tick_batch', true)::integer, 1000));
+        v_changed := conveyor._run_step(step, coalesce(current_setting('conveyor.tick_batch', true)::integer, 1000));
     exception when others then
         raise warning 'pg_conveyor: tick step % failed: % (SQLSTATE %)', step, sqlerrm, sqlstate;
+        perform conveyor._tick_note(step, p_runs => 1, p_failures => 1, p_error => sqlstate || ': ' || left(sqlerrm, 500));
         return -1;
     end;
+    perform conveyor._tick_note(step, p_runs => 1, p_changed => v_changed);
+    return v_changed;
 end
 $$;
 
@@ -81,11 +160,17 @@ declare
 begin
     select e.crashed, e.timed_out, e.stopped into crashed, timed_out, stopped
     from conveyor._expire_leases(v_now, v_limit) e;
+    perform conveyor._tick_note('expire', p_runs => 1, p_changed => crashed + timed_out + stopped);
     fired := conveyor._fire_schedules(v_now, v_limit);
+    perform conveyor._tick_note('schedule', p_runs => 1, p_changed => fired);
     restarted := conveyor._restart_services(v_now, v_limit);
+    perform conveyor._tick_note('restart', p_runs => 1, p_changed => restarted);
     delivered := conveyor._deliver_due(v_now, v_limit);
+    perform conveyor._tick_note('deliver', p_runs => 1, p_changed => delivered);
     flushed := conveyor._flush_outbox(v_now, v_limit);
+    perform conveyor._tick_note('flush', p_runs => 1, p_changed => flushed);
     pruned := conveyor._prune(v_now, v_limit);
+    perform conveyor._tick_note('prune', p_runs => 1, p_changed => pruned);
 end
 $$;
 

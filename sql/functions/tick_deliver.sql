@@ -1,9 +1,17 @@
 -- functions/tick_deliver.sql: tick step `deliver`: due waiting runs become queued.
 
 -- _deliver_due: scheduled, retrying and released runs whose time has come -> queued (event
--- run.delivery_requested), queue by queue, skipping paused queues. A bounded queue's free
--- capacity (and a capped task's) is reserved under its row lock first, so no more than
--- `concurrency` runs are ever delivered, however many ticks and enqueues run at once.
+-- run.delivery_requested). Fair, bounded by the due rows, and never waiting on a client:
+--   * candidates are the oldest due runs whatever their queue (index runs_due, 2 x p_limit),
+--     plus the due runs of up to 100 queues whose turn it is (a cursor goes round the queues
+--     from tick to tick), so a queue behind a flood elsewhere is reached within a few ticks;
+--     the cost follows the due rows and that fixed turn, not the number of queues or tasks;
+--   * they are delivered round-robin: every queue's first candidate, then every second, ...;
+--   * a bounded queue's free room (and a capped task's) is reserved under its row lock, taken
+--     SKIP LOCKED: a queue or task row a client holds (an open transaction that enqueued into
+--     it) is left for a later tick and counted as skipped, and so is a run a client holds.
+-- No more than `concurrency` runs are ever delivered, however many ticks and enqueues run at
+-- once (the locked counters are the same as enqueue's).
 create or replace function conveyor._deliver_due(p_now timestamptz, p_limit integer)
 returns integer
 language plpgsql
@@ -11,56 +19,102 @@ set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
 as $$
 declare
-    v_queue record;
-    v_free integer;
+    v_cursor text;
+    v_turn text[];
+    v_ids conveyor.ulid[];
+    v_bounded text[];
+    v_queues text[];
+    v_queue_free integer[];
+    v_capped text[];
+    v_tasks text[];
+    v_task_free integer[];
+    v_chosen conveyor.ulid[];
     v_done integer;
-    v_total integer := 0;
+    v_skipped integer;
 begin
-    for v_queue in
-        select q.name, q.concurrency from conveyor.queues q where not q.paused order by q.name
-    loop
-        exit when v_total >= p_limit;
-        v_free := null;
-        if v_queue.concurrency is not null then
-            select q.concurrency - q.delivered into v_free
-            from conveyor.queues q where q.name = v_queue.name
-            for no key update;
-            continue when v_free <= 0;
-        end if;
+    -- the queues whose turn it is: the next 100 after the cursor, wrapping round
+    select s.cursor into v_cursor from conveyor._tick_stats s where s.step = 'deliver';
+    v_turn := array(select q.name from conveyor.queues q
+                    where q.name > coalesce(v_cursor, '') and not q.paused order by q.name limit 100);
+    if cardinality(v_turn) < 100 then
+        v_turn := v_turn || array(select q.name from conveyor.queues q
+                                  where q.name <= coalesce(v_cursor, '') and not q.paused
+                                  order by q.name limit 100 - cardinality(v_turn));
+    end if;
+    perform conveyor._tick_note('deliver', p_cursor => v_turn[cardinality(v_turn)]);
 
-        with candidate as (
-            select r.id, r.task, r.priority, r.run_at
-            from conveyor.runs r
-            where r.queue = v_queue.name
-              and conveyor._waiting(r.status)
-              and r.run_at <= p_now
+    v_ids := array(
+        select o.id from (
+            select r.id from conveyor.runs r
+            where conveyor._waiting(r.status) and r.run_at <= p_now
             order by r.run_at
-            limit p_limit - v_total
-            for no key update skip locked
+            limit p_limit * 2
+        ) o
+        union
+        select t.id from unnest(v_turn) as q(name)
+        cross join lateral (
+            select r.id from conveyor.runs r
+            where r.queue = q.name and conveyor._waiting(r.status) and r.run_at <= p_now
+            order by r.run_at
+            limit greatest(1, p_limit / 100)
+        ) t);
+    if cardinality(v_ids) = 0 then
+        return 0;
+    end if;
+
+    -- room in the bounded queues and capped tasks among them, reserved under row locks that no
+    -- one else holds; the others are left for a later tick
+    v_bounded := array(select distinct q.name from conveyor.queues q
+                       join conveyor.runs r on r.queue = q.name
+                       where r.id = any(v_ids) and q.concurrency is not null);
+    select array_agg(l.name order by l.name), array_agg(l.free order by l.name) into v_queues, v_queue_free
+    from (select q.name, greatest(q.concurrency - q.delivered, 0) as free
+          from conveyor.queues q where q.name = any(v_bounded)
+          order by q.name
+          for no key update skip locked) l;
+    v_capped := array(select distinct t.name from conveyor.tasks t
+                      join conveyor.runs r on r.task = t.name
+                      where r.id = any(v_ids) and t.parallelism is not null);
+    select array_agg(l.name order by l.name), array_agg(l.free order by l.name) into v_tasks, v_task_free
+    from (select t.name, greatest(t.parallelism - t.active, 0) as free
+          from conveyor.tasks t where t.name = any(v_capped)
+          order by t.name
+          for no key update skip locked) l;
+    v_skipped := cardinality(v_bounded) - coalesce(cardinality(v_queues), 0)
+               + cardinality(v_capped) - coalesce(cardinality(v_tasks), 0);
+
+    v_chosen := array(
+        with candidate as (
+            select r.id, r.queue, r.task, r.priority, r.run_at,
+                   qf.free as queue_free, tf.free as task_free
+            from conveyor.runs r
+            join conveyor.queues q on q.name = r.queue and not q.paused
+            left join unnest(v_queues, v_queue_free) as qf(name, free) on qf.name = r.queue
+            left join unnest(v_tasks, v_task_free) as tf(name, free) on tf.name = r.task
+            where r.id = any(v_ids) and conveyor._waiting(r.status) and r.run_at <= p_now
+              -- a bounded queue or capped task whose row a client holds waits for a later tick
+              and (qf.name is not null or r.queue <> all(v_bounded))
+              and (tf.name is not null or r.task <> all(v_capped))
         ),
-        cap as (
-            select t.name, t.parallelism - t.active as free
-            from conveyor.tasks t
-            where t.name in (select c.task from candidate c) and t.parallelism is not null
-            order by t.name
-            for no key update
-        ),
-        chosen as (
-            select c.id
-            from (select c.*, row_number() over (partition by c.task order by c.priority, c.run_at, c.id) as nth
-                  from candidate c) c
-            left join cap on cap.name = c.task
-            where cap.name is null or c.nth <= cap.free
-            order by c.priority, c.run_at, c.id
-            limit coalesce(v_free, p_limit)
+        ranked as (
+            select c.*,
+                   row_number() over (partition by c.queue order by c.priority, c.run_at, c.id) as nth_in_queue,
+                   row_number() over (partition by c.task order by c.priority, c.run_at, c.id) as nth_in_task
+            from candidate c
         )
-        update conveyor.runs r
-        set status = 'queued'
-        from chosen
-        where r.id = chosen.id;
-        get diagnostics v_done = row_count;
-        v_total := v_total + v_done;
-    end loop;
-    return v_total;
+        select k.id from ranked k
+        where (k.queue_free is null or k.nth_in_queue <= k.queue_free)
+          and (k.task_free is null or k.nth_in_task <= k.task_free)
+        order by k.nth_in_queue, k.priority, k.run_at, k.id
+        limit p_limit);
+
+    update conveyor.runs r
+    set status = 'queued'
+    where r.id in (select p.id from conveyor.runs p
+                   where p.id = any(v_chosen) and conveyor._waiting(p.status)
+                   for no key update skip locked);
+    get diagnostics v_done = row_count;
+    perform conveyor._tick_note('deliver', p_skipped => v_skipped + (cardinality(v_chosen) - v_done));
+    return v_done;
 end
 $$;

@@ -1,8 +1,29 @@
 -- functions/tick_expire.sql: tick step `expire`: leases and timeouts that ran out.
 
--- _expire_leases: end attempts whose lease ran out (outcome crashed: the worker is presumed
--- dead) or whose timeout passed (outcome timeout); both retry under the budget. A run with a
--- cancel request ends cancelled/stopped instead (an abandoned cancellation).
+-- _expiry: the ending tick gives a running run whose lease or timeout ran out: outcome timeout
+-- when the timeout passed, else crashed (no heartbeat: the worker is presumed dead).
+create or replace function conveyor._expiry(p_run conveyor.runs, p_now timestamptz)
+returns conveyor._ending
+language sql
+stable
+as $$
+    select row(p_run.id, null, p_run.attempt_id,
+               case when p_run.timeout_at <= p_now then 'timeout' else 'crashed' end,
+               case when p_run.timeout_at <= p_now
+                    then conveyor._failure('timeout', format('attempt %s exceeded its timeout of %s',
+                                           p_run.attempts + 1, conveyor._duration_text(p_run.timeout_at - p_run.started_at)))
+                    else conveyor._failure('crashed', format('no heartbeat before the lease expired at %s: worker %s is presumed dead',
+                                           to_char(p_run.lease_expires_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                                           coalesce(p_run.worker, '?')))
+               end,
+               true, null, null, null)::conveyor._ending
+$$;
+
+-- _expire_leases: end attempts whose lease ran out (outcome crashed) or whose timeout passed
+-- (outcome timeout); both retry under the budget. A run with a cancel request ends
+-- cancelled/stopped instead (an abandoned cancellation). One statement for the batch; if it
+-- fails, the runs are ended one by one, and one that fails alone is set aside
+-- (conveyor._quarantine) while the others are recovered. Runs a client holds are skipped.
 create or replace function conveyor._expire_leases(p_now timestamptz, p_limit integer)
 returns table (crashed integer, timed_out integer, stopped integer)
 language plpgsql
@@ -10,30 +31,49 @@ set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
 as $$
 #variable_conflict use_column
+declare
+    v_outcomes conveyor.attempt_outcome[];
+    v_run conveyor.runs;
+    v_outcome conveyor.attempt_outcome;
 begin
-    return query
-    with ended as (
-        select e.outcome
-        from conveyor._end_attempts(array(
-            select row(r.id, null, r.attempt_id,
-                       case when r.timeout_at <= p_now then 'timeout' else 'crashed' end,
-                       case when r.timeout_at <= p_now
-                            then conveyor._failure('timeout', format('attempt %s exceeded its timeout of %s',
-                                                   r.attempts + 1, conveyor._duration_text(r.timeout_at - r.started_at)))
-                            else conveyor._failure('crashed', format('no heartbeat before the lease expired at %s: worker %s is presumed dead',
-                                                   to_char(r.lease_expires_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-                                                   coalesce(r.worker, '?')))
-                       end,
-                       true, null, null, null)::conveyor._ending
-            from conveyor.runs r
+    begin
+        v_outcomes := array(
+            select e.outcome
+            from conveyor._end_attempts(array(
+                select conveyor._expiry(r, p_now)
+                from conveyor.runs r
+                where r.status = 'running' and least(r.lease_expires_at, r.timeout_at) <= p_now
+                  and not conveyor._quarantined('expire', r.id, p_now)
+                order by least(r.lease_expires_at, r.timeout_at)
+                limit p_limit
+                for no key update skip locked)) e);
+    exception when others then
+        -- some run makes the batch fail: end them one at a time, setting aside the ones that fail
+        v_outcomes := '{}';
+        for v_run in
+            select * from conveyor.runs r
             where r.status = 'running' and least(r.lease_expires_at, r.timeout_at) <= p_now
+              and not conveyor._quarantined('expire', r.id, p_now)
             order by least(r.lease_expires_at, r.timeout_at)
             limit p_limit
-            for no key update skip locked)) e
-    )
-    select count(*) filter (where ended.outcome = 'crashed')::integer,
-           count(*) filter (where ended.outcome = 'timeout')::integer,
-           count(*) filter (where ended.outcome = 'stopped')::integer
-    from ended;
+        loop
+            begin
+                select e.outcome into v_outcome
+                from conveyor._end_attempts(array[conveyor._expiry(v_run, p_now)]) e;
+                v_outcomes := v_outcomes || v_outcome;
+            exception
+                when lock_not_available then
+                    -- a client holds what this run's ending must lock: a later tick
+                    perform conveyor._tick_note('expire', p_skipped => 1);
+                when others then
+                    perform conveyor._quarantine('expire', v_run.id, sqlstate, sqlerrm, p_now);
+            end;
+        end loop;
+    end;
+    return query
+    select count(*) filter (where o = 'crashed')::integer,
+           count(*) filter (where o = 'timeout')::integer,
+           count(*) filter (where o = 'stopped')::integer
+    from unnest(v_outcomes) o;
 end
 $$;

@@ -164,7 +164,8 @@ language sql
 immutable
 as $$ select '"' || replace(replace(replace(value, '\', '\\'), '"', '\"'), E'\n', '\n') || '"' $$;
 
--- metrics: the figures of queue_stats in Prometheus text exposition format: each family's HELP
+-- metrics: the figures of queue_stats and tick's own counters (conveyor._tick_stats, monotonic)
+-- in Prometheus text exposition format: each family's HELP
 -- and TYPE lines, then its samples ordered by queue and label (a family stays in one block, as
 -- the format requires).
 create or replace function conveyor.metrics()
@@ -175,40 +176,63 @@ security definer
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
     with s as (select * from conveyor.queue_stats),
-    family (ord, name, help) as (values
-        (1, 'conveyor_runs', 'Runs by queue and status.'),
-        (2, 'conveyor_queue_lag_seconds', 'Age of the oldest claimable run.'),
-        (3, 'conveyor_queue_delivery_lag_seconds', 'Age of the oldest due run not yet delivered by tick.'),
-        (4, 'conveyor_attempts_5m', 'Attempts ended in the last 5 minutes, by kind.'),
-        (5, 'conveyor_queue_paused', 'Whether the queue is paused.')
+    family (ord, name, type, help) as (values
+        (1, 'conveyor_runs', 'gauge', 'Runs by queue and status.'),
+        (2, 'conveyor_queue_lag_seconds', 'gauge', 'Age of the oldest claimable run.'),
+        (3, 'conveyor_queue_delivery_lag_seconds', 'gauge', 'Age of the oldest due run not yet delivered by tick.'),
+        (4, 'conveyor_attempts_5m', 'gauge', 'Attempts ended in the last 5 minutes, by kind.'),
+        (5, 'conveyor_queue_paused', 'gauge', 'Whether the queue is paused.'),
+        (6, 'conveyor_tick_step_runs_total', 'counter', 'Calls of each tick step.'),
+        (7, 'conveyor_tick_step_failures_total', 'counter', 'Calls of each tick step that failed whole.'),
+        (8, 'conveyor_tick_step_changed_total', 'counter', 'Rows each tick step changed.'),
+        (9, 'conveyor_tick_step_skipped_total', 'counter', 'Rows or queues a tick step left for a later tick because a client held their lock.'),
+        (10, 'conveyor_tick_step_quarantined_total', 'counter', 'Runs a tick step set aside because they failed alone.'),
+        (11, 'conveyor_quarantined_runs', 'gauge', 'Runs set aside by a tick step now (conveyor.quarantine).')
     ),
-    sample (family, queue, label, value) as (
-        select 'conveyor_runs', s.queue, 'status=' || conveyor._metric_label(st.status), st.n::text
+    sample (family, labels, value) as (
+        select 'conveyor_runs', format('queue=%s,status=%s', conveyor._metric_label(s.queue), conveyor._metric_label(st.status)),
+               st.n::text
         from s cross join lateral (values
             ('scheduled', s.scheduled), ('queued', s.queued), ('running', s.running), ('retrying', s.retrying),
             ('released', s.released), ('succeeded', s.succeeded), ('failed', s.failed),
             ('cancelled', s.cancelled), ('skipped', s.skipped)) as st(status, n)
         union all
-        select 'conveyor_queue_lag_seconds', s.queue, null, s.lag_seconds::text from s
+        select 'conveyor_queue_lag_seconds', 'queue=' || conveyor._metric_label(s.queue), s.lag_seconds::text from s
         union all
-        select 'conveyor_queue_delivery_lag_seconds', s.queue, null, s.delivery_lag_seconds::text from s
+        select 'conveyor_queue_delivery_lag_seconds', 'queue=' || conveyor._metric_label(s.queue),
+               s.delivery_lag_seconds::text from s
         union all
-        select 'conveyor_attempts_5m', s.queue, 'kind=' || conveyor._metric_label(k.kind), k.n::text
+        select 'conveyor_attempts_5m', format('queue=%s,kind=%s', conveyor._metric_label(s.queue), conveyor._metric_label(k.kind)),
+               k.n::text
         from s cross join lateral (values
             ('succeeded', s.succeeded_5m), ('failed', s.failures_5m), ('retried', s.retries_5m),
             ('released', s.releases_5m)) as k(kind, n)
         union all
-        select 'conveyor_queue_paused', s.queue, null, s.paused::int::text from s
+        select 'conveyor_queue_paused', 'queue=' || conveyor._metric_label(s.queue), s.paused::int::text from s
+        union all
+        select f.name, 'step=' || conveyor._metric_label(t.step),
+               (case f.name when 'conveyor_tick_step_runs_total' then t.runs
+                            when 'conveyor_tick_step_failures_total' then t.failures
+                            when 'conveyor_tick_step_changed_total' then t.changed
+                            when 'conveyor_tick_step_skipped_total' then t.skipped
+                            else t.quarantined end)::text
+        from conveyor._tick_stats t
+        cross join (values ('conveyor_tick_step_runs_total'), ('conveyor_tick_step_failures_total'),
+                           ('conveyor_tick_step_changed_total'), ('conveyor_tick_step_skipped_total'),
+                           ('conveyor_tick_step_quarantined_total')) as f(name)
+        union all
+        select 'conveyor_quarantined_runs', 'step=' || conveyor._metric_label(q.step), count(*)::text
+        from conveyor.quarantine q
+        group by q.step
     ),
     block as (
         select f.ord,
-               format(E'# HELP %s %s\n# TYPE %s gauge', f.name, f.help, f.name)
-               || coalesce(E'\n' || string_agg(format('%s{queue=%s%s} %s', x.family, conveyor._metric_label(x.queue),
-                                                       ',' || x.label, x.value),
-                                                E'\n' order by x.queue, x.label) filter (where x.family is not null), '') as text
+               format(E'# HELP %s %s\n# TYPE %s %s', f.name, f.help, f.name, f.type)
+               || coalesce(E'\n' || string_agg(format('%s{%s} %s', x.family, x.labels, x.value),
+                                                E'\n' order by x.labels) filter (where x.family is not null), '') as text
         from family f
         left join sample x on x.family = f.name
-        group by f.ord, f.name, f.help
+        group by f.ord, f.name, f.type, f.help
     )
     select string_agg(b.text, E'\n' order by b.ord) || E'\n' from block b
 $$;

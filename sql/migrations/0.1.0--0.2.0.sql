@@ -64,3 +64,46 @@ insert into conveyor.attempt_outcomes (outcome, failure, leads_to, meaning) valu
 drop function conveyor.define_task(text, text, integer, integer, text, conveyor.duration, conveyor.duration, text,
                                    conveyor.duration, integer, text, text, text, integer, jsonb);
 drop function conveyor.define_service(text, integer, text, conveyor.duration, text, conveyor.duration, jsonb, jsonb);
+
+-- Maintenance that no client can freeze (issue 13). runs_due: deliver walks the due runs by due
+-- time, whatever their queue, so its cost follows the due rows, not the number of queues.
+-- _tick_stats: tick's own counters and deliver's cursor, written only by tick. quarantine and
+-- the event run.quarantined: a row that fails alone is set aside while the step goes on.
+-- tick delivery: every due waiting run by due time, whatever its queue (the oldest first, so a
+-- step's cost follows the due rows, not the number of queues)
+create index runs_due on conveyor.runs (run_at) where status in ('scheduled', 'retrying', 'released');
+
+-- tick's own record, written only by tick (no client can lock these rows): per step, how often
+-- it ran, failed whole, changed rows, left rows or queues for later because a client held their
+-- lock, and set rows aside that failed alone; `cursor` is where deliver's turn through the
+-- queues stands. metrics() shows the counters (monotonic: Prometheus can rate them).
+create table conveyor._tick_stats (
+    step text primary key,
+    runs bigint not null default 0,
+    failures bigint not null default 0,
+    changed bigint not null default 0,
+    skipped bigint not null default 0,
+    quarantined bigint not null default 0,
+    cursor text,
+    last_error text,
+    last_run_at timestamptz
+);
+comment on table conveyor._tick_stats is 'per tick step: runs, failures, rows changed, skipped (locked by a client) and quarantined';
+
+-- quarantine: rows a tick step could not handle on their own (an error that only that row
+-- causes). The step goes on with the other rows and leaves a quarantined row alone until
+-- retry_at (1 minute, doubling up to 1 hour); each quarantining writes an event run.quarantined.
+create table conveyor.quarantine (
+    step text not null,
+    run_id conveyor.ulid not null,
+    sqlstate text not null,
+    message text not null,
+    first_at timestamptz not null,
+    last_at timestamptz not null,
+    failures integer not null default 1,
+    retry_at timestamptz not null,
+    constraint quarantine_one_row_per_step_and_run primary key (step, run_id)
+);
+comment on table conveyor.quarantine is 'runs a tick step set aside after they failed alone, with the error, until retry_at';
+
+alter type conveyor.event_type add value 'run.quarantined';

@@ -27,7 +27,9 @@ create type conveyor.attempt_outcome as enum (
 create type conveyor.event_type as enum (
     'run.enqueued', 'run.delivery_requested', 'run.started', 'run.succeeded', 'run.retry_scheduled',
     'run.failed', 'run.released', 'run.interrupted', 'run.cancel_requested', 'run.cancelled',
-    'run.skipped', 'run.retried'
+    'run.skipped', 'run.retried',
+    -- a tick step failed on this run alone and set it aside (conveyor.quarantine)
+    'run.quarantined'
 );
 
 -- run_statuses: each status with the named sets it belongs to. The helpers _finished, _waiting,

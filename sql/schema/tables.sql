@@ -165,6 +165,9 @@ create index runs_waiting_due on conveyor.runs (queue, run_at)
 create index runs_running_deadline on conveyor.runs ((least(lease_expires_at, timeout_at)))
     where status = 'running';
 
+-- tick delivery: every due waiting run by due time, whatever its queue (the oldest first, so a
+-- step's cost follows the due rows, not the number of queues)
+create index runs_due on conveyor.runs (run_at) where status in ('scheduled', 'retrying', 'released');
 -- retention and recent-throughput dashboards
 create index runs_finished on conveyor.runs (finished_at) where finished_at is not null;
 
@@ -274,6 +277,39 @@ create type conveyor.claimed_run as (
     lease_expires_at timestamptz,
     timeout_at timestamptz
 );
+
+-- tick's own record, written only by tick (no client can lock these rows): per step, how often
+-- it ran, failed whole, changed rows, left rows or queues for later because a client held their
+-- lock, and set rows aside that failed alone; `cursor` is where deliver's turn through the
+-- queues stands. metrics() shows the counters (monotonic: Prometheus can rate them).
+create table conveyor._tick_stats (
+    step text primary key,
+    runs bigint not null default 0,
+    failures bigint not null default 0,
+    changed bigint not null default 0,
+    skipped bigint not null default 0,
+    quarantined bigint not null default 0,
+    cursor text,
+    last_error text,
+    last_run_at timestamptz
+);
+comment on table conveyor._tick_stats is 'per tick step: runs, failures, rows changed, skipped (locked by a client) and quarantined';
+
+-- quarantine: rows a tick step could not handle on their own (an error that only that row
+-- causes). The step goes on with the other rows and leaves a quarantined row alone until
+-- retry_at (1 minute, doubling up to 1 hour); each quarantining writes an event run.quarantined.
+create table conveyor.quarantine (
+    step text not null,
+    run_id conveyor.ulid not null,
+    sqlstate text not null,
+    message text not null,
+    first_at timestamptz not null,
+    last_at timestamptz not null,
+    failures integer not null default 1,
+    retry_at timestamptz not null,
+    constraint quarantine_one_row_per_step_and_run primary key (step, run_id)
+);
+comment on table conveyor.quarantine is 'runs a tick step set aside after they failed alone, with the error, until retry_at';
 
 -- pg_dump keeps the data of these tables (the extension's own rows are recreated by it)
 

@@ -1,0 +1,62 @@
+-- Tick keeps working whatever one row or one queue does (issue 13, findings 2 and 4):
+-- a run whose ending fails is set aside and the others are recovered; delivery shares a
+-- tick's batch among queues instead of walking them in name order.
+begin;
+select regress.at('2029-12-31 22:00:00+00');
+set local conveyor.tick_batch = 1000;
+
+-- a flood in queue 0first is due earlier than one run in zlast
+select conveyor.define_task('flood', queue => '0first');
+select conveyor.define_task('late', queue => 'zlast');
+select count(conveyor.enqueue('flood', run_at => '2029-12-31 23:00:00+00')) from generate_series(1, 1500);
+select conveyor.enqueue('late', run_at => '2029-12-31 23:30:00+00') as late \gset
+select regress.at('2030-01-01 00:00:00+00');
+select delivered from conveyor.tick();
+select status as zlast_run from conveyor.runs where id = :'late';
+select queue, count(*) as queued from conveyor.runs where status = 'queued' group by queue order by queue;
+select conveyor.cancel_runs(queue => '0first', max => 5000) >= 0 as flood_cancelled;
+
+-- one run whose ending fails (here: its bounded queue's counter drifted to 0, so ending it
+-- would make the counter negative), beside one that is fine
+select conveyor.set_queue('bounded', concurrency => 1);
+select conveyor.define_task('bad', queue => 'bounded');
+select conveyor.define_task('good', queue => 'plain');
+select conveyor.enqueue('bad') as bad \gset
+select conveyor.enqueue('good') as good \gset
+select count(*) from conveyor.claim_runs('bounded', 'w', 1, lease => '10s');
+select count(*) from conveyor.claim_runs('plain', 'w', 1, lease => '10s');
+update conveyor.queues set delivered = 0 where name = 'bounded';
+select regress.at('2030-01-01 00:01:00+00');
+-- (the WARNING each setting-aside logs names the run: kept out of this output)
+set local client_min_messages = error;
+select conveyor.tick_step('expire') as expired;
+select regress.counts(:'good') as good_run, regress.counts(:'bad') as bad_run;
+select step, sqlstate, failures, retry_at - first_at as retry_in from conveyor.quarantine where run_id = :'bad';
+select regress.events(:'bad') as bad_events;
+select step, runs, failures, quarantined from conveyor._tick_stats where step = 'expire';
+-- while set aside it costs the step nothing; once repaired and due again it is recovered
+select conveyor.tick_step('expire') as expired_again;
+update conveyor.queues set delivered = 1 where name = 'bounded';
+select regress.at('2030-01-01 00:02:01+00');
+select conveyor.tick_step('expire') as expired_after_retry_at;
+select regress.counts(:'bad') as bad_run;
+rollback;
+
+-- queues can be removed, once nothing uses them (issue 13, finding 5)
+begin;
+select conveyor.define_task('t', queue => 'old');
+select conveyor.enqueue('t') as run_id \gset
+select regress.try($$select conveyor.drop_queue('old')$$);
+select conveyor.define_task('t', queue => 'new');
+select regress.try($$select conveyor.drop_queue('old')$$);
+select conveyor.cancel_run(:'run_id');
+select regress.try($$select conveyor.drop_queue('old')$$);
+select count(*) as old_queue_rows from conveyor.queues where name = 'old';
+select regress.try($$select conveyor.drop_queue('old')$$);
+select conveyor.set_queue('default');
+select regress.try($$select conveyor.drop_queue('default')$$);
+-- tick's counters, as metrics() shows them
+select conveyor.tick_step('deliver') >= 0 as delivered;
+select line from regexp_split_to_table(conveyor.metrics(), E'\n') line
+where line like 'conveyor_tick_step_runs_total%' or line like '# TYPE conveyor_tick%' order by line;
+rollback;
