@@ -27,6 +27,10 @@ lint:
 upgrade-script:
 	scripts/upgrade-script.sh
 
+# ALTER EXTENSION pg_conveyor UPDATE from 0.1.0, on a private copy of PostgreSQL (make test runs it)
+upgrade-check:
+	scripts/upgrade-check.sh
+
 # make scenario NAME=lifecycle (NAME="a b": several; none: all): reinstall into the dev cluster, run pgrx-tests/sql/NAME.sql
 scenario:
 	scripts/dev.sh $(NAME)

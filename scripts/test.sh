@@ -26,6 +26,9 @@ cargo pgrx package --test --debug --pg-config /usr/bin/pg_config --out-dir /tmp/
 scripts/unlink-installed.sh
 cargo pgrx test pg15 --runas postgres --pgdata /tmp/pgc-test
 
+step "upgrade from 0.1.0: ALTER EXTENSION UPDATE on a private PostgreSQL (scripts/upgrade-check.sh)"
+scripts/upgrade-check.sh
+
 step "install the extension into the system PostgreSQL"
 scripts/cluster.sh stop "$IT_DIR"
 scripts/install-ext.sh

@@ -30,7 +30,7 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("select conveyor.enqueue_many('t', array['{}']::jsonb[], idempotency_keys => array['a', 'b'])", "22023", "2 idempotency keys for 1 payloads"),
     ("select conveyor.define_task('x''; drop table conveyor.runs; --')", "CV010", "invalid task name"),
     ("select conveyor.define_task('')", "CV010", "invalid task name \"\""),
-    ("select conveyor.define_task('t2', delay => '5 minits')", "22023", "invalid duration \"5 minits\""),
+    ("select conveyor.define_task('t2', delay => '5 minits')", "CV010", "option \"delay\": invalid duration \"5 minits\""),
     ("select conveyor.define_task('t2', options => '{\"delay\": \"5 minits\"}')", "CV010", "option \"delay\": invalid duration"),
     ("select conveyor.define_task('t2', schedule => '61 * * * *')", "CV010", "invalid schedule \"61 * * * *\""),
     ("select conveyor.define_task('t2', schedule => '* * *')", "CV010", "expected 5 fields, found 3"),
