@@ -116,6 +116,14 @@ comment on table conveyor.quarantine is 'runs a tick step set aside after they f
 
 alter type conveyor.event_type add value 'run.quarantined';
 
+-- One rule for every duration (issue 13, finding 6): the cast from interval to
+-- conveyor.duration was binary, so an interval argument (enqueue(delay => interval '...'))
+-- bypassed the 0-to-100-years check that text input gets; it checks now.
+drop cast (interval as conveyor.duration);
+create function conveyor.duration_from_interval(interval) returns conveyor.duration
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', 'duration_from_interval_wrapper';
+create cast (interval as conveyor.duration) with function conveyor.duration_from_interval(interval) as implicit;
+
 -- ============================================================================================
 -- sql/functions/rust.sql
 
@@ -178,6 +186,13 @@ create or replace function conveyor._check_options(kind text, name text, options
 -- _check_name: NULL when a task/queue name is acceptable, else what is wrong with it.
 create or replace function conveyor._check_name(kind text, name text) returns text
     immutable strict parallel safe language c as 'MODULE_PATHNAME', '_check_name_wrapper';
+
+-- _clean / _clean_json: worker text (or every string of a JSON value) without control
+-- characters but tab and newline, and without Unicode bidirectional controls (src/text.rs).
+create or replace function conveyor._clean(text) returns text
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', '_clean_wrapper';
+create or replace function conveyor._clean_json(jsonb) returns jsonb
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', '_clean_json_wrapper';
 
 -- _option_registry: every task, service, queue and defaults option (src/config.rs), as JSON.
 create or replace function conveyor._option_registry() returns jsonb
@@ -348,6 +363,22 @@ begin
 end
 $$;
 
+-- _check_time: the rule every timestamp a caller gives follows (run_at, deliver_at): finite, and
+-- within 100 years of now either way (a due time of -infinity or 1969 broke the lag figures of
+-- every dashboard; infinity was accepted and never delivered). 22023 quoting it otherwise.
+create or replace function conveyor._check_time(p_name text, p_value timestamptz, p_now timestamptz)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    if p_value is not null
+       and (not isfinite(p_value) or p_value > p_now + interval '100 years' or p_value < p_now - interval '100 years') then
+        perform conveyor._raise_invalid(format('invalid %s %s: expected a time within 100 years of now', p_name, p_value));
+    end if;
+end
+$$;
+
 -- ============================================================================================
 -- sql/functions/state_machine.sql
 
@@ -460,8 +491,8 @@ as $$
     end
 $$;
 
--- _sanitize: worker text made safe to store and show: control characters stripped (tab and
--- newline kept), at most 4000 characters.
+-- _sanitize: worker text made safe to store and show (conveyor._clean: control characters but
+-- tab and newline, and bidi controls, removed), at most 4000 characters.
 -- (No SET clause on these two: they are inlined into the calling statement, which runs under
 -- the caller's fixed search_path; a SET clause would make PostgreSQL parse and plan them anew on
 -- every call.)
@@ -471,10 +502,10 @@ language sql
 immutable
 parallel safe
 as $$
-    select left(regexp_replace(message, E'[\\x01-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]', '', 'g'), 4000)
+    select left(conveyor._clean(message), 4000)
 $$;
 
--- _failure: a failure record {code, message, meta}.
+-- _failure: a failure record {code, message, meta}, the worker's text cleaned (meta's strings too).
 create or replace function conveyor._failure(code text, message text, meta jsonb default null)
 returns jsonb
 language sql
@@ -482,7 +513,7 @@ stable
 parallel safe
 as $$
     select jsonb_build_object('code', code, 'message', coalesce(conveyor._sanitize(message), ''),
-                              'meta', coalesce(meta, '{}'::jsonb))
+                              'meta', coalesce(conveyor._clean_json(meta), '{}'::jsonb))
 $$;
 
 -- _free_capacity: how many of `want` runs may be delivered now into a queue for a task, with
@@ -939,8 +970,12 @@ set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
 as $$
 declare
-    v_result jsonb := conveyor._check_options(kind, name, options);
+    v_result jsonb;
 begin
+    if name is null then
+        perform conveyor._raise_config(array[format('a %s needs a name, got null', kind)]);
+    end if;
+    v_result := conveyor._check_options(kind, name, options);
     if v_result ? 'problems' then
         perform conveyor._raise_config(array(select jsonb_array_elements_text(v_result -> 'problems')));
     end if;
@@ -1454,6 +1489,10 @@ begin
     if p_run_at is not null and p_delay is not null then
         perform conveyor._raise_invalid('give run_at or delay, not both');
     end if;
+    perform conveyor._check_time('run_at', p_run_at, v_now);
+    if p_keys is not null and exists (select from unnest(p_keys) k where octet_length(k) > 512) then
+        perform conveyor._raise_invalid('idempotency key too long: at most 512 bytes');
+    end if;
     if p_priority is not null and p_priority not between 0 and 9 then
         perform conveyor._raise_invalid(format('invalid priority %s: expected 0 (first) to 9 (last)', p_priority));
     end if;
@@ -1626,8 +1665,10 @@ declare
     v_disabled conveyor._ending[];
     v_want integer := claim_runs.max;
     v_round integer := 0;
+    -- shown on dashboards and terminals: no control or bidi characters (conveyor._clean)
+    v_worker text := conveyor._clean(claim_runs.worker);
 begin
-    if claim_runs.worker is null or btrim(claim_runs.worker) = '' or length(claim_runs.worker) > 200 then
+    if v_worker is null or btrim(v_worker) = '' or length(v_worker) > 200 then
         perform conveyor._raise_invalid('worker must name the claiming worker (1 to 200 characters), e.g. host:pid');
     end if;
     if claim_runs.max is null or claim_runs.max not between 1 and 10000 then
@@ -1681,7 +1722,7 @@ begin
                 lease_expires_at = v_now + least(coalesce(v_lease, c.lease), c.max_lease),
                 timeout_at = v_now + c.timeout,
                 started_at = v_now,
-                worker = claim_runs.worker,
+                worker = v_worker,
                 log_size = 0
             from conveyor.task_config c
             where c.name = r.task
@@ -1851,7 +1892,7 @@ begin
             false, null, null, null));
     end if;
     return conveyor._end_one(row(run_id, lease_token, null, 'released', null, null, null, v_delay,
-        jsonb_strip_nulls(jsonb_build_object('reason', conveyor._sanitize(reason), 'meta', meta))));
+        jsonb_strip_nulls(jsonb_build_object('reason', conveyor._sanitize(reason), 'meta', conveyor._clean_json(meta)))));
 end
 $$;
 
@@ -1937,7 +1978,7 @@ begin
                         null, null, null)::conveyor._ending
                 when c.outcome = 'released' then
                     row(c.id, c.token, null, 'released', null, null, null, c.wait,
-                        jsonb_strip_nulls(jsonb_build_object('reason', conveyor._sanitize(c.reason), 'meta', c.meta)))::conveyor._ending
+                        jsonb_strip_nulls(jsonb_build_object('reason', conveyor._sanitize(c.reason), 'meta', conveyor._clean_json(c.meta))))::conveyor._ending
                 else
                     row(c.id, c.token, null, 'interrupted', null, null, null, null, null)::conveyor._ending
             end
@@ -2007,7 +2048,10 @@ as $$
 declare
     v_run record;
     v_now timestamptz := conveyor._now();
-    v_len integer := octet_length(append_log.text);
+    -- what a dashboard or terminal shows: no control characters but tab and newline, no bidi
+    -- controls (conveyor._clean)
+    v_text text := conveyor._clean(append_log.text);
+    v_len integer := octet_length(v_text);
     v_room integer;
     v_part text;
 begin
@@ -2019,16 +2063,16 @@ begin
     if not found then
         perform conveyor._raise_stale(append_log.run_id, append_log.lease_token);
     end if;
-    if append_log.text is null or v_len = 0 then
+    if v_text is null or v_len = 0 then
         return 'appended';
     end if;
 
     v_room := greatest(v_run.log_max_size - v_run.log_size, 0);
     if v_len <= v_room then
-        v_part := append_log.text;
+        v_part := v_text;
     else
         -- the longest prefix that fits in v_room bytes, whole characters only
-        v_part := left(append_log.text, v_room);
+        v_part := left(v_text, v_room);
         while octet_length(v_part) > v_room loop
             v_part := left(v_part, -greatest(1, (octet_length(v_part) - v_room) / 4));
         end loop;
@@ -2784,6 +2828,7 @@ begin
         perform conveyor._raise_invalid(format('topic %s is reserved: channels named conveyor.* are pg_conveyor''s own '
                                                '(queue wakeups, the delivery outbox)', quote_literal(publish.topic)));
     end if;
+    perform conveyor._check_time('deliver_at', publish.deliver_at, v_now);
     if publish.payload is null then
         perform conveyor._raise_invalid('payload must be JSON, got null');
     end if;
@@ -3124,8 +3169,11 @@ select q.name as queue, now.t as as_of, q.paused, q.concurrency,
        coalesce(c.retrying, 0) as retrying, coalesce(c.released, 0) as released,
        coalesce(c.succeeded, 0) as succeeded, coalesce(c.failed, 0) as failed,
        coalesce(c.cancelled, 0) as cancelled, coalesce(c.skipped, 0) as skipped,
-       coalesce(extract(epoch from now.t - c.oldest_queued), 0)::numeric(12, 3) as lag_seconds,
-       coalesce(extract(epoch from now.t - c.oldest_undelivered), 0)::numeric(12, 3) as delivery_lag_seconds,
+       -- clamped to what numeric(12, 3) holds (31 years): no row can make the view fail for everyone
+       least(greatest(coalesce(extract(epoch from now.t - c.oldest_queued), 0), -999999999), 999999999)::numeric(12, 3)
+           as lag_seconds,
+       least(greatest(coalesce(extract(epoch from now.t - c.oldest_undelivered), 0), -999999999), 999999999)::numeric(12, 3)
+           as delivery_lag_seconds,
        coalesce(r.succeeded_5m, 0) as succeeded_5m,
        (coalesce(r.succeeded_5m, 0) / 300.0)::numeric(12, 3) as throughput_per_s_5m,
        coalesce(r.failures_5m, 0) as failures_5m,
@@ -3368,7 +3416,7 @@ grant execute on function
     conveyor.ulid_hash(conveyor.ulid), conveyor.ulid_hash_extended(conveyor.ulid, bigint),
     conveyor.ulid_sortsupport(internal), conveyor.ulid_generate(), conveyor.ulid_timestamp(conveyor.ulid),
     conveyor.duration_in(cstring), conveyor.duration_out(conveyor.duration),
-    conveyor.duration_recv(internal), conveyor.duration_send(conveyor.duration),
+    conveyor.duration_recv(internal), conveyor.duration_send(conveyor.duration), conveyor.duration_from_interval(interval),
     conveyor._duration_text(interval), conveyor._is_failure(conveyor.attempt_outcome), conveyor._now(),
     conveyor._finished(conveyor.run_status), conveyor._live(conveyor.run_status), conveyor._waiting(conveyor.run_status),
     conveyor._delivered(conveyor.run_status), conveyor._outcome_status(conveyor.attempt_outcome),

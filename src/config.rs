@@ -386,6 +386,10 @@ impl<'a> Checker<'a> {
         };
         match self.get("schedule") {
             Some(Value::String(expr)) => match cron::parse(expr, tz) {
+                // a schedule no date matches (0 0 30 2 *) would store a task with no next firing
+                Ok(schedule) if schedule.next_after(chrono::Utc::now()).is_none() => {
+                    self.problem("schedule", format!("\"{expr}\" never fires: no date matches it"));
+                }
                 Ok(_) => {
                     self.out.insert("schedule".into(), json!(expr));
                     if let Some(tz) = tz {
@@ -657,6 +661,13 @@ mod unit {
         assert_eq!(names.len(), unique.len(), "an option is defined twice");
         let p = problems(Kind::Queue, json!({"bogus": 1}));
         assert!(p[0].ends_with("a queue accepts concurrency, paused, notify, delivery_outbox"), "{p:?}");
+    }
+
+    #[test]
+    fn a_schedule_that_never_fires_is_refused() {
+        let p = problems(Kind::Task, json!({"schedule": "0 0 30 2 *"}));
+        assert!(p[0].contains("never fires"), "{p:?}");
+        assert!(check(Kind::Task, "emails.send", &json!({"schedule": "0 0 29 2 *"})).is_ok(), "leap days do come");
     }
 
     #[test]

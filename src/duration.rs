@@ -34,10 +34,19 @@ pub fn parse(input: &str) -> Result<i64, Error> {
             None => return Err(bad("expected e.g. 30s, 5m, 1h30m, 2d or 00:05:00")),
         },
     };
-    if micros > MAX_MICROS {
-        return Err(bad("longer than 100 years"));
+    check_range(micros).map_err(bad)
+}
+
+/// Every duration, whichever way it arrives (text, interval, options JSON), is at least 0 and at
+/// most 100 years: one rule, so no path lets a negative or absurd one through.
+pub fn check_range(micros: i64) -> Result<i64, &'static str> {
+    if micros < 0 {
+        Err("must not be negative")
+    } else if micros > MAX_MICROS {
+        Err("longer than 100 years")
+    } else {
+        Ok(micros)
     }
-    Ok(micros)
 }
 
 /// The interval text forms PostgreSQL prints, whatever the session's IntervalStyle:
@@ -101,8 +110,16 @@ fn parse_iso8601(rest: &str) -> Option<i64> {
     (seen && number.is_empty()).then_some(total)
 }
 
-/// `HH:MM:SS[.ffffff]` or `HH:MM`.
+/// `[-]HH:MM:SS[.ffffff]` or `[-]HH:MM`; a sign applies to the whole clock, as in PostgreSQL's
+/// own output `1 day -00:30:00` (23:30:00).
 fn parse_clock(word: &str) -> Option<i64> {
+    let (sign, word) = match word.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, word.strip_prefix('+').unwrap_or(word)),
+    };
+    if word.starts_with(['-', '+']) {
+        return None;
+    }
     let parts: Vec<&str> = word.split(':').collect();
     let (h, m, s) = match parts.as_slice() {
         [h, m] => (*h, *m, "0"),
@@ -120,7 +137,11 @@ fn parse_clock(word: &str) -> Option<i64> {
         return None;
     }
     let frac_us: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<6}").parse().ok()? };
-    Some(h.checked_mul(US_PER_HOUR)? + m * US_PER_MINUTE + whole * US_PER_SECOND + frac_us)
+    if h < 0 {
+        return None;
+    }
+    let clock = h.checked_mul(US_PER_HOUR)?.checked_add(m * US_PER_MINUTE + whole * US_PER_SECOND + frac_us)?;
+    Some(sign * clock)
 }
 
 /// Format microseconds the way [`parse`] reads them back: `1d 2h 3m 4s 500ms`.
@@ -188,6 +209,17 @@ fn duration_out(value: Interval) -> CString {
     CString::new(text.trim_end()).expect("a formatted duration has no NUL byte")
 }
 
+/// SQL: the cast from interval to conveyor.duration, with the rule every duration follows (an
+/// interval argument used to bypass it: the cast was binary).
+#[pg_extern(immutable, strict, parallel_safe, sql = false)]
+fn duration_from_interval(value: Interval) -> Interval {
+    let micros = interval_micros(&value);
+    match check_range(micros) {
+        Ok(_) => value,
+        Err(reason) => Error::InvalidDuration { input: format(micros), reason: reason.to_string() }.raise(),
+    }
+}
+
 /// Parse text a worker sent (a release delay): NULL instead of an error when it is not a
 /// duration, so the caller can fail the attempt with `configuration_invalid`.
 #[pg_extern(immutable, strict, parallel_safe, sql = false)]
@@ -206,6 +238,24 @@ mod unit {
     use super::*;
 
     const S: i64 = US_PER_SECOND;
+
+    #[test]
+    fn negative_durations_are_refused_whatever_their_spelling() {
+        for text in ["-1s", "@ -1 hour", "1 sec -2 sec", "0 days -2000000000:00:00", "-00:00:01", "P-1D"] {
+            assert!(parse(text).is_err(), "{text} was accepted");
+        }
+        assert_eq!(parse("@ -1 hour").unwrap_err().to_string(), "invalid duration \"@ -1 hour\": must not be negative");
+    }
+
+    #[test]
+    fn a_signed_clock_is_signed_as_a_whole() {
+        // PostgreSQL prints 23:30:00 as "1 day -00:30:00" when days and time have other signs
+        assert_eq!(parse("1 day -00:30:00"), Ok(23 * 3600 * S + 30 * 60 * S));
+        assert_eq!(parse("1 day +00:30:00"), Ok(24 * 3600 * S + 30 * 60 * S));
+        assert!(parse("1 day --00:30:00").is_err());
+        assert_eq!(check_range(-1), Err("must not be negative"));
+        assert_eq!(check_range(MAX_MICROS + 1), Err("longer than 100 years"));
+    }
 
     #[test]
     fn humantime_strings_parse() {

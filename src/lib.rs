@@ -14,6 +14,7 @@ mod cron;
 mod duration;
 mod error;
 mod guc;
+mod text;
 mod ulid;
 mod version;
 mod worker;

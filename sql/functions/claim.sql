@@ -31,8 +31,10 @@ declare
     v_disabled conveyor._ending[];
     v_want integer := claim_runs.max;
     v_round integer := 0;
+    -- shown on dashboards and terminals: no control or bidi characters (conveyor._clean)
+    v_worker text := conveyor._clean(claim_runs.worker);
 begin
-    if claim_runs.worker is null or btrim(claim_runs.worker) = '' or length(claim_runs.worker) > 200 then
+    if v_worker is null or btrim(v_worker) = '' or length(v_worker) > 200 then
         perform conveyor._raise_invalid('worker must name the claiming worker (1 to 200 characters), e.g. host:pid');
     end if;
     if claim_runs.max is null or claim_runs.max not between 1 and 10000 then
@@ -86,7 +88,7 @@ begin
                 lease_expires_at = v_now + least(coalesce(v_lease, c.lease), c.max_lease),
                 timeout_at = v_now + c.timeout,
                 started_at = v_now,
-                worker = claim_runs.worker,
+                worker = v_worker,
                 log_size = 0
             from conveyor.task_config c
             where c.name = r.task

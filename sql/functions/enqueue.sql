@@ -40,6 +40,10 @@ begin
     if p_run_at is not null and p_delay is not null then
         perform conveyor._raise_invalid('give run_at or delay, not both');
     end if;
+    perform conveyor._check_time('run_at', p_run_at, v_now);
+    if p_keys is not null and exists (select from unnest(p_keys) k where octet_length(k) > 512) then
+        perform conveyor._raise_invalid('idempotency key too long: at most 512 bytes');
+    end if;
     if p_priority is not null and p_priority not between 0 and 9 then
         perform conveyor._raise_invalid(format('invalid priority %s: expected 0 (first) to 9 (last)', p_priority));
     end if;

@@ -155,3 +155,19 @@ begin
     raise exception using errcode = '22023', message = p_message;
 end
 $$;
+
+-- _check_time: the rule every timestamp a caller gives follows (run_at, deliver_at): finite, and
+-- within 100 years of now either way (a due time of -infinity or 1969 broke the lag figures of
+-- every dashboard; infinity was accepted and never delivered). 22023 quoting it otherwise.
+create or replace function conveyor._check_time(p_name text, p_value timestamptz, p_now timestamptz)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    if p_value is not null
+       and (not isfinite(p_value) or p_value > p_now + interval '100 years' or p_value < p_now - interval '100 years') then
+        perform conveyor._raise_invalid(format('invalid %s %s: expected a time within 100 years of now', p_name, p_value));
+    end if;
+end
+$$;

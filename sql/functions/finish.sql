@@ -85,7 +85,7 @@ begin
             false, null, null, null));
     end if;
     return conveyor._end_one(row(run_id, lease_token, null, 'released', null, null, null, v_delay,
-        jsonb_strip_nulls(jsonb_build_object('reason', conveyor._sanitize(reason), 'meta', meta))));
+        jsonb_strip_nulls(jsonb_build_object('reason', conveyor._sanitize(reason), 'meta', conveyor._clean_json(meta)))));
 end
 $$;
 
@@ -171,7 +171,7 @@ begin
                         null, null, null)::conveyor._ending
                 when c.outcome = 'released' then
                     row(c.id, c.token, null, 'released', null, null, null, c.wait,
-                        jsonb_strip_nulls(jsonb_build_object('reason', conveyor._sanitize(c.reason), 'meta', c.meta)))::conveyor._ending
+                        jsonb_strip_nulls(jsonb_build_object('reason', conveyor._sanitize(c.reason), 'meta', conveyor._clean_json(c.meta))))::conveyor._ending
                 else
                     row(c.id, c.token, null, 'interrupted', null, null, null, null, null)::conveyor._ending
             end

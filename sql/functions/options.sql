@@ -74,8 +74,12 @@ set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
 as $$
 declare
-    v_result jsonb := conveyor._check_options(kind, name, options);
+    v_result jsonb;
 begin
+    if name is null then
+        perform conveyor._raise_config(array[format('a %s needs a name, got null', kind)]);
+    end if;
+    v_result := conveyor._check_options(kind, name, options);
     if v_result ? 'problems' then
         perform conveyor._raise_config(array(select jsonb_array_elements_text(v_result -> 'problems')));
     end if;

@@ -24,6 +24,7 @@ begin
         perform conveyor._raise_invalid(format('topic %s is reserved: channels named conveyor.* are pg_conveyor''s own '
                                                '(queue wakeups, the delivery outbox)', quote_literal(publish.topic)));
     end if;
+    perform conveyor._check_time('deliver_at', publish.deliver_at, v_now);
     if publish.payload is null then
         perform conveyor._raise_invalid('payload must be JSON, got null');
     end if;

@@ -39,7 +39,7 @@ grant execute on function
     conveyor.ulid_hash(conveyor.ulid), conveyor.ulid_hash_extended(conveyor.ulid, bigint),
     conveyor.ulid_sortsupport(internal), conveyor.ulid_generate(), conveyor.ulid_timestamp(conveyor.ulid),
     conveyor.duration_in(cstring), conveyor.duration_out(conveyor.duration),
-    conveyor.duration_recv(internal), conveyor.duration_send(conveyor.duration),
+    conveyor.duration_recv(internal), conveyor.duration_send(conveyor.duration), conveyor.duration_from_interval(interval),
     conveyor._duration_text(interval), conveyor._is_failure(conveyor.attempt_outcome), conveyor._now(),
     conveyor._finished(conveyor.run_status), conveyor._live(conveyor.run_status), conveyor._waiting(conveyor.run_status),
     conveyor._delivered(conveyor.run_status), conveyor._outcome_status(conveyor.attempt_outcome),

@@ -47,7 +47,10 @@ as $$
 declare
     v_run record;
     v_now timestamptz := conveyor._now();
-    v_len integer := octet_length(append_log.text);
+    -- what a dashboard or terminal shows: no control characters but tab and newline, no bidi
+    -- controls (conveyor._clean)
+    v_text text := conveyor._clean(append_log.text);
+    v_len integer := octet_length(v_text);
     v_room integer;
     v_part text;
 begin
@@ -59,16 +62,16 @@ begin
     if not found then
         perform conveyor._raise_stale(append_log.run_id, append_log.lease_token);
     end if;
-    if append_log.text is null or v_len = 0 then
+    if v_text is null or v_len = 0 then
         return 'appended';
     end if;
 
     v_room := greatest(v_run.log_max_size - v_run.log_size, 0);
     if v_len <= v_room then
-        v_part := append_log.text;
+        v_part := v_text;
     else
         -- the longest prefix that fits in v_room bytes, whole characters only
-        v_part := left(append_log.text, v_room);
+        v_part := left(v_text, v_room);
         while octet_length(v_part) > v_room loop
             v_part := left(v_part, -greatest(1, (octet_length(v_part) - v_room) / 4));
         end loop;

@@ -58,6 +58,13 @@ create or replace function conveyor._check_options(kind text, name text, options
 create or replace function conveyor._check_name(kind text, name text) returns text
     immutable strict parallel safe language c as 'MODULE_PATHNAME', '_check_name_wrapper';
 
+-- _clean / _clean_json: worker text (or every string of a JSON value) without control
+-- characters but tab and newline, and without Unicode bidirectional controls (src/text.rs).
+create or replace function conveyor._clean(text) returns text
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', '_clean_wrapper';
+create or replace function conveyor._clean_json(jsonb) returns jsonb
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', '_clean_json_wrapper';
+
 -- _option_registry: every task, service, queue and defaults option (src/config.rs), as JSON.
 create or replace function conveyor._option_registry() returns jsonb
     immutable parallel safe language c as 'MODULE_PATHNAME', '_option_registry_wrapper';

@@ -107,8 +107,8 @@ as $$
     end
 $$;
 
--- _sanitize: worker text made safe to store and show: control characters stripped (tab and
--- newline kept), at most 4000 characters.
+-- _sanitize: worker text made safe to store and show (conveyor._clean: control characters but
+-- tab and newline, and bidi controls, removed), at most 4000 characters.
 -- (No SET clause on these two: they are inlined into the calling statement, which runs under
 -- the caller's fixed search_path; a SET clause would make PostgreSQL parse and plan them anew on
 -- every call.)
@@ -118,10 +118,10 @@ language sql
 immutable
 parallel safe
 as $$
-    select left(regexp_replace(message, E'[\\x01-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]', '', 'g'), 4000)
+    select left(conveyor._clean(message), 4000)
 $$;
 
--- _failure: a failure record {code, message, meta}.
+-- _failure: a failure record {code, message, meta}, the worker's text cleaned (meta's strings too).
 create or replace function conveyor._failure(code text, message text, meta jsonb default null)
 returns jsonb
 language sql
@@ -129,7 +129,7 @@ stable
 parallel safe
 as $$
     select jsonb_build_object('code', code, 'message', coalesce(conveyor._sanitize(message), ''),
-                              'meta', coalesce(meta, '{}'::jsonb))
+                              'meta', coalesce(conveyor._clean_json(meta), '{}'::jsonb))
 $$;
 
 -- _free_capacity: how many of `want` runs may be delivered now into a queue for a task, with

@@ -39,8 +39,11 @@ select q.name as queue, now.t as as_of, q.paused, q.concurrency,
        coalesce(c.retrying, 0) as retrying, coalesce(c.released, 0) as released,
        coalesce(c.succeeded, 0) as succeeded, coalesce(c.failed, 0) as failed,
        coalesce(c.cancelled, 0) as cancelled, coalesce(c.skipped, 0) as skipped,
-       coalesce(extract(epoch from now.t - c.oldest_queued), 0)::numeric(12, 3) as lag_seconds,
-       coalesce(extract(epoch from now.t - c.oldest_undelivered), 0)::numeric(12, 3) as delivery_lag_seconds,
+       -- clamped to what numeric(12, 3) holds (31 years): no row can make the view fail for everyone
+       least(greatest(coalesce(extract(epoch from now.t - c.oldest_queued), 0), -999999999), 999999999)::numeric(12, 3)
+           as lag_seconds,
+       least(greatest(coalesce(extract(epoch from now.t - c.oldest_undelivered), 0), -999999999), 999999999)::numeric(12, 3)
+           as delivery_lag_seconds,
        coalesce(r.succeeded_5m, 0) as succeeded_5m,
        (coalesce(r.succeeded_5m, 0) / 300.0)::numeric(12, 3) as throughput_per_s_5m,
        coalesce(r.failures_5m, 0) as failures_5m,

@@ -107,3 +107,11 @@ create table conveyor.quarantine (
 comment on table conveyor.quarantine is 'runs a tick step set aside after they failed alone, with the error, until retry_at';
 
 alter type conveyor.event_type add value 'run.quarantined';
+
+-- One rule for every duration (issue 13, finding 6): the cast from interval to
+-- conveyor.duration was binary, so an interval argument (enqueue(delay => interval '...'))
+-- bypassed the 0-to-100-years check that text input gets; it checks now.
+drop cast (interval as conveyor.duration);
+create function conveyor.duration_from_interval(interval) returns conveyor.duration
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', 'duration_from_interval_wrapper';
+create cast (interval as conveyor.duration) with function conveyor.duration_from_interval(interval) as implicit;

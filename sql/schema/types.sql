@@ -149,7 +149,11 @@ comment on type conveyor.duration is
 
 create cast (conveyor.duration as interval) without function as implicit;
 
-create cast (interval as conveyor.duration) without function as implicit;
+-- interval to duration checks what every duration must be (0 to 100 years); binary, it let an
+-- interval argument bypass that rule
+create function conveyor.duration_from_interval(interval) returns conveyor.duration
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', 'duration_from_interval_wrapper';
+create cast (interval as conveyor.duration) with function conveyor.duration_from_interval(interval) as implicit;
 
 -- clients that send durations as text parameters (most drivers) need no cast
 create cast (text as conveyor.duration) with inout as implicit;
