@@ -6,6 +6,12 @@
 --   * _end_attempts, the one place that decides what an attempt's outcome does to its run.
 -- Every other file asks these helpers instead of writing a status list of its own.
 --
+-- The small SQL helpers are inlined into the statements that use them, views included, and an
+-- inlined body is resolved under the *caller's* search_path: so every operator and function in
+-- them is schema-qualified (operator(pg_catalog.=), pg_catalog.left, ...), and a reader's own
+-- operator or function earlier in a superuser's search_path is never picked up (issue 13,
+-- finding 8; pgrx-tests/sql/search_path_safety.sql).
+--
 -- Conventions of every function in sql/functions/: `create or replace` (every upgrade script
 -- re-applies these files whole); PL/pgSQL (it keeps its plans; a SQL function that cannot be
 -- inlined is parsed and planned again on every call), `set search_path = pg_catalog, conveyor,
@@ -40,7 +46,8 @@ begin
     into v_finished, v_waiting, v_delivered
     from conveyor.run_statuses s;
     select string_agg(quote_literal(o.outcome::text), ', ' order by o.outcome) filter (where o.failure),
-           string_agg(format('when %L then %L', o.outcome, o.leads_to), ' ' order by o.outcome)
+           string_agg(format('when outcome operator(pg_catalog.=) %L::conveyor.attempt_outcome then %L::conveyor.run_status',
+                             o.outcome, o.leads_to), ' ' order by o.outcome)
                filter (where o.leads_to is not null)
     into v_failures, v_leads_to
     from conveyor.attempt_outcomes o;
@@ -48,28 +55,29 @@ begin
     execute format($f$
         create or replace function conveyor._finished(status conveyor.run_status) returns boolean
         language sql immutable parallel safe
-        as $body$ select status in (%s) $body$ $f$, v_finished);
+        as $body$ select status operator(pg_catalog.=) any (array[%s]::conveyor.run_status[]) $body$ $f$, v_finished);
     execute format($f$
         create or replace function conveyor._live(status conveyor.run_status) returns boolean
         language sql immutable parallel safe
-        as $body$ select status not in (%s) $body$ $f$, v_finished);
+        as $body$ select status operator(pg_catalog.<>) all (array[%s]::conveyor.run_status[]) $body$ $f$, v_finished);
     execute format($f$
         create or replace function conveyor._waiting(status conveyor.run_status) returns boolean
         language sql immutable parallel safe
-        as $body$ select status in (%s) $body$ $f$, v_waiting);
+        as $body$ select status operator(pg_catalog.=) any (array[%s]::conveyor.run_status[]) $body$ $f$, v_waiting);
     execute format($f$
         create or replace function conveyor._delivered(status conveyor.run_status) returns integer
         language sql immutable parallel safe
-        as $body$ select coalesce((status in (%s))::int, 0) $body$ $f$, v_delivered);
+        as $body$ select coalesce((status operator(pg_catalog.=) any (array[%s]::conveyor.run_status[]))::int, 0) $body$ $f$,
+        v_delivered);
     execute format($f$
         create or replace function conveyor._is_failure(outcome conveyor.attempt_outcome) returns boolean
         language sql immutable parallel safe
-        as $body$ select outcome in (%s) $body$ $f$, v_failures);
+        as $body$ select outcome operator(pg_catalog.=) any (array[%s]::conveyor.attempt_outcome[]) $body$ $f$, v_failures);
     execute format($f$
         create or replace function conveyor._outcome_status(outcome conveyor.attempt_outcome)
         returns conveyor.run_status
         language sql immutable parallel safe
-        as $body$ select (case outcome %s end)::conveyor.run_status $body$ $f$, v_leads_to);
+        as $body$ select case %s end $body$ $f$, v_leads_to);
 end
 $generate$;
 comment on function conveyor._finished is 'whether a run status is terminal (generated from conveyor.run_statuses)';
@@ -88,7 +96,8 @@ stable
 parallel safe
 as $$
     select exists (select from conveyor.transitions t
-                   where t.from_status = _allowed.from_status and t.to_status = _allowed.to_status)
+                   where t.from_status operator(pg_catalog.=) _allowed.from_status
+                     and t.to_status operator(pg_catalog.=) _allowed.to_status)
 $$;
 
 -- _event_data: the detail an event carries (most carry none). Stable like jsonb_build_object,
@@ -99,11 +108,15 @@ language sql
 stable
 parallel safe
 as $$
-    select case event
-        when 'run.started' then jsonb_build_object('worker', worker)
-        when 'run.retry_scheduled' then jsonb_build_object('code', error_code, 'delay', conveyor._duration_text(delay))
-        when 'run.failed' then jsonb_build_object('code', error_code)
-        when 'run.released' then jsonb_build_object('delay', conveyor._duration_text(delay))
+    select case
+        when event operator(pg_catalog.=) 'run.started'::conveyor.event_type
+            then pg_catalog.jsonb_build_object('worker', worker)
+        when event operator(pg_catalog.=) 'run.retry_scheduled'::conveyor.event_type
+            then pg_catalog.jsonb_build_object('code', error_code, 'delay', conveyor._duration_text(delay))
+        when event operator(pg_catalog.=) 'run.failed'::conveyor.event_type
+            then pg_catalog.jsonb_build_object('code', error_code)
+        when event operator(pg_catalog.=) 'run.released'::conveyor.event_type
+            then pg_catalog.jsonb_build_object('delay', conveyor._duration_text(delay))
     end
 $$;
 
@@ -118,7 +131,7 @@ language sql
 immutable
 parallel safe
 as $$
-    select left(conveyor._clean(message), 4000)
+    select pg_catalog.left(conveyor._clean(message), 4000)
 $$;
 
 -- _failure: a failure record {code, message, meta}, the worker's text cleaned (meta's strings too).
@@ -128,8 +141,8 @@ language sql
 stable
 parallel safe
 as $$
-    select jsonb_build_object('code', code, 'message', coalesce(conveyor._sanitize(message), ''),
-                              'meta', coalesce(conveyor._clean_json(meta), '{}'::jsonb))
+    select pg_catalog.jsonb_build_object('code', code, 'message', coalesce(conveyor._sanitize(message), ''),
+                                         'meta', coalesce(conveyor._clean_json(meta), '{}'::jsonb))
 $$;
 
 -- _free_capacity: how many of `want` runs may be delivered now into a queue for a task, with

@@ -165,7 +165,11 @@ create or replace function conveyor._metric_label(value text)
 returns text
 language sql
 immutable
-as $$ select '"' || replace(replace(replace(value, '\', '\\'), '"', '\"'), E'\n', '\n') || '"' $$;
+as $$
+    select '"' operator(pg_catalog.||)
+           pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(value, '\', '\\'), '"', '\"'), E'\n', '\n')
+           operator(pg_catalog.||) '"'
+$$;
 
 -- metrics: the figures of queue_stats and tick's own counters (conveyor._tick_stats, monotonic)
 -- in Prometheus text exposition format: each family's HELP
