@@ -124,6 +124,10 @@ create function conveyor.duration_from_interval(interval) returns conveyor.durat
     immutable strict parallel safe language c as 'MODULE_PATHNAME', 'duration_from_interval_wrapper';
 create cast (interval as conveyor.duration) with function conveyor.duration_from_interval(interval) as implicit;
 
+-- tick() reports the new step `repair` (capacity counters recounted from the runs, issue 13,
+-- finding 1): a new OUT column changes its result type, so the old one is dropped first.
+drop function conveyor.tick();
+
 -- ============================================================================================
 -- sql/functions/rust.sql
 
@@ -580,7 +584,8 @@ begin
         for no key update
     )
     update conveyor.queues q
-    set delivered = q.delivered + d.n
+    -- never below 0: a counter that drifted (see _repair_counters) must not fail a worker's call
+    set delivered = greatest(q.delivered + d.n, 0)
     from delta d
     where q.name = d.name and q.name in (select l.name from locked l);
 
@@ -597,7 +602,7 @@ begin
         for no key update
     )
     update conveyor.tasks t
-    set active = t.active + d.n
+    set active = greatest(t.active + d.n, 0)
     from delta d
     where t.name = d.name and t.name in (select l.name from locked l);
 
@@ -2813,6 +2818,93 @@ end
 $$;
 
 -- ============================================================================================
+-- sql/functions/tick_repair.sql
+
+-- functions/tick_repair.sql: tick step `repair`: the capacity counters checked against the runs.
+
+-- _repair_counters: recount one bounded queue's delivered runs and one capped task's active
+-- runs per tick, taking them in turn (a cursor in conveyor._tick_stats), and correct a counter
+-- that drifted. The counters are kept by the transition trigger only while a cap is set, so a
+-- transition made by a transaction that began before the cap did (an enqueue still
+-- uncommitted when set_queue(concurrency => 1) counted) is never counted, and the counter is
+-- off for good; recounted under the row's lock (taken SKIP LOCKED: a row a client holds waits
+-- for another tick), the runs every committed transition left are the truth: any transaction
+-- that changed the counter has committed once the lock is free. Each repair is logged and
+-- counted (conveyor_tick_step_changed_total{step="repair"}).
+create or replace function conveyor._repair_counters(p_now timestamptz)
+returns integer
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_cursor text[];
+    v_queue record;
+    v_task record;
+    v_true integer;
+    v_repaired integer := 0;
+begin
+    select string_to_array(s.cursor, E'\x1f') into v_cursor from conveyor._tick_stats s where s.step = 'repair';
+    v_cursor := coalesce(v_cursor, array['', '']);
+
+    select q.name, q.delivered into v_queue
+    from conveyor.queues q
+    where q.concurrency is not null and q.name > v_cursor[1]
+    order by q.name
+    limit 1
+    for no key update skip locked;
+    if not found then
+        -- wrap round
+        select q.name, q.delivered into v_queue
+        from conveyor.queues q
+        where q.concurrency is not null
+        order by q.name
+        limit 1
+        for no key update skip locked;
+    end if;
+    if v_queue.name is not null then
+        v_cursor[1] := v_queue.name;
+        select count(*) into v_true from conveyor.runs r
+        where r.queue = v_queue.name and conveyor._delivered(r.status) = 1;
+        if v_true <> v_queue.delivered then
+            update conveyor.queues q set delivered = v_true where q.name = v_queue.name;
+            raise warning 'pg_conveyor: repaired the delivered counter of queue "%": % -> % (runs queued or running)',
+                v_queue.name, v_queue.delivered, v_true;
+            v_repaired := v_repaired + 1;
+        end if;
+    end if;
+
+    select t.name, t.active into v_task
+    from conveyor.tasks t
+    where t.parallelism is not null and t.name > v_cursor[2]
+    order by t.name
+    limit 1
+    for no key update skip locked;
+    if not found then
+        select t.name, t.active into v_task
+        from conveyor.tasks t
+        where t.parallelism is not null
+        order by t.name
+        limit 1
+        for no key update skip locked;
+    end if;
+    if v_task.name is not null then
+        v_cursor[2] := v_task.name;
+        select count(*) into v_true from conveyor.runs r
+        where r.task = v_task.name and conveyor._delivered(r.status) = 1;
+        if v_true <> v_task.active then
+            update conveyor.tasks t set active = v_true where t.name = v_task.name;
+            raise warning 'pg_conveyor: repaired the active counter of task "%": % -> % (runs queued or running)',
+                v_task.name, v_task.active, v_true;
+            v_repaired := v_repaired + 1;
+        end if;
+    end if;
+    perform conveyor._tick_note('repair', p_cursor => array_to_string(v_cursor, E'\x1f'));
+    return v_repaired;
+end
+$$;
+
+-- ============================================================================================
 -- sql/functions/outbox.sql
 
 -- functions/outbox.sql: durable messages written in the caller's transaction and sent later, at least
@@ -3035,12 +3127,13 @@ as $$
 $$;
 
 -- tick_steps: the steps of a tick, in order (the background worker runs each in its own
--- transaction): expire first to free capacity, then create runs, then deliver them.
+-- transaction): expire first to free capacity, then create runs, then check
+-- the capacity counters, then deliver.
 create or replace function conveyor.tick_steps()
 returns text[]
 language sql
 immutable
-as $$ select array['expire', 'schedule', 'restart', 'deliver', 'flush', 'prune'] $$;
+as $$ select array['expire', 'schedule', 'restart', 'repair', 'deliver', 'flush', 'prune'] $$;
 
 comment on function conveyor.tick_steps is 'the steps of a tick, in the order tick runs them';
 
@@ -3058,6 +3151,7 @@ begin
         when 'expire' then (select e.crashed + e.timed_out + e.stopped from conveyor._expire_leases(v_now, p_limit) e)
         when 'schedule' then conveyor._fire_schedules(v_now, p_limit)
         when 'restart' then conveyor._restart_services(v_now, p_limit)
+        when 'repair' then conveyor._repair_counters(v_now)
         when 'deliver' then conveyor._deliver_due(v_now, p_limit)
         when 'flush' then conveyor._flush_outbox(v_now, p_limit)
         when 'prune' then conveyor._prune(v_now, p_limit)
@@ -3106,6 +3200,7 @@ create or replace function conveyor.tick(
     out stopped integer,
     out fired integer,
     out restarted integer,
+    out repaired integer,
     out delivered integer,
     out flushed integer,
     out pruned integer
@@ -3126,6 +3221,8 @@ begin
     perform conveyor._tick_note('schedule', p_runs => 1, p_changed => fired);
     restarted := conveyor._restart_services(v_now, v_limit);
     perform conveyor._tick_note('restart', p_runs => 1, p_changed => restarted);
+    repaired := conveyor._repair_counters(v_now);
+    perform conveyor._tick_note('repair', p_runs => 1, p_changed => repaired);
     delivered := conveyor._deliver_due(v_now, v_limit);
     perform conveyor._tick_note('deliver', p_runs => 1, p_changed => delivered);
     flushed := conveyor._flush_outbox(v_now, v_limit);
@@ -3136,7 +3233,7 @@ end
 $$;
 
 comment on function conveyor.tick is
-    'one pass of maintenance: expire leases and timeouts, fire schedules, restart services, deliver due runs, flush the outbox, prune; returns counts';
+    'one pass of maintenance: expire leases and timeouts, fire schedules, restart services, repair capacity counters, deliver due runs, flush the outbox, prune; returns counts';
 
 -- ============================================================================================
 -- sql/functions/views.sql

@@ -196,7 +196,8 @@ begin
         for no key update
     )
     update conveyor.queues q
-    set delivered = q.delivered + d.n
+    -- never below 0: a counter that drifted (see _repair_counters) must not fail a worker's call
+    set delivered = greatest(q.delivered + d.n, 0)
     from delta d
     where q.name = d.name and q.name in (select l.name from locked l);
 
@@ -213,7 +214,7 @@ begin
         for no key update
     )
     update conveyor.tasks t
-    set active = t.active + d.n
+    set active = greatest(t.active + d.n, 0)
     from delta d
     where t.name = d.name and t.name in (select l.name from locked l);
 

@@ -74,12 +74,13 @@ as $$
 $$;
 
 -- tick_steps: the steps of a tick, in order (the background worker runs each in its own
--- transaction): expire first to free capacity, then create runs, then deliver them.
+-- transaction): expire first to free capacity, then create runs, then check
+-- the capacity counters, then deliver.
 create or replace function conveyor.tick_steps()
 returns text[]
 language sql
 immutable
-as $$ select array['expire', 'schedule', 'restart', 'deliver', 'flush', 'prune'] $$;
+as $$ select array['expire', 'schedule', 'restart', 'repair', 'deliver', 'flush', 'prune'] $$;
 
 comment on function conveyor.tick_steps is 'the steps of a tick, in the order tick runs them';
 
@@ -97,6 +98,7 @@ begin
         when 'expire' then (select e.crashed + e.timed_out + e.stopped from conveyor._expire_leases(v_now, p_limit) e)
         when 'schedule' then conveyor._fire_schedules(v_now, p_limit)
         when 'restart' then conveyor._restart_services(v_now, p_limit)
+        when 'repair' then conveyor._repair_counters(v_now)
         when 'deliver' then conveyor._deliver_due(v_now, p_limit)
         when 'flush' then conveyor._flush_outbox(v_now, p_limit)
         when 'prune' then conveyor._prune(v_now, p_limit)
@@ -145,6 +147,7 @@ create or replace function conveyor.tick(
     out stopped integer,
     out fired integer,
     out restarted integer,
+    out repaired integer,
     out delivered integer,
     out flushed integer,
     out pruned integer
@@ -165,6 +168,8 @@ begin
     perform conveyor._tick_note('schedule', p_runs => 1, p_changed => fired);
     restarted := conveyor._restart_services(v_now, v_limit);
     perform conveyor._tick_note('restart', p_runs => 1, p_changed => restarted);
+    repaired := conveyor._repair_counters(v_now);
+    perform conveyor._tick_note('repair', p_runs => 1, p_changed => repaired);
     delivered := conveyor._deliver_due(v_now, v_limit);
     perform conveyor._tick_note('deliver', p_runs => 1, p_changed => delivered);
     flushed := conveyor._flush_outbox(v_now, v_limit);
@@ -175,4 +180,4 @@ end
 $$;
 
 comment on function conveyor.tick is
-    'one pass of maintenance: expire leases and timeouts, fire schedules, restart services, deliver due runs, flush the outbox, prune; returns counts';
+    'one pass of maintenance: expire leases and timeouts, fire schedules, restart services, repair capacity counters, deliver due runs, flush the outbox, prune; returns counts';
