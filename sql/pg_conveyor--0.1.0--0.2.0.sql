@@ -213,7 +213,8 @@ create or replace function conveyor._library_version() returns text
 -- lists them (the README's error table is checked against it by a test); each CV code and the
 -- generic invalid-argument code has one raise helper here, and no other function writes an
 -- errcode of its own (pgrx-tests/sql/error_codes.sql checks that). Rust raises 22023 (bad
--- duration or schedule) and 22P02 (bad ULID) from src/error.rs, which maps to these rows.
+-- duration or schedule) and 22P02 (bad ULID) from src/error.rs, which maps to these rows;
+-- PostgreSQL itself raises 42501 for a role calling a function it is not granted.
 
 create or replace view conveyor.error_codes (sqlstate, name, meaning) as
 values
@@ -227,7 +228,8 @@ values
     ('CV008', 'queue_in_use', 'drop_queue of a queue that tasks use or that holds unfinished runs'),
     ('CV010', 'invalid_configuration', 'invalid configuration (every problem listed, nothing applied)'),
     ('22023', 'invalid_parameter_value', 'invalid argument: payload not an object, priority out of 0-9, run_at and delay both, bad duration, bad queue name or topic'),
-    ('22P02', 'invalid_text_representation', 'text that is not a ULID');
+    ('22P02', 'invalid_text_representation', 'text that is not a ULID (or a lease token that is not a UUID)'),
+    ('42501', 'insufficient_privilege', 'a role calls a function it is not granted (raised by PostgreSQL; see SECURITY.md)');
 comment on view conveyor.error_codes is 'every SQLSTATE pg_conveyor raises, with its name and meaning';
 
 -- _raise_stale: the documented error for a finishing call whose lease no longer holds.
@@ -3172,7 +3174,7 @@ as $$
 declare
     v_changed bigint;
 begin
-    if not step = any(conveyor.tick_steps()) then
+    if step is null or not step = any(conveyor.tick_steps()) then
         perform conveyor._raise_invalid(format('unknown tick step "%s": expected one of %s', step, array_to_string(conveyor.tick_steps(), ', ')));
     end if;
     -- a backstop: the steps skip what clients hold (SKIP LOCKED), but a lock they must take

@@ -119,7 +119,7 @@ as $$
 declare
     v_changed bigint;
 begin
-    if not step = any(conveyor.tick_steps()) then
+    if step is null or not step = any(conveyor.tick_steps()) then
         perform conveyor._raise_invalid(format('unknown tick step "%s": expected one of %s', step, array_to_string(conveyor.tick_steps(), ', ')));
     end if;
     -- a backstop: the steps skip what clients hold (SKIP LOCKED), but a lock they must take

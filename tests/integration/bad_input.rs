@@ -82,7 +82,101 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("select conveyor.start_service('nope')", "CV003", "unknown service \"nope\""),
     ("select 'bogus'::conveyor.ulid", "22P02", "invalid ulid \"bogus\""),
     ("select '5 minits'::conveyor.duration", "22023", "invalid duration \"5 minits\""),
+    // issue 13: hostile and careless input
+    ("select conveyor.enqueue('t', delay => '@ -1 hour')", "22023", "must not be negative"),
+    ("select conveyor.enqueue('t', delay => '1 sec -2 sec')", "22023", "must not be negative"),
+    ("select conveyor.enqueue('t', delay => '0 days -2000000000:00:00')", "22023", "must not be negative"),
+    ("select conveyor.enqueue('t', delay => interval '-1 hour')", "22023", "must not be negative"),
+    ("select conveyor.enqueue('t', delay => interval '150 years')", "22023", "longer than 100 years"),
+    ("select conveyor.enqueue('t', run_at => '-infinity')", "22023", "invalid run_at -infinity"),
+    ("select conveyor.enqueue('t', run_at => 'infinity')", "22023", "invalid run_at infinity"),
+    ("select conveyor.enqueue('t', run_at => '1800-01-01')", "22023", "within 100 years of now"),
+    ("select conveyor.enqueue('t', run_at => '2300-01-01')", "22023", "within 100 years of now"),
+    ("select conveyor.enqueue('t', idempotency_key => repeat('k', 4000))", "22023", "idempotency key too long"),
+    ("select conveyor.enqueue('t', queue => 'made_up_by_a_producer')", "CV007", "unknown queue \"made_up_by_a_producer\""),
+    ("select conveyor.enqueue_many('t', array['{}']::jsonb[], run_at => 'infinity')", "22023", "invalid run_at"),
+    ("select conveyor.define_task(null)", "CV010", "a task needs a name"),
+    ("select conveyor.define_task('t2', schedule => '0 0 30 2 *')", "CV010", "never fires"),
+    ("select conveyor.define_task('t2', delay => '@ -1 hour')", "CV010", "must not be negative"),
+    ("select conveyor.define_task('t2', timeout => '1 sec -2 sec')", "CV010", "must not be negative"),
+    ("select conveyor.define_service('svc2', restart_delay => '-1s')", "CV010", "must not be negative"),
+    ("select conveyor.define_service(null)", "CV010", "a service needs a name"),
+    ("select conveyor.set_defaults('{\"lease\": \"@ -30 secs\"}')", "CV010", "must not be negative"),
+    ("select conveyor.set_defaults('{\"retention\": \"0 days -1:00:00\"}')", "CV010", "must not be negative"),
+    ("select conveyor.apply_config('{\"tasks\": {\"t3\": {\"max_delay\": \"-5m\"}}}')", "CV010", "must not be negative"),
+    ("select conveyor.apply_config('{\"queues\": {\"q2\": {\"concurrency\": -1}}}')", "CV010", "option \"concurrency\""),
+    ("select conveyor.set_queue(null)", "CV010", "a queue needs a name"),
+    ("select conveyor.publish('conveyor.delivery', '{}')", "22023", "is reserved"),
+    ("select conveyor.publish('conveyor.q', '{}')", "22023", "is reserved"),
+    ("select conveyor.publish('t', '{}', deliver_at => 'infinity')", "22023", "invalid deliver_at infinity"),
+    ("select conveyor.publish('t', '{}', deliver_at => '-infinity')", "22023", "invalid deliver_at -infinity"),
+    ("select conveyor.drop_queue('q')", "CV008", "queue \"q\" is in use"),
+    ("select conveyor.drop_queue('no_such_queue')", "CV007", "unknown queue \"no_such_queue\""),
+    ("select conveyor.resume_queue('nope')", "CV007", "unknown queue \"nope\""),
+    ("select conveyor.enable_task('nope')", "CV003", "unknown task \"nope\""),
+    ("select conveyor.stop_service('nope')", "CV003", "unknown service \"nope\""),
+    ("select * from conveyor.claim_runs('q', null, 10)", "22023", "worker must name the claiming worker"),
+    ("select * from conveyor.claim_runs('q', repeat('w', 201), 10)", "22023", "worker must name the claiming worker"),
+    ("select * from conveyor.claim_runs('q', E'\\x1b\\x07', 10)", "22023", "worker must name the claiming worker"),
+    ("select * from conveyor.claim_runs('q', 'w', null)", "22023", "invalid max null"),
+    ("select * from conveyor.claim_runs('q', 'w', 10, lease => '-5s')", "22023", "must not be negative"),
+    ("select conveyor.heartbeat('01ARZ3NDEKTSV4RRFFQ69G5FAV', gen_random_uuid(), '-1s')", "22023", "must not be negative"),
+    ("select conveyor.heartbeat('01ARZ3NDEKTSV4RRFFQ69G5FAV', gen_random_uuid())", "CV002", "unknown run"),
+    ("select conveyor.append_log('01ARZ3NDEKTSV4RRFFQ69G5FAV', gen_random_uuid(), 'x')", "CV002", "unknown run"),
+    ("select conveyor.release_run('01ARZ3NDEKTSV4RRFFQ69G5FAV', gen_random_uuid(), '30s')", "CV002", "unknown run"),
+    ("select conveyor.return_run('01ARZ3NDEKTSV4RRFFQ69G5FAV', gen_random_uuid())", "CV002", "unknown run"),
+    ("select conveyor.fail_run('01ARZ3NDEKTSV4RRFFQ69G5FAV', gen_random_uuid(), 'x')", "CV002", "unknown run"),
+    ("select * from conveyor.finish_runs('\"items\"')", "22023", "finish_runs takes a JSON array of items, got string"),
+    ("select * from conveyor.outbox_claim('r', null, 10, lease => '-1s')", "22023", "must not be negative"),
+    ("select conveyor.outbox_ack(array['01ARZ3NDEKTSV4RRFFQ69G5FAV']::conveyor.ulid[], 'nope')", "22P02", "uuid"),
+    ("select conveyor.retry_runs(status => 'running')", "22023", "retry_runs takes status failed, cancelled or succeeded"),
+    ("select conveyor.retry_runs(status => 'skipped')", "22023", "retry_runs takes status failed, cancelled or succeeded"),
+    ("select conveyor.tick_step(null)", "22023", "unknown tick step"),
+    ("select '-1 hour'::conveyor.duration", "22023", "must not be negative"),
+    ("select interval '-1 day'::conveyor.duration", "22023", "must not be negative"),
+    ("select '01ARZ3NDEKTSV4RRFFQ69G5FA'::conveyor.ulid", "22P02", "invalid ulid"),
 ];
+
+/// Whether a role may call the function a corpus call names (sql/functions/roles.sql).
+fn granted(role: &str, call: &str) -> bool {
+    const PRODUCER: &[&str] = &["enqueue", "enqueue_many", "publish"];
+    const WORKER: &[&str] = &[
+        "claim_run",
+        "claim_runs",
+        "pending",
+        "complete_run",
+        "fail_run",
+        "release_run",
+        "return_run",
+        "finish_runs",
+        "heartbeat",
+        "append_log",
+    ];
+    let function = call
+        .split("conveyor.")
+        .nth(1)
+        .map(|rest| rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next().unwrap_or(""))
+        .unwrap_or("");
+    // casts to the extension's types (function "ulid", "duration") are everyone's
+    match role {
+        "postgres" | "conveyor_admin" => true,
+        "conveyor_producer" => PRODUCER.contains(&function) || function == "ulid" || function == "duration",
+        "conveyor_worker" => WORKER.contains(&function) || function == "ulid" || function == "duration",
+        _ => function == "ulid" || function == "duration",
+    }
+}
+
+/// Whether the call's bad value is a literal refused while the statement is parsed (type input),
+/// which PostgreSQL does before it checks the privilege to execute the function.
+fn refused_while_parsing(call: &str, code: &str, fragment: &str) -> bool {
+    code == "22P02"
+        || (fragment.contains("invalid duration")
+            || fragment.contains("must not be negative")
+            || fragment.contains("longer than 100 years"))
+            && !call.contains("define_")
+            && !call.contains("set_defaults")
+            && !call.contains("apply_config")
+}
 
 const FINGERPRINT: &str = "select md5(concat_ws('|',
     (select string_agg(r::text, ',' order by id) from conveyor.runs r),
@@ -107,16 +201,35 @@ fn every_bad_call_is_refused_with_a_documented_sqlstate_and_writes_nothing() {
         .unwrap();
     let mut refused = 0;
     let mut unchanged = 0;
-    for (call, code, fragment) in CORPUS {
-        let before: String = client.query_one(FINGERPRINT, &[]).unwrap().get(0);
-        let err = client.batch_execute(call).expect_err(&format!("accepted: {call}"));
-        let db_err = err.as_db_error().unwrap_or_else(|| panic!("{call}: {err}"));
-        assert_eq!(db_err.code().code(), *code, "{call}: {}", db_err.message());
-        assert!(db_err.message().contains(fragment), "{call}: message {:?} lacks {fragment:?}", db_err.message());
-        refused += 1;
-        let after: String = client.query_one(FINGERPRINT, &[]).unwrap().get(0);
-        assert_eq!(before, after, "{call} changed the tables");
-        unchanged += 1;
+    let mut denied = 0;
+    // every call from every role: a role granted the function gets the documented refusal; any
+    // other gets 42501 (insufficient_privilege), unless the bad value is refused while the call
+    // is parsed (a literal that is no ULID, UUID or duration), before any privilege is checked
+    for role in ["postgres", "conveyor_admin", "conveyor_producer", "conveyor_worker", "conveyor_reader"] {
+        for (call, code, fragment) in CORPUS {
+            let before: String = client.query_one(FINGERPRINT, &[]).unwrap().get(0);
+            client.batch_execute(&format!("set role {role}")).unwrap();
+            let result = client.batch_execute(call);
+            client.batch_execute("reset role").unwrap();
+            let err = result.expect_err(&format!("accepted as {role}: {call}"));
+            let db_err = err.as_db_error().unwrap_or_else(|| panic!("{role}: {call}: {err}"));
+            let (want, want_fragment) = if granted(role, call) || refused_while_parsing(call, code, fragment) {
+                (*code, *fragment)
+            } else {
+                denied += 1;
+                ("42501", "permission denied")
+            };
+            assert_eq!(db_err.code().code(), want, "{role}: {call}: {}", db_err.message());
+            assert!(
+                db_err.message().contains(want_fragment),
+                "{role}: {call}: message {:?} lacks {want_fragment:?}",
+                db_err.message()
+            );
+            refused += 1;
+            let after: String = client.query_one(FINGERPRINT, &[]).unwrap().get(0);
+            assert_eq!(before, after, "{role}: {call} changed the tables");
+            unchanged += 1;
+        }
     }
 
     // a huge, control-character-laden failure message is not an error: it is cleaned and capped
@@ -133,7 +246,8 @@ fn every_bad_call_is_refused_with_a_documented_sqlstate_and_writes_nothing() {
     };
     assert_eq!((len, head.as_str()), (4000, "badnews x"));
     println!(
-        "bad inputs tried: {}, refused with the documented SQLSTATE: {refused}, tables unchanged: {unchanged}",
+        "bad inputs: {} calls x 5 roles = {refused} refused with the documented SQLSTATE ({denied} of them 42501 for a \
+         role not granted the function), tables unchanged after {unchanged}",
         CORPUS.len()
     );
     drop(client);
