@@ -1,6 +1,6 @@
 # The two set-up commands: `make demo` and `make test`. Both install what they need first.
 
-.PHONY: all setup test demo demo-stop bench lint scenario it upgrade-script upgrade-check
+.PHONY: all setup test demo demo-stop bench lint scenario it upgrade-script upgrade-check soak
 
 all: test
 
@@ -18,6 +18,10 @@ demo-stop:
 
 bench:
 	scripts/bench.sh
+
+# make test with the hostile-clients soak running 3 minutes instead of 30 seconds
+soak:
+	CONVEYOR_SOAK_SECS=180 scripts/test.sh
 
 # rustfmt, clippy -D warnings, bash -n on the scripts, the upgrade script current; make test runs it first
 lint:

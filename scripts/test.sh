@@ -61,6 +61,11 @@ step "integration tests (tests/)"
 CONVEYOR_TEST_HOST="$IT_DIR" CONVEYOR_TEST_PORT="$IT_PORT" CONVEYOR_TEST_DB=conveyor_it \
     cargo test --features integration --test integration -- --test-threads=4 --show-output
 
+step "hostile clients against the worker for ${CONVEYOR_SOAK_SECS:-30}s (tests/integration/hostile.rs; make soak: 180s)"
+CONVEYOR_TEST_HOST="$IT_DIR" CONVEYOR_TEST_PORT="$IT_PORT" CONVEYOR_TEST_DB=conveyor_it \
+    CONVEYOR_SOAK_SECS="${CONVEYOR_SOAK_SECS:-30}" \
+    cargo test --features integration --test integration -- --ignored hostile:: --show-output
+
 step "example workers and producers in Python, Node.js, Rust (examples/e2e.sh)"
 PGHOST="$IT_DIR" PGPORT="$IT_PORT" PGUSER=postgres PGDATABASE=conveyor_examples examples/e2e.sh
 

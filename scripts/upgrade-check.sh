@@ -105,7 +105,7 @@ on_exit() {
 # a running server keeps the library it mapped, new backends load the new one
 install_pkg() {
     local pkg=$1 f
-    (cd "$pkg" && find . -type f) | while read -r f; do
+    (cd "$pkg" && find . -type f ! -name .complete) | while read -r f; do
         install -D -m 0644 "$pkg/$f" "$ROOT/${f#./}.new.$$"
         mv -f "$ROOT/${f#./}.new.$$" "$ROOT/${f#./}"
     done
@@ -170,7 +170,8 @@ describe() {
     local db=$1 dir=$2 data=$3
     rm -rf "$dir"
     mkdir -p "$dir"
-    { psql_db "$db" -At -f "$TESTS/describe.sql"; cat "$data"; } | awk -v dir="$dir" '
+    psql_db "$db" -At -f "$TESTS/describe.sql" >"$dir/describe.out" || die "tests/upgrade/describe.sql failed in database $db"
+    cat "$dir/describe.out" "$data" | awk -v dir="$dir" '
         /^@@ / { n++; file = sprintf("%s/%02d-%s.txt", dir, n, $2); printf "" > file; next }
         { print > file }'
     # pg_dump dumps extension members one by one only in binary-upgrade mode (with ALTER
@@ -188,7 +189,7 @@ describe() {
             -e 's/^\\(un)?restrict [A-Za-z0-9]+$/\\\1restrict <key>/' \
             -e '/binary_upgrade_set_missing_value/d' \
             -e '/^SELECT pg_catalog\.setval\(/d' \
-        >"$dir/99-pg_dump.sql"
+        >"$dir/99-pg_dump.sql" || die "pg_dump of database $db failed"
     grep -c 'pg\.dropped\.' "$dir/99-pg_dump.sql" >"$dir/dropped-columns" || true
 }
 
@@ -248,7 +249,7 @@ mkdir -p "$CACHE"
 rm -rf "$NEW_PKG"
 cargo pgrx package --pg-config "$SYS_PG_CONFIG" --debug --out-dir "$NEW_PKG" >"$CACHE/new-package.log" 2>&1 ||
     { tail -n 40 "$CACHE/new-package.log"; die "cargo pgrx package of the working tree failed"; }
-ok "built $NEW_VERSION (target/debug, as scripts/install-ext.sh does)"
+ok "built $NEW_VERSION ($TARGET/debug, as scripts/install-ext.sh does)"
 NEW_EXT=$NEW_PKG$SYS_SHAREDIR/extension
 # cargo-pgrx 0.18.1 copies sql/pg_conveyor--A--B.sql (upgrade scripts) into the package but not
 # the frozen install scripts sql/pg_conveyor--A.sql of earlier releases: add those
@@ -267,8 +268,10 @@ else
     # packages 0.1.0's library (and the other way round): they would not rebuild each other,
     # they would silently use each other's library. The copy (about 2 GB, seconds) keeps the
     # dependency builds shared; it is deleted once the package is cached.
+    git cat-file -e "$OLD_COMMIT^{commit}" 2>/dev/null ||
+        die "commit $OLD_COMMIT ($OLD_VERSION) is not in this clone (a shallow clone? git fetch --unshallow)"
     build=$CACHE/build-$OLD_COMMIT
-    rm -rf "$build" "$OLD_PKG"
+    rm -rf "$build" "$OLD_PKG" "$OLD_PKG.tmp"
     mkdir -p "$build/src" "$build/target/debug"
     git archive "$OLD_COMMIT" | tar -x -C "$build/src"
     if [ -d "$TARGET/debug/deps" ]; then
@@ -349,7 +352,7 @@ check "postmaster and worker map the copy's pg_conveyor.so ($LIBDIR), the file i
 # the scripted clock starts on a whole hour a month ahead of the real one (the worker's)
 T0=$(val postgres "select date_trunc('hour', now() + interval '30 days')")
 run_step upgraded 01_populate.sql
-result=$(probe "schema $OLD_VERSION, library $OLD_VERSION")
+result=$(probe "schema $OLD_VERSION, library $OLD_VERSION") || result="probe failed"
 check "the $OLD_VERSION worker delivers a run due on the real clock: $result" test "${result#delivered}" != "$result"
 run_step upgraded 02_snapshot.sql
 
@@ -360,7 +363,8 @@ install_pkg "$NEW_PKG"
 for f in "$EXTDIR"/pg_conveyor*; do
     [ -e "$NEW_PKG$SYS_SHAREDIR/extension/$(basename "$f")" ] || rm -f "$f"
 done
-check "installing over the running server (rename) leaves it running" test "$(val upgraded "select 1")" = 1
+check "installing over the running server (rename) leaves it running (a C function of the mapped library works)" \
+    test "$(val upgraded "select length(conveyor.ulid_generate()::text)")" = 26
 pg_ctl -w -t 60 -m fast stop >/dev/null
 offset=$(log_size) # the log from here on is the new library's
 pg_ctl -l "$LOG" -w -t 60 start >/dev/null || { log_since "$offset" | tail -n 20; die "the cluster did not start again"; }
@@ -368,7 +372,7 @@ WORKER=$(wait_for_worker) || { fail "the background worker is back after the res
 check "postmaster and worker map the new pg_conveyor.so" \
     test "$(mapped_library "$(postmaster_pid)" ${WORKER:+"$WORKER"})" = "$(stat -c '%i %n' "$LIBDIR/pg_conveyor.so")"
 sleep 2.5 # a dozen ticks of the worker on the old schema
-result=$(probe "schema $OLD_VERSION, library $NEW_VERSION")
+result=$(probe "schema $OLD_VERSION, library $NEW_VERSION") || result="probe failed (see above)"
 case "$result" in
     delivered*) echo "      the worker drives the $OLD_VERSION schema: probe $result" ;;
     *) echo "      the worker idles on the $OLD_VERSION schema: probe $result" ;;
@@ -397,12 +401,13 @@ else
     UPDATED=0
 fi
 check "extversion is $NEW_VERSION" test "$(val upgraded "select extversion from pg_extension where extname = 'pg_conveyor'")" = "$NEW_VERSION"
-result=$(probe "schema $NEW_VERSION, library $NEW_VERSION")
+result=$(probe "schema $NEW_VERSION, library $NEW_VERSION") || result="probe failed"
 check "the worker delivers a run due on the real clock on the new schema: $result" test "${result#delivered}" != "$result"
 
 # ---------------------------------------------------------------------------------------------
 phase "6. schema: fresh $NEW_VERSION vs $OLD_VERSION upgraded"
-in_extension_transaction fresh "create extension pg_conveyor" "$WORK/fresh.data"
+in_extension_transaction fresh "create extension pg_conveyor" "$WORK/fresh.data" ||
+    die "CREATE EXTENSION pg_conveyor ($NEW_VERSION) failed in a fresh database"
 describe fresh "$OUT/fresh" "$WORK/fresh.data"
 describe upgraded "$OUT/upgraded" "$WORK/upgraded.data"
 SCHEMA_SAME=0
@@ -442,14 +447,26 @@ else
     fail "no tick step failed since the restart: $(log_since "$offset" | grep -c "tick step .* failed") failed"
     log_since "$offset" | grep "tick step .* failed" | head -3 | cut -c1-200 | sed 's/^/      log: /'
 fi
+# a deadlock here is between ALTER EXTENSION UPDATE (or a step file) and a tick step of the
+# worker: whichever waited first is aborted after deadlock_timeout, so next time it can be the ALTER
 deadlocks=$(log_since "$offset" | grep -c "deadlock detected" || true)
-check "no deadlock between ALTER EXTENSION UPDATE (or the check's sessions) and the worker ($deadlocks in the log)" \
-    test "$deadlocks" = 0
+if [ "$deadlocks" = 0 ]; then
+    ok "no deadlock between ALTER EXTENSION UPDATE (or the check's sessions) and the worker"
+else
+    fail "no deadlock between ALTER EXTENSION UPDATE (or the check's sessions) and the worker: $deadlocks in the log"
+    log_since "$offset" | grep -E "detected deadlock while waiting|Processes holding the lock" | head -4 |
+        while read -r line; do
+            rel=$(sed -n 's/.* on relation \([0-9]*\) of database.*/\1/p' <<<"$line")
+            [ -z "$rel" ] || line="$line [relation $rel is $(val upgraded "select $rel::regclass" 2>/dev/null || echo '?')]"
+            echo "      log: ${line:0:300}"
+        done
+fi
 check "no crash since the restart" no_crash
 
 # ---------------------------------------------------------------------------------------------
 phase "8. self-test of the comparison"
-in_extension_transaction fresh_again "create extension pg_conveyor" "$WORK/fresh_again.data"
+in_extension_transaction fresh_again "create extension pg_conveyor" "$WORK/fresh_again.data" ||
+    die "CREATE EXTENSION pg_conveyor ($NEW_VERSION) failed in a fresh database"
 describe fresh_again "$OUT/fresh_again" "$WORK/fresh_again.data"
 if compare "fresh $NEW_VERSION" "$OUT/fresh" "fresh $NEW_VERSION again" "$OUT/fresh_again" >"$WORK/self-test-a.out"; then
     ok "two fresh installs compare equal (the normalization hides no real difference and invents none)"
@@ -516,9 +533,9 @@ printf '  schema:  %s members, %s functions, %s comments, %s privilege lines, %s
     "$(wc -l <"$OUT/fresh/06-comments.txt")" "$(wc -l <"$OUT/fresh/07-privileges.txt")" \
     "$(wc -l <"$OUT/fresh/03-columns.txt")" "$(wc -l <"$OUT/fresh/99-pg_dump.sql")"
 [ "$SCHEMA_SAME" = 1 ] && echo "  schema:  identical to a fresh install" || echo "  schema:  DIFFERS from a fresh install: $OUT/upgraded.diff"
-printf '  time:   '
-for i in "${!PHASE_NAMES[@]}"; do printf ' %s %ss;' "${PHASE_NAMES[$i]%%.*}" "${PHASE_SECONDS[$i]}"; done
-printf ' total %ss\n' "$(secs "$START" "$(now)")"
+printf '  time:    '
+for i in "${!PHASE_NAMES[@]}"; do printf 'step %s %ss, ' "${PHASE_NAMES[$i]%%.*}" "${PHASE_SECONDS[$i]}"; done
+printf 'total %ss\n' "$(secs "$START" "$(now)")"
 if [ ${#FAILURES[@]} -gt 0 ]; then
     echo "  FAILED (${#FAILURES[@]}):"
     printf '    - %s\n' "${FAILURES[@]}"

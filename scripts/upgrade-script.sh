@@ -25,6 +25,11 @@ generate() {
     echo "-- then run \`make upgrade-script\`; \`make lint\` and \`make test\` fail while this file is stale."
     echo '\echo Use "ALTER EXTENSION pg_conveyor UPDATE" to load this file. \quit'
     echo
+    echo "-- First, before any table is touched: wait for the background worker's tick step in progress,"
+    echo "-- and hold its next one until this update commits (src/version.rs, UPGRADE_LOCK); a step and"
+    echo "-- the update then never wait for each other's locks."
+    echo "select pg_catalog.pg_advisory_xact_lock($((0x70676376)), 1);"
+    echo
     echo "-- ============================================================================================"
     echo "-- $migration"
     echo

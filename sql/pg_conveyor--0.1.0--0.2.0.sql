@@ -3,6 +3,11 @@
 -- then run `make upgrade-script`; `make lint` and `make test` fail while this file is stale.
 \echo Use "ALTER EXTENSION pg_conveyor UPDATE" to load this file. \quit
 
+-- First, before any table is touched: wait for the background worker's tick step in progress,
+-- and hold its next one until this update commits (src/version.rs, UPGRADE_LOCK); a step and
+-- the update then never wait for each other's locks.
+select pg_catalog.pg_advisory_xact_lock(1885823862, 1);
+
 -- ============================================================================================
 -- sql/migrations/0.1.0--0.2.0.sql
 
@@ -2380,6 +2385,7 @@ declare
     v_outcomes conveyor.attempt_outcome[];
     v_run conveyor.runs;
     v_outcome conveyor.attempt_outcome;
+    v_held text[] := '{}';
 begin
     begin
         v_outcomes := array(
@@ -2402,13 +2408,20 @@ begin
             order by least(r.lease_expires_at, r.timeout_at)
             limit p_limit
         loop
+            if v_run.queue = any(v_held) then
+                -- this queue's counter row is held by a client (see below): a later tick
+                perform conveyor._tick_note('expire', p_skipped => 1);
+                continue;
+            end if;
             begin
                 select e.outcome into v_outcome
                 from conveyor._end_attempts(array[conveyor._expiry(v_run, p_now)]) e;
                 v_outcomes := v_outcomes || v_outcome;
             exception
                 when lock_not_available then
-                    -- a client holds what this run's ending must lock: a later tick
+                    -- a client holds what this run's ending must lock (its bounded queue's or
+                    -- capped task's counter row): a later tick, for this queue's other runs too
+                    v_held := v_held || v_run.queue;
                     perform conveyor._tick_note('expire', p_skipped => 1);
                 when others then
                     perform conveyor._quarantine('expire', v_run.id, sqlstate, sqlerrm, p_now);

@@ -12,6 +12,14 @@ use pgrx::prelude::*;
 /// This library's version (Cargo.toml), which is the newest schema it installs.
 pub const LIBRARY: &str = env!("CARGO_PKG_VERSION");
 
+/// The advisory lock (two int4 keys: 'pgcv', 1) that keeps ALTER EXTENSION UPDATE and the
+/// worker's tick steps apart. Each step's transaction takes it shared before it touches a
+/// table; every upgrade script takes it exclusively as its first statement
+/// (scripts/upgrade-script.sh), so the update waits for the step in progress and the next step
+/// waits for the update, holding nothing. Without it they deadlocked about one update in six
+/// (the update's index build on runs against a step holding a view the update replaces).
+pub const UPGRADE_LOCK: (i32, i32) = (0x7067_6376, 1);
+
 /// Schema versions this library's background worker can tick.
 pub const DRIVABLE: &[&str] = &["0.1.0", "0.2.0"];
 

@@ -13,7 +13,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "the worker loop must not panic")]
 
 use crate::guc;
-use crate::version;
+use crate::version::{self, UPGRADE_LOCK};
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
 use std::time::Duration;
@@ -67,6 +67,12 @@ fn shutdown_requested() -> bool {
 
 fn run_step(step: &str) -> i64 {
     BackgroundWorker::transaction(|| {
+        // before touching any table: a step and ALTER EXTENSION UPDATE never hold locks the other
+        // waits for (every upgrade script takes this lock exclusively first; see version.rs)
+        let lock = format!("select pg_catalog.pg_advisory_xact_lock_shared({}, {})", UPGRADE_LOCK.0, UPGRADE_LOCK.1);
+        if Spi::run(&lock).is_err() {
+            return 0;
+        }
         Spi::get_one_with_args::<i64>("select conveyor.tick_step($1)", &[step.into()]).ok().flatten().unwrap_or(0)
     })
 }

@@ -35,6 +35,7 @@ declare
     v_outcomes conveyor.attempt_outcome[];
     v_run conveyor.runs;
     v_outcome conveyor.attempt_outcome;
+    v_held text[] := '{}';
 begin
     begin
         v_outcomes := array(
@@ -57,13 +58,20 @@ begin
             order by least(r.lease_expires_at, r.timeout_at)
             limit p_limit
         loop
+            if v_run.queue = any(v_held) then
+                -- this queue's counter row is held by a client (see below): a later tick
+                perform conveyor._tick_note('expire', p_skipped => 1);
+                continue;
+            end if;
             begin
                 select e.outcome into v_outcome
                 from conveyor._end_attempts(array[conveyor._expiry(v_run, p_now)]) e;
                 v_outcomes := v_outcomes || v_outcome;
             exception
                 when lock_not_available then
-                    -- a client holds what this run's ending must lock: a later tick
+                    -- a client holds what this run's ending must lock (its bounded queue's or
+                    -- capped task's counter row): a later tick, for this queue's other runs too
+                    v_held := v_held || v_run.queue;
                     perform conveyor._tick_note('expire', p_skipped => 1);
                 when others then
                     perform conveyor._quarantine('expire', v_run.id, sqlstate, sqlerrm, p_now);

@@ -5,6 +5,7 @@ mod bad_input;
 mod common;
 mod docs;
 mod faults;
+mod hostile;
 mod lifecycle;
 mod maintenance;
 mod model;

@@ -1,9 +1,10 @@
 -- describe.sql: what pg_conveyor installed in this database, as text, one section per kind of
 -- object (each section starts with a line "@@ name"; scripts/upgrade-check.sh splits them into
 -- files and diffs each against the same section of a fresh install). pg_dump covers the rest
--- (tables, indexes, constraints, triggers, views, types, operators, casts); these sections add
--- what a schema dump does not show or shows only indirectly. The rows the extension scripts
--- own are described by describe_data.sql, in the transaction of CREATE/ALTER EXTENSION.
+-- (tables, indexes, constraints, triggers, views, types, casts, operator classes, and operators
+-- outside pg_catalog); these sections add what a schema dump does not show or shows only
+-- indirectly. The rows the extension scripts own are described by describe_data.sql, in the
+-- transaction of CREATE/ALTER EXTENSION.
 --
 -- "Objects of the extension" are user objects (oid >= 16384) outside temporary schemas: in
 -- these databases that is exactly what the extension's scripts created (the check keeps its
@@ -126,4 +127,18 @@ select format('initial privileges (%s) of %s: %s', case i.privtype when 'e' then
               pg_describe_object(i.classoid, i.objoid, i.objsubid), pg_temp.acl(i.initprivs))
 from pg_init_privs i
 where i.objoid >= 16384
+order by 1;
+
+\echo @@ operators
+-- every operator, with what pg_dump leaves out for those in pg_catalog (where the ulid
+-- comparisons live): argument and result types, function, commutator, negator, selectivity
+-- estimators, and merge/hash support
+select format('operator %s.%s(%s, %s) returns %s: function %s, commutator %s, negator %s, restrict %s, join %s%s%s',
+              o.oprnamespace::regnamespace, o.oprname, coalesce(nullif(o.oprleft, 0)::regtype::text, 'none'),
+              coalesce(nullif(o.oprright, 0)::regtype::text, 'none'), o.oprresult::regtype, o.oprcode::regprocedure,
+              coalesce(nullif(o.oprcom, 0)::regoperator::text, 'none'), coalesce(nullif(o.oprnegate, 0)::regoperator::text, 'none'),
+              o.oprrest, o.oprjoin, case when o.oprcanmerge then ', merges' else '' end,
+              case when o.oprcanhash then ', hashes' else '' end)
+from pg_operator o
+where o.oid >= 16384
 order by 1;
