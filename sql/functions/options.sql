@@ -379,40 +379,37 @@ $$;
 comment on function conveyor.set_queue is
     'configure a queue: concurrency (null = unbounded), paused, notify (wakeups), delivery_outbox';
 
+-- _set_paused: pause or resume a queue (CV007 for an unknown one).
+create or replace function conveyor._set_paused(p_name text, p_paused boolean)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    update conveyor.queues q set paused = p_paused where q.name = p_name;
+    if not found then
+        perform conveyor._raise_unknown_queue(p_name);
+    end if;
+end
+$$;
+
 -- pause_queue / resume_queue: claims from a paused queue return nothing and tick delivers
 -- nothing into it.
 create or replace function conveyor.pause_queue(name text)
 returns void
-language plpgsql
+language sql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
-set plan_cache_mode = force_generic_plan
-as $$
-begin
-    update conveyor.queues q set paused = true where q.name = pause_queue.name;
-    if not found then
-        perform conveyor._raise_unknown_queue(name);
-    end if;
-end
-$$;
-
+as $$ select conveyor._set_paused(name, true) $$;
 comment on function conveyor.pause_queue is 'pause a queue: claims return nothing, tick delivers nothing into it';
 
 create or replace function conveyor.resume_queue(name text)
 returns void
-language plpgsql
+language sql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
-set plan_cache_mode = force_generic_plan
-as $$
-begin
-    update conveyor.queues q set paused = false where q.name = resume_queue.name;
-    if not found then
-        perform conveyor._raise_unknown_queue(name);
-    end if;
-end
-$$;
-
+as $$ select conveyor._set_paused(name, false) $$;
 comment on function conveyor.resume_queue is 'resume a paused queue';
 
 -- drop_queue: remove a queue that no task uses and that holds no unfinished run (its finished

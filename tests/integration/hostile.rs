@@ -126,6 +126,17 @@ fn a_cap_set_beside_uncommitted_work_is_repaired_and_never_fails_a_worker() {
     drop_db(&db);
 }
 
+/// A connection for a producer or worker of the soak, its backend pid offered to the killer;
+/// None when the server refused it (the next round tries again).
+fn connect_as_victim(pids: &Mutex<Vec<i32>>) -> Option<Client> {
+    let mut c =
+        postgres::Client::connect(&crate::common::config(&crate::common::env("CONVEYOR_TEST_DB")), postgres::NoTls)
+            .ok()?;
+    let pid: i32 = c.query_one("select pg_backend_pid()", &[]).ok()?.get(0);
+    pids.lock().unwrap().push(pid);
+    Some(c)
+}
+
 fn fresh_connection(db: &str) -> Client {
     crate::common::connect_to(db)
 }
@@ -162,20 +173,14 @@ fn hostile_clients_cannot_stop_the_queue_for_anyone_else() {
 
     // producers: most enqueues commit at once; some hold the transaction open for a while
     // (holding a bounded queue's row), some roll back
+    let mut producers = Vec::new();
     for p in 0..2 {
         let (stop, committed, pids, task, queues) =
             (stop_producing.clone(), committed.clone(), pids.clone(), task.clone(), queues.clone());
-        threads.push(thread::spawn(move || {
+        producers.push(thread::spawn(move || {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let Ok(mut c) = postgres::Client::connect(
-                    &crate::common::config(&crate::common::env("CONVEYOR_TEST_DB")),
-                    postgres::NoTls,
-                ) else {
-                    continue;
-                };
-                let pid: i32 = c.query_one("select pg_backend_pid()", &[]).unwrap().get(0);
-                pids.lock().unwrap().push(pid);
+                let Some(mut c) = connect_as_victim(&pids) else { continue };
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     let queue = &queues[(n as usize * 7 + p) % queues.len()];
@@ -214,14 +219,7 @@ fn hostile_clients_cannot_stop_the_queue_for_anyone_else() {
         threads.push(thread::spawn(move || {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let Ok(mut c) = postgres::Client::connect(
-                    &crate::common::config(&crate::common::env("CONVEYOR_TEST_DB")),
-                    postgres::NoTls,
-                ) else {
-                    continue;
-                };
-                let pid: i32 = c.query_one("select pg_backend_pid()", &[]).unwrap().get(0);
-                pids.lock().unwrap().push(pid);
+                let Some(mut c) = connect_as_victim(&pids) else { continue };
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     let worker = format!("soak-worker-{w}");
@@ -359,6 +357,10 @@ fn hostile_clients_cannot_stop_the_queue_for_anyone_else() {
 
     thread::sleep(Duration::from_secs(secs));
     stop_producing.store(true, Ordering::Relaxed);
+    // every producer done (one holding a transaction open commits it first) before draining
+    for p in producers {
+        p.join().unwrap();
+    }
     // drain: workers (and their killer) go on until every committed run is finished
     let drain_started = Instant::now();
     loop {
