@@ -29,9 +29,13 @@ select run_id, lease_token from conveyor.claim_runs('reports', 'w', 10) where ru
 select conveyor.complete_run(:'run_id', :'lease_token');
 select conveyor.enqueue('reports.build', idempotency_key => 'day-1') <> :'k1' as new_run;
 
--- parent runs must exist
-select conveyor.enqueue('reports.build', parent_run_id => :'k1') is not null as child_enqueued;
+-- a parent is a running run (its handler spawns the child); a finished or unknown one is
+-- refused with the same answer (issue 13, finding 12)
+select regress.try(format('select conveyor.enqueue(''reports.build'', parent_run_id => %L)', :'k1'));
 select regress.try(format('select conveyor.enqueue(''reports.build'', parent_run_id => %L)', conveyor.ulid_generate()));
+select conveyor.enqueue('reports.build') as p \gset
+select run_id as p from conveyor.claim_runs('reports', 'w', 10) where run_id = :'p' \gset
+select conveyor.enqueue('reports.build', parent_run_id => :'p') is not null as child_enqueued;
 
 -- batch: one statement, ids in input order, keys honoured
 select array_agg(id) as batch from conveyor.enqueue_many('reports.build',

@@ -49,8 +49,9 @@ select regress.try(format('select conveyor.retry_run(%L)', :'q'));
 select conveyor.complete_run(:'run_id', :'lease_token', '{"answer": 42}');
 select regress.try(format('select conveyor.retry_run(%L)', :'q'));
 select conveyor.enqueue('t') as parent \gset
+select run_id, lease_token from conveyor.claim_runs('default', 'w', 10) where run_id = :'parent' \gset
 select conveyor.enqueue('t', parent_run_id => :'parent') is not null as child_enqueued;
-select conveyor.cancel_run(:'parent');
+select conveyor.complete_run(:'parent', :'lease_token');
 select regress.try(format('select conveyor.retry_run(%L)', :'parent'));
 select regress.try(format('select conveyor.retry_run(%L)', conveyor.ulid_generate()));
 

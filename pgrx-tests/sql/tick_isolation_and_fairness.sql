@@ -81,3 +81,27 @@ select q.delivered, t.active from conveyor.queues q, conveyor.tasks t where q.na
 select repaired from conveyor.tick();
 select step, changed from conveyor._tick_stats where step = 'repair';
 rollback;
+
+-- delivery too: a run whose delivery fails on its own is set aside, the others are delivered
+begin;
+select regress.at('2030-01-01 00:00:00+00');
+select conveyor.define_task('d', queue => 'dq');
+select conveyor.enqueue('d', delay => '1m') as bad \gset
+select conveyor.enqueue('d', delay => '1m') as good \gset
+-- (a trigger written behind the functions' back refuses the bad run's delivery-outbox row)
+select conveyor.set_queue('dq', delivery_outbox => true);
+create function pg_temp.refuse_bad() returns trigger language plpgsql as $$
+begin
+    if new.payload ->> 'run_id' = current_setting('regress.bad') then
+        raise exception 'refused for the test';
+    end if;
+    return new;
+end $$;
+select set_config('regress.bad', :'bad', true) is not null as noted;
+create trigger refuse_bad before insert on conveyor.outbox for each row execute function pg_temp.refuse_bad();
+select regress.at('2030-01-01 00:02:00+00');
+set local client_min_messages = error;
+select conveyor.tick_step('deliver') as delivered;
+select regress.counts(:'good') as good_run, regress.counts(:'bad') as bad_run;
+select step, sqlstate from conveyor.quarantine where run_id = :'bad';
+rollback;

@@ -62,8 +62,12 @@ begin
     if p_keys is not null and cardinality(p_keys) <> v_n then
         perform conveyor._raise_invalid(format('%s idempotency keys for %s payloads: give one per payload (or null)', cardinality(p_keys), v_n));
     end if;
-    if p_parent is not null and not exists (select from conveyor.runs r where r.id = p_parent) then
-        perform conveyor._raise_unknown_run(p_parent, 'parent run');
+    -- a child is spawned by its parent while the parent runs (its handler enqueues it): naming
+    -- any other run is refused with one answer whether the id exists or not, so a producer can
+    -- neither probe ids nor pin a finished run against retry_run by hanging a child on it
+    if p_parent is not null
+       and not exists (select from conveyor.runs r where r.id = p_parent and r.status = 'running') then
+        perform conveyor._raise_unknown_run(p_parent, 'running parent run');
     end if;
 
     v_queue := coalesce(p_queue, v_task.queue);

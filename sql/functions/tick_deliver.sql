@@ -11,7 +11,9 @@
 --     SKIP LOCKED: a queue or task row a client holds (an open transaction that enqueued into
 --     it) is left for a later tick and counted as skipped, and so is a run a client holds.
 -- No more than `concurrency` runs are ever delivered, however many ticks and enqueues run at
--- once (the locked counters are the same as enqueue's).
+-- once (the locked counters are the same as enqueue's). One statement delivers the batch; if
+-- it fails, runs are delivered one by one and one that fails alone is set aside
+-- (conveyor._quarantine) while the others go on.
 create or replace function conveyor._deliver_due(p_now timestamptz, p_limit integer)
 returns integer
 language plpgsql
@@ -30,6 +32,8 @@ declare
     v_task_free integer[];
     v_chosen conveyor.ulid[];
     v_done integer;
+    v_one integer;
+    v_id conveyor.ulid;
     v_skipped integer;
 begin
     -- the queues whose turn it is: the next 100 after the cursor, wrapping round
@@ -92,6 +96,7 @@ begin
             left join unnest(v_queues, v_queue_free) as qf(name, free) on qf.name = r.queue
             left join unnest(v_tasks, v_task_free) as tf(name, free) on tf.name = r.task
             where r.id = any(v_ids) and conveyor._waiting(r.status) and r.run_at <= p_now
+              and not conveyor._quarantined('deliver', r.id, p_now)
               -- a bounded queue or capped task whose row a client holds waits for a later tick
               and (qf.name is not null or r.queue <> all(v_bounded))
               and (tf.name is not null or r.task <> all(v_capped))
@@ -108,12 +113,34 @@ begin
         order by k.nth_in_queue, k.priority, k.run_at, k.id
         limit p_limit);
 
-    update conveyor.runs r
-    set status = 'queued'
-    where r.id in (select p.id from conveyor.runs p
-                   where p.id = any(v_chosen) and conveyor._waiting(p.status)
-                   for no key update skip locked);
-    get diagnostics v_done = row_count;
+    begin
+        update conveyor.runs r
+        set status = 'queued'
+        where r.id in (select p.id from conveyor.runs p
+                       where p.id = any(v_chosen) and conveyor._waiting(p.status)
+                       for no key update skip locked);
+        get diagnostics v_done = row_count;
+    exception when others then
+        -- some run makes the batch fail: deliver them one at a time, setting aside the ones
+        -- that fail on their own
+        v_done := 0;
+        foreach v_id in array v_chosen loop
+            begin
+                update conveyor.runs r
+                set status = 'queued'
+                where r.id in (select p.id from conveyor.runs p
+                               where p.id = v_id and conveyor._waiting(p.status)
+                               for no key update skip locked);
+                get diagnostics v_one = row_count;
+                v_done := v_done + v_one;
+            exception
+                when lock_not_available then
+                    perform conveyor._tick_note('deliver', p_skipped => 1);
+                when others then
+                    perform conveyor._quarantine('deliver', v_id, sqlstate, sqlerrm, p_now);
+            end;
+        end loop;
+    end;
     perform conveyor._tick_note('deliver', p_skipped => v_skipped + (cardinality(v_chosen) - v_done));
     return v_done;
 end

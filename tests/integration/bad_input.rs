@@ -23,7 +23,7 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("select conveyor.enqueue('t', queue => 'bad queue; drop table conveyor.runs')", "22023", "invalid queue name"),
     ("select conveyor.enqueue('t', queue => 'q''--')", "22023", "invalid queue name \"q'--\""),
     ("select conveyor.enqueue('t', queue => repeat('q', 100))", "22023", "invalid queue name"),
-    ("select conveyor.enqueue('t', parent_run_id => '01ARZ3NDEKTSV4RRFFQ69G5FAV')", "CV002", "unknown parent run"),
+    ("select conveyor.enqueue('t', parent_run_id => '01ARZ3NDEKTSV4RRFFQ69G5FAV')", "CV002", "unknown running parent run"),
     ("select conveyor.enqueue('t', parent_run_id => 'not-a-ulid')", "22P02", "invalid ulid \"not-a-ulid\""),
     ("select conveyor.enqueue('svc')", "22023", "is a service"),
     ("select conveyor.enqueue_many('t', array['{}', '{}', '7']::jsonb[])", "22023", "(payload 3 of 3)"),
