@@ -105,3 +105,23 @@ select conveyor.tick_step('deliver') as delivered;
 select regress.counts(:'good') as good_run, regress.counts(:'bad') as bad_run;
 select step, sqlstate from conveyor.quarantine where run_id = :'bad';
 rollback;
+
+-- schedules and services too: one task that fails on its own does not stop the others
+begin;
+select regress.at('2030-01-01 00:00:00+00');
+select conveyor.define_task('cron_bad', schedule => '* * * * *');
+select conveyor.define_task('cron_good', schedule => '* * * * *');
+select conveyor.define_service('svc_bad');
+select conveyor.define_service('svc_good');
+select fired, restarted from conveyor.tick();
+-- corrupted behind the functions' back
+update conveyor.tasks set schedule = 'not a schedule' where name = 'cron_bad';
+update conveyor.tasks set restart_backoff = 'bogus' where name = 'svc_bad';
+select count(conveyor.complete_run(c.run_id, c.lease_token)) as replicas_ended
+from conveyor.claim_runs('default', 'w', 10) c where c.task like 'svc_%';
+select regress.at('2030-01-01 00:01:30+00');
+set local client_min_messages = error;
+select conveyor.tick_step('schedule') as fired, conveyor.tick_step('restart') as restarted;
+select task, count(*) from conveyor.runs where fire_at is not null group by task order by task;
+select step, quarantined from conveyor._tick_stats where step in ('schedule', 'restart') order by step;
+rollback;

@@ -1,11 +1,11 @@
 -- functions/tick_schedules.sql: tick step `schedule`: cron firings become runs.
 
--- _fire_schedules: materialize due cron firings as runs, exactly once per (task, firing):
+-- _fire_schedules_of: materialize due cron firings as runs (of one task, or all when p_only is null), exactly once per (task, firing):
 -- the task row is locked SKIP LOCKED, the run has a unique firing key, and the cursor
 -- next_fire_at moves by a guarded update. After downtime only the latest missed firing runs,
 -- unless the task asks for catch_up. on_overlap decides when an earlier firing is in flight:
 -- allow (default) runs both, skip records a skipped run, terminate cancels the earlier one.
-create or replace function conveyor._fire_schedules(p_now timestamptz, p_limit integer)
+create or replace function conveyor._fire_schedules_of(p_now timestamptz, p_limit integer, p_only text)
 returns integer
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
@@ -25,6 +25,7 @@ begin
         from conveyor.tasks t
         join conveyor.task_config c on c.name = t.name
         where t.schedule is not null and t.enabled and t.next_fire_at <= p_now
+          and (p_only is null or t.name = p_only)
         order by t.next_fire_at
         limit p_limit
         for no key update of t skip locked
@@ -84,6 +85,37 @@ begin
         set next_fire_at = v_next
         where t.name = v_task.name and t.next_fire_at = v_task.next_fire_at;
     end loop;
+    return v_count;
+end
+$$;
+
+-- _fire_schedules: the step. One pass over every due task; if it fails, the tasks are taken one
+-- by one and one that fails on its own is skipped (a WARNING, counted as quarantined) while
+-- the others go on; it is tried again next tick.
+create or replace function conveyor._fire_schedules(p_now timestamptz, p_limit integer)
+returns integer
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_name text;
+    v_count integer := 0;
+begin
+    begin
+        return conveyor._fire_schedules_of(p_now, p_limit, null);
+    exception when others then
+        for v_name in select t.name from conveyor.tasks t
+                      where t.schedule is not null and t.enabled and t.next_fire_at <= p_now
+                      order by t.next_fire_at limit p_limit loop
+            begin
+                v_count := v_count + conveyor._fire_schedules_of(p_now, p_limit, v_name);
+            exception when others then
+                raise warning 'pg_conveyor: tick step schedule skipped task %: % (SQLSTATE %)', v_name, sqlerrm, sqlstate;
+                perform conveyor._tick_note('schedule', p_quarantined => 1);
+            end;
+        end loop;
+    end;
     return v_count;
 end
 $$;

@@ -1,12 +1,12 @@
 -- functions/tick_services.sql: tick step `restart` (services' replicas kept alive), and the
 -- operator's start_service and stop_service.
 
--- _restart_services: keep each enabled service's replicas alive. A replica with no live run
+-- _restart_services_of: keep each enabled service (one, or all when p_only is null)'s replicas alive. A replica with no live run
 -- gets one: at once the first time, else after restart_delay with restart_backoff over its
 -- consecutive quick restarts (a run that stayed up 60s resets the count). A replica whose last
 -- run was stopped by hand (cancelled, or asked to cancel and then completed) stays down until
 -- start_service. Replicas above `replicas` get a cancel request.
-create or replace function conveyor._restart_services(p_now timestamptz, p_limit integer)
+create or replace function conveyor._restart_services_of(p_now timestamptz, p_limit integer, p_only text)
 returns integer
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
@@ -25,6 +25,7 @@ begin
         from conveyor.tasks t
         join conveyor.task_config c on c.name = t.name
         where t.kind = 'service' and t.enabled
+          and (p_only is null or t.name = p_only)
         order by t.name
         for no key update of t skip locked
     loop
@@ -67,6 +68,36 @@ begin
             perform conveyor._cancel(v_run);
         end loop;
     end loop;
+    return v_count;
+end
+$$;
+
+-- _restart_services: the step. One pass over every due service; if it fails, the services are taken one
+-- by one and one that fails on its own is skipped (a WARNING, counted as quarantined) while
+-- the others go on; it is tried again next tick.
+create or replace function conveyor._restart_services(p_now timestamptz, p_limit integer)
+returns integer
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_name text;
+    v_count integer := 0;
+begin
+    begin
+        return conveyor._restart_services_of(p_now, p_limit, null);
+    exception when others then
+        for v_name in select t.name from conveyor.tasks t
+                      where t.kind = 'service' and t.enabled order by t.name loop
+            begin
+                v_count := v_count + conveyor._restart_services_of(p_now, p_limit, v_name);
+            exception when others then
+                raise warning 'pg_conveyor: tick step restart skipped service %: % (SQLSTATE %)', v_name, sqlerrm, sqlstate;
+                perform conveyor._tick_note('restart', p_quarantined => 1);
+            end;
+        end loop;
+    end;
     return v_count;
 end
 $$;
