@@ -52,6 +52,7 @@ select u.name, u.op,
        case u.statuses
            when array(select s.status from conveyor.run_statuses s where s.finished order by 1) then 'finished'
            when array(select s.status from conveyor.run_statuses s where s.waiting order by 1) then 'waiting'
+           when array(select s.status from conveyor.run_statuses s where s.delivered order by 1) then 'delivered'
            else 'UNNAMED SET ' || u.statuses::text
        end as set
 from used u

@@ -220,7 +220,7 @@ begin
         active = case
             when excluded.parallelism is not null and t.parallelism is null then
                 (select count(*) from conveyor.runs r
-                  where r.task = excluded.name and conveyor._delivered(r.status) = 1)
+                  where r.task = excluded.name and conveyor._is_delivered(r.status))
             else t.active end;
 
     perform conveyor._check_effective();
@@ -353,7 +353,7 @@ begin
         notify = coalesce((o ->> 'notify')::boolean, true),
         delivery_outbox = coalesce((o ->> 'delivery_outbox')::boolean, false),
         delivered = case when o ? 'concurrency' then
-            (select count(*) from conveyor.runs r where r.queue = p_name and conveyor._delivered(r.status) = 1)
+            (select count(*) from conveyor.runs r where r.queue = p_name and conveyor._is_delivered(r.status))
             else 0 end
     where q.name = p_name;
 end

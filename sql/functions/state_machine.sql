@@ -29,6 +29,7 @@
 --   _waiting(status)   waiting for its due time: tick delivers it (scheduled, retrying, released)
 --   _delivered(status) 1 while counted by queue concurrency and task parallelism (queued,
 --                      running), else 0, also for a new run's missing from-status
+--   _is_delivered(status) the same as a boolean (matches index runs_delivered_by_task)
 --   _is_failure(outcome)      counted against the retry budget and shown as failure pressure
 --   _outcome_status(outcome)  the status an outcome leads to; null for failures, which lead to
 --                             retrying or failed by the budget (_end_attempts)
@@ -70,6 +71,10 @@ begin
         as $body$ select coalesce((status operator(pg_catalog.=) any (array[%s]::conveyor.run_status[]))::int, 0) $body$ $f$,
         v_delivered);
     execute format($f$
+        create or replace function conveyor._is_delivered(status conveyor.run_status) returns boolean
+        language sql immutable parallel safe
+        as $body$ select status operator(pg_catalog.=) any (array[%s]::conveyor.run_status[]) $body$ $f$, v_delivered);
+    execute format($f$
         create or replace function conveyor._is_failure(outcome conveyor.attempt_outcome) returns boolean
         language sql immutable parallel safe
         as $body$ select outcome operator(pg_catalog.=) any (array[%s]::conveyor.attempt_outcome[]) $body$ $f$, v_failures);
@@ -83,6 +88,7 @@ $generate$;
 comment on function conveyor._finished is 'whether a run status is terminal (generated from conveyor.run_statuses)';
 comment on function conveyor._live is 'whether a run status is not terminal (generated from conveyor.run_statuses)';
 comment on function conveyor._waiting is 'whether a run status waits for tick delivery (generated from conveyor.run_statuses)';
+comment on function conveyor._is_delivered is 'whether a run status counts against queue concurrency and task parallelism (generated from conveyor.run_statuses)';
 comment on function conveyor._delivered is '1 while a run status counts against queue concurrency and task parallelism (generated from conveyor.run_statuses)';
 comment on function conveyor._is_failure is 'whether an attempt outcome is a failure (generated from conveyor.attempt_outcomes)';
 comment on function conveyor._outcome_status is 'the run status an attempt outcome leads to; null for failures (generated from conveyor.attempt_outcomes)';

@@ -42,8 +42,11 @@ begin
     end if;
     if v_queue.name is not null then
         v_cursor[1] := v_queue.name;
-        select count(*) into v_true from conveyor.runs r
-        where r.queue = v_queue.name and conveyor._delivered(r.status) = 1;
+        -- queued ones through runs_claimable, running ones through runs_running_deadline: the
+        -- cost follows the delivered runs, not the table
+        select (select count(*) from conveyor.runs r where r.queue = v_queue.name and r.status = 'queued')
+             + (select count(*) from conveyor.runs r where r.status = 'running' and r.queue = v_queue.name)
+        into v_true;
         if v_true <> v_queue.delivered then
             update conveyor.queues q set delivered = v_true where q.name = v_queue.name;
             raise warning 'pg_conveyor: repaired the delivered counter of queue "%": % -> % (runs queued or running)',
@@ -69,7 +72,7 @@ begin
     if v_task.name is not null then
         v_cursor[2] := v_task.name;
         select count(*) into v_true from conveyor.runs r
-        where r.task = v_task.name and conveyor._delivered(r.status) = 1;
+        where r.task = v_task.name and conveyor._is_delivered(r.status);  -- runs_delivered_by_task
         if v_true <> v_task.active then
             update conveyor.tasks t set active = v_true where t.name = v_task.name;
             raise warning 'pg_conveyor: repaired the active counter of task "%": % -> % (runs queued or running)',
