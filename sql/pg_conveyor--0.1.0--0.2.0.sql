@@ -2430,6 +2430,7 @@ begin
                 select e.outcome into v_outcome
                 from conveyor._end_attempts(array[conveyor._expiry(v_run, p_now)]) e;
                 v_outcomes := v_outcomes || v_outcome;
+                delete from conveyor.quarantine q where q.step = 'expire' and q.run_id = v_run.id;
             exception
                 when lock_not_available then
                     -- a client holds what this run's ending must lock (its bounded queue's or
@@ -2799,8 +2800,13 @@ begin
 
     v_ids := array(
         select o.id from (
+            -- only queues that can take runs now: a full bounded queue's backlog (or a paused
+            -- queue's) must not fill the pool and starve the others
             select r.id from conveyor.runs r
+            join conveyor.queues q on q.name = r.queue
             where conveyor._waiting(r.status) and r.run_at <= p_now
+              and not q.paused and (q.concurrency is null or q.delivered < q.concurrency)
+              and not conveyor._quarantined('deliver', r.id, p_now)
             order by r.run_at
             limit p_limit * 2
         ) o
@@ -2870,6 +2876,8 @@ begin
                        where p.id = any(v_chosen) and conveyor._waiting(p.status)
                        for no key update skip locked);
         get diagnostics v_done = row_count;
+        -- a run set aside earlier and delivered now is no longer set aside
+        delete from conveyor.quarantine q where q.step = 'deliver' and q.run_id = any(v_chosen);
     exception when others then
         -- some run makes the batch fail: deliver them one at a time, setting aside the ones
         -- that fail on their own
@@ -2883,6 +2891,7 @@ begin
                                for no key update skip locked);
                 get diagnostics v_one = row_count;
                 v_done := v_done + v_one;
+                delete from conveyor.quarantine q where q.step = 'deliver' and q.run_id = v_id;
             exception
                 when lock_not_available then
                     perform conveyor._tick_note('deliver', p_skipped => 1);
@@ -2930,6 +2939,7 @@ begin
     delete from conveyor.attempts a where a.run_id = any(v_ids);
     delete from conveyor.attempt_logs l where l.run_id = any(v_ids);
     delete from conveyor.events e where e.run_id = any(v_ids);
+    delete from conveyor.quarantine q where q.run_id = any(v_ids);
     delete from conveyor.runs r where r.id = any(v_ids);
     return cardinality(v_ids);
 end
@@ -3589,7 +3599,8 @@ as $$
                            ('conveyor_tick_step_changed_total'), ('conveyor_tick_step_skipped_total'),
                            ('conveyor_tick_step_quarantined_total')) as f(name)
         union all
-        select 'conveyor_quarantined_runs', 'step=' || conveyor._metric_label(q.step), count(*)::text
+        select 'conveyor_quarantined_runs', 'step=' || conveyor._metric_label(q.step),
+               (count(*) filter (where q.retry_at > conveyor._now()))::text
         from conveyor.quarantine q
         group by q.step
     ),
@@ -3653,6 +3664,7 @@ grant execute on function
     conveyor.duration_in(cstring), conveyor.duration_out(conveyor.duration),
     conveyor.duration_recv(internal), conveyor.duration_send(conveyor.duration), conveyor.duration_from_interval(interval),
     conveyor._duration_text(interval), conveyor._is_failure(conveyor.attempt_outcome), conveyor._now(),
+    conveyor._option_registry(),
     conveyor._finished(conveyor.run_status), conveyor._live(conveyor.run_status), conveyor._waiting(conveyor.run_status),
     conveyor._delivered(conveyor.run_status), conveyor._is_delivered(conveyor.run_status), conveyor._outcome_status(conveyor.attempt_outcome),
     conveyor.tick_steps()

@@ -213,6 +213,12 @@ fn duration_out(value: Interval) -> CString {
 /// interval argument used to bypass it: the cast was binary).
 #[pg_extern(immutable, strict, parallel_safe, sql = false)]
 fn duration_from_interval(value: Interval) -> Interval {
+    // a month has no fixed length ('1 month -30 days' is 0 by pgrx's 30-day month and negative
+    // from 31 January): durations are days and smaller
+    if value.months() != 0 {
+        let reason = "months have no fixed length: give days (30d) instead".to_string();
+        Error::InvalidDuration { input: format!("{} months ...", value.months()), reason }.raise();
+    }
     let micros = interval_micros(&value);
     match check_range(micros) {
         Ok(_) => value,

@@ -12,6 +12,7 @@ select regress.try($$select conveyor.enqueue('t', delay => '1 sec -2 sec')$$);
 select regress.try($$select conveyor.enqueue('t', delay => '0 days -2000000000:00:00')$$);
 select regress.try($$select conveyor.enqueue('t', delay => interval '-5 minutes')$$);
 select regress.try($$select conveyor.enqueue('t', delay => interval '200 years')$$);
+select regress.try($$select conveyor.enqueue('t', delay => interval '1 month -30 days')$$);
 select regress.try($$select conveyor.define_task('t2', delay => '@ -1 hour')$$);
 select regress.try($$select conveyor.set_defaults('{"lease": "1 sec -2 sec"}')$$);
 select regress.try($$select conveyor.apply_config('{"tasks": {"t3": {"timeout": "-00:00:05"}}}')$$);

@@ -125,3 +125,20 @@ select conveyor.tick_step('schedule') as fired, conveyor.tick_step('restart') as
 select task, count(*) from conveyor.runs where fire_at is not null group by task order by task;
 select step, quarantined from conveyor._tick_stats where step in ('schedule', 'restart') order by step;
 rollback;
+
+-- a full bounded queue's backlog does not crowd the others out of a tick's candidates
+begin;
+select regress.at('2029-12-31 22:00:00+00');
+set local conveyor.tick_batch = 1000;
+select conveyor.set_queue('full', concurrency => 1);
+select conveyor.define_task('backlog', queue => 'full');
+select conveyor.define_task('other', queue => 'elsewhere');
+select count(conveyor.enqueue('backlog', run_at => '2029-12-31 23:00:00+00')) from generate_series(1, 2500);
+select count(conveyor.enqueue('other', run_at => '2029-12-31 23:30:00+00')) from generate_series(1, 50);
+select regress.at('2030-01-01 00:00:00+00');
+-- the first tick fills the bounded queue (and gives the others their turn); from then on the
+-- full queue's backlog is not a candidate at all
+select delivered from conveyor.tick();
+select delivered from conveyor.tick();
+select queue, count(*) from conveyor.runs where status = 'queued' group by queue order by queue;
+rollback;

@@ -41,6 +41,7 @@ grant execute on function
     conveyor.duration_in(cstring), conveyor.duration_out(conveyor.duration),
     conveyor.duration_recv(internal), conveyor.duration_send(conveyor.duration), conveyor.duration_from_interval(interval),
     conveyor._duration_text(interval), conveyor._is_failure(conveyor.attempt_outcome), conveyor._now(),
+    conveyor._option_registry(),
     conveyor._finished(conveyor.run_status), conveyor._live(conveyor.run_status), conveyor._waiting(conveyor.run_status),
     conveyor._delivered(conveyor.run_status), conveyor._is_delivered(conveyor.run_status), conveyor._outcome_status(conveyor.attempt_outcome),
     conveyor.tick_steps()

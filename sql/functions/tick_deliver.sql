@@ -49,8 +49,13 @@ begin
 
     v_ids := array(
         select o.id from (
+            -- only queues that can take runs now: a full bounded queue's backlog (or a paused
+            -- queue's) must not fill the pool and starve the others
             select r.id from conveyor.runs r
+            join conveyor.queues q on q.name = r.queue
             where conveyor._waiting(r.status) and r.run_at <= p_now
+              and not q.paused and (q.concurrency is null or q.delivered < q.concurrency)
+              and not conveyor._quarantined('deliver', r.id, p_now)
             order by r.run_at
             limit p_limit * 2
         ) o
@@ -120,6 +125,8 @@ begin
                        where p.id = any(v_chosen) and conveyor._waiting(p.status)
                        for no key update skip locked);
         get diagnostics v_done = row_count;
+        -- a run set aside earlier and delivered now is no longer set aside
+        delete from conveyor.quarantine q where q.step = 'deliver' and q.run_id = any(v_chosen);
     exception when others then
         -- some run makes the batch fail: deliver them one at a time, setting aside the ones
         -- that fail on their own
@@ -133,6 +140,7 @@ begin
                                for no key update skip locked);
                 get diagnostics v_one = row_count;
                 v_done := v_done + v_one;
+                delete from conveyor.quarantine q where q.step = 'deliver' and q.run_id = v_id;
             exception
                 when lock_not_available then
                     perform conveyor._tick_note('deliver', p_skipped => 1);

@@ -67,6 +67,7 @@ begin
                 select e.outcome into v_outcome
                 from conveyor._end_attempts(array[conveyor._expiry(v_run, p_now)]) e;
                 v_outcomes := v_outcomes || v_outcome;
+                delete from conveyor.quarantine q where q.step = 'expire' and q.run_id = v_run.id;
             exception
                 when lock_not_available then
                     -- a client holds what this run's ending must lock (its bounded queue's or

@@ -29,6 +29,7 @@ begin
     delete from conveyor.attempts a where a.run_id = any(v_ids);
     delete from conveyor.attempt_logs l where l.run_id = any(v_ids);
     delete from conveyor.events e where e.run_id = any(v_ids);
+    delete from conveyor.quarantine q where q.run_id = any(v_ids);
     delete from conveyor.runs r where r.id = any(v_ids);
     return cardinality(v_ids);
 end

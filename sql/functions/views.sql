@@ -228,7 +228,8 @@ as $$
                            ('conveyor_tick_step_changed_total'), ('conveyor_tick_step_skipped_total'),
                            ('conveyor_tick_step_quarantined_total')) as f(name)
         union all
-        select 'conveyor_quarantined_runs', 'step=' || conveyor._metric_label(q.step), count(*)::text
+        select 'conveyor_quarantined_runs', 'step=' || conveyor._metric_label(q.step),
+               (count(*) filter (where q.retry_at > conveyor._now()))::text
         from conveyor.quarantine q
         group by q.step
     ),
