@@ -395,7 +395,9 @@ fn claims_finishes_cancels_retries_and_ticks_racing_on_the_same_rows_keep_every_
     );
     assert!(violations.is_empty(), "{violations:#?}");
     assert_eq!(counter as i64, delivered, "bounded queue counter");
-    assert!(attempts > 1000, "the race did real work");
+    // a sanity bound, not a speed target (the count depends on the machine's load: 896 to 1,378
+    // in make test runs here); make bench measures speed
+    assert!(attempts > 500, "the race did real work");
     drop(client);
     drop_db(&db);
 }
