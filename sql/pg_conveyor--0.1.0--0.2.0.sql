@@ -63,7 +63,7 @@ insert into conveyor.attempt_outcomes (outcome, failure, leads_to, meaning) valu
     ('succeeded',    false, 'succeeded', 'complete_run'),
     ('failed',       true,  null,        'fail_run, or malformed worker input (configuration_invalid)'),
     ('timeout',      true,  null,        'the attempt ran past the task''s timeout (tick)'),
-    ('crashed',      true,  null,        'the lease expired without a heartbeat: the worker is presumed dead (tick)'),
+    ('crashed',      true,  null,        'the lease expired without a heartbeat, or the session bound to the run ended: the worker is presumed dead (tick)'),
     ('log_overflow', true,  null,        'the log outgrew log_max_size with log_on_full = kill_task'),
     ('released',     false, 'released',  'release_run: business waiting'),
     ('stopped',      false, 'cancelled', 'the attempt ended after a cancel request'),
@@ -138,6 +138,38 @@ drop function conveyor.tick();
 -- tick repair: a capped task's delivered runs (queued or running), counted without scanning
 -- the table (a bounded queue's are counted through runs_claimable and runs_running_deadline)
 create index runs_delivered_by_task on conveyor.runs (task) where status in ('queued', 'running');
+
+-- Rescue on backend death (issue 16): a claim may bind its runs to the claiming session
+-- (bind_session: a claim argument, else the task's, the queue's, the defaults' option; false
+-- built in). The expire step ends the running attempts of a bound session that is gone as
+-- crashed, without waiting for the lease. Columns are appended, as a fresh install has them.
+alter table conveyor._defaults add column bind_session boolean;
+alter table conveyor.queues add column bind_session boolean;
+alter table conveyor.tasks add column bind_session boolean;
+alter table conveyor.runs add column session_pid integer, add column session_started_at timestamptz;
+
+-- tick expiry: the running runs bound to each session (conveyor.sessions)
+create index runs_bound_session on conveyor.runs (session_pid, session_started_at)
+    where status = 'running' and session_pid is not null;
+
+-- sessions: each database session that claimed runs bound to it (bind_session), by backend pid
+-- and backend start (pids are reused; the pair is not). The expire step compares them with
+-- pg_stat_activity and ends the running attempts of a session that is gone, then its row.
+create table conveyor.sessions (
+    pid integer not null,
+    started_at timestamptz not null,
+    -- the worker name of its first bound claim, and when that was
+    worker text not null,
+    bound_at timestamptz not null,
+    constraint sessions_one_row_per_backend primary key (pid, started_at)
+);
+comment on table conveyor.sessions is 'sessions that claimed runs bound to them; tick rescues their runs when they end';
+
+-- claim_runs, claim_run and set_queue take a bind_session argument: the old signatures go
+-- (sql/functions/ creates the new ones, roles.sql grants them).
+drop function conveyor.claim_run(text, text, conveyor.duration, text[]);
+drop function conveyor.claim_runs(text, text, integer, conveyor.duration, text[]);
+drop function conveyor.set_queue(text, integer, boolean, boolean, boolean);
 
 -- ============================================================================================
 -- sql/functions/rust.sql
@@ -216,6 +248,11 @@ create or replace function conveyor._option_registry() returns jsonb
 -- _library_version: the version of the loaded library (the schema's is pg_extension.extversion).
 create or replace function conveyor._library_version() returns text
     immutable parallel safe language c as 'MODULE_PATHNAME', '_library_version_wrapper';
+
+-- _session_started_at: this backend's start (pg_stat_activity.backend_start): with the pid, the
+-- identity of a session that claims bound runs (src/session.rs).
+create or replace function conveyor._session_started_at() returns timestamptz
+    stable parallel safe language c as 'MODULE_PATHNAME', '_session_started_at_wrapper';
 
 -- ============================================================================================
 -- sql/functions/errors.sql
@@ -956,13 +993,15 @@ select
     coalesce(o.retention, interval '7 days') as retention,
     coalesce(o.restart_delay, interval '1 second') as restart_delay,
     coalesce(o.restart_backoff, 'exponential') as restart_backoff,
-    coalesce(o.restart_max_delay, interval '60 seconds') as restart_max_delay
+    coalesce(o.restart_max_delay, interval '60 seconds') as restart_max_delay,
+    coalesce(o.bind_session, false) as bind_session
 from (values (true)) as one(singleton)
 left join conveyor._defaults o using (singleton);
 
 comment on view conveyor.defaults is 'effective defaults: what a task that leaves an option off gets';
 
--- task_config: each task's effective options, its own where given, else the defaults.
+-- task_config: each task's effective options, its own where given, else the defaults (for
+-- bind_session: its own, else its queue's, else the defaults).
 -- A custom backoff list is capped only by an explicitly given max_delay.
 create or replace view conveyor.task_config as
 select
@@ -985,9 +1024,12 @@ select
     t.parallelism, t.payload, t.replicas,
     coalesce(t.restart_delay, d.restart_delay) as restart_delay,
     coalesce(t.restart_backoff, d.restart_backoff) as restart_backoff,
-    coalesce(t.restart_max_delay, d.restart_max_delay) as restart_max_delay
+    coalesce(t.restart_max_delay, d.restart_max_delay) as restart_max_delay,
+    -- a claim's own bind argument wins over this (claim_runs)
+    coalesce(t.bind_session, q.bind_session, d.bind_session) as bind_session
 from conveyor.tasks t
-cross join conveyor.defaults d;
+cross join conveyor.defaults d
+left join conveyor.queues q on q.name = t.queue;
 
 comment on view conveyor.task_config is 'each task''s effective configuration (its options over conveyor.defaults)';
 
@@ -1111,7 +1153,7 @@ begin
         name, kind, queue, enabled, version, options, priority, max_attempts, backoff, backoff_custom,
         delay, max_delay, jitter, timeout, lease, log_max_size, log_on_full, schedule, timezone,
         on_overlap, catch_up, next_fire_at, parallelism, payload, replicas, restart_delay,
-        restart_backoff, restart_max_delay, created_at, updated_at
+        restart_backoff, restart_max_delay, created_at, updated_at, bind_session
     ) values (
         p_name, p_kind, v_queue, coalesce((o ->> 'enabled')::boolean, v_old.enabled, true), v_version, o,
         (o ->> 'priority')::smallint,
@@ -1136,7 +1178,8 @@ begin
         (o ->> 'restart_delay')::interval,
         o ->> 'restart_backoff',
         (o ->> 'restart_max_delay')::interval,
-        v_now, v_now
+        v_now, v_now,
+        (o ->> 'bind_session')::boolean
     )
     on conflict (name) do update set
         queue = excluded.queue, enabled = excluded.enabled, version = excluded.version,
@@ -1149,6 +1192,7 @@ begin
         parallelism = excluded.parallelism, payload = excluded.payload, replicas = excluded.replicas,
         restart_delay = excluded.restart_delay, restart_backoff = excluded.restart_backoff,
         restart_max_delay = excluded.restart_max_delay, updated_at = excluded.updated_at,
+        bind_session = excluded.bind_session,
         -- a cap that starts now starts from the runs delivered now
         active = case
             when excluded.parallelism is not null and t.parallelism is null then
@@ -1285,6 +1329,7 @@ begin
         paused = coalesce((o ->> 'paused')::boolean, false),
         notify = coalesce((o ->> 'notify')::boolean, true),
         delivery_outbox = coalesce((o ->> 'delivery_outbox')::boolean, false),
+        bind_session = (o ->> 'bind_session')::boolean,
         delivered = case when o ? 'concurrency' then
             (select count(*) from conveyor.runs r where r.queue = p_name and conveyor._is_delivered(r.status))
             else 0 end
@@ -1298,7 +1343,8 @@ create or replace function conveyor.set_queue(
     concurrency integer default null,
     paused boolean default false,
     notify boolean default true,
-    delivery_outbox boolean default false
+    delivery_outbox boolean default false,
+    bind_session boolean default null
 )
 returns void
 language sql
@@ -1306,11 +1352,12 @@ security definer
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
     select conveyor._set_queue(name, jsonb_strip_nulls(jsonb_build_object(
-        'concurrency', concurrency, 'paused', paused, 'notify', notify, 'delivery_outbox', delivery_outbox)))
+        'concurrency', concurrency, 'paused', paused, 'notify', notify, 'delivery_outbox', delivery_outbox,
+        'bind_session', bind_session)))
 $$;
 
 comment on function conveyor.set_queue is
-    'configure a queue: concurrency (null = unbounded), paused, notify (wakeups), delivery_outbox';
+    'configure a queue: concurrency (null = unbounded), paused, notify (wakeups), delivery_outbox, bind_session (null: the defaults'')';
 
 -- _set_paused: pause or resume a queue (CV007 for an unknown one).
 create or replace function conveyor._set_paused(p_name text, p_paused boolean)
@@ -1678,12 +1725,18 @@ comment on function conveyor.enqueue_many is
 -- Rows are locked FOR NO KEY UPDATE SKIP LOCKED, so concurrent claimers never share a run.
 -- Runs of a disabled task fail (task_disabled) here instead of being returned, and the claim
 -- goes on to the runs behind them.
+-- bind_session: bind the runs to this database session, so that tick ends their attempts as
+-- crashed as soon as the session is gone instead of at lease expiry (null: each task's
+-- bind_session option, else its queue's, else the defaults'; false built in). Only for workers
+-- that claim, heartbeat and finish on one direct connection: behind a transaction pooler the
+-- session is the pooler's server connection, not the worker's (docs/guarantees.md).
 create or replace function conveyor.claim_runs(
     queues text,
     worker text,
     max integer default 10,
     lease conveyor.duration default null,
-    tasks text[] default null
+    tasks text[] default null,
+    bind_session boolean default null
 )
 returns setof conveyor.claimed_run
 language plpgsql
@@ -1705,6 +1758,10 @@ declare
     v_round integer := 0;
     -- shown on dashboards and terminals: no control or bidi characters (conveyor._clean)
     v_worker text := conveyor._clean(claim_runs.worker);
+    -- this session, for runs bound to it (conveyor.sessions)
+    v_pid integer := pg_backend_pid();
+    v_started timestamptz := conveyor._session_started_at();
+    v_bound boolean := false;
 begin
     if v_worker is null or btrim(v_worker) = '' or length(v_worker) > 200 then
         perform conveyor._raise_invalid('worker must name the claiming worker (1 to 200 characters), e.g. host:pid');
@@ -1761,7 +1818,9 @@ begin
                 timeout_at = v_now + c.timeout,
                 started_at = v_now,
                 worker = v_worker,
-                log_size = 0
+                log_size = 0,
+                session_pid = case when coalesce(claim_runs.bind_session, c.bind_session) then v_pid end,
+                session_started_at = case when coalesce(claim_runs.bind_session, c.bind_session) then v_started end
             from conveyor.task_config c
             where c.name = r.task
               and r.id = any(coalesce(v_ids, array(
@@ -1774,7 +1833,8 @@ begin
                   limit v_want
                   for no key update skip locked)))
             returning r.id, r.lease_token, r.task, r.queue, r.payload, r.attempts + 1 as attempt, r.failures, r.releases,
-                      r.attempt_id, r.priority, r.parent_run_id, r.lease_expires_at, r.timeout_at, r.run_at, c.enabled
+                      r.attempt_id, r.priority, r.parent_run_id, r.lease_expires_at, r.timeout_at, r.run_at, c.enabled,
+                      r.session_pid is not null as bound
         )
         select
             array_agg(row(c.id, c.lease_token, c.task, c.queue, c.payload, c.attempt, c.failures, c.releases,
@@ -1782,8 +1842,9 @@ begin
                       order by c.priority, c.run_at, c.id) filter (where c.enabled),
             array_agg(row(c.id, c.lease_token, null, 'failed',
                           conveyor._failure('task_disabled', format('task "%s" is disabled', c.task)),
-                          false, null, null, null)::conveyor._ending) filter (where not c.enabled)
-        into v_batch, v_disabled
+                          false, null, null, null)::conveyor._ending) filter (where not c.enabled),
+            v_bound or coalesce(bool_or(c.bound and c.enabled), false)
+        into v_batch, v_disabled, v_bound
         from claimed c;
 
         v_claimed := v_claimed || coalesce(v_batch, '{}');
@@ -1792,6 +1853,12 @@ begin
         v_want := claim_runs.max - cardinality(v_claimed);
         exit when v_want <= 0 or v_round >= 10;
     end loop;
+    if v_bound then
+        -- the session's row, written once per session; only tick deletes it, once it is gone
+        insert into conveyor.sessions (pid, started_at, worker, bound_at)
+        values (v_pid, v_started, v_worker, v_now)
+        on conflict do nothing;
+    end if;
     return query select * from unnest(v_claimed);
 end
 $$;
@@ -1804,7 +1871,8 @@ create or replace function conveyor.claim_run(
     queues text,
     worker text,
     lease conveyor.duration default null,
-    tasks text[] default null
+    tasks text[] default null,
+    bind_session boolean default null
 )
 returns setof conveyor.claimed_run
 language plpgsql
@@ -1813,7 +1881,7 @@ set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
 as $$
 begin
-    return query select * from conveyor.claim_runs(queues, worker, 1, lease, tasks);
+    return query select * from conveyor.claim_runs(queues, worker, 1, lease, tasks, bind_session);
 end
 $$;
 
@@ -2361,10 +2429,12 @@ comment on function conveyor.retry_runs is
 -- ============================================================================================
 -- sql/functions/tick_expire.sql
 
--- functions/tick_expire.sql: tick step `expire`: leases and timeouts that ran out.
+-- functions/tick_expire.sql: tick step `expire`: leases and timeouts that ran out, and runs
+-- bound to a session that is gone.
 
--- _expiry: the ending tick gives a running run whose lease or timeout ran out: outcome timeout
--- when the timeout passed, else crashed (no heartbeat: the worker is presumed dead).
+-- _expiry: the ending tick gives a running run whose lease or timeout ran out, or whose bound
+-- session is gone: outcome timeout when the timeout passed, else crashed (the worker is
+-- presumed dead: no heartbeat, or its session ended).
 create or replace function conveyor._expiry(p_run conveyor.runs, p_now timestamptz)
 returns conveyor._ending
 language sql
@@ -2375,15 +2445,45 @@ as $$
                case when p_run.timeout_at <= p_now
                     then conveyor._failure('timeout', format('attempt %s exceeded its timeout of %s',
                                            p_run.attempts + 1, conveyor._duration_text(p_run.timeout_at - p_run.started_at)))
-                    else conveyor._failure('crashed', format('no heartbeat before the lease expired at %s: worker %s is presumed dead',
+                    when p_run.lease_expires_at <= p_now
+                    then conveyor._failure('crashed', format('no heartbeat before the lease expired at %s: worker %s is presumed dead',
                                            to_char(p_run.lease_expires_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                                           coalesce(p_run.worker, '?')))
+                    else conveyor._failure('crashed', format('the session that claimed it (backend pid %s, started %s) ended: worker %s is presumed dead',
+                                           p_run.session_pid,
+                                           to_char(p_run.session_started_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
                                            coalesce(p_run.worker, '?')))
                end,
                true, null, null, null)::conveyor._ending
 $$;
 
--- _expire_leases: end attempts whose lease ran out (outcome crashed) or whose timeout passed
--- (outcome timeout); both retry under the budget. A run with a cancel request ends
+-- _gone_sessions: the bound sessions (conveyor.sessions) that are no longer connected: no
+-- backend has the pid, or the backend with the pid started at another time (pids are reused;
+-- after a crash restart or a failover every old session is gone). Where pg_stat_activity hides
+-- a backend's start time (it shows it only to the session's own role, members of
+-- pg_read_all_stats and superusers), a backend with the pid counts as the session: a live
+-- session is never taken for a gone one, whoever calls tick.
+create or replace function conveyor._gone_sessions()
+returns setof conveyor.sessions
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    -- a fresh list of backends, read after the statement below took its snapshot: a session
+    -- whose row that snapshot sees committed it while connected, so it is in the list unless it
+    -- has ended since
+    perform pg_stat_clear_snapshot();
+    return query
+    select s.* from conveyor.sessions s
+    where not exists (select from pg_stat_get_activity(null) a
+                      where a.pid = s.pid and (a.backend_start = s.started_at or a.backend_start is null));
+end
+$$;
+
+-- _expire_leases: end attempts whose lease ran out or whose bound session is gone (outcome
+-- crashed) or whose timeout passed (outcome timeout); both retry under the budget. A gone
+-- session's row goes once none of its runs is running. A run with a cancel request ends
 -- cancelled/stopped instead (an abandoned cancellation). One statement for the batch; if it
 -- fails, the runs are ended one by one, and one that fails alone is set aside
 -- (conveyor._quarantine) while the others are recovered. Runs a client holds are skipped.
@@ -2399,6 +2499,8 @@ declare
     v_run conveyor.runs;
     v_outcome conveyor.attempt_outcome;
     v_held text[] := '{}';
+    -- sessions are few (one per worker connection that ever bound a claim): checked every tick
+    v_gone conveyor.sessions[] := array(select s from conveyor._gone_sessions() s);
 begin
     begin
         v_outcomes := array(
@@ -2410,16 +2512,29 @@ begin
                   and not conveyor._quarantined('expire', r.id, p_now)
                 order by least(r.lease_expires_at, r.timeout_at)
                 limit p_limit
-                for no key update skip locked)) e);
+                for no key update skip locked) || array(
+                select conveyor._expiry(r, p_now)
+                from unnest(v_gone) g
+                join conveyor.runs r on r.session_pid = g.pid and r.session_started_at = g.started_at
+                where r.status = 'running' and least(r.lease_expires_at, r.timeout_at) > p_now
+                  and not conveyor._quarantined('expire', r.id, p_now)
+                limit p_limit
+                for no key update of r skip locked)) e);
     exception when others then
         -- some run makes the batch fail: end them one at a time, setting aside the ones that fail
         v_outcomes := '{}';
         for v_run in
-            select * from conveyor.runs r
-            where r.status = 'running' and least(r.lease_expires_at, r.timeout_at) <= p_now
-              and not conveyor._quarantined('expire', r.id, p_now)
-            order by least(r.lease_expires_at, r.timeout_at)
-            limit p_limit
+            (select * from conveyor.runs r
+             where r.status = 'running' and least(r.lease_expires_at, r.timeout_at) <= p_now
+               and not conveyor._quarantined('expire', r.id, p_now)
+             order by least(r.lease_expires_at, r.timeout_at)
+             limit p_limit)
+            union all
+            (select r.* from unnest(v_gone) g
+             join conveyor.runs r on r.session_pid = g.pid and r.session_started_at = g.started_at
+             where r.status = 'running' and least(r.lease_expires_at, r.timeout_at) > p_now
+               and not conveyor._quarantined('expire', r.id, p_now)
+             limit p_limit)
         loop
             if v_run.queue = any(v_held) then
                 -- this queue's counter row is held by a client (see below): a later tick
@@ -2442,6 +2557,11 @@ begin
             end;
         end loop;
     end;
+    delete from conveyor.sessions s
+    using unnest(v_gone) g
+    where s.pid = g.pid and s.started_at = g.started_at
+      and not exists (select from conveyor.runs r
+                      where r.session_pid = g.pid and r.session_started_at = g.started_at and r.status = 'running');
     return query
     select count(*) filter (where o = 'crashed')::integer,
            count(*) filter (where o = 'timeout')::integer,
@@ -3340,6 +3460,8 @@ language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
+-- as in tick_step: the steps skip what clients hold, and a lock they must take waits this long at most
+set lock_timeout = '500ms'
 as $$
 declare
     v_now timestamptz := conveyor._now();
@@ -3677,8 +3799,8 @@ grant execute on function
 to conveyor_producer;
 
 grant execute on function
-    conveyor.claim_run(text, text, conveyor.duration, text[]),
-    conveyor.claim_runs(text, text, integer, conveyor.duration, text[]),
+    conveyor.claim_run(text, text, conveyor.duration, text[], boolean),
+    conveyor.claim_runs(text, text, integer, conveyor.duration, text[], boolean),
     conveyor.pending(text),
     conveyor.complete_run(conveyor.ulid, uuid, jsonb),
     conveyor.fail_run(conveyor.ulid, uuid, text, jsonb, boolean),
@@ -3694,7 +3816,7 @@ grant select on
     conveyor.queues, conveyor.transitions, conveyor.defaults, conveyor.task_config, conveyor.outbox,
     conveyor.queue_stats, conveyor.task_stats, conveyor.recent_failures, conveyor.throughput, conveyor.run_history,
     conveyor.run_statuses, conveyor.attempt_outcomes, conveyor.error_codes, conveyor.options,
-    conveyor.quarantine, conveyor._tick_stats
+    conveyor.quarantine, conveyor._tick_stats, conveyor.sessions
 to conveyor_reader;
 
 grant execute on function conveyor.metrics() to conveyor_reader;
@@ -3706,7 +3828,7 @@ grant execute on function
                          integer, jsonb),
     conveyor.define_service(text, integer, text, text, text, text, jsonb, jsonb),
     conveyor.disable_task(text), conveyor.enable_task(text),
-    conveyor.set_queue(text, integer, boolean, boolean, boolean),
+    conveyor.set_queue(text, integer, boolean, boolean, boolean, boolean),
     conveyor.pause_queue(text), conveyor.resume_queue(text), conveyor.drop_queue(text),
     conveyor.set_defaults(jsonb), conveyor.apply_config(jsonb),
     conveyor.cancel_run(conveyor.ulid), conveyor.cancel_runs(text, text, conveyor.run_status, integer),

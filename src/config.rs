@@ -129,6 +129,7 @@ pub static OPTIONS: &[OptionDef] = &[
     OptionDef { name: "restart_delay", kinds: &[S, D], value: Takes::Duration { positive: false }, default: Some("1s"), meaning: "base delay before a replica restarts" },
     OptionDef { name: "restart_backoff", kinds: &[S, D], value: Takes::Choice(CURVES), default: Some("exponential"), meaning: "curve over a replica's consecutive quick restarts (reset after 60s up)" },
     OptionDef { name: "restart_max_delay", kinds: &[S, D], value: Takes::Duration { positive: false }, default: Some("60s"), meaning: "cap of the restart backoff" },
+    OptionDef { name: "bind_session", kinds: &[T, S, Q, D], value: Takes::Boolean, default: Some("false"), meaning: "claims bind runs to the claiming session: tick ends them as crashed as soon as it is gone, not at lease expiry (wrong behind a transaction pooler; a claim's bind_session argument wins, then the task's, the queue's, the defaults')" },
     OptionDef { name: "payload", kinds: &[T, S], value: Takes::Object, default: Some("{}"), meaning: "payload of runs the queue creates itself (cron firings, service replicas)" },
     OptionDef { name: "concurrency", kinds: &[Q], value: Takes::Integer { min: 1, max: 1_000_000 }, default: None, meaning: "bounded queue: at most N runs queued or running at once" },
     OptionDef { name: "paused", kinds: &[Q], value: Takes::Boolean, default: Some("false"), meaning: "claims return nothing, tick delivers nothing into it" },

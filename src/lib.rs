@@ -14,6 +14,7 @@ mod cron;
 mod duration;
 mod error;
 mod guc;
+mod session;
 mod text;
 mod ulid;
 mod version;

@@ -6,12 +6,18 @@
 -- Rows are locked FOR NO KEY UPDATE SKIP LOCKED, so concurrent claimers never share a run.
 -- Runs of a disabled task fail (task_disabled) here instead of being returned, and the claim
 -- goes on to the runs behind them.
+-- bind_session: bind the runs to this database session, so that tick ends their attempts as
+-- crashed as soon as the session is gone instead of at lease expiry (null: each task's
+-- bind_session option, else its queue's, else the defaults'; false built in). Only for workers
+-- that claim, heartbeat and finish on one direct connection: behind a transaction pooler the
+-- session is the pooler's server connection, not the worker's (docs/guarantees.md).
 create or replace function conveyor.claim_runs(
     queues text,
     worker text,
     max integer default 10,
     lease conveyor.duration default null,
-    tasks text[] default null
+    tasks text[] default null,
+    bind_session boolean default null
 )
 returns setof conveyor.claimed_run
 language plpgsql
@@ -33,6 +39,10 @@ declare
     v_round integer := 0;
     -- shown on dashboards and terminals: no control or bidi characters (conveyor._clean)
     v_worker text := conveyor._clean(claim_runs.worker);
+    -- this session, for runs bound to it (conveyor.sessions)
+    v_pid integer := pg_backend_pid();
+    v_started timestamptz := conveyor._session_started_at();
+    v_bound boolean := false;
 begin
     if v_worker is null or btrim(v_worker) = '' or length(v_worker) > 200 then
         perform conveyor._raise_invalid('worker must name the claiming worker (1 to 200 characters), e.g. host:pid');
@@ -89,7 +99,9 @@ begin
                 timeout_at = v_now + c.timeout,
                 started_at = v_now,
                 worker = v_worker,
-                log_size = 0
+                log_size = 0,
+                session_pid = case when coalesce(claim_runs.bind_session, c.bind_session) then v_pid end,
+                session_started_at = case when coalesce(claim_runs.bind_session, c.bind_session) then v_started end
             from conveyor.task_config c
             where c.name = r.task
               and r.id = any(coalesce(v_ids, array(
@@ -102,7 +114,8 @@ begin
                   limit v_want
                   for no key update skip locked)))
             returning r.id, r.lease_token, r.task, r.queue, r.payload, r.attempts + 1 as attempt, r.failures, r.releases,
-                      r.attempt_id, r.priority, r.parent_run_id, r.lease_expires_at, r.timeout_at, r.run_at, c.enabled
+                      r.attempt_id, r.priority, r.parent_run_id, r.lease_expires_at, r.timeout_at, r.run_at, c.enabled,
+                      r.session_pid is not null as bound
         )
         select
             array_agg(row(c.id, c.lease_token, c.task, c.queue, c.payload, c.attempt, c.failures, c.releases,
@@ -110,8 +123,9 @@ begin
                       order by c.priority, c.run_at, c.id) filter (where c.enabled),
             array_agg(row(c.id, c.lease_token, null, 'failed',
                           conveyor._failure('task_disabled', format('task "%s" is disabled', c.task)),
-                          false, null, null, null)::conveyor._ending) filter (where not c.enabled)
-        into v_batch, v_disabled
+                          false, null, null, null)::conveyor._ending) filter (where not c.enabled),
+            v_bound or coalesce(bool_or(c.bound and c.enabled), false)
+        into v_batch, v_disabled, v_bound
         from claimed c;
 
         v_claimed := v_claimed || coalesce(v_batch, '{}');
@@ -120,6 +134,12 @@ begin
         v_want := claim_runs.max - cardinality(v_claimed);
         exit when v_want <= 0 or v_round >= 10;
     end loop;
+    if v_bound then
+        -- the session's row, written once per session; only tick deletes it, once it is gone
+        insert into conveyor.sessions (pid, started_at, worker, bound_at)
+        values (v_pid, v_started, v_worker, v_now)
+        on conflict do nothing;
+    end if;
     return query select * from unnest(v_claimed);
 end
 $$;
@@ -132,7 +152,8 @@ create or replace function conveyor.claim_run(
     queues text,
     worker text,
     lease conveyor.duration default null,
-    tasks text[] default null
+    tasks text[] default null,
+    bind_session boolean default null
 )
 returns setof conveyor.claimed_run
 language plpgsql
@@ -141,7 +162,7 @@ set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
 as $$
 begin
-    return query select * from conveyor.claim_runs(queues, worker, 1, lease, tasks);
+    return query select * from conveyor.claim_runs(queues, worker, 1, lease, tasks, bind_session);
 end
 $$;
 

@@ -23,13 +23,15 @@ select
     coalesce(o.retention, interval '7 days') as retention,
     coalesce(o.restart_delay, interval '1 second') as restart_delay,
     coalesce(o.restart_backoff, 'exponential') as restart_backoff,
-    coalesce(o.restart_max_delay, interval '60 seconds') as restart_max_delay
+    coalesce(o.restart_max_delay, interval '60 seconds') as restart_max_delay,
+    coalesce(o.bind_session, false) as bind_session
 from (values (true)) as one(singleton)
 left join conveyor._defaults o using (singleton);
 
 comment on view conveyor.defaults is 'effective defaults: what a task that leaves an option off gets';
 
--- task_config: each task's effective options, its own where given, else the defaults.
+-- task_config: each task's effective options, its own where given, else the defaults (for
+-- bind_session: its own, else its queue's, else the defaults).
 -- A custom backoff list is capped only by an explicitly given max_delay.
 create or replace view conveyor.task_config as
 select
@@ -52,9 +54,12 @@ select
     t.parallelism, t.payload, t.replicas,
     coalesce(t.restart_delay, d.restart_delay) as restart_delay,
     coalesce(t.restart_backoff, d.restart_backoff) as restart_backoff,
-    coalesce(t.restart_max_delay, d.restart_max_delay) as restart_max_delay
+    coalesce(t.restart_max_delay, d.restart_max_delay) as restart_max_delay,
+    -- a claim's own bind argument wins over this (claim_runs)
+    coalesce(t.bind_session, q.bind_session, d.bind_session) as bind_session
 from conveyor.tasks t
-cross join conveyor.defaults d;
+cross join conveyor.defaults d
+left join conveyor.queues q on q.name = t.queue;
 
 comment on view conveyor.task_config is 'each task''s effective configuration (its options over conveyor.defaults)';
 
@@ -178,7 +183,7 @@ begin
         name, kind, queue, enabled, version, options, priority, max_attempts, backoff, backoff_custom,
         delay, max_delay, jitter, timeout, lease, log_max_size, log_on_full, schedule, timezone,
         on_overlap, catch_up, next_fire_at, parallelism, payload, replicas, restart_delay,
-        restart_backoff, restart_max_delay, created_at, updated_at
+        restart_backoff, restart_max_delay, created_at, updated_at, bind_session
     ) values (
         p_name, p_kind, v_queue, coalesce((o ->> 'enabled')::boolean, v_old.enabled, true), v_version, o,
         (o ->> 'priority')::smallint,
@@ -203,7 +208,8 @@ begin
         (o ->> 'restart_delay')::interval,
         o ->> 'restart_backoff',
         (o ->> 'restart_max_delay')::interval,
-        v_now, v_now
+        v_now, v_now,
+        (o ->> 'bind_session')::boolean
     )
     on conflict (name) do update set
         queue = excluded.queue, enabled = excluded.enabled, version = excluded.version,
@@ -216,6 +222,7 @@ begin
         parallelism = excluded.parallelism, payload = excluded.payload, replicas = excluded.replicas,
         restart_delay = excluded.restart_delay, restart_backoff = excluded.restart_backoff,
         restart_max_delay = excluded.restart_max_delay, updated_at = excluded.updated_at,
+        bind_session = excluded.bind_session,
         -- a cap that starts now starts from the runs delivered now
         active = case
             when excluded.parallelism is not null and t.parallelism is null then
@@ -352,6 +359,7 @@ begin
         paused = coalesce((o ->> 'paused')::boolean, false),
         notify = coalesce((o ->> 'notify')::boolean, true),
         delivery_outbox = coalesce((o ->> 'delivery_outbox')::boolean, false),
+        bind_session = (o ->> 'bind_session')::boolean,
         delivered = case when o ? 'concurrency' then
             (select count(*) from conveyor.runs r where r.queue = p_name and conveyor._is_delivered(r.status))
             else 0 end
@@ -365,7 +373,8 @@ create or replace function conveyor.set_queue(
     concurrency integer default null,
     paused boolean default false,
     notify boolean default true,
-    delivery_outbox boolean default false
+    delivery_outbox boolean default false,
+    bind_session boolean default null
 )
 returns void
 language sql
@@ -373,11 +382,12 @@ security definer
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
     select conveyor._set_queue(name, jsonb_strip_nulls(jsonb_build_object(
-        'concurrency', concurrency, 'paused', paused, 'notify', notify, 'delivery_outbox', delivery_outbox)))
+        'concurrency', concurrency, 'paused', paused, 'notify', notify, 'delivery_outbox', delivery_outbox,
+        'bind_session', bind_session)))
 $$;
 
 comment on function conveyor.set_queue is
-    'configure a queue: concurrency (null = unbounded), paused, notify (wakeups), delivery_outbox';
+    'configure a queue: concurrency (null = unbounded), paused, notify (wakeups), delivery_outbox, bind_session (null: the defaults'')';
 
 -- _set_paused: pause or resume a queue (CV007 for an unknown one).
 create or replace function conveyor._set_paused(p_name text, p_paused boolean)

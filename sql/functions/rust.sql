@@ -72,3 +72,8 @@ create or replace function conveyor._option_registry() returns jsonb
 -- _library_version: the version of the loaded library (the schema's is pg_extension.extversion).
 create or replace function conveyor._library_version() returns text
     immutable parallel safe language c as 'MODULE_PATHNAME', '_library_version_wrapper';
+
+-- _session_started_at: this backend's start (pg_stat_activity.backend_start): with the pid, the
+-- identity of a session that claims bound runs (src/session.rs).
+create or replace function conveyor._session_started_at() returns timestamptz
+    stable parallel safe language c as 'MODULE_PATHNAME', '_session_started_at_wrapper';

@@ -156,6 +156,8 @@ language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
+-- as in tick_step: the steps skip what clients hold, and a lock they must take waits this long at most
+set lock_timeout = '500ms'
 as $$
 declare
     v_now timestamptz := conveyor._now();

@@ -1,7 +1,9 @@
--- functions/tick_expire.sql: tick step `expire`: leases and timeouts that ran out.
+-- functions/tick_expire.sql: tick step `expire`: leases and timeouts that ran out, and runs
+-- bound to a session that is gone.
 
--- _expiry: the ending tick gives a running run whose lease or timeout ran out: outcome timeout
--- when the timeout passed, else crashed (no heartbeat: the worker is presumed dead).
+-- _expiry: the ending tick gives a running run whose lease or timeout ran out, or whose bound
+-- session is gone: outcome timeout when the timeout passed, else crashed (the worker is
+-- presumed dead: no heartbeat, or its session ended).
 create or replace function conveyor._expiry(p_run conveyor.runs, p_now timestamptz)
 returns conveyor._ending
 language sql
@@ -12,15 +14,45 @@ as $$
                case when p_run.timeout_at <= p_now
                     then conveyor._failure('timeout', format('attempt %s exceeded its timeout of %s',
                                            p_run.attempts + 1, conveyor._duration_text(p_run.timeout_at - p_run.started_at)))
-                    else conveyor._failure('crashed', format('no heartbeat before the lease expired at %s: worker %s is presumed dead',
+                    when p_run.lease_expires_at <= p_now
+                    then conveyor._failure('crashed', format('no heartbeat before the lease expired at %s: worker %s is presumed dead',
                                            to_char(p_run.lease_expires_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                                           coalesce(p_run.worker, '?')))
+                    else conveyor._failure('crashed', format('the session that claimed it (backend pid %s, started %s) ended: worker %s is presumed dead',
+                                           p_run.session_pid,
+                                           to_char(p_run.session_started_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
                                            coalesce(p_run.worker, '?')))
                end,
                true, null, null, null)::conveyor._ending
 $$;
 
--- _expire_leases: end attempts whose lease ran out (outcome crashed) or whose timeout passed
--- (outcome timeout); both retry under the budget. A run with a cancel request ends
+-- _gone_sessions: the bound sessions (conveyor.sessions) that are no longer connected: no
+-- backend has the pid, or the backend with the pid started at another time (pids are reused;
+-- after a crash restart or a failover every old session is gone). Where pg_stat_activity hides
+-- a backend's start time (it shows it only to the session's own role, members of
+-- pg_read_all_stats and superusers), a backend with the pid counts as the session: a live
+-- session is never taken for a gone one, whoever calls tick.
+create or replace function conveyor._gone_sessions()
+returns setof conveyor.sessions
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    -- a fresh list of backends, read after the statement below took its snapshot: a session
+    -- whose row that snapshot sees committed it while connected, so it is in the list unless it
+    -- has ended since
+    perform pg_stat_clear_snapshot();
+    return query
+    select s.* from conveyor.sessions s
+    where not exists (select from pg_stat_get_activity(null) a
+                      where a.pid = s.pid and (a.backend_start = s.started_at or a.backend_start is null));
+end
+$$;
+
+-- _expire_leases: end attempts whose lease ran out or whose bound session is gone (outcome
+-- crashed) or whose timeout passed (outcome timeout); both retry under the budget. A gone
+-- session's row goes once none of its runs is running. A run with a cancel request ends
 -- cancelled/stopped instead (an abandoned cancellation). One statement for the batch; if it
 -- fails, the runs are ended one by one, and one that fails alone is set aside
 -- (conveyor._quarantine) while the others are recovered. Runs a client holds are skipped.
@@ -36,6 +68,8 @@ declare
     v_run conveyor.runs;
     v_outcome conveyor.attempt_outcome;
     v_held text[] := '{}';
+    -- sessions are few (one per worker connection that ever bound a claim): checked every tick
+    v_gone conveyor.sessions[] := array(select s from conveyor._gone_sessions() s);
 begin
     begin
         v_outcomes := array(
@@ -47,16 +81,29 @@ begin
                   and not conveyor._quarantined('expire', r.id, p_now)
                 order by least(r.lease_expires_at, r.timeout_at)
                 limit p_limit
-                for no key update skip locked)) e);
+                for no key update skip locked) || array(
+                select conveyor._expiry(r, p_now)
+                from unnest(v_gone) g
+                join conveyor.runs r on r.session_pid = g.pid and r.session_started_at = g.started_at
+                where r.status = 'running' and least(r.lease_expires_at, r.timeout_at) > p_now
+                  and not conveyor._quarantined('expire', r.id, p_now)
+                limit p_limit
+                for no key update of r skip locked)) e);
     exception when others then
         -- some run makes the batch fail: end them one at a time, setting aside the ones that fail
         v_outcomes := '{}';
         for v_run in
-            select * from conveyor.runs r
-            where r.status = 'running' and least(r.lease_expires_at, r.timeout_at) <= p_now
-              and not conveyor._quarantined('expire', r.id, p_now)
-            order by least(r.lease_expires_at, r.timeout_at)
-            limit p_limit
+            (select * from conveyor.runs r
+             where r.status = 'running' and least(r.lease_expires_at, r.timeout_at) <= p_now
+               and not conveyor._quarantined('expire', r.id, p_now)
+             order by least(r.lease_expires_at, r.timeout_at)
+             limit p_limit)
+            union all
+            (select r.* from unnest(v_gone) g
+             join conveyor.runs r on r.session_pid = g.pid and r.session_started_at = g.started_at
+             where r.status = 'running' and least(r.lease_expires_at, r.timeout_at) > p_now
+               and not conveyor._quarantined('expire', r.id, p_now)
+             limit p_limit)
         loop
             if v_run.queue = any(v_held) then
                 -- this queue's counter row is held by a client (see below): a later tick
@@ -79,6 +126,11 @@ begin
             end;
         end loop;
     end;
+    delete from conveyor.sessions s
+    using unnest(v_gone) g
+    where s.pid = g.pid and s.started_at = g.started_at
+      and not exists (select from conveyor.runs r
+                      where r.session_pid = g.pid and r.session_started_at = g.started_at and r.status = 'running');
     return query
     select count(*) filter (where o = 'crashed')::integer,
            count(*) filter (where o = 'timeout')::integer,

@@ -50,7 +50,7 @@ insert into conveyor.attempt_outcomes (outcome, failure, leads_to, meaning) valu
     ('succeeded',    false, 'succeeded', 'complete_run'),
     ('failed',       true,  null,        'fail_run, or malformed worker input (configuration_invalid)'),
     ('timeout',      true,  null,        'the attempt ran past the task''s timeout (tick)'),
-    ('crashed',      true,  null,        'the lease expired without a heartbeat: the worker is presumed dead (tick)'),
+    ('crashed',      true,  null,        'the lease expired without a heartbeat, or the session bound to the run ended: the worker is presumed dead (tick)'),
     ('log_overflow', true,  null,        'the log outgrew log_max_size with log_on_full = kill_task'),
     ('released',     false, 'released',  'release_run: business waiting'),
     ('stopped',      false, 'cancelled', 'the attempt ended after a cancel request'),
@@ -125,3 +125,35 @@ drop function conveyor.tick();
 -- tick repair: a capped task's delivered runs (queued or running), counted without scanning
 -- the table (a bounded queue's are counted through runs_claimable and runs_running_deadline)
 create index runs_delivered_by_task on conveyor.runs (task) where status in ('queued', 'running');
+
+-- Rescue on backend death (issue 16): a claim may bind its runs to the claiming session
+-- (bind_session: a claim argument, else the task's, the queue's, the defaults' option; false
+-- built in). The expire step ends the running attempts of a bound session that is gone as
+-- crashed, without waiting for the lease. Columns are appended, as a fresh install has them.
+alter table conveyor._defaults add column bind_session boolean;
+alter table conveyor.queues add column bind_session boolean;
+alter table conveyor.tasks add column bind_session boolean;
+alter table conveyor.runs add column session_pid integer, add column session_started_at timestamptz;
+
+-- tick expiry: the running runs bound to each session (conveyor.sessions)
+create index runs_bound_session on conveyor.runs (session_pid, session_started_at)
+    where status = 'running' and session_pid is not null;
+
+-- sessions: each database session that claimed runs bound to it (bind_session), by backend pid
+-- and backend start (pids are reused; the pair is not). The expire step compares them with
+-- pg_stat_activity and ends the running attempts of a session that is gone, then its row.
+create table conveyor.sessions (
+    pid integer not null,
+    started_at timestamptz not null,
+    -- the worker name of its first bound claim, and when that was
+    worker text not null,
+    bound_at timestamptz not null,
+    constraint sessions_one_row_per_backend primary key (pid, started_at)
+);
+comment on table conveyor.sessions is 'sessions that claimed runs bound to them; tick rescues their runs when they end';
+
+-- claim_runs, claim_run and set_queue take a bind_session argument: the old signatures go
+-- (sql/functions/ creates the new ones, roles.sql grants them).
+drop function conveyor.claim_run(text, text, conveyor.duration, text[]);
+drop function conveyor.claim_runs(text, text, integer, conveyor.duration, text[]);
+drop function conveyor.set_queue(text, integer, boolean, boolean, boolean);

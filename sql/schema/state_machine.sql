@@ -76,7 +76,7 @@ insert into conveyor.attempt_outcomes (outcome, failure, leads_to, meaning) valu
     ('succeeded',    false, 'succeeded', 'complete_run'),
     ('failed',       true,  null,        'fail_run, or malformed worker input (configuration_invalid)'),
     ('timeout',      true,  null,        'the attempt ran past the task''s timeout (tick)'),
-    ('crashed',      true,  null,        'the lease expired without a heartbeat: the worker is presumed dead (tick)'),
+    ('crashed',      true,  null,        'the lease expired without a heartbeat, or the session bound to the run ended: the worker is presumed dead (tick)'),
     ('log_overflow', true,  null,        'the log outgrew log_max_size with log_on_full = kill_task'),
     ('released',     false, 'released',  'release_run: business waiting'),
     ('stopped',      false, 'cancelled', 'the attempt ended after a cancel request'),

@@ -27,6 +27,8 @@ create table conveyor._defaults (
     restart_backoff text,
     restart_max_delay interval,
     updated_at timestamptz not null default now(),
+    -- (0.2.0) claims bind runs to the claiming session unless the claim says otherwise
+    bind_session boolean,
     constraint defaults_one_row check (singleton)
 );
 
@@ -45,6 +47,8 @@ create table conveyor.queues (
     -- write an outbox row (topic conveyor.delivery) for each run that becomes claimable
     delivery_outbox boolean not null default false,
     created_at timestamptz not null default now(),
+    -- (0.2.0) the bind_session default of this queue's claims (null: the defaults')
+    bind_session boolean,
     constraint queues_concurrency_positive check (concurrency > 0),
     constraint queues_delivered_not_negative check (delivered >= 0)
 );
@@ -87,6 +91,8 @@ create table conveyor.tasks (
     restart_max_delay interval,
     created_at timestamptz not null default now(),
     updated_at timestamptz not null default now(),
+    -- (0.2.0) the bind_session default of this task's claims (null: its queue's, then the defaults')
+    bind_session boolean,
     constraint tasks_kind check (kind in ('task', 'service')),
     constraint tasks_service_has_replicas check ((kind = 'service') = (replicas is not null)),
     constraint tasks_active_not_negative check (active >= 0),
@@ -135,6 +141,10 @@ create table conveyor.runs (
     -- services: the replica this run is, and its consecutive quick restarts
     replica integer,
     restarts integer not null default 0,
+    -- (0.2.0) the database session that claimed the current (or last) attempt, when the claim bound
+    -- the run to it (bind_session): tick ends the attempt as crashed once that session is gone
+    session_pid integer,
+    session_started_at timestamptz,
     -- The two invariants of the state machine itself. (PostgreSQL 15 re-reads a table's CHECK
     -- expressions on every INSERT and UPDATE statement; seven checks here cost 8-18% of claim
     -- and finish throughput, so the others, on priority, payload, counters and cancel
@@ -190,6 +200,10 @@ create unique index runs_service_replica_live on conveyor.runs (task, replica)
     where replica is not null and status not in ('succeeded', 'failed', 'cancelled', 'skipped');
 
 create index runs_service_replica_history on conveyor.runs (task, replica, id) where replica is not null;
+
+-- tick expiry: the running runs bound to each session (conveyor.sessions)
+create index runs_bound_session on conveyor.runs (session_pid, session_started_at)
+    where status = 'running' and session_pid is not null;
 
 -- retry_run refuses runs that spawned children
 create index runs_parent on conveyor.runs (parent_run_id) where parent_run_id is not null;
@@ -263,6 +277,19 @@ comment on table conveyor.outbox is 'messages written in the caller''s transacti
 create index outbox_unpublished on conveyor.outbox (deliver_at) where published_at is null;
 create index outbox_unacked on conveyor.outbox (topic, deliver_at) where acked_at is null;
 create index outbox_published on conveyor.outbox (published_at) where published_at is not null;
+
+-- sessions: each database session that claimed runs bound to it (bind_session), by backend pid
+-- and backend start (pids are reused; the pair is not). The expire step compares them with
+-- pg_stat_activity and ends the running attempts of a session that is gone, then its row.
+create table conveyor.sessions (
+    pid integer not null,
+    started_at timestamptz not null,
+    -- the worker name of its first bound claim, and when that was
+    worker text not null,
+    bound_at timestamptz not null,
+    constraint sessions_one_row_per_backend primary key (pid, started_at)
+);
+comment on table conveyor.sessions is 'sessions that claimed runs bound to them; tick rescues their runs when they end';
 
 -- What claim_run(s) hand a worker.
 create type conveyor.claimed_run as (

@@ -72,13 +72,46 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(name: &str, conf: &[&str]) -> Cluster {
-        let port = 54400 + NEXT_PORT.fetch_add(1, Ordering::SeqCst) as u16;
-        let dir = format!("/tmp/pgc-{name}-{port}");
-        let _ = std::fs::remove_dir_all(&dir);
+        let (dir, port) = Cluster::place(name);
         let mut args = vec!["start".to_string(), dir.clone(), port.to_string()];
         args.extend(conf.iter().map(|s| s.to_string()));
         Cluster::script(&args);
         Cluster { dir, port }
+    }
+
+    /// A fresh directory and port for a cluster named `name`.
+    fn place(name: &str) -> (String, u16) {
+        let port = 54400 + NEXT_PORT.fetch_add(1, Ordering::SeqCst) as u16;
+        let dir = format!("/tmp/pgc-{name}-{port}");
+        let _ = std::fs::remove_dir_all(&dir);
+        (dir, port)
+    }
+
+    /// A streaming standby of `primary`, started: a pg_basebackup of it (-R: it follows the
+    /// primary), named `name` (cluster_name, which the primary's synchronous_standby_names
+    /// and pg_stat_replication see as its application_name).
+    pub fn standby_of(primary: &Cluster, name: &str) -> Cluster {
+        let (dir, port) = Cluster::place(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            let status = std::process::Command::new("chown").args(["postgres", &dir]).status().unwrap();
+            assert!(status.success(), "chown postgres {dir}");
+        }
+        let data = format!("{dir}/data");
+        let out = as_postgres(&format!("{}/pg_basebackup", pg_bindir()))
+            .args(["-D", &data, "-h", &primary.dir, "-p", &primary.port.to_string(), "-U", "postgres"])
+            .args(["-R", "-X", "stream", "-c", "fast"])
+            .output()
+            .expect("run pg_basebackup");
+        assert!(out.status.success(), "pg_basebackup: {}", String::from_utf8_lossy(&out.stderr));
+        // later lines win: the copy of the primary's postgresql.conf names the primary's port
+        let conf = format!("\nport = {port}\nunix_socket_directories = '{dir}'\ncluster_name = '{name}'\n");
+        let mut file = std::fs::OpenOptions::new().append(true).open(format!("{data}/postgresql.conf")).unwrap();
+        std::io::Write::write_all(&mut file, conf.as_bytes()).unwrap();
+        let standby = Cluster { dir, port };
+        let out = standby.pg_ctl(&["start"]);
+        assert!(out.status.success(), "start the standby: {}", String::from_utf8_lossy(&out.stderr));
+        standby
     }
 
     fn script(args: &[String]) {
@@ -99,23 +132,13 @@ impl Cluster {
 
     /// pg_ctl as the cluster's owner, e.g. `["restart", "-m", "fast"]`.
     pub fn pg_ctl(&self, args: &[&str]) -> std::process::Output {
-        let bin = String::from_utf8(
-            std::process::Command::new("/usr/bin/pg_config").arg("--bindir").output().unwrap().stdout,
-        )
-        .unwrap();
-        let pg_ctl = format!("{}/pg_ctl", bin.trim());
         let data = format!("{}/data", self.dir);
         let log = format!("{}/server.log", self.dir);
-        // SAFETY: geteuid takes no arguments, cannot fail and touches no memory of ours
-        let mut cmd = if unsafe { libc_geteuid() } == 0 {
-            let mut c = std::process::Command::new("sudo");
-            c.args(["-u", "postgres", &pg_ctl]);
-            c
-        } else {
-            std::process::Command::new(&pg_ctl)
-        };
-        cmd.current_dir("/tmp").args(["-D", &data, "-l", &log, "-w", "-t", "60"]).args(args);
-        cmd.output().expect("run pg_ctl")
+        as_postgres(&format!("{}/pg_ctl", pg_bindir()))
+            .args(["-D", &data, "-l", &log, "-w", "-t", "60"])
+            .args(args)
+            .output()
+            .expect("run pg_ctl")
     }
 
     pub fn log(&self) -> String {
@@ -133,6 +156,42 @@ impl Drop for Cluster {
 extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid takes no arguments, cannot fail and touches no memory of ours
+    unsafe { libc_geteuid() == 0 }
+}
+
+/// PostgreSQL's programs (pg_ctl, pg_basebackup, psql).
+pub fn pg_bindir() -> String {
+    let out = std::process::Command::new("/usr/bin/pg_config").arg("--bindir").output().expect("run pg_config");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A command run as the postgres user (PostgreSQL refuses to run as root), from /tmp.
+pub fn as_postgres(program: &str) -> std::process::Command {
+    let mut cmd = if is_root() {
+        let mut c = std::process::Command::new("sudo");
+        c.args(["-u", "postgres", program]);
+        c
+    } else {
+        std::process::Command::new(program)
+    };
+    cmd.current_dir("/tmp");
+    cmd
+}
+
+/// The connection, made anew if there is none; None (after a short pause) while the server
+/// cannot be reached. Clients that survive a server crash drop theirs on any error.
+pub fn reconnected<'a>(client: &'a mut Option<Client>, config: &str) -> Option<&'a mut Client> {
+    if client.is_none() {
+        match Client::connect(config, NoTls) {
+            Ok(c) => *client = Some(c),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+    client.as_mut()
 }
 
 /// Poll `f` every 20ms until it returns Some, for at most `secs` seconds.

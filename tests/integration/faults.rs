@@ -4,9 +4,9 @@
 //! checked against its attempt rows. Each test prints what it counted.
 
 use crate::common::{
-    connect, connect_to, drop_db, env, fresh_db, repo, status_of, tick_workers, unique, wait_for, Cluster,
+    connect, connect_to, drop_db, env, fresh_db, reconnected, repo, status_of, tick_workers, unique, wait_for, Cluster,
 };
-use postgres::{Client, NoTls};
+use postgres::Client;
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -106,18 +106,6 @@ fn workers_sigkilled_mid_attempt_under_load_lose_no_run() {
         kills >= 3 && crashed >= 1,
         "the test killed workers holding runs ({kills} kills, {crashed} crashed attempts)"
     );
-}
-
-/// The connection, made anew if there is none; None (after a short pause) while the server
-/// cannot be reached. Clients that survive a server crash drop theirs on any error.
-fn reconnected<'a>(client: &'a mut Option<Client>, config: &str) -> Option<&'a mut Client> {
-    if client.is_none() {
-        match Client::connect(config, NoTls) {
-            Ok(c) => *client = Some(c),
-            Err(_) => thread::sleep(Duration::from_millis(100)),
-        }
-    }
-    client.as_mut()
 }
 
 /// A worker thread that survives the server going away: on any error it reconnects and goes on.

@@ -4,9 +4,11 @@
 mod bad_input;
 mod common;
 mod docs;
+mod failover;
 mod faults;
 mod hostile;
 mod lifecycle;
 mod maintenance;
 mod model;
+mod rescue;
 mod security;

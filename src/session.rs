@@ -1,0 +1,19 @@
+//! The identity of this database session, for runs a claim binds to it (`bind_session`).
+//!
+//! A backend pid alone does not name a session: pids are reused, and a promoted standby or a
+//! restarted server hands out the same numbers again. The pid with the backend's start time
+//! does; it is what `pg_stat_activity` shows as `pid` and `backend_start`, so tick can tell that
+//! a bound session is gone (sql/functions/tick_expire.sql, `_gone_sessions`).
+
+use pgrx::prelude::*;
+
+/// SQL: when this backend started (`pg_stat_activity.backend_start` of `pg_backend_pid()`),
+/// read from the backend's own memory rather than the activity table.
+#[pg_extern(stable, parallel_safe, sql = false)]
+fn _session_started_at() -> TimestampWithTimeZone {
+    // SAFETY: a TimestampTz PostgreSQL sets once when the backend starts (the value
+    // pgstat_bestart copies into the activity table), read on the backend's only thread
+    let started = unsafe { pg_sys::MyStartTimestamp };
+    TimestampWithTimeZone::try_from(started)
+        .unwrap_or_else(|_| pgrx::error!("this backend's start time {started} is not a timestamp"))
+}
