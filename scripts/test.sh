@@ -4,7 +4,8 @@
 #   2. the real build installed; a fresh cluster with the background worker preloaded
 #   3. SQL scenarios (pgrx-tests/, pg_regress against that cluster)
 #   4. integration tests over real connections (tests/)
-#   5. the example workers in every language, and the web dashboard in headless Chromium
+#   5. the example workers in every language (and again behind PgBouncer), and the web dashboard in
+#      headless Chromium
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -68,6 +69,16 @@ CONVEYOR_TEST_HOST="$IT_DIR" CONVEYOR_TEST_PORT="$IT_PORT" CONVEYOR_TEST_DB=conv
 
 step "example workers and producers in Python, Node.js, Rust (examples/e2e.sh)"
 PGHOST="$IT_DIR" PGPORT="$IT_PORT" PGUSER=postgres PGDATABASE=conveyor_examples examples/e2e.sh
+
+step "the Python, Node.js and shell examples again, behind PgBouncer in transaction mode (scripts/pgbouncer.sh)"
+POOLER_DIR=/tmp/pgc-pooler
+POOLER_PORT=${CONVEYOR_POOLER_PORT:-6439}
+scripts/pgbouncer.sh stop "$POOLER_DIR"
+scripts/pgbouncer.sh start "$POOLER_DIR" "$POOLER_PORT" "$IT_DIR" "$IT_PORT" 3
+trap 'scripts/pgbouncer.sh stop "$POOLER_DIR"; scripts/cluster.sh stop "$IT_DIR"' EXIT
+PGHOST="$POOLER_DIR" PGPORT="$POOLER_PORT" PGUSER=postgres PGDATABASE=conveyor_examples CONVEYOR_POOLED=1 \
+    CONVEYOR_POLL_SECONDS=1 E2E_LANGS="python node shell" examples/e2e.sh
+scripts/pgbouncer.sh stop "$POOLER_DIR"
 
 step "the web dashboard in headless Chromium (examples/dashboard/test.sh)"
 PGHOST="$IT_DIR" PGPORT="$IT_PORT" PGUSER=postgres PGDATABASE=conveyor_dashboard \

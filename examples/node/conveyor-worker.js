@@ -22,7 +22,10 @@
 // drain: resolve once none of the queues' runs is scheduled, queued, running, retrying or released.
 //
 // Settings (environment): CONVEYOR_BATCH (10), CONVEYOR_LEASE ('30s'), CONVEYOR_POLL_SECONDS (5),
-// CONVEYOR_GRACE (5), CONVEYOR_HEARTBEAT_SECONDS (1, used by the handlers).
+// CONVEYOR_GRACE (5), CONVEYOR_HEARTBEAT_SECONDS (1, used by the handlers), CONVEYOR_POOLED (set
+// to 1 when the connection goes through a transaction pooler such as PgBouncer: no LISTEN, which
+// needs a session of its own, so the worker polls every CONVEYOR_POLL_SECONDS; node-postgres sends
+// unnamed statements, which a pooler follows).
 
 import os from 'node:os';
 import pg from 'pg';
@@ -98,6 +101,7 @@ export class Worker {
     this.lease = process.env.CONVEYOR_LEASE ?? '30s';
     this.pollMs = Number(process.env.CONVEYOR_POLL_SECONDS ?? 5) * 1000;
     this.graceMs = Number(process.env.CONVEYOR_GRACE ?? 5) * 1000;
+    this.pooled = !['', '0'].includes(process.env.CONVEYOR_POOLED ?? '');
     this.stopAt = null; // Date.now() of the first SIGINT/SIGTERM
     this.graceOver = false;
     this.woken = false; // a notification arrived since the last claim
@@ -145,7 +149,7 @@ export class Worker {
     });
     await this.client.connect();
     try {
-      for (const q of this.queueNames) {
+      for (const q of this.pooled ? [] : this.queueNames) {
         // the channel name has a dot in it: it must be a quoted identifier
         await this.client.query(`listen ${this.client.escapeIdentifier(`conveyor.${q}`)}`);
       }

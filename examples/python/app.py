@@ -9,6 +9,7 @@ not hold. Connects with the usual PG* variables; run producer.py first (it defin
 """
 
 import argparse
+import os
 import sys
 import time
 
@@ -44,7 +45,9 @@ def main() -> int:
     parser.add_argument("--batch", default=f"py-{int(time.time())}")
     args = parser.parse_args()
 
-    with psycopg.connect(autocommit=True) as conn:  # transactions only where we say so
+    # CONVEYOR_POOLED=1 (behind a transaction pooler): no server-side prepared statements
+    pooled = os.environ.get("CONVEYOR_POOLED", "") not in ("", "0")
+    with psycopg.connect(autocommit=True, prepare_threshold=None if pooled else 5) as conn:  # transactions only where we say so
         conn.execute("create table if not exists python_orders ("
                      " id bigserial primary key, ref text not null unique, item text not null,"
                      " created_at timestamptz not null default now())")

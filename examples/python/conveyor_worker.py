@@ -25,7 +25,10 @@ started are given back too. Then the connection is closed and the worker exits 0
 --drain: exit 0 once none of the queues' runs is scheduled, queued, running, retrying or released.
 
 Settings (environment): CONVEYOR_BATCH (10), CONVEYOR_LEASE ('30s'), CONVEYOR_POLL_SECONDS (5),
-CONVEYOR_GRACE (5), CONVEYOR_HEARTBEAT_SECONDS (1, used by the handlers).
+CONVEYOR_GRACE (5), CONVEYOR_HEARTBEAT_SECONDS (1, used by the handlers), CONVEYOR_POOLED (set to 1
+when the connection goes through a transaction pooler such as PgBouncer: no LISTEN, which needs a
+session of its own, so the worker polls every CONVEYOR_POLL_SECONDS; no server-side prepared
+statements, which the pooler cannot follow across its server connections).
 """
 
 from __future__ import annotations
@@ -105,6 +108,7 @@ class Worker:
         self.lease = os.environ.get("CONVEYOR_LEASE", "30s")
         self.poll_seconds = float(os.environ.get("CONVEYOR_POLL_SECONDS", "5"))
         self.grace = float(os.environ.get("CONVEYOR_GRACE", "5"))
+        self.pooled = os.environ.get("CONVEYOR_POOLED", "") not in ("", "0")
         self.stop_at: float | None = None  # monotonic time of the first SIGINT/SIGTERM
         self.grace_over = False
         self.pending: list[dict] = []  # successes not yet sent (finish_runs)
@@ -144,9 +148,13 @@ class Worker:
         signal.signal(signal.SIGINT, self.on_signal)
         signal.signal(signal.SIGTERM, self.on_signal)
         # autocommit: every call is its own transaction, and LISTEN takes effect at once
-        self.conn = psycopg.connect(autocommit=True, application_name=self.name)
+        # behind a transaction pooler: never prepare statements (psycopg prepares a query it has
+        # run 5 times, by name, on whichever server connection the pooler gave it)
+        self.conn = psycopg.connect(
+            autocommit=True, application_name=self.name, prepare_threshold=None if self.pooled else 5
+        )
         try:
-            for q in self.queue_names:
+            for q in [] if self.pooled else self.queue_names:
                 # the channel name has a dot in it: it must be a quoted identifier
                 self.conn.execute(sql.SQL("listen {}").format(sql.Identifier(f"conveyor.{q}")))
             self.log(f"claiming from {self.queues} (batch {self.batch}, lease {self.lease})")

@@ -8,6 +8,7 @@ batch's runs can be told from earlier ones (TAG defaults to the current time).
 """
 
 import argparse
+import os
 import sys
 import time
 
@@ -23,7 +24,9 @@ def main() -> int:
     parser.add_argument("--batch", default=f"py-{int(time.time())}", help="tag written into every payload")
     args = parser.parse_args()
 
-    with psycopg.connect() as conn:  # one transaction, committed when the block ends
+    # CONVEYOR_POOLED=1 (behind a transaction pooler): no server-side prepared statements
+    pooled = os.environ.get("CONVEYOR_POOLED", "") not in ("", "0")
+    with psycopg.connect(prepare_threshold=None if pooled else 5) as conn:  # one transaction, committed when the block ends
         # define_task is create-or-replace: running the producer again is harmless
         conn.execute("select conveyor.define_task('python.ok', queue => %s)", (QUEUE,))
         conn.execute("select conveyor.define_task('python.flaky', queue => %s, max_attempts => 3, delay => '1s')",

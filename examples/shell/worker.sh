@@ -29,6 +29,9 @@ LEASE=${CONVEYOR_LEASE:-30s}
 HEARTBEAT_EVERY=${CONVEYOR_HEARTBEAT_SECONDS:-5}
 POLL_SECONDS=${CONVEYOR_POLL_SECONDS:-5}
 GRACE=${CONVEYOR_GRACE:-10}
+# CONVEYOR_POOLED=1: the connection goes through a transaction pooler (PgBouncer): no LISTEN,
+# which needs a session of its own; the worker polls every CONVEYOR_POLL_SECONDS
+POOLED=${CONVEYOR_POOLED:-}
 
 stopping=0
 trap 'stopping=1' INT TERM
@@ -113,7 +116,9 @@ run_one() {
 IFS=',' read -r -a queue_list <<<"$QUEUES"
 for q in "${queue_list[@]}"; do
     q=$(echo "$q" | tr -d ' ')
-    sql "listen \"conveyor.$q\"" >/dev/null
+    if [ -z "$POOLED" ] || [ "$POOLED" = 0 ]; then
+        sql "listen \"conveyor.$q\"" >/dev/null
+    fi
 done
 log "claiming from $QUEUES (batch $BATCH, lease $LEASE)"
 

@@ -205,3 +205,42 @@ pub fn wait_for<T>(secs: f64, what: &str, mut f: impl FnMut() -> Option<T>) -> T
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+static NEXT_POOLER_PORT: AtomicUsize = AtomicUsize::new(0);
+
+/// A PgBouncer in transaction mode in front of the test cluster (scripts/pgbouncer.sh), with
+/// `pool` server connections per database; stopped when dropped.
+pub struct Pooler {
+    pub dir: String,
+    pub port: u16,
+}
+
+impl Pooler {
+    pub fn start(name: &str, pool: u32) -> Pooler {
+        let port = 6440 + NEXT_POOLER_PORT.fetch_add(1, Ordering::SeqCst) as u16;
+        let dir = format!("/tmp/pgc-{name}-{port}");
+        let _ = std::fs::remove_dir_all(&dir);
+        let (host, server_port) = (env("CONVEYOR_TEST_HOST"), env("CONVEYOR_TEST_PORT"));
+        let status = std::process::Command::new(repo().join("scripts/pgbouncer.sh"))
+            .args(["start", &dir, &port.to_string(), &host, &server_port, &pool.to_string()])
+            .status()
+            .expect("run scripts/pgbouncer.sh");
+        assert!(status.success(), "scripts/pgbouncer.sh start failed");
+        Pooler { dir, port }
+    }
+
+    pub fn config(&self, db: &str) -> String {
+        format!("host={} port={} user=postgres dbname={db}", self.dir, self.port)
+    }
+
+    pub fn connect(&self, db: &str) -> Client {
+        Client::connect(&self.config(db), NoTls).unwrap_or_else(|e| panic!("connect to {db} through PgBouncer: {e}"))
+    }
+}
+
+impl Drop for Pooler {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(repo().join("scripts/pgbouncer.sh")).args(["stop", &self.dir]).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

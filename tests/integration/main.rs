@@ -10,5 +10,6 @@ mod hostile;
 mod lifecycle;
 mod maintenance;
 mod model;
+mod pooler;
 mod rescue;
 mod security;
