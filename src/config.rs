@@ -129,12 +129,12 @@ pub static OPTIONS: &[OptionDef] = &[
     OptionDef { name: "restart_delay", kinds: &[S, D], value: Takes::Duration { positive: false }, default: Some("1s"), meaning: "base delay before a replica restarts" },
     OptionDef { name: "restart_backoff", kinds: &[S, D], value: Takes::Choice(CURVES), default: Some("exponential"), meaning: "curve over a replica's consecutive quick restarts (reset after 60s up)" },
     OptionDef { name: "restart_max_delay", kinds: &[S, D], value: Takes::Duration { positive: false }, default: Some("60s"), meaning: "cap of the restart backoff" },
-    OptionDef { name: "bind_session", kinds: &[T, S, Q, D], value: Takes::Boolean, default: Some("false"), meaning: "claims bind runs to the claiming session: tick ends them as crashed as soon as it is gone, not at lease expiry (wrong behind a transaction pooler; a claim's bind_session argument wins, then the task's, the queue's, the defaults')" },
     OptionDef { name: "payload", kinds: &[T, S], value: Takes::Object, default: Some("{}"), meaning: "payload of runs the queue creates itself (cron firings, service replicas)" },
     OptionDef { name: "concurrency", kinds: &[Q], value: Takes::Integer { min: 1, max: 1_000_000 }, default: None, meaning: "bounded queue: at most N runs queued or running at once" },
     OptionDef { name: "paused", kinds: &[Q], value: Takes::Boolean, default: Some("false"), meaning: "claims return nothing, tick delivers nothing into it" },
     OptionDef { name: "notify", kinds: &[Q], value: Takes::Boolean, default: Some("true"), meaning: "wakeups on conveyor.<queue> when runs become claimable" },
     OptionDef { name: "delivery_outbox", kinds: &[Q], value: Takes::Boolean, default: Some("false"), meaning: "an outbox row (topic conveyor.delivery) for every run that becomes claimable" },
+    OptionDef { name: "bind_session", kinds: &[T, S, Q, D], value: Takes::Boolean, default: Some("false"), meaning: "claims bind runs to the claiming session: tick ends them as crashed as soon as it is gone, not at lease expiry (wrong behind a transaction pooler; a claim's bind_session argument wins, then the task's, the queue's, the defaults')" },
 ];
 
 /// The registry for SQL (`conveyor.options`): [{name, kinds, type, default, meaning}, ...].
@@ -652,7 +652,7 @@ mod unit {
 
     #[test]
     fn accepted_options_come_from_the_registry() {
-        assert_eq!(Kind::Queue.accepts(), vec!["concurrency", "paused", "notify", "delivery_outbox"]);
+        assert_eq!(Kind::Queue.accepts(), vec!["concurrency", "paused", "notify", "delivery_outbox", "bind_session"]);
         assert!(Kind::Service.accepts().contains(&"replicas"));
         assert!(!Kind::Task.accepts().contains(&"replicas"));
         let names: Vec<_> = OPTIONS.iter().map(|o| o.name).collect();
@@ -661,7 +661,7 @@ mod unit {
         unique.dedup();
         assert_eq!(names.len(), unique.len(), "an option is defined twice");
         let p = problems(Kind::Queue, json!({"bogus": 1}));
-        assert!(p[0].ends_with("a queue accepts concurrency, paused, notify, delivery_outbox"), "{p:?}");
+        assert!(p[0].ends_with("a queue accepts concurrency, paused, notify, delivery_outbox, bind_session"), "{p:?}");
     }
 
     #[test]
