@@ -91,7 +91,11 @@ create index runs_due on conveyor.runs (run_at) where status in ('scheduled', 'r
 -- lock, and set rows aside that failed alone; `cursor` is where deliver's turn through the
 -- queues stands. metrics() shows the counters (monotonic: Prometheus can rate them).
 create table conveyor._tick_stats (
-    step text primary key,
+    step text not null,
+    -- who ran it: the background worker (`worker`), or a client calling tick()/tick_step()
+    -- (`manual`). Apart, so that a tick by hand in an open transaction never holds a row the
+    -- worker's steps must write; metrics() sums them.
+    source text not null,
     runs bigint not null default 0,
     failures bigint not null default 0,
     changed bigint not null default 0,
@@ -99,7 +103,8 @@ create table conveyor._tick_stats (
     quarantined bigint not null default 0,
     cursor text,
     last_error text,
-    last_run_at timestamptz
+    last_run_at timestamptz,
+    constraint tick_stats_one_row_per_step_and_source primary key (step, source)
 );
 comment on table conveyor._tick_stats is 'per tick step: runs, failures, rows changed, skipped (locked by a client) and quarantined';
 
@@ -164,6 +169,8 @@ create table conveyor.sessions (
     constraint sessions_one_row_per_backend primary key (pid, started_at)
 );
 comment on table conveyor.sessions is 'sessions that claimed runs bound to them; tick rescues their runs when they end';
+-- restored elsewhere, the bound sessions are gone: the first tick rescues their runs
+select pg_catalog.pg_extension_config_dump('conveyor.sessions', '');
 
 -- claim_runs, claim_run and set_queue take a bind_session argument: the old signatures go
 -- (sql/functions/ creates the new ones, roles.sql grants them).
@@ -252,7 +259,12 @@ create or replace function conveyor._library_version() returns text
 -- _session_started_at: this backend's start (pg_stat_activity.backend_start): with the pid, the
 -- identity of a session that claims bound runs (src/session.rs).
 create or replace function conveyor._session_started_at() returns timestamptz
-    stable parallel safe language c as 'MODULE_PATHNAME', '_session_started_at_wrapper';
+    stable parallel restricted language c as 'MODULE_PATHNAME', '_session_started_at_wrapper';
+
+-- _in_background_worker: true in a background worker, false in a client's session
+-- (src/session.rs): tick keeps the two apart in conveyor._tick_stats.
+create or replace function conveyor._in_background_worker() returns boolean
+    stable parallel safe language c as 'MODULE_PATHNAME', '_in_background_worker_wrapper';
 
 -- ============================================================================================
 -- sql/functions/errors.sql
@@ -1000,8 +1012,8 @@ left join conveyor._defaults o using (singleton);
 
 comment on view conveyor.defaults is 'effective defaults: what a task that leaves an option off gets';
 
--- task_config: each task's effective options, its own where given, else the defaults (for
--- bind_session: its own, else its queue's, else the defaults).
+-- task_config: each task's effective options, its own where given, else the defaults (but
+-- bind_session: the task's own, or null).
 -- A custom backoff list is capped only by an explicitly given max_delay.
 create or replace view conveyor.task_config as
 select
@@ -1025,11 +1037,11 @@ select
     coalesce(t.restart_delay, d.restart_delay) as restart_delay,
     coalesce(t.restart_backoff, d.restart_backoff) as restart_backoff,
     coalesce(t.restart_max_delay, d.restart_max_delay) as restart_max_delay,
-    -- a claim's own bind argument wins over this (claim_runs)
-    coalesce(t.bind_session, q.bind_session, d.bind_session) as bind_session
+    -- the task's own only; null: the option of the queue the run is claimed from, else the
+    -- defaults' (claim_runs resolves it per run; a claim's bind_session argument wins)
+    t.bind_session
 from conveyor.tasks t
-cross join conveyor.defaults d
-left join conveyor.queues q on q.name = t.queue;
+cross join conveyor.defaults d;
 
 comment on view conveyor.task_config is 'each task''s effective configuration (its options over conveyor.defaults)';
 
@@ -1727,7 +1739,8 @@ comment on function conveyor.enqueue_many is
 -- goes on to the runs behind them.
 -- bind_session: bind the runs to this database session, so that tick ends their attempts as
 -- crashed as soon as the session is gone instead of at lease expiry (null: each task's
--- bind_session option, else its queue's, else the defaults'; false built in). Only for workers
+-- bind_session option, else that of the queue the run is claimed from, else the defaults';
+-- false built in). Only for workers
 -- that claim, heartbeat and finish on one direct connection: behind a transaction pooler the
 -- session is the pooler's server connection, not the worker's (docs/guarantees.md).
 create or replace function conveyor.claim_runs(
@@ -1762,6 +1775,8 @@ declare
     v_pid integer := pg_backend_pid();
     v_started timestamptz := conveyor._session_started_at();
     v_bound boolean := false;
+    -- the open queues whose bind_session (else the defaults') is on
+    v_binding text[];
 begin
     if v_worker is null or btrim(v_worker) = '' or length(v_worker) > 200 then
         perform conveyor._raise_invalid('worker must name the claiming worker (1 to 200 characters), e.g. host:pid');
@@ -1772,7 +1787,10 @@ begin
     if v_lease is not null and v_lease <= interval '0' then
         perform conveyor._raise_invalid('lease must be longer than 0s');
     end if;
-    select array_agg(q.name) into v_open from conveyor.queues q where q.name = any(v_names) and not q.paused;
+    select array_agg(q.name),
+           coalesce(array_agg(q.name) filter (where coalesce(q.bind_session, (select d.bind_session from conveyor._defaults d))), '{}')
+    into v_open, v_binding
+    from conveyor.queues q where q.name = any(v_names) and not q.paused;
     if v_open is null then
         return;
     end if;
@@ -1819,8 +1837,11 @@ begin
                 started_at = v_now,
                 worker = v_worker,
                 log_size = 0,
-                session_pid = case when coalesce(claim_runs.bind_session, c.bind_session) then v_pid end,
-                session_started_at = case when coalesce(claim_runs.bind_session, c.bind_session) then v_started end
+                -- bind_session: the claim's argument, else the task's, else the run's queue's (or the defaults')
+                session_pid = case when coalesce(claim_runs.bind_session, c.bind_session, r.queue = any(v_binding))
+                                   then v_pid end,
+                session_started_at = case when coalesce(claim_runs.bind_session, c.bind_session, r.queue = any(v_binding))
+                                          then v_started end
             from conveyor.task_config c
             where c.name = r.task
               and r.id = any(coalesce(v_ids, array(
@@ -2499,9 +2520,14 @@ declare
     v_run conveyor.runs;
     v_outcome conveyor.attempt_outcome;
     v_held text[] := '{}';
-    -- sessions are few (one per worker connection that ever bound a claim): checked every tick
-    v_gone conveyor.sessions[] := array(select s from conveyor._gone_sessions() s);
+    v_gone conveyor.sessions[] := '{}';
 begin
+    -- sessions are few (one per worker connection that ever bound a claim): checked every tick.
+    -- Only under READ COMMITTED: an older snapshot (a tick by hand in a REPEATABLE READ
+    -- transaction) may not see a run claimed since, and would delete its session's row.
+    if current_setting('transaction_isolation') = 'read committed' then
+        v_gone := array(select s from conveyor._gone_sessions() s);
+    end if;
     begin
         v_outcomes := array(
             select e.outcome
@@ -2557,11 +2583,15 @@ begin
             end;
         end loop;
     end;
+    -- a gone session's row goes once none of its runs is running; SKIP LOCKED, as a tick by hand
+    -- in an open transaction may be deleting it too
     delete from conveyor.sessions s
-    using unnest(v_gone) g
-    where s.pid = g.pid and s.started_at = g.started_at
-      and not exists (select from conveyor.runs r
-                      where r.session_pid = g.pid and r.session_started_at = g.started_at and r.status = 'running');
+    where (s.pid, s.started_at) in (
+        select d.pid, d.started_at from conveyor.sessions d
+        join unnest(v_gone) g on d.pid = g.pid and d.started_at = g.started_at
+        where not exists (select from conveyor.runs r
+                          where r.session_pid = g.pid and r.session_started_at = g.started_at and r.status = 'running')
+        for update of d skip locked);
     return query
     select count(*) filter (where o = 'crashed')::integer,
            count(*) filter (where o = 'timeout')::integer,
@@ -2908,7 +2938,7 @@ declare
     v_skipped integer;
 begin
     -- the queues whose turn it is: the next 100 after the cursor, wrapping round
-    select s.cursor into v_cursor from conveyor._tick_stats s where s.step = 'deliver';
+    select s.cursor into v_cursor from conveyor._tick_stats s where s.step = 'deliver' and s.source = conveyor._tick_source();
     v_turn := array(select q.name from conveyor.queues q
                     where q.name > coalesce(v_cursor, '') and not q.paused order by q.name limit 100);
     if cardinality(v_turn) < 100 then
@@ -3092,7 +3122,8 @@ declare
     v_true integer;
     v_repaired integer := 0;
 begin
-    select string_to_array(s.cursor, E'\x1f') into v_cursor from conveyor._tick_stats s where s.step = 'repair';
+    select string_to_array(s.cursor, E'\x1f') into v_cursor
+    from conveyor._tick_stats s where s.step = 'repair' and s.source = conveyor._tick_source();
     v_cursor := coalesce(v_cursor, array['', '']);
 
     select q.name, q.delivered into v_queue
@@ -3307,8 +3338,18 @@ comment on function conveyor.outbox_ack is 'relay: acknowledge forwarded outbox 
 -- locks what it changes with SKIP LOCKED or guarded updates so two ticks at once never double
 -- anything, and returns a count. It runs no user code. The steps are in tick_*.sql.
 
--- _tick_note: add to a step's counters in conveyor._tick_stats (and move deliver's cursor).
--- Only tick writes these rows.
+-- _tick_source: `worker` in a background worker (pg_conveyor's tick worker; pg_cron's jobs run
+-- in one too), `manual` in a client's session (src/session.rs). Each keeps its own rows of
+-- conveyor._tick_stats and its own cursors, so that a tick by hand left in an open transaction
+-- holds no row the worker must write.
+create or replace function conveyor._tick_source()
+returns text
+language sql
+stable
+as $$ select case when conveyor._in_background_worker() then 'worker' else 'manual' end $$;
+
+-- _tick_note: add to a step's counters in conveyor._tick_stats (and move deliver's cursor), in
+-- this source's row (_tick_source). Only tick writes these rows.
 create or replace function conveyor._tick_note(
     p_step text,
     p_runs integer default 0,
@@ -3325,11 +3366,11 @@ set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
 as $$
 begin
-    insert into conveyor._tick_stats as s (step, runs, failures, changed, skipped, quarantined, cursor, last_error,
-                                           last_run_at)
-    values (p_step, p_runs, p_failures, greatest(p_changed, 0), p_skipped, p_quarantined, p_cursor, p_error,
-            case when p_runs > 0 then conveyor._now() end)
-    on conflict (step) do update set
+    insert into conveyor._tick_stats as s (step, source, runs, failures, changed, skipped, quarantined, cursor,
+                                           last_error, last_run_at)
+    values (p_step, conveyor._tick_source(), p_runs, p_failures, greatest(p_changed, 0), p_skipped, p_quarantined,
+            p_cursor, p_error, case when p_runs > 0 then conveyor._now() end)
+    on conflict (step, source) do update set
         runs = s.runs + excluded.runs,
         failures = s.failures + excluded.failures,
         changed = s.changed + excluded.changed,
@@ -3460,8 +3501,6 @@ language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
--- as in tick_step: the steps skip what clients hold, and a lock they must take waits this long at most
-set lock_timeout = '500ms'
 as $$
 declare
     v_now timestamptz := conveyor._now();
@@ -3710,13 +3749,16 @@ as $$
         union all
         select 'conveyor_queue_paused', 'queue=' || conveyor._metric_label(s.queue), s.paused::int::text from s
         union all
+        -- the worker's and the manual ticks' counters, summed (each monotonic, so the sum is)
         select f.name, 'step=' || conveyor._metric_label(t.step),
                (case f.name when 'conveyor_tick_step_runs_total' then t.runs
                             when 'conveyor_tick_step_failures_total' then t.failures
                             when 'conveyor_tick_step_changed_total' then t.changed
                             when 'conveyor_tick_step_skipped_total' then t.skipped
                             else t.quarantined end)::text
-        from conveyor._tick_stats t
+        from (select s.step, sum(s.runs) as runs, sum(s.failures) as failures, sum(s.changed) as changed,
+                     sum(s.skipped) as skipped, sum(s.quarantined) as quarantined
+              from conveyor._tick_stats s group by s.step) t
         cross join (values ('conveyor_tick_step_runs_total'), ('conveyor_tick_step_failures_total'),
                            ('conveyor_tick_step_changed_total'), ('conveyor_tick_step_skipped_total'),
                            ('conveyor_tick_step_quarantined_total')) as f(name)

@@ -134,7 +134,7 @@ pub static OPTIONS: &[OptionDef] = &[
     OptionDef { name: "paused", kinds: &[Q], value: Takes::Boolean, default: Some("false"), meaning: "claims return nothing, tick delivers nothing into it" },
     OptionDef { name: "notify", kinds: &[Q], value: Takes::Boolean, default: Some("true"), meaning: "wakeups on conveyor.<queue> when runs become claimable" },
     OptionDef { name: "delivery_outbox", kinds: &[Q], value: Takes::Boolean, default: Some("false"), meaning: "an outbox row (topic conveyor.delivery) for every run that becomes claimable" },
-    OptionDef { name: "bind_session", kinds: &[T, S, Q, D], value: Takes::Boolean, default: Some("false"), meaning: "claims bind runs to the claiming session: tick ends them as crashed as soon as it is gone, not at lease expiry (wrong behind a transaction pooler; a claim's bind_session argument wins, then the task's, the queue's, the defaults')" },
+    OptionDef { name: "bind_session", kinds: &[T, S, Q, D], value: Takes::Boolean, default: Some("false"), meaning: "claims bind runs to the claiming session: tick ends them as crashed as soon as it is gone, not at lease expiry (wrong behind a transaction pooler; a claim's bind_session argument wins, then the task's, the claimed-from queue's, the defaults')" },
 ];
 
 /// The registry for SQL (`conveyor.options`): [{name, kinds, type, default, meaning}, ...].

@@ -9,11 +9,21 @@ use pgrx::prelude::*;
 
 /// SQL: when this backend started (`pg_stat_activity.backend_start` of `pg_backend_pid()`),
 /// read from the backend's own memory rather than the activity table.
-#[pg_extern(stable, parallel_safe, sql = false)]
+// parallel restricted (sql/functions/rust.sql): in a parallel worker it would be the worker's
+#[pg_extern(stable, sql = false)]
 fn _session_started_at() -> TimestampWithTimeZone {
     // SAFETY: a TimestampTz PostgreSQL sets once when the backend starts (the value
     // pgstat_bestart copies into the activity table), read on the backend's only thread
     let started = unsafe { pg_sys::MyStartTimestamp };
     TimestampWithTimeZone::try_from(started)
         .unwrap_or_else(|_| pgrx::error!("this backend's start time {started} is not a timestamp"))
+}
+
+/// SQL: whether this backend is a background worker (pg_conveyor's tick worker, or another
+/// extension's such as pg_cron's) rather than a client's session. Which is which cannot be
+/// set by a client.
+#[pg_extern(stable, parallel_safe, sql = false)]
+fn _in_background_worker() -> bool {
+    // SAFETY: a plain enum PostgreSQL sets once when the process starts, read on its only thread
+    unsafe { pg_sys::MyBackendType == pg_sys::BackendType::B_BG_WORKER }
 }

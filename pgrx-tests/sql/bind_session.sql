@@ -1,7 +1,7 @@
 -- Rescue on backend death (bind_session): a claim may bind its runs to the claiming session,
 -- and tick ends the attempts of a bound session that is gone as crashed, without waiting for
 -- the lease. Here: which claims bind (the claim's argument, then the task's option, the queue's,
--- the defaults'), the session's identity, a pid that now belongs to a backend that started at
+-- the defaults', the queue being the one the run is claimed from), the session's identity, a pid that now belongs to a backend that started at
 -- another time (pid reuse), a pid no backend has, and bad values. Real client deaths (SIGKILL,
 -- pg_terminate_backend) are in tests/integration/rescue.rs.
 begin;
@@ -9,14 +9,44 @@ select regress.at('2030-01-01 00:00:00+00');
 select conveyor.define_task('bs_plain', queue => 'bs');
 select conveyor.define_task('bs_task', queue => 'bs', options => '{"bind_session": true}');
 select name, bind_session from conveyor.task_config where name like 'bs_%' order by name;
--- a queue's default, under the task's own
+-- probe: enqueue a run of the task into queue bsq (not the tasks' own queue), claim it, and say
+-- whether the claim bound it; then fail it for good, so the probes
+-- leave nothing running
+select conveyor.set_queue('bsq');
+create function pg_temp.bound(p_task text, p_bind boolean default null) returns boolean
+language plpgsql as $$
+declare
+    v_id conveyor.ulid := conveyor.enqueue(p_task, queue => 'bsq');
+    v_token uuid;
+    v_bound boolean;
+begin
+    select c.lease_token into v_token from conveyor.claim_runs('bsq', 'probe', 1, bind_session => p_bind) c;
+    select r.session_pid is not null into v_bound from conveyor.runs r where r.id = v_id and r.status = 'running';
+    perform conveyor.fail_run(v_id, v_token, 'probe', retryable => false);
+    return v_bound;
+end
+$$;
+select pg_temp.bound('bs_plain') as plain, pg_temp.bound('bs_task') as task;
+-- the option of the queue the run is claimed from, under the task's own
+select conveyor.set_queue('bsq', bind_session => true);
+select pg_temp.bound('bs_plain') as plain, pg_temp.bound('bs_task') as task;
+select conveyor.define_task('bs_task', queue => 'bs', options => '{"bind_session": false}');
+select pg_temp.bound('bs_plain') as plain, pg_temp.bound('bs_task') as task;
+select conveyor.define_task('bs_task', queue => 'bs', options => '{"bind_session": true}');
+select conveyor.set_queue('bsq');
+-- the tasks' own queue does not count: the run is claimed from bsq
 select conveyor.set_queue('bs', bind_session => true);
-select name, bind_session from conveyor.task_config where name like 'bs_%' order by name;
+select pg_temp.bound('bs_plain') as plain;
 select conveyor.set_queue('bs');
 -- the defaults', under both
 select conveyor.set_defaults('{"bind_session": true}');
 select bind_session from conveyor.defaults;
-select name, bind_session from conveyor.task_config where name like 'bs_%' order by name;
+select pg_temp.bound('bs_plain') as plain, pg_temp.bound('bs_task') as task;
+-- a claim's argument wins over all
+select pg_temp.bound('bs_plain', false) as plain, pg_temp.bound('bs_task', false) as task;
+select conveyor.set_queue('bsq', bind_session => false);
+select pg_temp.bound('bs_plain') as plain, pg_temp.bound('bs_plain', true) as plain_bound;
+select conveyor.set_queue('bsq');
 select conveyor.set_defaults('{}');
 select bind_session from conveyor.defaults;
 select * from conveyor.options where name = 'bind_session';
@@ -45,7 +75,7 @@ select s.pid = pg_backend_pid() as pid, s.started_at = a.backend_start as starte
 from conveyor.sessions s join pg_stat_activity a on a.pid = s.pid
 where s.pid = pg_backend_pid();
 
--- a live session's runs stay running, whatever the leases say
+-- a live session's runs stay running, tick after tick
 select regress.at('2030-01-01 00:00:10+00');
 select crashed, timed_out from conveyor.tick();
 select count(*) as running from conveyor.runs where queue = 'bs' and status = 'running';

@@ -8,7 +8,8 @@
 -- goes on to the runs behind them.
 -- bind_session: bind the runs to this database session, so that tick ends their attempts as
 -- crashed as soon as the session is gone instead of at lease expiry (null: each task's
--- bind_session option, else its queue's, else the defaults'; false built in). Only for workers
+-- bind_session option, else that of the queue the run is claimed from, else the defaults';
+-- false built in). Only for workers
 -- that claim, heartbeat and finish on one direct connection: behind a transaction pooler the
 -- session is the pooler's server connection, not the worker's (docs/guarantees.md).
 create or replace function conveyor.claim_runs(
@@ -43,6 +44,8 @@ declare
     v_pid integer := pg_backend_pid();
     v_started timestamptz := conveyor._session_started_at();
     v_bound boolean := false;
+    -- the open queues whose bind_session (else the defaults') is on
+    v_binding text[];
 begin
     if v_worker is null or btrim(v_worker) = '' or length(v_worker) > 200 then
         perform conveyor._raise_invalid('worker must name the claiming worker (1 to 200 characters), e.g. host:pid');
@@ -53,7 +56,10 @@ begin
     if v_lease is not null and v_lease <= interval '0' then
         perform conveyor._raise_invalid('lease must be longer than 0s');
     end if;
-    select array_agg(q.name) into v_open from conveyor.queues q where q.name = any(v_names) and not q.paused;
+    select array_agg(q.name),
+           coalesce(array_agg(q.name) filter (where coalesce(q.bind_session, (select d.bind_session from conveyor._defaults d))), '{}')
+    into v_open, v_binding
+    from conveyor.queues q where q.name = any(v_names) and not q.paused;
     if v_open is null then
         return;
     end if;
@@ -100,8 +106,11 @@ begin
                 started_at = v_now,
                 worker = v_worker,
                 log_size = 0,
-                session_pid = case when coalesce(claim_runs.bind_session, c.bind_session) then v_pid end,
-                session_started_at = case when coalesce(claim_runs.bind_session, c.bind_session) then v_started end
+                -- bind_session: the claim's argument, else the task's, else the run's queue's (or the defaults')
+                session_pid = case when coalesce(claim_runs.bind_session, c.bind_session, r.queue = any(v_binding))
+                                   then v_pid end,
+                session_started_at = case when coalesce(claim_runs.bind_session, c.bind_session, r.queue = any(v_binding))
+                                          then v_started end
             from conveyor.task_config c
             where c.name = r.task
               and r.id = any(coalesce(v_ids, array(

@@ -30,8 +30,8 @@ left join conveyor._defaults o using (singleton);
 
 comment on view conveyor.defaults is 'effective defaults: what a task that leaves an option off gets';
 
--- task_config: each task's effective options, its own where given, else the defaults (for
--- bind_session: its own, else its queue's, else the defaults).
+-- task_config: each task's effective options, its own where given, else the defaults (but
+-- bind_session: the task's own, or null).
 -- A custom backoff list is capped only by an explicitly given max_delay.
 create or replace view conveyor.task_config as
 select
@@ -55,11 +55,11 @@ select
     coalesce(t.restart_delay, d.restart_delay) as restart_delay,
     coalesce(t.restart_backoff, d.restart_backoff) as restart_backoff,
     coalesce(t.restart_max_delay, d.restart_max_delay) as restart_max_delay,
-    -- a claim's own bind argument wins over this (claim_runs)
-    coalesce(t.bind_session, q.bind_session, d.bind_session) as bind_session
+    -- the task's own only; null: the option of the queue the run is claimed from, else the
+    -- defaults' (claim_runs resolves it per run; a claim's bind_session argument wins)
+    t.bind_session
 from conveyor.tasks t
-cross join conveyor.defaults d
-left join conveyor.queues q on q.name = t.queue;
+cross join conveyor.defaults d;
 
 comment on view conveyor.task_config is 'each task''s effective configuration (its options over conveyor.defaults)';
 

@@ -76,4 +76,9 @@ create or replace function conveyor._library_version() returns text
 -- _session_started_at: this backend's start (pg_stat_activity.backend_start): with the pid, the
 -- identity of a session that claims bound runs (src/session.rs).
 create or replace function conveyor._session_started_at() returns timestamptz
-    stable parallel safe language c as 'MODULE_PATHNAME', '_session_started_at_wrapper';
+    stable parallel restricted language c as 'MODULE_PATHNAME', '_session_started_at_wrapper';
+
+-- _in_background_worker: true in a background worker, false in a client's session
+-- (src/session.rs): tick keeps the two apart in conveyor._tick_stats.
+create or replace function conveyor._in_background_worker() returns boolean
+    stable parallel safe language c as 'MODULE_PATHNAME', '_in_background_worker_wrapper';

@@ -3,8 +3,18 @@
 -- locks what it changes with SKIP LOCKED or guarded updates so two ticks at once never double
 -- anything, and returns a count. It runs no user code. The steps are in tick_*.sql.
 
--- _tick_note: add to a step's counters in conveyor._tick_stats (and move deliver's cursor).
--- Only tick writes these rows.
+-- _tick_source: `worker` in a background worker (pg_conveyor's tick worker; pg_cron's jobs run
+-- in one too), `manual` in a client's session (src/session.rs). Each keeps its own rows of
+-- conveyor._tick_stats and its own cursors, so that a tick by hand left in an open transaction
+-- holds no row the worker must write.
+create or replace function conveyor._tick_source()
+returns text
+language sql
+stable
+as $$ select case when conveyor._in_background_worker() then 'worker' else 'manual' end $$;
+
+-- _tick_note: add to a step's counters in conveyor._tick_stats (and move deliver's cursor), in
+-- this source's row (_tick_source). Only tick writes these rows.
 create or replace function conveyor._tick_note(
     p_step text,
     p_runs integer default 0,
@@ -21,11 +31,11 @@ set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
 as $$
 begin
-    insert into conveyor._tick_stats as s (step, runs, failures, changed, skipped, quarantined, cursor, last_error,
-                                           last_run_at)
-    values (p_step, p_runs, p_failures, greatest(p_changed, 0), p_skipped, p_quarantined, p_cursor, p_error,
-            case when p_runs > 0 then conveyor._now() end)
-    on conflict (step) do update set
+    insert into conveyor._tick_stats as s (step, source, runs, failures, changed, skipped, quarantined, cursor,
+                                           last_error, last_run_at)
+    values (p_step, conveyor._tick_source(), p_runs, p_failures, greatest(p_changed, 0), p_skipped, p_quarantined,
+            p_cursor, p_error, case when p_runs > 0 then conveyor._now() end)
+    on conflict (step, source) do update set
         runs = s.runs + excluded.runs,
         failures = s.failures + excluded.failures,
         changed = s.changed + excluded.changed,
@@ -156,8 +166,6 @@ language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
--- as in tick_step: the steps skip what clients hold, and a lock they must take waits this long at most
-set lock_timeout = '500ms'
 as $$
 declare
     v_now timestamptz := conveyor._now();

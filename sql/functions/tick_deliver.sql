@@ -37,7 +37,7 @@ declare
     v_skipped integer;
 begin
     -- the queues whose turn it is: the next 100 after the cursor, wrapping round
-    select s.cursor into v_cursor from conveyor._tick_stats s where s.step = 'deliver';
+    select s.cursor into v_cursor from conveyor._tick_stats s where s.step = 'deliver' and s.source = conveyor._tick_source();
     v_turn := array(select q.name from conveyor.queues q
                     where q.name > coalesce(v_cursor, '') and not q.paused order by q.name limit 100);
     if cardinality(v_turn) < 100 then

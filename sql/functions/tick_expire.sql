@@ -68,9 +68,14 @@ declare
     v_run conveyor.runs;
     v_outcome conveyor.attempt_outcome;
     v_held text[] := '{}';
-    -- sessions are few (one per worker connection that ever bound a claim): checked every tick
-    v_gone conveyor.sessions[] := array(select s from conveyor._gone_sessions() s);
+    v_gone conveyor.sessions[] := '{}';
 begin
+    -- sessions are few (one per worker connection that ever bound a claim): checked every tick.
+    -- Only under READ COMMITTED: an older snapshot (a tick by hand in a REPEATABLE READ
+    -- transaction) may not see a run claimed since, and would delete its session's row.
+    if current_setting('transaction_isolation') = 'read committed' then
+        v_gone := array(select s from conveyor._gone_sessions() s);
+    end if;
     begin
         v_outcomes := array(
             select e.outcome
@@ -126,11 +131,15 @@ begin
             end;
         end loop;
     end;
+    -- a gone session's row goes once none of its runs is running; SKIP LOCKED, as a tick by hand
+    -- in an open transaction may be deleting it too
     delete from conveyor.sessions s
-    using unnest(v_gone) g
-    where s.pid = g.pid and s.started_at = g.started_at
-      and not exists (select from conveyor.runs r
-                      where r.session_pid = g.pid and r.session_started_at = g.started_at and r.status = 'running');
+    where (s.pid, s.started_at) in (
+        select d.pid, d.started_at from conveyor.sessions d
+        join unnest(v_gone) g on d.pid = g.pid and d.started_at = g.started_at
+        where not exists (select from conveyor.runs r
+                          where r.session_pid = g.pid and r.session_started_at = g.started_at and r.status = 'running')
+        for update of d skip locked);
     return query
     select count(*) filter (where o = 'crashed')::integer,
            count(*) filter (where o = 'timeout')::integer,

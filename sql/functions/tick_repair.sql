@@ -22,7 +22,8 @@ declare
     v_true integer;
     v_repaired integer := 0;
 begin
-    select string_to_array(s.cursor, E'\x1f') into v_cursor from conveyor._tick_stats s where s.step = 'repair';
+    select string_to_array(s.cursor, E'\x1f') into v_cursor
+    from conveyor._tick_stats s where s.step = 'repair' and s.source = conveyor._tick_source();
     v_cursor := coalesce(v_cursor, array['', '']);
 
     select q.name, q.delivered into v_queue

@@ -217,13 +217,16 @@ as $$
         union all
         select 'conveyor_queue_paused', 'queue=' || conveyor._metric_label(s.queue), s.paused::int::text from s
         union all
+        -- the worker's and the manual ticks' counters, summed (each monotonic, so the sum is)
         select f.name, 'step=' || conveyor._metric_label(t.step),
                (case f.name when 'conveyor_tick_step_runs_total' then t.runs
                             when 'conveyor_tick_step_failures_total' then t.failures
                             when 'conveyor_tick_step_changed_total' then t.changed
                             when 'conveyor_tick_step_skipped_total' then t.skipped
                             else t.quarantined end)::text
-        from conveyor._tick_stats t
+        from (select s.step, sum(s.runs) as runs, sum(s.failures) as failures, sum(s.changed) as changed,
+                     sum(s.skipped) as skipped, sum(s.quarantined) as quarantined
+              from conveyor._tick_stats s group by s.step) t
         cross join (values ('conveyor_tick_step_runs_total'), ('conveyor_tick_step_failures_total'),
                            ('conveyor_tick_step_changed_total'), ('conveyor_tick_step_skipped_total'),
                            ('conveyor_tick_step_quarantined_total')) as f(name)

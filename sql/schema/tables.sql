@@ -313,7 +313,11 @@ create type conveyor.claimed_run as (
 -- lock, and set rows aside that failed alone; `cursor` is where deliver's turn through the
 -- queues stands. metrics() shows the counters (monotonic: Prometheus can rate them).
 create table conveyor._tick_stats (
-    step text primary key,
+    step text not null,
+    -- who ran it: the background worker (`worker`), or a client calling tick()/tick_step()
+    -- (`manual`). Apart, so that a tick by hand in an open transaction never holds a row the
+    -- worker's steps must write; metrics() sums them.
+    source text not null,
     runs bigint not null default 0,
     failures bigint not null default 0,
     changed bigint not null default 0,
@@ -321,7 +325,8 @@ create table conveyor._tick_stats (
     quarantined bigint not null default 0,
     cursor text,
     last_error text,
-    last_run_at timestamptz
+    last_run_at timestamptz,
+    constraint tick_stats_one_row_per_step_and_source primary key (step, source)
 );
 comment on table conveyor._tick_stats is 'per tick step: runs, failures, rows changed, skipped (locked by a client) and quarantined';
 
@@ -362,3 +367,6 @@ select pg_catalog.pg_extension_config_dump('conveyor.events', '');
 select pg_catalog.pg_extension_config_dump('conveyor.events_id_seq', '');
 
 select pg_catalog.pg_extension_config_dump('conveyor.outbox', '');
+
+-- (0.2.0) restored elsewhere, the bound sessions are gone: the first tick rescues their runs
+select pg_catalog.pg_extension_config_dump('conveyor.sessions', '');

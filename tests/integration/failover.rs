@@ -149,22 +149,25 @@ fn failover(sync: bool, cron: bool) -> Report {
     );
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Acked::default()));
-    let producers: Vec<_> = (0..2).map(|_| producer(config.clone(), stop.clone(), acked.clone())).collect();
-    let workers: Vec<_> = (0..3).map(|_| worker(config.clone(), stop.clone(), acked.clone())).collect();
-
-    let mut firing = None;
-    if cron {
-        // stop the primary 50 ms after a minute starts: the firing is due, and the primary's
-        // tick may or may not have committed it; either way it must run exactly once
+    // with cron, the primary is stopped 50 ms after a minute starts: the firing is due, and the
+    // primary's tick may or may not have committed it; either way it must run exactly once. The
+    // load runs for the last 3 s before the stop.
+    let firing = cron.then(|| {
         let now = epoch();
         let mut boundary = (now / 60.0).ceil() * 60.0;
-        if boundary - now < 2.0 {
+        if boundary - now < 4.0 {
             boundary += 60.0;
         }
-        thread::sleep(Duration::from_secs_f64(boundary + 0.05 - epoch()));
-        firing = Some(boundary);
-    } else {
-        thread::sleep(Duration::from_millis(2000));
+        boundary
+    });
+    if let Some(boundary) = firing {
+        thread::sleep(Duration::from_secs_f64(boundary - 3.0 - epoch()));
+    }
+    let producers: Vec<_> = (0..2).map(|_| producer(config.clone(), stop.clone(), acked.clone())).collect();
+    let workers: Vec<_> = (0..3).map(|_| worker(config.clone(), stop.clone(), acked.clone())).collect();
+    match firing {
+        Some(boundary) => thread::sleep(Duration::from_secs_f64(boundary + 0.05 - epoch())),
+        None => thread::sleep(Duration::from_millis(3000)),
     }
     // how far the standby trails at the moment of the crash: what asynchronous replication can lose
     let behind: i64 = client
@@ -174,9 +177,11 @@ fn failover(sync: bool, cron: bool) -> Report {
         )
         .unwrap()
         .get(0);
-    drop(client);
+    // the bound session stays connected until the primary dies: only the promoted node can rescue it
+    let crashed_at: f64 = client.query_one("select extract(epoch from clock_timestamp())::float8", &[]).unwrap().get(0);
     let out = primary.pg_ctl(&["stop", "-m", "immediate"]);
     assert!(out.status.success(), "immediate stop: {}", String::from_utf8_lossy(&out.stderr));
+    drop(client);
     thread::sleep(Duration::from_millis(300));
     let out = standby.pg_ctl(&["promote"]);
     assert!(out.status.success(), "promote: {}", String::from_utf8_lossy(&out.stderr));
@@ -187,7 +192,8 @@ fn failover(sync: bool, cron: bool) -> Report {
     let tick_after_promotion = wait_for(30.0, "the promoted node's first tick", || {
         let last: Option<f64> = client
             .query_one(
-                "select extract(epoch from last_run_at)::float8 from conveyor._tick_stats where step = 'expire'",
+                "select extract(epoch from last_run_at)::float8 from conveyor._tick_stats
+                  where step = 'expire' and source = 'worker'",
                 &[],
             )
             .ok()
@@ -213,13 +219,24 @@ fn failover(sync: bool, cron: bool) -> Report {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let drainers: Vec<_> = (0..3).map(|_| worker(config.clone(), stop.clone(), acked.clone())).collect();
-    wait_for(60.0, "every run of the queue to finish", || {
-        let left: i64 = client
-            .query_one("select count(*) from conveyor.runs where queue = 'default' and status <> 'succeeded'", &[])
+    let drain_started = Instant::now();
+    loop {
+        let left: Vec<String> = client
+            .query(
+                "select status::text || ' ' || task || ' ' || count(*) from conveyor.runs
+                  where queue = 'default' and status <> 'succeeded' group by status, task",
+                &[],
+            )
             .unwrap()
-            .get(0);
-        (left == 0).then_some(())
-    });
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(drain_started.elapsed().as_secs() < 60, "runs left unfinished after 60s ({label}): {left:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
     stop.store(true, Ordering::SeqCst);
     for d in drainers {
         d.join().unwrap();
@@ -253,14 +270,16 @@ fn failover(sync: bool, cron: bool) -> Report {
         )
         .unwrap()
         .get(0);
-    let bound_outcome: String = client
-        .query_one(
-            "select outcome::text || ': ' || (error ->> 'message') from conveyor.attempts
-              where run_id = $1::text::conveyor.ulid order by attempt limit 1",
-            &[&bound],
-        )
-        .unwrap()
-        .get(0);
+    let (bound_outcome, rescued_at): (String, f64) = {
+        let row = client
+            .query_one(
+                "select outcome::text || ': ' || (error ->> 'message'), extract(epoch from finished_at)::float8
+                   from conveyor.attempts where run_id = $1::text::conveyor.ulid order by attempt limit 1",
+                &[&bound],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
     let mut lines = vec![format!(
         "failover ({label}): {} enqueues and {} completions acknowledged; standby {behind} bytes of WAL behind \
          just before the crash; lost {lost_enqueues} enqueues and {lost_completions} completions; first tick on the promoted node {tick_after_promotion:.2}s after \
@@ -272,6 +291,7 @@ fn failover(sync: bool, cron: bool) -> Report {
     assert_eq!(past_lease, 0, "runs left running past their lease ({label})");
     assert_eq!(tick_workers(&mut client), 1, "the promoted node runs the tick worker");
     assert!(bound_outcome.starts_with("crashed: the session that claimed it"), "{bound_outcome}");
+    assert!(rescued_at >= crashed_at, "the bound run was rescued by the promoted node, not before the crash");
     if let Some(boundary) = firing {
         let runs: Vec<(String, i64)> = client
             .query(

@@ -339,7 +339,7 @@ fn hostile_clients_cannot_stop_the_queue_for_anyone_else() {
                                               from conveyor.runs r
                                               where r.status = 'running' and r.lease_expires_at < clock_timestamp()
                                                 and r.queue = any(string_to_array($1, ','))), 0)::float8
-                             from conveyor._tick_stats where step = any(conveyor.tick_steps())",
+                             from conveyor._tick_stats where step = any(conveyor.tick_steps()) and source = 'worker'",
                             &[&unbounded],
                         )
                         .unwrap();

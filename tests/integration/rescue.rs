@@ -30,12 +30,14 @@ fn holder(queue: &str, lease: &str, bind: bool) -> Holder {
     let mut stdin = child.stdin.take().unwrap();
     writeln!(
         stdin,
-        "select pg_backend_pid(); select run_id from conveyor.claim_runs('{queue}', 'psql-holder', 1, '{lease}', bind_session => {bind});"
+        // always one line, so that a claim that found nothing fails the test instead of hanging it
+        "select pg_backend_pid(); select coalesce((select run_id::text from conveyor.claim_runs('{queue}', 'psql-holder', 1, '{lease}', bind_session => {bind})), 'none');"
     )
     .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let pid = lines.next().unwrap().unwrap().trim().parse().unwrap();
     let run = lines.next().expect("a claimed run").unwrap().trim().to_string();
+    assert_ne!(run, "none", "the holder claimed a run of {queue}");
     Holder { child, _stdin: stdin, pid, run }
 }
 
