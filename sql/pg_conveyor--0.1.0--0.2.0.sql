@@ -2568,6 +2568,12 @@ begin
                 continue;
             end if;
             begin
+                -- a run a client holds (a worker finishing it right now) is left for a later tick
+                perform from conveyor.runs r where r.id = v_run.id for no key update skip locked;
+                if not found then
+                    perform conveyor._tick_note('expire', p_skipped => 1);
+                    continue;
+                end if;
                 select e.outcome into v_outcome
                 from conveyor._end_attempts(array[conveyor._expiry(v_run, p_now)]) e;
                 v_outcomes := v_outcomes || v_outcome;
@@ -2609,7 +2615,9 @@ $$;
 -- the task row is locked SKIP LOCKED, the run has a unique firing key, and the cursor
 -- next_fire_at moves by a guarded update. After downtime only the latest missed firing runs,
 -- unless the task asks for catch_up. on_overlap decides when an earlier firing is in flight:
--- allow (default) runs both, skip records a skipped run, terminate cancels the earlier one.
+-- allow (default) runs both, skip records a skipped run, terminate cancels the earlier one. A
+-- terminate whose earlier run a client holds locked (a worker finishing it) leaves the task for a
+-- later tick, cursor unmoved: the step never waits on a client.
 create or replace function conveyor._fire_schedules_of(p_now timestamptz, p_limit integer, p_only text)
 returns integer
 language plpgsql
@@ -2624,6 +2632,7 @@ declare
     v_in_flight boolean;
     v_run conveyor.runs;
     v_count integer := 0;
+    v_held boolean;
 begin
     for v_task in
         select c.*
@@ -2635,6 +2644,7 @@ begin
         limit p_limit
         for no key update of t skip locked
     loop
+        v_held := false;
         -- the firings to run: every one due (catch_up), or the latest due
         v_firings := '{}';
         v_fire := v_task.next_fire_at;
@@ -2667,7 +2677,7 @@ begin
                     select * from conveyor.runs r
                     where r.task = v_task.name and r.fire_at is not null
                       and conveyor._live(r.status)
-                    for no key update
+                    for no key update skip locked
                 loop
                     if v_run.status = 'running' then
                         perform conveyor._end_attempts(array[row(v_run.id, null, v_run.attempt_id, 'stopped',
@@ -2677,6 +2687,13 @@ begin
                         perform conveyor._cancel(v_run);
                     end if;
                 end loop;
+                -- an earlier firing still live: a client holds it; this firing waits for a later tick
+                v_held := exists (select from conveyor.runs r
+                                  where r.task = v_task.name and r.fire_at is not null and conveyor._live(r.status));
+                if v_held then
+                    perform conveyor._tick_note('schedule', p_skipped => 1);
+                    exit;
+                end if;
             end if;
             insert into conveyor.runs (id, task, queue, status, priority, run_at, payload, created_at,
                                        task_version, fire_at)
@@ -2686,6 +2703,9 @@ begin
             v_count := v_count + 1;
         end loop;
 
+        if v_held then
+            continue;
+        end if;
         update conveyor.tasks t
         set next_fire_at = v_next
         where t.name = v_task.name and t.next_fire_at = v_task.next_fire_at;

@@ -116,6 +116,12 @@ begin
                 continue;
             end if;
             begin
+                -- a run a client holds (a worker finishing it right now) is left for a later tick
+                perform from conveyor.runs r where r.id = v_run.id for no key update skip locked;
+                if not found then
+                    perform conveyor._tick_note('expire', p_skipped => 1);
+                    continue;
+                end if;
                 select e.outcome into v_outcome
                 from conveyor._end_attempts(array[conveyor._expiry(v_run, p_now)]) e;
                 v_outcomes := v_outcomes || v_outcome;

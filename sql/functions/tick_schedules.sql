@@ -4,7 +4,9 @@
 -- the task row is locked SKIP LOCKED, the run has a unique firing key, and the cursor
 -- next_fire_at moves by a guarded update. After downtime only the latest missed firing runs,
 -- unless the task asks for catch_up. on_overlap decides when an earlier firing is in flight:
--- allow (default) runs both, skip records a skipped run, terminate cancels the earlier one.
+-- allow (default) runs both, skip records a skipped run, terminate cancels the earlier one. A
+-- terminate whose earlier run a client holds locked (a worker finishing it) leaves the task for a
+-- later tick, cursor unmoved: the step never waits on a client.
 create or replace function conveyor._fire_schedules_of(p_now timestamptz, p_limit integer, p_only text)
 returns integer
 language plpgsql
@@ -19,6 +21,7 @@ declare
     v_in_flight boolean;
     v_run conveyor.runs;
     v_count integer := 0;
+    v_held boolean;
 begin
     for v_task in
         select c.*
@@ -30,6 +33,7 @@ begin
         limit p_limit
         for no key update of t skip locked
     loop
+        v_held := false;
         -- the firings to run: every one due (catch_up), or the latest due
         v_firings := '{}';
         v_fire := v_task.next_fire_at;
@@ -62,7 +66,7 @@ begin
                     select * from conveyor.runs r
                     where r.task = v_task.name and r.fire_at is not null
                       and conveyor._live(r.status)
-                    for no key update
+                    for no key update skip locked
                 loop
                     if v_run.status = 'running' then
                         perform conveyor._end_attempts(array[row(v_run.id, null, v_run.attempt_id, 'stopped',
@@ -72,6 +76,13 @@ begin
                         perform conveyor._cancel(v_run);
                     end if;
                 end loop;
+                -- an earlier firing still live: a client holds it; this firing waits for a later tick
+                v_held := exists (select from conveyor.runs r
+                                  where r.task = v_task.name and r.fire_at is not null and conveyor._live(r.status));
+                if v_held then
+                    perform conveyor._tick_note('schedule', p_skipped => 1);
+                    exit;
+                end if;
             end if;
             insert into conveyor.runs (id, task, queue, status, priority, run_at, payload, created_at,
                                        task_version, fire_at)
@@ -81,6 +92,9 @@ begin
             v_count := v_count + 1;
         end loop;
 
+        if v_held then
+            continue;
+        end if;
         update conveyor.tasks t
         set next_fire_at = v_next
         where t.name = v_task.name and t.next_fire_at = v_task.next_fire_at;

@@ -1,7 +1,7 @@
 //! Clients that hold transactions open, die mid-transaction, race configuration changes and
 //! send garbage must not stop the queue for anyone else (issue 13).
 
-use crate::common::{connect, drop_db, fresh_db, unique};
+use crate::common::{connect, drop_db, fresh_db, unique, Cluster};
 use postgres::Client;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,6 +70,90 @@ fn tick_goes_on_while_a_producer_holds_a_bounded_queue_in_an_open_transaction() 
     assert_eq!(status(&mut tick, &held_due), "queued");
     drop((setup, producer, tick));
     drop_db(&db);
+}
+
+#[test]
+fn a_firing_that_must_terminate_a_run_a_worker_holds_waits_for_a_later_tick_instead_of_waiting() {
+    let (db, mut setup) = fresh_db("it_terminate");
+    at(&mut setup, "2030-01-01 00:00:30+00");
+    setup
+        .batch_execute("select conveyor.define_task('cron_t', schedule => '* * * * *', on_overlap => 'terminate')")
+        .unwrap();
+    // the 00:01 firing runs, claimed by a worker that holds it in an open transaction
+    at(&mut setup, "2030-01-01 00:01:00+00");
+    setup.batch_execute("select conveyor.tick()").unwrap();
+    let mut worker = fresh_connection(&db);
+    at(&mut worker, "2030-01-01 00:01:00+00");
+    let row = worker
+        .query_one(
+            "select run_id::text, lease_token::text from conveyor.claim_runs('default', 'w', 1, '10m', tasks => array['cron_t'])",
+            &[],
+        )
+        .unwrap();
+    let (first, token): (String, String) = (row.get(0), row.get(1));
+    worker.batch_execute(&format!("begin; select conveyor.heartbeat('{first}', '{token}'::uuid);")).unwrap();
+
+    // the 00:02 firing must terminate the held run: it waits for a later tick, without waiting
+    let mut tick = fresh_connection(&db);
+    at(&mut tick, "2030-01-01 00:02:00+00");
+    tick.batch_execute("set statement_timeout = '10s'").unwrap();
+    let started = Instant::now();
+    let fired = one_i64(&mut tick, "select conveyor.tick_step('schedule')");
+    let took = started.elapsed();
+    println!("a terminating firing beside a run a worker holds: schedule step {fired} in {took:?}");
+    assert_eq!(fired, 0, "the step did not fail and fired nothing yet");
+    assert!(took < Duration::from_secs(3), "the step waited on the worker's lock: {took:?}");
+    assert_eq!(status(&mut tick, &first), "running", "the held run is left alone");
+    assert_eq!(one_i64(&mut tick, "select count(*) from conveyor.runs where task = 'cron_t'"), 1);
+    let skipped = one_i64(
+        &mut tick,
+        "select coalesce(sum(skipped), 0)::bigint from conveyor._tick_stats where step = 'schedule'",
+    );
+    assert_eq!(skipped, 1, "the postponed firing is counted as skipped");
+
+    worker.batch_execute("commit").unwrap();
+    assert_eq!(one_i64(&mut tick, "select conveyor.tick_step('schedule')"), 1);
+    assert_eq!(status(&mut tick, &first), "cancelled", "terminated once the worker committed");
+    assert_eq!(one_i64(&mut tick, "select count(*) from conveyor.runs where task = 'cron_t'"), 2);
+    drop((setup, worker, tick));
+    drop_db(&db);
+}
+
+#[test]
+fn a_tick_left_open_by_hand_never_stops_the_background_worker() {
+    let cluster = Cluster::start("open-tick", &["conveyor.database = 'app'", "conveyor.tick_interval = '100ms'"]);
+    cluster.connect("postgres").batch_execute("create database app").unwrap();
+    let mut setup = cluster.connect("app");
+    setup
+        .batch_execute(
+            "create extension pg_conveyor; select conveyor.define_task('t', max_attempts => 3);
+             select conveyor.enqueue('t');",
+        )
+        .unwrap();
+    // a run whose session is gone, so that the open tick deletes a session row too
+    let mut gone = cluster.connect("app");
+    gone.batch_execute("select conveyor.claim_runs('default', 'gone', 1, '10m', bind_session => true)").unwrap();
+    drop(gone);
+    // an operator's tick by hand, left open: it holds its counters' rows and what it changed
+    let mut operator = cluster.connect("app");
+    operator.batch_execute("begin; select conveyor.tick();").unwrap();
+    let failures_before = one_i64(
+        &mut setup,
+        "select coalesce(sum(failures), 0)::bigint from conveyor._tick_stats where source = 'worker'",
+    );
+    // the worker goes on: a due run is delivered, and no step fails
+    let due: String = setup.query_one("select conveyor.enqueue('t', delay => '1s')::text", &[]).unwrap().get(0);
+    crate::common::wait_for(10.0, "the worker to deliver beside the open tick", || {
+        (status(&mut setup, &due) == "queued").then_some(())
+    });
+    thread::sleep(Duration::from_millis(1000));
+    let failures_after = one_i64(
+        &mut setup,
+        "select coalesce(sum(failures), 0)::bigint from conveyor._tick_stats where source = 'worker'",
+    );
+    println!("beside a tick left open by hand: worker step failures {failures_before} -> {failures_after}");
+    assert_eq!(failures_after, failures_before, "worker steps failed beside the open tick");
+    operator.batch_execute("commit").unwrap();
 }
 
 #[test]
