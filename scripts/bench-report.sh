@@ -52,6 +52,11 @@ r1 = num(p1, "per_second")
 r50 = num(p50, "per_second")
 print(f"| end to end, {p1['runs'] if p1 else '?'} no-op runs, 8 workers, claim batch 1 | {fmt(r1)} runs/s | pgbench limit (a): {fmt(single)} jobs/s | {ratio(r1, single)} of (a) |")
 print(f"| end to end, {p50['runs'] if p50 else '?'} no-op runs, 8 workers, claim batch 50 | {fmt(r50)} runs/s | pgbench limit (b): {fmt(batch)} jobs/s | {ratio(r50, batch)} of (b) |")
+for b in (1, 50):
+    pc = find("pg_conveyor", "process_combined", batch=b)
+    two = num(find("pg_conveyor", "process", batch=b), "per_second")
+    if pc:
+        print(f"| end to end, {pc['runs']} no-op runs, 8 workers, batch {b}, finish_and_claim (one call per cycle) | {fmt(num(pc, 'per_second'))} runs/s | claim + finish, two calls: {fmt(two)} runs/s | {ratio(num(pc, 'per_second'), two)} |")
 lat = find("pg_conveyor", "latency")
 if lat:
     print(f"| latency enqueue commit → claimed (LISTENing worker), {lat['samples']} samples | p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms | | |")

@@ -58,6 +58,9 @@ run bench enqueue-single --clients 8 --seconds "$SECONDS_EACH"
 run bench enqueue-batch --clients 8 --batch 50 --seconds "$SECONDS_EACH"
 run bench process --runs "$RUNS" --workers 8 --batch 1
 run bench process --runs "$RUNS" --workers 8 --batch 50
+# the same with finish_and_claim: one call and one commit per worker cycle
+run bench process --runs "$RUNS" --workers 8 --batch 1 --combined 1
+run bench process --runs "$RUNS" --workers 8 --batch 50 --combined 1
 run bench latency --samples "$LAT"
 run bench_manual claim-cost --waiting $((BIG / 100)) --cycles 2000
 run bench_manual claim-cost --waiting "$BIG" --cycles 2000

@@ -2123,6 +2123,62 @@ $$;
 comment on function conveyor.finish_runs is
     'end many attempts at once: items [{run_id, lease_token, outcome: succeeded|failed|released|returned, result, message, meta, retryable, delay, reason}]; status null = stale lease';
 
+-- finish_and_claim: finish the runs in hand and claim the next ones, in one call and one
+-- transaction, so a worker commits once per cycle instead of twice (a batch-1 worker pays one
+-- commit per run). `items` is finish_runs' (null or [] finishes nothing); the rest is
+-- claim_runs'. One row per item first (kind 'finished', status as finish_runs reports it: null
+-- for a stale lease), then one per claimed run (kind 'claimed', with claim_runs' columns). Bad
+-- input to either part refuses the whole call: nothing is finished and nothing claimed.
+create or replace function conveyor.finish_and_claim(
+    items jsonb,
+    queues text,
+    worker text,
+    max integer default 10,
+    lease conveyor.duration default null,
+    tasks text[] default null,
+    bind_session boolean default null
+)
+returns table (
+    kind text,
+    run_id conveyor.ulid,
+    status conveyor.run_status,
+    lease_token uuid,
+    task text,
+    queue text,
+    payload jsonb,
+    attempt integer,
+    failures integer,
+    releases integer,
+    attempt_id conveyor.ulid,
+    priority smallint,
+    parent_run_id conveyor.ulid,
+    lease_expires_at timestamptz,
+    timeout_at timestamptz
+)
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    if finish_and_claim.items is not null and finish_and_claim.items <> '[]'::jsonb then
+        return query
+        select 'finished'::text, f.run_id, f.status, null::uuid, null::text, null::text, null::jsonb, null::integer,
+               null::integer, null::integer, null::conveyor.ulid, null::smallint, null::conveyor.ulid,
+               null::timestamptz, null::timestamptz
+        from conveyor.finish_runs(finish_and_claim.items) f;
+    end if;
+    return query
+    select 'claimed'::text, c.run_id, 'running'::conveyor.run_status, c.lease_token, c.task, c.queue, c.payload,
+           c.attempt, c.failures, c.releases, c.attempt_id, c.priority, c.parent_run_id, c.lease_expires_at, c.timeout_at
+    from conveyor.claim_runs(finish_and_claim.queues, finish_and_claim.worker, finish_and_claim.max,
+                             finish_and_claim.lease, finish_and_claim.tasks, finish_and_claim.bind_session) c;
+end
+$$;
+
+comment on function conveyor.finish_and_claim is
+    'finish the runs in hand (finish_runs items) and claim the next (claim_runs), in one transaction: rows of kind finished, then claimed';
+
 -- ============================================================================================
 -- sql/functions/running.sql
 
@@ -3869,6 +3925,7 @@ grant execute on function
     conveyor.release_run(conveyor.ulid, uuid, text, text, jsonb),
     conveyor.return_run(conveyor.ulid, uuid),
     conveyor.finish_runs(jsonb),
+    conveyor.finish_and_claim(jsonb, text, text, integer, conveyor.duration, text[], boolean),
     conveyor.heartbeat(conveyor.ulid, uuid, conveyor.duration),
     conveyor.append_log(conveyor.ulid, uuid, text)
 to conveyor_worker;

@@ -62,6 +62,7 @@ grant execute on function
     conveyor.release_run(conveyor.ulid, uuid, text, text, jsonb),
     conveyor.return_run(conveyor.ulid, uuid),
     conveyor.finish_runs(jsonb),
+    conveyor.finish_and_claim(jsonb, text, text, integer, conveyor.duration, text[], boolean),
     conveyor.heartbeat(conveyor.ulid, uuid, conveyor.duration),
     conveyor.append_log(conveyor.ulid, uuid, text)
 to conveyor_worker;

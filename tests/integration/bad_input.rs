@@ -70,6 +70,9 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("select * from conveyor.finish_runs('{}')", "22023", "finish_runs takes a JSON array"),
     ("select * from conveyor.finish_runs('[1]')", "22023", "items must be JSON objects"),
     ("select * from conveyor.finish_runs(null)", "22023", "finish_runs takes a JSON array of items, got null"),
+    ("select * from conveyor.finish_and_claim('{}', 'default', 'w')", "22023", "finish_runs takes a JSON array"),
+    ("select * from conveyor.finish_and_claim('[]', 'default', 'w', 0)", "22023", "invalid max 0"),
+    ("select * from conveyor.finish_and_claim(null, 'default', '')", "22023", "worker must name the claiming worker"),
     ("select conveyor.cancel_run('01ARZ3NDEKTSV4RRFFQ69G5FAV')", "CV002", "unknown run"),
     ("select conveyor.retry_run('01ARZ3NDEKTSV4RRFFQ69G5FAV')", "CV002", "unknown run"),
     ("select conveyor.retry_runs(status => 'queued')", "22023", "retry_runs takes status failed, cancelled or succeeded"),
@@ -149,6 +152,7 @@ fn granted(role: &str, call: &str) -> bool {
         "release_run",
         "return_run",
         "finish_runs",
+        "finish_and_claim",
         "heartbeat",
         "append_log",
     ];

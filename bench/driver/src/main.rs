@@ -8,7 +8,9 @@
 //!   enqueue-single  N clients, one enqueue per transaction, for S seconds
 //!   enqueue-batch   N clients, enqueue_many of B runs per transaction, for S seconds
 //!   process         R no-op runs pre-enqueued, W workers claim batches of B and finish them
-//!                   until the queue is empty (B = 1: complete_run each; B > 1: finish_runs)
+//!                   until the queue is empty (B = 1: complete_run each; B > 1: finish_runs);
+//!                   with --combined 1, one finish_and_claim call per cycle (one commit) instead
+//!                   (workload process_combined)
 //!   latency         a LISTENing worker; enqueue commit -> claimed, p50/p99 over K samples
 //!   claim-cost      mean claim+complete time with N runs waiting
 //!   tick-cost       tick time with N scheduled runs of which D are due
@@ -176,7 +178,54 @@ fn work_until_empty(c: &mut Client, batch: u64, worker: &str) -> u64 {
     }
 }
 
+/// One worker on finish_and_claim: each call finishes the runs in hand and claims the next
+/// batch, one transaction per cycle; returns runs finished.
+fn work_until_empty_combined(c: &mut Client, batch: u64, worker: &str) -> u64 {
+    let mut finished = 0;
+    let mut empty = 0;
+    let cycle = c
+        .prepare(
+            "select kind, run_id::text, lease_token, status::text from conveyor.finish_and_claim($1, 'bench', $2, $3::int)",
+        )
+        .unwrap();
+    let pending = c.prepare("select conveyor.pending('bench')").unwrap();
+    let mut in_hand: Option<serde_json::Value> = None;
+    loop {
+        let rows = c.query(&cycle, &[&in_hand, &worker, &(batch as i32)]).unwrap();
+        let mut items = Vec::new();
+        for r in &rows {
+            let kind: &str = r.get(0);
+            if kind == "finished" {
+                let status: Option<String> = r.get(3);
+                assert_eq!(status.as_deref(), Some("succeeded"), "a finish in the cycle held");
+                finished += 1;
+            } else {
+                let (id, token): (String, uuid::Uuid) = (r.get(1), r.get(2));
+                items.push(serde_json::json!({"run_id": id, "lease_token": token.to_string(), "outcome": "succeeded"}));
+            }
+        }
+        if items.is_empty() {
+            in_hand = None;
+            let left: i64 = c.query_one(&pending, &[]).unwrap().get(0);
+            if left == 0 {
+                empty += 1;
+                if empty > 1 {
+                    return finished;
+                }
+            }
+            thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        empty = 0;
+        in_hand = Some(serde_json::Value::Array(items));
+    }
+}
+
 fn run_workers(workers: u64, batch: u64) -> (f64, u64) {
+    run_workers_with(workers, batch, false)
+}
+
+fn run_workers_with(workers: u64, batch: u64, combined: bool) -> (f64, u64) {
     let barrier = Arc::new(Barrier::new(workers as usize + 1));
     let handles: Vec<_> = (0..workers)
         .map(|i| {
@@ -184,7 +233,11 @@ fn run_workers(workers: u64, batch: u64) -> (f64, u64) {
             thread::spawn(move || {
                 let mut c = connect();
                 barrier.wait();
-                work_until_empty(&mut c, batch, &format!("bench-{i}"))
+                if combined {
+                    work_until_empty_combined(&mut c, batch, &format!("bench-{i}"))
+                } else {
+                    work_until_empty(&mut c, batch, &format!("bench-{i}"))
+                }
             })
         })
         .collect();
@@ -194,11 +247,11 @@ fn run_workers(workers: u64, batch: u64) -> (f64, u64) {
     (start.elapsed().as_secs_f64(), finished)
 }
 
-fn process(runs: u64, workers: u64, batch: u64) {
+fn process(runs: u64, workers: u64, batch: u64, combined: bool) {
     let mut client = connect();
     reset(&mut client, "");
     enqueue_backlog(&mut client, runs, "");
-    let (seconds, finished) = run_workers(workers, batch);
+    let (seconds, finished) = run_workers_with(workers, batch, combined);
     let row = client
         .query_one(
             "select count(*) filter (where status = 'succeeded'), count(*), (select count(*) from conveyor.attempts),
@@ -212,9 +265,10 @@ fn process(runs: u64, workers: u64, batch: u64) {
     assert_eq!(finished, runs);
     assert_eq!(events as u64, 3 * runs, "three events per run");
     let rate = runs as f64 / seconds;
-    eprintln!("process: {runs} runs, {workers} workers, batch {batch}: {seconds:.2}s, {rate:.0} runs/s, all {succeeded} verified succeeded");
+    let workload = if combined { "process_combined" } else { "process" };
+    eprintln!("{workload}: {runs} runs, {workers} workers, batch {batch}: {seconds:.2}s, {rate:.0} runs/s, all {succeeded} verified succeeded");
     result(
-        "process",
+        workload,
         &[
             ("runs", runs.to_string()),
             ("workers", workers.to_string()),
@@ -454,7 +508,7 @@ fn main() {
     match workload.as_str() {
         "enqueue-single" => enqueue_single(arg("clients", 8), arg("seconds", 10)),
         "enqueue-batch" => enqueue_batch(arg("clients", 8), arg("batch", 50), arg("seconds", 10)),
-        "process" => process(arg("runs", 100_000), arg("workers", 8), arg("batch", 50)),
+        "process" => process(arg("runs", 100_000), arg("workers", 8), arg("batch", 50), arg("combined", 0) == 1),
         "latency" => latency(arg("samples", 500)),
         "claim-cost" => claim_cost(arg("waiting", 10_000), arg("cycles", 2000)),
         "tick-cost" => tick_cost(arg("scheduled", 1_000_000), arg("due", 1000)),
