@@ -2,9 +2,10 @@
 // handlers.js its demo handlers. The database is its only dependency.
 //
 // The worker LISTENs on "conveyor.<queue>" for each queue, claims runs in batches with
-// conveyor.claim_runs and awaits the handler registered for each run's task:
+// conveyor.finish_and_claim and awaits the handler registered for each run's task:
 //
-//   return a value (or nothing)   conveyor.complete_run(id, token, result)
+//   return a value (or nothing)   succeeded: the successes go with the next claim, in one
+//                                 conveyor.finish_and_claim call (one transaction per cycle)
 //   throw new Release(delay, why) conveyor.release_run: look again after `delay`, not a failure
 //   throw new Fail(msg, {meta, retryable}) or any other error
 //                                 conveyor.fail_run: retried with the task's backoff while its budget lasts
@@ -156,10 +157,7 @@ export class Worker {
       this.log(`claiming from ${this.queues} (batch ${this.batch}, lease ${this.lease})`);
       while (!this.stopping) {
         this.woken = false; // what woke us is seen by this claim
-        const { rows } = await this.client.query(
-          'select run_id, lease_token, task, payload, attempt from conveyor.claim_runs($1, $2, $3, $4)',
-          [this.queues, this.name, this.batch, this.lease],
-        );
+        const rows = await this.finishAndClaim();
         if (rows.length > 0) {
           await this.process(rows, Date.now());
           continue; // there may be more: claim again before waiting
@@ -170,6 +168,7 @@ export class Worker {
         }
         await this.waitForWakeup();
       }
+      await this.flush();
     } finally {
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);
@@ -191,6 +190,41 @@ export class Worker {
     });
   }
 
+  /** The pending successes as finish_runs items, and their jobs by run id; empties the list. */
+  takePending() {
+    const pending = this.pending ?? [];
+    this.pending = [];
+    const items = pending.map(({ job, result }) => ({
+      run_id: job.runId, lease_token: job.leaseToken, outcome: 'succeeded', result: result === undefined ? null : result,
+    }));
+    return { items, jobs: new Map(pending.map(({ job }) => [job.runId, job])) };
+  }
+
+  reportSuccess(jobs, runId, status) {
+    if (status == null) this.log(`run ${runId}: stale lease, moving on (its success was not recorded)`);
+    else this.report(jobs.get(runId), `succeeded -> ${status}`);
+  }
+
+  /** Complete the pending successes and claim the next batch, in one call and one transaction. */
+  async finishAndClaim() {
+    const { items, jobs } = this.takePending();
+    const { rows } = await this.client.query(
+      `select kind, run_id, status, lease_token, task, payload, attempt
+         from conveyor.finish_and_claim($1, $2, $3, $4, $5)`,
+      [items.length ? JSON.stringify(items) : null, this.queues, this.name, this.batch, this.lease],
+    );
+    for (const r of rows) if (r.kind === 'finished') this.reportSuccess(jobs, r.run_id, r.status);
+    return rows.filter((r) => r.kind === 'claimed');
+  }
+
+  /** Complete the pending successes now, in one conveyor.finish_runs call. */
+  async flush() {
+    const { items, jobs } = this.takePending();
+    if (!items.length) return;
+    const { rows } = await this.client.query('select run_id, status from conveyor.finish_runs($1)', [JSON.stringify(items)]);
+    for (const r of rows) this.reportSuccess(jobs, r.run_id, r.status);
+  }
+
   async nothingLeft() {
     // conveyor.pending is granted to workers: no read access to the run tables needed
     const { rows } = await this.client.query('select conveyor.pending($1)::int as n', [this.queueNames.join(',')]);
@@ -200,6 +234,9 @@ export class Worker {
   async process(rows, claimedAt) {
     for (const row of rows) {
       const job = new Job(this, row);
+      if (this.pending?.length && Date.now() - this.pendingSince > 1000) {
+        await this.flush(); // don't hold finished runs behind a long one
+      }
       if (this.stopping) {
         // claimed but not started: give it back for another worker
         await this.finish(job, 'conveyor.return_run($1, $2)', [], 'returned (shutting down)');
@@ -256,8 +293,10 @@ export class Worker {
       return this.finish(job, 'conveyor.fail_run($1, $2, $3, $4, $5)',
         [message, meta == null ? null : JSON.stringify(meta), retryable], `failed: ${message}`);
     }
-    return this.finish(job, 'conveyor.complete_run($1, $2, $3)',
-      [result === undefined ? null : JSON.stringify(result)], 'succeeded');
+    // a success waits for the next claim (finishAndClaim), or the next flush
+    if (!this.pending?.length) this.pendingSince = Date.now();
+    (this.pending ??= []).push({ job, result });
+    return undefined;
   }
 
   /** One finishing call (complete/fail/release/return). A stale lease is logged, not fatal. */

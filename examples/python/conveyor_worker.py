@@ -5,9 +5,10 @@ QUEUES is one queue or several, comma-separated (python,emails). The connection 
 usual PG* variables (PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD).
 
 The worker LISTENs on "conveyor.<queue>" for each queue, claims runs in batches with
-conveyor.claim_runs and calls the handler registered for each run's task (handlers.py):
+conveyor.finish_and_claim and calls the handler registered for each run's task (handlers.py):
 
-    return a dict (or None)     succeeded: batched, many successes in one conveyor.finish_runs call
+    return a dict (or None)     succeeded: batched, the successes go with the next claim in one
+                                conveyor.finish_and_claim call (one transaction per cycle)
     raise Release(delay, why)   conveyor.release_run: look again after `delay`, not a failure
     raise Fail(msg, meta, retryable) or any other exception
                                 conveyor.fail_run: retried with the task's backoff while its budget lasts
@@ -160,11 +161,7 @@ class Worker:
             self.log(f"claiming from {self.queues} (batch {self.batch}, lease {self.lease})")
             while not self.stopping:
                 self.drain_notifications()
-                rows = self.conn.execute(
-                    "select run_id, lease_token, task, payload, attempt"
-                    " from conveyor.claim_runs(%s, %s, %s, %s)",
-                    (self.queues, self.name, self.batch, self.lease),
-                ).fetchall()
+                rows = self.finish_and_claim()
                 if rows:
                     self.process(rows, claimed_at=time.monotonic())
                     continue  # there may be more: claim again before waiting
@@ -210,7 +207,7 @@ class Worker:
             if time.monotonic() - claimed_at > REFRESH_AFTER_SECONDS and not self.refresh(job):
                 continue
             self.run_one(job)
-        self.flush()
+        # the successes still pending go with the next claim (finish_and_claim): one call, one commit
 
     def refresh(self, job: Job) -> bool:
         """Extend the lease of a run that waited behind others of its batch: its lease has been
@@ -265,21 +262,44 @@ class Worker:
             return
         self.report(job.run_id, job.task, job.attempt, f"{outcome} -> {status}")
 
-    def flush(self):
-        """Complete the pending successes in one conveyor.finish_runs call."""
-        if not self.pending:
-            return
-        items = [
+    def pending_items(self):
+        return [
             {"run_id": p["job"].run_id, "lease_token": str(p["job"].lease_token),
              "outcome": "succeeded", "result": p["result"]}
             for p in self.pending
         ]
+
+    def finish_and_claim(self):
+        """Complete the pending successes and claim the next batch in one conveyor.finish_and_claim
+        call (one transaction); returns the claimed rows (run_id, lease_token, task, payload, attempt)."""
+        items = self.pending_items()
+        jobs = {p["job"].run_id: p["job"] for p in self.pending}
+        self.pending = []
+        claimed = []
+        for kind, run_id, status, token, task, payload, attempt in self.conn.execute(
+                "select kind, run_id, status, lease_token, task, payload, attempt"
+                " from conveyor.finish_and_claim(%s, %s, %s, %s, %s)",
+                (Jsonb(items) if items else None, self.queues, self.name, self.batch, self.lease)).fetchall():
+            if kind == "claimed":
+                claimed.append((run_id, token, task, payload, attempt))
+            else:
+                self.report_success(jobs, run_id, status)
+        return claimed
+
+    def report_success(self, jobs, run_id, status):
+        job = jobs[run_id]
+        if status is None:  # stale lease: someone else has it now, or it is over
+            self.log(f"run {run_id}: stale lease, moving on (its success was not recorded)")
+        else:
+            self.report(run_id, job.task, job.attempt, f"succeeded -> {status}")
+
+    def flush(self):
+        """Complete the pending successes in one conveyor.finish_runs call."""
+        if not self.pending:
+            return
+        items = self.pending_items()
         jobs = {p["job"].run_id: p["job"] for p in self.pending}
         self.pending = []
         for run_id, status in self.conn.execute(
                 "select run_id, status from conveyor.finish_runs(%s)", (Jsonb(items),)).fetchall():
-            job = jobs[run_id]
-            if status is None:  # stale lease: someone else has it now, or it is over
-                self.log(f"run {run_id}: stale lease, moving on (its success was not recorded)")
-            else:
-                self.report(run_id, job.task, job.attempt, f"succeeded -> {status}")
+            self.report_success(jobs, run_id, status)

@@ -6,7 +6,8 @@
 # Connects with the usual PG* variables. LISTENs on each queue's channel (conveyor.<queue>),
 # claims runs from QUEUES (comma-separated) in batches and runs HANDLER_DIR/<task> for each,
 # with the payload on stdin and CONVEYOR_RUN_ID, CONVEYOR_TASK, CONVEYOR_ATTEMPT set:
-#   exit 0    complete; the result is {"output": <the handler's stdout>, "heartbeats": N}
+#   exit 0    complete (sent with the next claim, conveyor.finish_and_claim); the result is
+#             {"output": <the handler's stdout>, "heartbeats": N}
 #   exit 75   release (business waiting): stdout is the delay, e.g. 30s
 #   exit 65   fail, not retryable
 #   other     fail, retryable; the last line of stderr is the message
@@ -64,6 +65,27 @@ sql() {
 # b64 TEXT: a SQL expression for TEXT, whatever it contains.
 b64() { printf "convert_from(decode('%s', 'base64'), 'UTF8')" "$(printf '%s' "$1" | base64 -w0)"; }
 
+# Successes are not completed one by one: they go with the next claim, in one
+# conveyor.finish_and_claim call (one transaction per cycle), or with a flush (finish_runs) when
+# one has waited a second behind a long run, and when the worker stops.
+PENDING=() # finish_runs items (SQL jsonb expressions) of successes not sent yet
+PENDING_SINCE=0
+items_sql() {
+    if [ ${#PENDING[@]} -eq 0 ]; then echo null; else (IFS=,; echo "jsonb_build_array(${PENDING[*]})"); fi
+}
+report_finished() { # report_finished ID STATUS (empty: stale lease)
+    if [ -n "$2" ]; then log "run $1 -> $2"; else log "run $1: stale lease, moving on (its success was not recorded)"; fi
+}
+flush() {
+    [ ${#PENDING[@]} -eq 0 ] && return
+    local rows id status
+    rows=$(sql "select run_id, coalesce(status::text, '') from conveyor.finish_runs($(items_sql))")
+    PENDING=()
+    while IFS=$'\t' read -r id status; do
+        [ -n "$id" ] && report_finished "$id" "$status"
+    done <<<"$rows"
+}
+
 finish() { # finish ID TOKEN SQL-CALL
     local status
     status=$(sql "select $3")
@@ -104,7 +126,8 @@ run_one() {
     if [ "$cancelled" = 1 ]; then
         finish "$id" "$token" "conveyor.fail_run('$id', '$token', 'stopped: cancelled while running')"
     elif [ "$code" = 0 ]; then
-        finish "$id" "$token" "conveyor.complete_run('$id', '$token', jsonb_build_object('output', $(b64 "$(cat "$out")"), 'heartbeats', $beats))"
+        [ ${#PENDING[@]} -eq 0 ] && PENDING_SINCE=$SECONDS
+        PENDING+=("jsonb_build_object('run_id', '$id', 'lease_token', '$token', 'outcome', 'succeeded', 'result', jsonb_build_object('output', $(b64 "$(cat "$out")"), 'heartbeats', $beats))")
     elif [ "$code" = 75 ]; then
         finish "$id" "$token" "conveyor.release_run('$id', '$token', $(b64 "$(head -n 1 "$out")"), $(b64 "$message"))"
     else
@@ -124,8 +147,19 @@ log "claiming from $QUEUES (batch $BATCH, lease $LEASE)"
 
 while [ "$stopping" = 0 ]; do
     WOKEN=0
-    mapfile -t runs < <(sql "select run_id, lease_token, task, attempt, replace(encode(convert_to(payload::text, 'UTF8'), 'base64'), E'\n', '')
-                             from conveyor.claim_runs($(b64 "$QUEUES"), $(b64 "$WORKER"), $BATCH, $(b64 "$LEASE"))")
+    mapfile -t rows < <(sql "select kind, run_id, coalesce(status::text, ''), lease_token, task, attempt,
+                                    replace(encode(convert_to(payload::text, 'UTF8'), 'base64'), E'\n', '')
+                             from conveyor.finish_and_claim($(items_sql), $(b64 "$QUEUES"), $(b64 "$WORKER"), $BATCH, $(b64 "$LEASE"))")
+    PENDING=()
+    runs=()
+    for row in "${rows[@]}"; do
+        IFS=$'\t' read -r kind id status token task attempt payload <<<"$row"
+        if [ "$kind" = finished ]; then
+            report_finished "$id" "$status"
+        else
+            runs+=("$id"$'\t'"$token"$'\t'"$task"$'\t'"$attempt"$'\t'"$payload")
+        fi
+    done
     if [ ${#runs[@]} -eq 0 ]; then
         if [ "$DRAIN" = --drain ]; then
             [ "$(sql "select conveyor.pending($(b64 "$QUEUES"))")" = 0 ] && break
@@ -139,6 +173,9 @@ while [ "$stopping" = 0 ]; do
     fi
     for row in "${runs[@]}"; do
         IFS=$'\t' read -r id token task attempt payload <<<"$row"
+        if [ ${#PENDING[@]} -gt 0 ] && [ $((SECONDS - PENDING_SINCE)) -ge 1 ]; then
+            flush # don't hold finished runs behind a long one
+        fi
         if [ "$stopping" = 1 ]; then
             finish "$id" "$token" "conveyor.return_run('$id', '$token')"
         else
@@ -146,4 +183,5 @@ while [ "$stopping" = 0 ]; do
         fi
     done
 done
+flush
 log "stopped"

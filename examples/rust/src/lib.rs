@@ -2,11 +2,11 @@
 //! command line and its demo handlers; the database is its only dependency.
 //!
 //! The worker LISTENs on "conveyor.<queue>" for each queue, claims runs in batches with
-//! `conveyor.claim_runs` and awaits the [`Handlers`] for each run:
+//! `conveyor.finish_and_claim` and awaits the [`Handlers`] for each run:
 //!
 //! | the handler returns | the worker calls |
 //! |---|---|
-//! | `Ok(result)` | `conveyor.complete_run(id, token, result)` |
+//! | `Ok(result)` | nothing yet: the successes go with the next claim, in one `conveyor.finish_and_claim` call (one transaction per cycle) |
 //! | `Err(JobError::release("1s", "why"))` | `conveyor.release_run`: look again later, not a failure |
 //! | `Err(JobError::fail("why"))` (or `fail_with`) | `conveyor.fail_run`: retried with the task's backoff while its budget lasts |
 //! | `Err(JobError::Cancelled)` (after `job.heartbeat()` said true) | `conveyor.fail_run`, recorded by the server as outcome stopped, run cancelled |
@@ -221,6 +221,9 @@ impl Job<'_> {
 
 // --- the worker --------------------------------------------------------------------------------
 
+/// A success not sent yet: run_id, lease_token, task, attempt, result.
+type Success = (String, Uuid, String, i32, Value);
+
 pub struct Worker {
     pub name: String,
     pub queue_names: Vec<String>,
@@ -232,6 +235,9 @@ pub struct Worker {
     client: Client,
     notifications: mpsc::UnboundedReceiver<Notification>,
     stop: watch::Sender<StopState>,
+    /// successes not sent yet (run_id, lease_token, task, attempt, result), and since when
+    pending: std::cell::RefCell<Vec<Success>>,
+    pending_since: std::cell::Cell<Option<Instant>>,
 }
 
 impl Worker {
@@ -286,6 +292,8 @@ impl Worker {
             client,
             notifications,
             stop,
+            pending: Default::default(),
+            pending_since: Default::default(),
         })
     }
 
@@ -327,24 +335,17 @@ impl Worker {
         ));
         while !self.stopping() {
             while self.notifications.try_recv().is_ok() {} // what woke us is seen by this claim
-            let rows = self
-                .client
-                .query(
-                    "select run_id::text, lease_token, task, payload, attempt
-                     from conveyor.claim_runs($1::text, $2::text, $3::int, $4::text)",
-                    &[&queues, &self.name, &self.batch, &self.lease],
-                )
-                .await?;
+            let rows = self.finish_and_claim(&queues).await?;
             if !rows.is_empty() {
                 let claimed_at = Instant::now();
                 let jobs = rows
                     .iter()
                     .map(|r| Job {
-                        run_id: r.get(0),
-                        lease_token: r.get(1),
-                        task: r.get(2),
-                        payload: r.get(3),
-                        attempt: r.get(4),
+                        run_id: r.get(1),
+                        lease_token: r.get(3),
+                        task: r.get(4),
+                        payload: r.get(5),
+                        attempt: r.get(6),
                         heartbeats: 0,
                         worker: &self,
                     })
@@ -358,6 +359,7 @@ impl Worker {
             }
             self.wait_for_wakeup().await;
         }
+        self.flush().await?;
         drop(self.client); // closes the connection
         eprintln!("{} [{}] stopped", clock(), self.name);
         Ok(())
@@ -374,6 +376,72 @@ impl Worker {
             _ = stop.changed() => {}
             _ = tokio::time::sleep(self.poll) => {}
         }
+    }
+
+    /// The pending successes as finish_runs items; empties the list.
+    fn take_pending(&self) -> (Vec<Success>, Option<Value>) {
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        self.pending_since.set(None);
+        let items: Vec<Value> = pending
+            .iter()
+            .map(|(id, token, _, _, result)| {
+                json!({"run_id": id, "lease_token": token.to_string(), "outcome": "succeeded", "result": result})
+            })
+            .collect();
+        let items = (!items.is_empty()).then_some(Value::Array(items));
+        (pending, items)
+    }
+
+    fn report_success(&self, pending: &[Success], id: &str, status: Option<String>) {
+        match (status, pending.iter().find(|p| p.0 == id)) {
+            (Some(status), Some((_, _, task, attempt, _))) => {
+                self.report(id, task, *attempt, &format!("succeeded -> {status}"))
+            }
+            _ => self.log(&format!(
+                "run {id}: stale lease, moving on (its success was not recorded)"
+            )),
+        }
+    }
+
+    /// Complete the pending successes and claim the next batch in one call (one transaction);
+    /// returns the claimed rows (kind, run_id, status, lease_token, task, payload, attempt).
+    async fn finish_and_claim(
+        &self,
+        queues: &str,
+    ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        let (pending, items) = self.take_pending();
+        let rows = self
+            .client
+            .query(
+                "select kind, run_id::text, status::text, lease_token, task, payload, attempt
+                 from conveyor.finish_and_claim($1, $2::text, $3::text, $4::int, $5::text)",
+                &[&items, &queues, &self.name, &self.batch, &self.lease],
+            )
+            .await?;
+        let (finished, claimed): (Vec<_>, Vec<_>) = rows
+            .into_iter()
+            .partition(|r| r.get::<_, &str>(0) == "finished");
+        for r in finished {
+            self.report_success(&pending, r.get(1), r.get(2));
+        }
+        Ok(claimed)
+    }
+
+    /// Complete the pending successes now, in one conveyor.finish_runs call.
+    async fn flush(&self) -> Result<(), tokio_postgres::Error> {
+        let (pending, items) = self.take_pending();
+        let Some(items) = items else { return Ok(()) };
+        let rows = self
+            .client
+            .query(
+                "select run_id::text, status::text from conveyor.finish_runs($1)",
+                &[&items],
+            )
+            .await?;
+        for r in rows {
+            self.report_success(&pending, r.get(0), r.get(1));
+        }
+        Ok(())
     }
 
     async fn nothing_left(&self) -> Result<bool, tokio_postgres::Error> {
@@ -400,6 +468,13 @@ impl Worker {
                 // claimed but not started: give these back for another worker, in one call
                 let unstarted: Vec<Job> = std::iter::once(job).chain(jobs).collect();
                 return self.give_back(&unstarted).await;
+            }
+            if self
+                .pending_since
+                .get()
+                .is_some_and(|t| t.elapsed() > Duration::from_secs(1))
+            {
+                self.flush().await?; // don't hold finished runs behind a long one
             }
             if claimed_at.elapsed() < REFRESH_AFTER || self.refresh(&job).await? {
                 self.run_one(&mut job, handlers).await?;
@@ -454,13 +529,18 @@ impl Worker {
         let (id, token) = (job.run_id.clone(), job.lease_token);
         let finished = match handlers.handle(job).await {
             Ok(result) => {
-                self.finish(
-                    job,
-                    "select conveyor.complete_run($1::text, $2, $3)::text",
-                    &[&id, &token, &result],
-                    "succeeded",
-                )
-                .await
+                // sent with the next claim (finish_and_claim), or by the next flush
+                if self.pending_since.get().is_none() {
+                    self.pending_since.set(Some(Instant::now()));
+                }
+                self.pending.borrow_mut().push((
+                    id.clone(),
+                    token,
+                    job.task.clone(),
+                    job.attempt,
+                    result,
+                ));
+                Ok(())
             }
             Err(JobError::Release { delay, reason }) => {
                 let outcome = format!("released for {delay}");
