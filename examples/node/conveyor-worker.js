@@ -234,8 +234,10 @@ export class Worker {
   async process(rows, claimedAt) {
     for (const row of rows) {
       const job = new Job(this, row);
-      if (this.pending?.length && Date.now() - this.pendingSince > 1000) {
-        await this.flush(); // don't hold finished runs behind a long one
+      if (this.pending?.length) {
+        // a success held back behind another run could outlive its lease (heartbeats extend only
+        // the run they are for): only the batch's last success waits for the next claim
+        await this.flush();
       }
       if (this.stopping) {
         // claimed but not started: give it back for another worker

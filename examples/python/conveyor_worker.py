@@ -202,8 +202,10 @@ class Worker:
                 # claimed but not started: give it back for another worker
                 self.finish(job, "conveyor.return_run(%s, %s)", (), "returned (shutting down)")
                 continue
-            if self.pending and time.monotonic() - self.pending_since > 1:
-                self.flush()  # don't hold finished runs behind a long one
+            if self.pending:
+                # a success held back behind another run could outlive its lease (heartbeats extend
+                # only the run they are for): only the batch's last success waits for the next claim
+                self.flush()
             if time.monotonic() - claimed_at > REFRESH_AFTER_SECONDS and not self.refresh(job):
                 continue
             self.run_one(job)

@@ -65,9 +65,10 @@ sql() {
 # b64 TEXT: a SQL expression for TEXT, whatever it contains.
 b64() { printf "convert_from(decode('%s', 'base64'), 'UTF8')" "$(printf '%s' "$1" | base64 -w0)"; }
 
-# Successes are not completed one by one: they go with the next claim, in one
-# conveyor.finish_and_claim call (one transaction per cycle), or with a flush (finish_runs) when
-# one has waited a second behind a long run, and when the worker stops.
+# The last success of a batch is not completed on its own: it goes with the next claim, in one
+# conveyor.finish_and_claim call (one transaction per cycle). Earlier ones are flushed
+# (finish_runs) before the next run of the batch starts, since heartbeats extend only the run
+# they are for, and whatever is left when the worker stops.
 PENDING=() # finish_runs items (SQL jsonb expressions) of successes not sent yet
 PENDING_SINCE=0
 items_sql() {
@@ -79,7 +80,7 @@ report_finished() { # report_finished ID STATUS (empty: stale lease)
 flush() {
     [ ${#PENDING[@]} -eq 0 ] && return
     local rows id status
-    rows=$(sql "select run_id, coalesce(status::text, '') from conveyor.finish_runs($(items_sql))")
+    rows=$(sql "select run_id, coalesce(status::text, '') from conveyor.finish_runs($(items_sql))") || return
     PENDING=()
     while IFS=$'\t' read -r id status; do
         [ -n "$id" ] && report_finished "$id" "$status"
@@ -147,10 +148,14 @@ log "claiming from $QUEUES (batch $BATCH, lease $LEASE)"
 
 while [ "$stopping" = 0 ]; do
     WOKEN=0
-    mapfile -t rows < <(sql "select kind, run_id, coalesce(status::text, ''), lease_token, task, attempt,
-                                    replace(encode(convert_to(payload::text, 'UTF8'), 'base64'), E'\n', '')
-                             from conveyor.finish_and_claim($(items_sql), $(b64 "$QUEUES"), $(b64 "$WORKER"), $BATCH, $(b64 "$LEASE"))")
-    PENDING=()
+    rows=()
+    # the held-back successes are forgotten only once the call went through (else sent again)
+    if out=$(sql "select kind, run_id, coalesce(status::text, ''), lease_token, task, attempt,
+                         replace(encode(convert_to(payload::text, 'UTF8'), 'base64'), E'\n', '')
+                  from conveyor.finish_and_claim($(items_sql), $(b64 "$QUEUES"), $(b64 "$WORKER"), $BATCH, $(b64 "$LEASE"))"); then
+        PENDING=()
+        [ -n "$out" ] && mapfile -t rows <<<"$out"
+    fi
     runs=()
     for row in "${rows[@]}"; do
         IFS=$'\t' read -r kind id status token task attempt payload <<<"$row"
@@ -173,8 +178,10 @@ while [ "$stopping" = 0 ]; do
     fi
     for row in "${runs[@]}"; do
         IFS=$'\t' read -r id token task attempt payload <<<"$row"
-        if [ ${#PENDING[@]} -gt 0 ] && [ $((SECONDS - PENDING_SINCE)) -ge 1 ]; then
-            flush # don't hold finished runs behind a long one
+        if [ ${#PENDING[@]} -gt 0 ]; then
+            # a success held back behind another run could outlive its lease (heartbeats extend
+            # only the run they are for): only the batch's last success waits for the next claim
+            flush
         fi
         if [ "$stopping" = 1 ]; then
             finish "$id" "$token" "conveyor.return_run('$id', '$token')"

@@ -469,12 +469,11 @@ impl Worker {
                 let unstarted: Vec<Job> = std::iter::once(job).chain(jobs).collect();
                 return self.give_back(&unstarted).await;
             }
-            if self
-                .pending_since
-                .get()
-                .is_some_and(|t| t.elapsed() > Duration::from_secs(1))
-            {
-                self.flush().await?; // don't hold finished runs behind a long one
+            if !self.pending.borrow().is_empty() {
+                // a success held back behind another run could outlive its lease (heartbeats
+                // extend only the run they are for): only the batch's last success waits for the
+                // next claim
+                self.flush().await?;
             }
             if claimed_at.elapsed() < REFRESH_AFTER || self.refresh(&job).await? {
                 self.run_one(&mut job, handlers).await?;
