@@ -261,10 +261,10 @@ create or replace function conveyor._library_version() returns text
 create or replace function conveyor._session_started_at() returns timestamptz
     stable parallel restricted language c as 'MODULE_PATHNAME', '_session_started_at_wrapper';
 
--- _in_background_worker: true in a background worker, false in a client's session
--- (src/session.rs): tick keeps the two apart in conveyor._tick_stats.
+-- _in_background_worker: true in pg_conveyor's tick worker, false in a client's session or any
+-- other process (src/session.rs): tick keeps the two apart in conveyor._tick_stats.
 create or replace function conveyor._in_background_worker() returns boolean
-    stable parallel safe language c as 'MODULE_PATHNAME', '_in_background_worker_wrapper';
+    stable parallel restricted language c as 'MODULE_PATHNAME', '_in_background_worker_wrapper';
 
 -- ============================================================================================
 -- sql/functions/errors.sql
@@ -2127,8 +2127,9 @@ comment on function conveyor.finish_runs is
 -- transaction, so a worker commits once per cycle instead of twice (a batch-1 worker pays one
 -- commit per run). `items` is finish_runs' (null or [] finishes nothing); the rest is
 -- claim_runs'. One row per item first (kind 'finished', status as finish_runs reports it: null
--- for a stale lease), then one per claimed run (kind 'claimed', with claim_runs' columns). Bad
--- input to either part refuses the whole call: nothing is finished and nothing claimed.
+-- for a stale lease), then one per claimed run (kind 'claimed', with claim_runs' columns). A
+-- malformed call (items not an array of objects, a bad max or worker) refuses the whole call:
+-- nothing is finished and nothing claimed; a malformed item fails its run, as in finish_runs.
 create or replace function conveyor.finish_and_claim(
     items jsonb,
     queues text,
@@ -2672,8 +2673,10 @@ $$;
 -- next_fire_at moves by a guarded update. After downtime only the latest missed firing runs,
 -- unless the task asks for catch_up. on_overlap decides when an earlier firing is in flight:
 -- allow (default) runs both, skip records a skipped run, terminate cancels the earlier one. A
--- terminate whose earlier run a client holds locked (a worker finishing it) leaves the task for a
--- later tick, cursor unmoved: the step never waits on a client.
+-- terminate whose earlier run a client holds locked (a worker finishing it), or whose ending needs
+-- a counter row a client holds (a producer's open transaction in its bounded queue), leaves the
+-- task for a later tick, cursor unmoved: the step never waits on a client longer than
+-- lock_timeout, and never fails for it.
 create or replace function conveyor._fire_schedules_of(p_now timestamptz, p_limit integer, p_only text)
 returns integer
 language plpgsql
@@ -2689,6 +2692,7 @@ declare
     v_run conveyor.runs;
     v_count integer := 0;
     v_held boolean;
+    v_postponed timestamptz;
 begin
     for v_task in
         select c.*
@@ -2729,25 +2733,33 @@ begin
                 continue;
             end if;
             if v_in_flight and v_task.on_overlap = 'terminate' then
-                for v_run in
-                    select * from conveyor.runs r
-                    where r.task = v_task.name and r.fire_at is not null
-                      and conveyor._live(r.status)
-                    for no key update skip locked
-                loop
-                    if v_run.status = 'running' then
-                        perform conveyor._end_attempts(array[row(v_run.id, null, v_run.attempt_id, 'stopped',
-                            conveyor._failure('stopped', format('terminated by the next firing (%s)', v_fire)),
-                            false, null, null, null)::conveyor._ending]);
-                    else
-                        perform conveyor._cancel(v_run);
-                    end if;
-                end loop;
-                -- an earlier firing still live: a client holds it; this firing waits for a later tick
+                begin
+                    for v_run in
+                        select * from conveyor.runs r
+                        where r.task = v_task.name and r.fire_at is not null
+                          and conveyor._live(r.status)
+                        for no key update skip locked
+                    loop
+                        if v_run.status = 'running' then
+                            perform conveyor._end_attempts(array[row(v_run.id, null, v_run.attempt_id, 'stopped',
+                                conveyor._failure('stopped', format('terminated by the next firing (%s)', v_fire)),
+                                false, null, null, null)::conveyor._ending]);
+                        else
+                            perform conveyor._cancel(v_run);
+                        end if;
+                    end loop;
+                exception when lock_not_available then
+                    -- ending it must take a counter row (a bounded queue's, a capped task's) that a
+                    -- client holds: undone, and the firing waits like below
+                    null;
+                end;
+                -- an earlier firing still live: a client holds it (or a counter row its ending
+                -- needs); this firing waits for a later tick
                 v_held := exists (select from conveyor.runs r
                                   where r.task = v_task.name and r.fire_at is not null and conveyor._live(r.status));
                 if v_held then
                     perform conveyor._tick_note('schedule', p_skipped => 1);
+                    v_postponed := v_fire;
                     exit;
                 end if;
             end if;
@@ -2760,6 +2772,10 @@ begin
         end loop;
 
         if v_held then
+            -- the cursor stays at the postponed firing (past any fired before it, with catch_up)
+            update conveyor.tasks t
+            set next_fire_at = v_postponed
+            where t.name = v_task.name and t.next_fire_at = v_task.next_fire_at and v_postponed > v_task.next_fire_at;
             continue;
         end if;
         update conveyor.tasks t
@@ -3096,14 +3112,20 @@ begin
         limit p_limit);
 
     begin
-        update conveyor.runs r
-        set status = 'queued'
-        where r.id in (select p.id from conveyor.runs p
-                       where p.id = any(v_chosen) and conveyor._waiting(p.status)
-                       for no key update skip locked);
-        get diagnostics v_done = row_count;
-        -- a run set aside earlier and delivered now is no longer set aside
-        delete from conveyor.quarantine q where q.step = 'deliver' and q.run_id = any(v_chosen);
+        with delivered as (
+            update conveyor.runs r
+            set status = 'queued'
+            where r.id in (select p.id from conveyor.runs p
+                           where p.id = any(v_chosen) and conveyor._waiting(p.status)
+                           for no key update skip locked)
+            returning r.id
+        ),
+        -- a run set aside earlier and delivered now is no longer set aside (only the runs this
+        -- step delivered: another tick may be working on the ones it skipped)
+        cleared as (
+            delete from conveyor.quarantine q using delivered d where q.step = 'deliver' and q.run_id = d.id
+        )
+        select count(*) into v_done from delivered;
     exception when others then
         -- some run makes the batch fail: deliver them one at a time, setting aside the ones
         -- that fail on their own
@@ -3117,7 +3139,9 @@ begin
                                for no key update skip locked);
                 get diagnostics v_one = row_count;
                 v_done := v_done + v_one;
-                delete from conveyor.quarantine q where q.step = 'deliver' and q.run_id = v_id;
+                if v_one > 0 then
+                    delete from conveyor.quarantine q where q.step = 'deliver' and q.run_id = v_id;
+                end if;
             exception
                 when lock_not_available then
                     perform conveyor._tick_note('deliver', p_skipped => 1);
@@ -3414,8 +3438,8 @@ comment on function conveyor.outbox_ack is 'relay: acknowledge forwarded outbox 
 -- locks what it changes with SKIP LOCKED or guarded updates so two ticks at once never double
 -- anything, and returns a count. It runs no user code. The steps are in tick_*.sql.
 
--- _tick_source: `worker` in a background worker (pg_conveyor's tick worker; pg_cron's jobs run
--- in one too), `manual` in a client's session (src/session.rs). Each keeps its own rows of
+-- _tick_source: `worker` in pg_conveyor's tick worker, `manual` anywhere else (a client's
+-- session, pg_cron's jobs, another extension's background worker; src/session.rs). Each keeps its own rows of
 -- conveyor._tick_stats and its own cursors, so that a tick by hand left in an open transaction
 -- holds no row the worker must write.
 create or replace function conveyor._tick_source()
@@ -3425,7 +3449,9 @@ stable
 as $$ select case when conveyor._in_background_worker() then 'worker' else 'manual' end $$;
 
 -- _tick_note: add to a step's counters in conveyor._tick_stats (and move deliver's cursor), in
--- this source's row (_tick_source). Only tick writes these rows.
+-- this source's row (_tick_source). Only tick writes these rows, and never waits for one: the
+-- rows exist from the start (end of this file), and one that another tick of the same source
+-- holds (two ticks by hand at once, one left open) is skipped, its counts lost.
 create or replace function conveyor._tick_note(
     p_step text,
     p_runs integer default 0,
@@ -3442,19 +3468,19 @@ set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
 as $$
 begin
-    insert into conveyor._tick_stats as s (step, source, runs, failures, changed, skipped, quarantined, cursor,
-                                           last_error, last_run_at)
-    values (p_step, conveyor._tick_source(), p_runs, p_failures, greatest(p_changed, 0), p_skipped, p_quarantined,
-            p_cursor, p_error, case when p_runs > 0 then conveyor._now() end)
-    on conflict (step, source) do update set
-        runs = s.runs + excluded.runs,
-        failures = s.failures + excluded.failures,
-        changed = s.changed + excluded.changed,
-        skipped = s.skipped + excluded.skipped,
-        quarantined = s.quarantined + excluded.quarantined,
-        cursor = coalesce(excluded.cursor, s.cursor),
-        last_error = coalesce(excluded.last_error, s.last_error),
-        last_run_at = coalesce(excluded.last_run_at, s.last_run_at);
+    update conveyor._tick_stats s set
+        runs = s.runs + p_runs,
+        failures = s.failures + p_failures,
+        changed = s.changed + greatest(p_changed, 0),
+        skipped = s.skipped + p_skipped,
+        quarantined = s.quarantined + p_quarantined,
+        cursor = coalesce(p_cursor, s.cursor),
+        last_error = coalesce(p_error, s.last_error),
+        last_run_at = coalesce(case when p_runs > 0 then conveyor._now() end, s.last_run_at)
+    where (s.step, s.source) = (
+        select l.step, l.source from conveyor._tick_stats l
+        where l.step = p_step and l.source = conveyor._tick_source()
+        for update skip locked);
 end
 $$;
 
@@ -3469,6 +3495,13 @@ set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
 as $$
 begin
+    -- another tick (one by hand, left open) may be setting this run aside too: then it is its to
+    -- record, and this one does not wait for it
+    if exists (select from conveyor.quarantine q where q.step = p_step and q.run_id = p_run_id)
+       and not exists (select from conveyor.quarantine q where q.step = p_step and q.run_id = p_run_id
+                       for update skip locked) then
+        return;
+    end if;
     insert into conveyor.quarantine as q (step, run_id, sqlstate, message, first_at, last_at, failures, retry_at)
     values (p_step, p_run_id, p_sqlstate, left(p_message, 1000), p_now, p_now, 1, p_now + interval '1 minute')
     on conflict (step, run_id) do update set
@@ -3577,6 +3610,9 @@ language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
+-- as in tick_step: the steps skip what others hold, and a lock they must take (a bounded queue's
+-- counter) waits this long at most: then tick() fails, and holds nothing it took
+set lock_timeout = '500ms'
 as $$
 declare
     v_now timestamptz := conveyor._now();
@@ -3602,6 +3638,14 @@ $$;
 
 comment on function conveyor.tick is
     'one pass of maintenance: expire leases and timeouts, fire schedules, restart services, repair capacity counters, deliver due runs, flush the outbox, prune; returns counts';
+
+-- every step's counter rows, one per source, exist before the first tick: _tick_note only
+-- updates them (SKIP LOCKED), so no tick waits on another's row
+insert into conveyor._tick_stats (step, source)
+select s.step, v.source
+from unnest(conveyor.tick_steps()) as s(step)
+cross join (values ('worker'), ('manual')) as v(source)
+on conflict do nothing;
 
 -- ============================================================================================
 -- sql/functions/views.sql

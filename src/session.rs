@@ -19,11 +19,22 @@ fn _session_started_at() -> TimestampWithTimeZone {
         .unwrap_or_else(|_| pgrx::error!("this backend's start time {started} is not a timestamp"))
 }
 
-/// SQL: whether this backend is a background worker (pg_conveyor's tick worker, or another
-/// extension's such as pg_cron's) rather than a client's session. Which is which cannot be
-/// set by a client.
-#[pg_extern(stable, parallel_safe, sql = false)]
+/// SQL: whether this backend is pg_conveyor's own tick worker (src/worker.rs), rather than a
+/// client's session or another extension's background worker (pg_cron's, a parallel worker).
+/// A client cannot make it true.
+// parallel restricted (sql/functions/rust.sql): a parallel worker has its own entry
+#[pg_extern(stable, sql = false)]
 fn _in_background_worker() -> bool {
-    // SAFETY: a plain enum PostgreSQL sets once when the process starts, read on its only thread
-    unsafe { pg_sys::MyBackendType == pg_sys::BackendType::B_BG_WORKER }
+    // SAFETY: MyBgworkerEntry is null outside background workers, else it points to the entry
+    // the postmaster filled in when it started this process (fixed-size C strings); read on the
+    // process's only thread
+    unsafe {
+        let entry = pg_sys::MyBgworkerEntry;
+        if entry.is_null() {
+            return false;
+        }
+        let library = std::ffi::CStr::from_ptr((*entry).bgw_library_name.as_ptr());
+        let function = std::ffi::CStr::from_ptr((*entry).bgw_function_name.as_ptr());
+        library.to_bytes() == b"pg_conveyor" && function.to_bytes() == b"conveyor_worker_main"
+    }
 }

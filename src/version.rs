@@ -16,7 +16,7 @@ pub const LIBRARY: &str = env!("CARGO_PKG_VERSION");
 /// worker's tick steps apart. Each step's transaction takes it shared before it touches a
 /// table; every upgrade script takes it exclusively as its first statement
 /// (scripts/upgrade-script.sh), so the update waits for the step in progress and the next step
-/// waits for the update, holding nothing. Without it they deadlocked about one update in six
+/// is skipped (the worker only tries the lock) until the update committed, holding nothing. Without it they deadlocked about one update in six
 /// (the update's index build on runs against a step holding a view the update replaces).
 pub const UPGRADE_LOCK: (i32, i32) = (0x7067_6376, 1);
 

@@ -67,10 +67,18 @@ fn shutdown_requested() -> bool {
 
 fn run_step(step: &str) -> i64 {
     BackgroundWorker::transaction(|| {
+        // the steps are written for READ COMMITTED (each statement sees what committed before
+        // it), whatever default_transaction_isolation says
+        if Spi::run("set transaction isolation level read committed").is_err() {
+            return 0;
+        }
         // before touching any table: a step and ALTER EXTENSION UPDATE never hold locks the other
-        // waits for (every upgrade script takes this lock exclusively first; see version.rs)
-        let lock = format!("select pg_catalog.pg_advisory_xact_lock_shared({}, {})", UPGRADE_LOCK.0, UPGRADE_LOCK.1);
-        if Spi::run(&lock).is_err() {
+        // waits for (every upgrade script takes this lock exclusively first; see version.rs).
+        // Tried, not waited for: advisory locks are anyone's to take, and a session holding this
+        // one would otherwise stop every step; the step waits for a later round instead
+        let lock =
+            format!("select pg_catalog.pg_try_advisory_xact_lock_shared({}, {})", UPGRADE_LOCK.0, UPGRADE_LOCK.1);
+        if Spi::get_one::<bool>(&lock).ok().flatten() != Some(true) {
             return 0;
         }
         Spi::get_one_with_args::<i64>("select conveyor.tick_step($1)", &[step.into()]).ok().flatten().unwrap_or(0)

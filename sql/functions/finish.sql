@@ -193,8 +193,9 @@ comment on function conveyor.finish_runs is
 -- transaction, so a worker commits once per cycle instead of twice (a batch-1 worker pays one
 -- commit per run). `items` is finish_runs' (null or [] finishes nothing); the rest is
 -- claim_runs'. One row per item first (kind 'finished', status as finish_runs reports it: null
--- for a stale lease), then one per claimed run (kind 'claimed', with claim_runs' columns). Bad
--- input to either part refuses the whole call: nothing is finished and nothing claimed.
+-- for a stale lease), then one per claimed run (kind 'claimed', with claim_runs' columns). A
+-- malformed call (items not an array of objects, a bad max or worker) refuses the whole call:
+-- nothing is finished and nothing claimed; a malformed item fails its run, as in finish_runs.
 create or replace function conveyor.finish_and_claim(
     items jsonb,
     queues text,

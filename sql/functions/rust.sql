@@ -78,7 +78,7 @@ create or replace function conveyor._library_version() returns text
 create or replace function conveyor._session_started_at() returns timestamptz
     stable parallel restricted language c as 'MODULE_PATHNAME', '_session_started_at_wrapper';
 
--- _in_background_worker: true in a background worker, false in a client's session
--- (src/session.rs): tick keeps the two apart in conveyor._tick_stats.
+-- _in_background_worker: true in pg_conveyor's tick worker, false in a client's session or any
+-- other process (src/session.rs): tick keeps the two apart in conveyor._tick_stats.
 create or replace function conveyor._in_background_worker() returns boolean
-    stable parallel safe language c as 'MODULE_PATHNAME', '_in_background_worker_wrapper';
+    stable parallel restricted language c as 'MODULE_PATHNAME', '_in_background_worker_wrapper';

@@ -3,8 +3,8 @@
 -- locks what it changes with SKIP LOCKED or guarded updates so two ticks at once never double
 -- anything, and returns a count. It runs no user code. The steps are in tick_*.sql.
 
--- _tick_source: `worker` in a background worker (pg_conveyor's tick worker; pg_cron's jobs run
--- in one too), `manual` in a client's session (src/session.rs). Each keeps its own rows of
+-- _tick_source: `worker` in pg_conveyor's tick worker, `manual` anywhere else (a client's
+-- session, pg_cron's jobs, another extension's background worker; src/session.rs). Each keeps its own rows of
 -- conveyor._tick_stats and its own cursors, so that a tick by hand left in an open transaction
 -- holds no row the worker must write.
 create or replace function conveyor._tick_source()
@@ -14,7 +14,9 @@ stable
 as $$ select case when conveyor._in_background_worker() then 'worker' else 'manual' end $$;
 
 -- _tick_note: add to a step's counters in conveyor._tick_stats (and move deliver's cursor), in
--- this source's row (_tick_source). Only tick writes these rows.
+-- this source's row (_tick_source). Only tick writes these rows, and never waits for one: the
+-- rows exist from the start (end of this file), and one that another tick of the same source
+-- holds (two ticks by hand at once, one left open) is skipped, its counts lost.
 create or replace function conveyor._tick_note(
     p_step text,
     p_runs integer default 0,
@@ -31,19 +33,19 @@ set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
 as $$
 begin
-    insert into conveyor._tick_stats as s (step, source, runs, failures, changed, skipped, quarantined, cursor,
-                                           last_error, last_run_at)
-    values (p_step, conveyor._tick_source(), p_runs, p_failures, greatest(p_changed, 0), p_skipped, p_quarantined,
-            p_cursor, p_error, case when p_runs > 0 then conveyor._now() end)
-    on conflict (step, source) do update set
-        runs = s.runs + excluded.runs,
-        failures = s.failures + excluded.failures,
-        changed = s.changed + excluded.changed,
-        skipped = s.skipped + excluded.skipped,
-        quarantined = s.quarantined + excluded.quarantined,
-        cursor = coalesce(excluded.cursor, s.cursor),
-        last_error = coalesce(excluded.last_error, s.last_error),
-        last_run_at = coalesce(excluded.last_run_at, s.last_run_at);
+    update conveyor._tick_stats s set
+        runs = s.runs + p_runs,
+        failures = s.failures + p_failures,
+        changed = s.changed + greatest(p_changed, 0),
+        skipped = s.skipped + p_skipped,
+        quarantined = s.quarantined + p_quarantined,
+        cursor = coalesce(p_cursor, s.cursor),
+        last_error = coalesce(p_error, s.last_error),
+        last_run_at = coalesce(case when p_runs > 0 then conveyor._now() end, s.last_run_at)
+    where (s.step, s.source) = (
+        select l.step, l.source from conveyor._tick_stats l
+        where l.step = p_step and l.source = conveyor._tick_source()
+        for update skip locked);
 end
 $$;
 
@@ -58,6 +60,13 @@ set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
 as $$
 begin
+    -- another tick (one by hand, left open) may be setting this run aside too: then it is its to
+    -- record, and this one does not wait for it
+    if exists (select from conveyor.quarantine q where q.step = p_step and q.run_id = p_run_id)
+       and not exists (select from conveyor.quarantine q where q.step = p_step and q.run_id = p_run_id
+                       for update skip locked) then
+        return;
+    end if;
     insert into conveyor.quarantine as q (step, run_id, sqlstate, message, first_at, last_at, failures, retry_at)
     values (p_step, p_run_id, p_sqlstate, left(p_message, 1000), p_now, p_now, 1, p_now + interval '1 minute')
     on conflict (step, run_id) do update set
@@ -166,6 +175,9 @@ language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
+-- as in tick_step: the steps skip what others hold, and a lock they must take (a bounded queue's
+-- counter) waits this long at most: then tick() fails, and holds nothing it took
+set lock_timeout = '500ms'
 as $$
 declare
     v_now timestamptz := conveyor._now();
@@ -191,3 +203,11 @@ $$;
 
 comment on function conveyor.tick is
     'one pass of maintenance: expire leases and timeouts, fire schedules, restart services, repair capacity counters, deliver due runs, flush the outbox, prune; returns counts';
+
+-- every step's counter rows, one per source, exist before the first tick: _tick_note only
+-- updates them (SKIP LOCKED), so no tick waits on another's row
+insert into conveyor._tick_stats (step, source)
+select s.step, v.source
+from unnest(conveyor.tick_steps()) as s(step)
+cross join (values ('worker'), ('manual')) as v(source)
+on conflict do nothing;

@@ -119,14 +119,20 @@ begin
         limit p_limit);
 
     begin
-        update conveyor.runs r
-        set status = 'queued'
-        where r.id in (select p.id from conveyor.runs p
-                       where p.id = any(v_chosen) and conveyor._waiting(p.status)
-                       for no key update skip locked);
-        get diagnostics v_done = row_count;
-        -- a run set aside earlier and delivered now is no longer set aside
-        delete from conveyor.quarantine q where q.step = 'deliver' and q.run_id = any(v_chosen);
+        with delivered as (
+            update conveyor.runs r
+            set status = 'queued'
+            where r.id in (select p.id from conveyor.runs p
+                           where p.id = any(v_chosen) and conveyor._waiting(p.status)
+                           for no key update skip locked)
+            returning r.id
+        ),
+        -- a run set aside earlier and delivered now is no longer set aside (only the runs this
+        -- step delivered: another tick may be working on the ones it skipped)
+        cleared as (
+            delete from conveyor.quarantine q using delivered d where q.step = 'deliver' and q.run_id = d.id
+        )
+        select count(*) into v_done from delivered;
     exception when others then
         -- some run makes the batch fail: deliver them one at a time, setting aside the ones
         -- that fail on their own
@@ -140,7 +146,9 @@ begin
                                for no key update skip locked);
                 get diagnostics v_one = row_count;
                 v_done := v_done + v_one;
-                delete from conveyor.quarantine q where q.step = 'deliver' and q.run_id = v_id;
+                if v_one > 0 then
+                    delete from conveyor.quarantine q where q.step = 'deliver' and q.run_id = v_id;
+                end if;
             exception
                 when lock_not_available then
                     perform conveyor._tick_note('deliver', p_skipped => 1);

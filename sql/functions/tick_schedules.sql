@@ -5,8 +5,10 @@
 -- next_fire_at moves by a guarded update. After downtime only the latest missed firing runs,
 -- unless the task asks for catch_up. on_overlap decides when an earlier firing is in flight:
 -- allow (default) runs both, skip records a skipped run, terminate cancels the earlier one. A
--- terminate whose earlier run a client holds locked (a worker finishing it) leaves the task for a
--- later tick, cursor unmoved: the step never waits on a client.
+-- terminate whose earlier run a client holds locked (a worker finishing it), or whose ending needs
+-- a counter row a client holds (a producer's open transaction in its bounded queue), leaves the
+-- task for a later tick, cursor unmoved: the step never waits on a client longer than
+-- lock_timeout, and never fails for it.
 create or replace function conveyor._fire_schedules_of(p_now timestamptz, p_limit integer, p_only text)
 returns integer
 language plpgsql
@@ -22,6 +24,7 @@ declare
     v_run conveyor.runs;
     v_count integer := 0;
     v_held boolean;
+    v_postponed timestamptz;
 begin
     for v_task in
         select c.*
@@ -62,25 +65,33 @@ begin
                 continue;
             end if;
             if v_in_flight and v_task.on_overlap = 'terminate' then
-                for v_run in
-                    select * from conveyor.runs r
-                    where r.task = v_task.name and r.fire_at is not null
-                      and conveyor._live(r.status)
-                    for no key update skip locked
-                loop
-                    if v_run.status = 'running' then
-                        perform conveyor._end_attempts(array[row(v_run.id, null, v_run.attempt_id, 'stopped',
-                            conveyor._failure('stopped', format('terminated by the next firing (%s)', v_fire)),
-                            false, null, null, null)::conveyor._ending]);
-                    else
-                        perform conveyor._cancel(v_run);
-                    end if;
-                end loop;
-                -- an earlier firing still live: a client holds it; this firing waits for a later tick
+                begin
+                    for v_run in
+                        select * from conveyor.runs r
+                        where r.task = v_task.name and r.fire_at is not null
+                          and conveyor._live(r.status)
+                        for no key update skip locked
+                    loop
+                        if v_run.status = 'running' then
+                            perform conveyor._end_attempts(array[row(v_run.id, null, v_run.attempt_id, 'stopped',
+                                conveyor._failure('stopped', format('terminated by the next firing (%s)', v_fire)),
+                                false, null, null, null)::conveyor._ending]);
+                        else
+                            perform conveyor._cancel(v_run);
+                        end if;
+                    end loop;
+                exception when lock_not_available then
+                    -- ending it must take a counter row (a bounded queue's, a capped task's) that a
+                    -- client holds: undone, and the firing waits like below
+                    null;
+                end;
+                -- an earlier firing still live: a client holds it (or a counter row its ending
+                -- needs); this firing waits for a later tick
                 v_held := exists (select from conveyor.runs r
                                   where r.task = v_task.name and r.fire_at is not null and conveyor._live(r.status));
                 if v_held then
                     perform conveyor._tick_note('schedule', p_skipped => 1);
+                    v_postponed := v_fire;
                     exit;
                 end if;
             end if;
@@ -93,6 +104,10 @@ begin
         end loop;
 
         if v_held then
+            -- the cursor stays at the postponed firing (past any fired before it, with catch_up)
+            update conveyor.tasks t
+            set next_fire_at = v_postponed
+            where t.name = v_task.name and t.next_fire_at = v_task.next_fire_at and v_postponed > v_task.next_fire_at;
             continue;
         end if;
         update conveyor.tasks t

@@ -91,7 +91,7 @@ create table conveyor.tasks (
     restart_max_delay interval,
     created_at timestamptz not null default now(),
     updated_at timestamptz not null default now(),
-    -- (0.2.0) the bind_session default of this task's claims (null: its queue's, then the defaults')
+    -- (0.2.0) the bind_session default of this task's claims (null: that of the queue a run is claimed from, then the defaults')
     bind_session boolean,
     constraint tasks_kind check (kind in ('task', 'service')),
     constraint tasks_service_has_replicas check ((kind = 'service') = (replicas is not null)),

@@ -120,6 +120,43 @@ fn a_firing_that_must_terminate_a_run_a_worker_holds_waits_for_a_later_tick_inst
 }
 
 #[test]
+fn a_firing_whose_termination_needs_a_counter_a_producer_holds_waits_without_failing_the_step() {
+    let (db, mut setup) = fresh_db("it_terminate_counter");
+    at(&mut setup, "2030-01-01 00:00:30+00");
+    setup
+        .batch_execute(
+            "select conveyor.set_queue('bounded', concurrency => 10);
+             select conveyor.define_task('cron_b', queue => 'bounded', schedule => '* * * * *', on_overlap => 'terminate');
+             select conveyor.define_task('other_b', queue => 'bounded');",
+        )
+        .unwrap();
+    at(&mut setup, "2030-01-01 00:01:00+00");
+    setup.batch_execute("select conveyor.tick()").unwrap(); // the 00:01 firing, queued (delivered)
+                                                            // a producer enqueues into the bounded queue and keeps its transaction open: it holds the
+                                                            // queue's counter row, which cancelling the queued firing must update
+    let mut producer = fresh_connection(&db);
+    producer.batch_execute("begin; select conveyor.enqueue('other_b');").unwrap();
+    let mut tick = fresh_connection(&db);
+    at(&mut tick, "2030-01-01 00:02:00+00");
+    tick.batch_execute("set statement_timeout = '10s'").unwrap();
+    let started = Instant::now();
+    let fired = one_i64(&mut tick, "select conveyor.tick_step('schedule')");
+    let took = started.elapsed();
+    println!("a terminating firing beside a producer holding its queue's counter: schedule step {fired} in {took:?}");
+    assert_eq!(fired, 0, "the step did not fail and fired nothing yet");
+    assert!(took < Duration::from_secs(3), "the step waited too long: {took:?}");
+    let quarantined = one_i64(&mut tick, "select coalesce(sum(quarantined), 0)::bigint from conveyor._tick_stats");
+    assert_eq!(quarantined, 0, "a held counter is not a failure of the task");
+    producer.batch_execute("commit").unwrap();
+    assert_eq!(one_i64(&mut tick, "select conveyor.tick_step('schedule')"), 1, "fired after the commit");
+    let cancelled =
+        one_i64(&mut tick, "select count(*) from conveyor.runs where task = 'cron_b' and status = 'cancelled'");
+    assert_eq!(cancelled, 1, "the earlier firing was terminated");
+    drop((setup, producer, tick));
+    drop_db(&db);
+}
+
+#[test]
 fn a_tick_left_open_by_hand_never_stops_the_background_worker() {
     let cluster = Cluster::start("open-tick", &["conveyor.database = 'app'", "conveyor.tick_interval = '100ms'"]);
     cluster.connect("postgres").batch_execute("create database app").unwrap();
