@@ -57,6 +57,12 @@ for b in (1, 50):
     two = num(find("pg_conveyor", "process", batch=b), "per_second")
     if pc:
         print(f"| end to end, {pc['runs']} no-op runs, 8 workers, batch {b}, finish_and_claim (one call per cycle) | {fmt(num(pc, 'per_second'))} runs/s | claim + finish, two calls: {fmt(two)} runs/s | {ratio(num(pc, 'per_second'), two)} |")
+sus = [r for r in rows if r.get("workload") == "sustained" and r.get("rate") != "1000000"]
+free = next((r for r in sus if r.get("hold") == "0"), None)
+held = next((r for r in sus if r.get("hold") == "1"), None)
+if free and held:
+    for label, r in (("no snapshot held", free), ("a REPEATABLE READ snapshot held all the while", held)):
+        print(f"| sustained {r['rate']} runs/s offered for {r['seconds']} s, {label} | {fmt(num(r, 'per_second'))} runs/s, start p50 {r['p50_ms']} ms / p99 {r['p99_ms']} ms | dead tuples: runs {int(r['dead_runs']):,}, events {int(r['dead_events']):,}; runs table {r['runs_mb']} MB | {ratio(num(r, 'per_second'), num(free, 'per_second'))} |")
 lat = find("pg_conveyor", "latency")
 if lat:
     print(f"| latency enqueue commit → claimed (LISTENing worker), {lat['samples']} samples | p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms | | |")

@@ -12,9 +12,9 @@ PGBIN=$(/usr/bin/pg_config --bindir)
 OUT=$(mktemp -d /tmp/pgc-bench-out.XXXXXX)
 QUICK=${BENCH_SCALE:-full}
 if [ "$QUICK" = quick ]; then
-    RUNS=10000 BIG=100000 SECONDS_EACH=3 LAT=100 PEER_JOBS=5000
+    RUNS=10000 BIG=100000 SECONDS_EACH=3 LAT=100 PEER_JOBS=5000 HOLD_SECONDS=20
 else
-    RUNS=100000 BIG=1000000 SECONDS_EACH=10 LAT=500 PEER_JOBS=100000
+    RUNS=100000 BIG=1000000 SECONDS_EACH=10 LAT=500 PEER_JOBS=100000 HOLD_SECONDS=300
 fi
 
 log() { printf '\n=== %s\n' "$*" >&2; }
@@ -62,6 +62,13 @@ run bench process --runs "$RUNS" --workers 8 --batch 50
 run bench process --runs "$RUNS" --workers 8 --batch 1 --combined 1
 run bench process --runs "$RUNS" --workers 8 --batch 50 --combined 1
 run bench latency --samples "$LAT"
+# held snapshot: the sustained maximum (offered far above it), then half of it for HOLD_SECONDS
+# without and with a REPEATABLE READ snapshot held the whole time
+run bench sustained --rate 1000000 --seconds "$SECONDS_EACH" --hold 0
+max=$(sed -n 's/.*workload=sustained hold=0 rate=1000000 .*per_second=\([0-9]*\).*/\1/p' "$OUT/results" | tail -1)
+half=$(( ${max:-2000} / 2 ))
+run bench sustained --rate "$half" --seconds "$HOLD_SECONDS" --hold 0
+run bench sustained --rate "$half" --seconds "$HOLD_SECONDS" --hold 1
 run bench_manual claim-cost --waiting $((BIG / 100)) --cycles 2000
 run bench_manual claim-cost --waiting "$BIG" --cycles 2000
 run bench_manual tick-cost --scheduled $((BIG / 100)) --due 1000

@@ -15,6 +15,10 @@
 //!   claim-cost      mean claim+complete time with N runs waiting
 //!   tick-cost       tick time with N scheduled runs of which D are due
 //!   growth          R runs through W workers with a short retention: runs table size over time
+//!   sustained       producers offer a fixed rate (runs/s) for S seconds while 8 workers process
+//!                   them with finish_and_claim (batch 10); --hold 1: a session holds a REPEATABLE
+//!                   READ snapshot all the while (a long report, a stuck transaction). Prints
+//!                   throughput, enqueue -> start p50/p99 and the dead tuples of the queue tables
 
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
@@ -299,7 +303,9 @@ fn latency(samples: u64) {
             let mut got = 0;
             while got < samples {
                 // a worker claims until the queue is empty, then waits for a wakeup (poll: 1s)
-                let rows = c.query("select run_id::text, lease_token from conveyor.claim_runs('bench', 'listener', 10)", &[]).unwrap();
+                let rows = c
+                    .query("select run_id::text, lease_token from conveyor.claim_runs('bench', 'listener', 10)", &[])
+                    .unwrap();
                 let now = Instant::now();
                 if rows.is_empty() {
                     let _ = c.notifications().timeout_iter(Duration::from_secs(1)).next();
@@ -332,8 +338,13 @@ fn latency(samples: u64) {
     let mut l = lat.lock().unwrap().clone();
     l.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let (p50, p99) = (percentile(&l, 0.5), percentile(&l, 0.99));
-    eprintln!("latency (enqueue commit -> claimed by a LISTENing worker): p50 {p50:.2} ms, p99 {p99:.2} ms over {samples}");
-    result("latency", &[("samples", samples.to_string()), ("p50_ms", format!("{p50:.2}")), ("p99_ms", format!("{p99:.2}"))]);
+    eprintln!(
+        "latency (enqueue commit -> claimed by a LISTENing worker): p50 {p50:.2} ms, p99 {p99:.2} ms over {samples}"
+    );
+    result(
+        "latency",
+        &[("samples", samples.to_string()), ("p50_ms", format!("{p50:.2}")), ("p99_ms", format!("{p99:.2}"))],
+    );
 }
 
 fn claim_cost(waiting: u64, cycles: u64) {
@@ -344,7 +355,9 @@ fn claim_cost(waiting: u64, cycles: u64) {
     let cycles = cycles.min(waiting);
     let start = Instant::now();
     for _ in 0..cycles {
-        let row = client.query_one("select run_id::text, lease_token from conveyor.claim_runs('bench', 'one', 1)", &[]).unwrap();
+        let row = client
+            .query_one("select run_id::text, lease_token from conveyor.claim_runs('bench', 'one', 1)", &[])
+            .unwrap();
         let (id, token): (String, uuid::Uuid) = (row.get(0), row.get(1));
         client.execute("select conveyor.complete_run($1::text, $2)", &[&id, &token]).unwrap();
     }
@@ -371,7 +384,11 @@ fn tick_cost(scheduled: u64, due: u64) {
         let delivered: i32 = client.query_one("select delivered from conveyor.tick()", &[]).unwrap().get(0);
         samples.push(start.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(delivered as u64, due, "tick delivered the due runs");
-        client.batch_execute("select count(*) from conveyor.cancel_runs(queue => 'bench', status => 'queued', max => 100000)").unwrap();
+        client
+            .batch_execute(
+                "select count(*) from conveyor.cancel_runs(queue => 'bench', status => 'queued', max => 100000)",
+            )
+            .unwrap();
     }
     samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let ms = percentile(&samples, 0.5);
@@ -383,12 +400,7 @@ fn growth(runs: u64, workers: u64, batch: u64) {
     let mut client = connect();
     reset(&mut client, "select conveyor.set_defaults('{\"retention\": \"10s\"}');");
     let size = |c: &mut Client| -> (i64, i64) {
-        let r = c
-            .query_one(
-                "select pg_table_size('conveyor.runs'), pg_indexes_size('conveyor.runs')",
-                &[],
-            )
-            .unwrap();
+        let r = c.query_one("select pg_table_size('conveyor.runs'), pg_indexes_size('conveyor.runs')", &[]).unwrap();
         (r.get(0), r.get(1))
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -399,10 +411,8 @@ fn growth(runs: u64, workers: u64, batch: u64) {
         thread::spawn(move || {
             let mut c = connect();
             while produced.load(Ordering::Relaxed) < runs && !stop.load(Ordering::Relaxed) {
-                let backlog: i64 = c
-                    .query_one("select count(*) from conveyor.runs where status = 'queued'", &[])
-                    .unwrap()
-                    .get(0);
+                let backlog: i64 =
+                    c.query_one("select count(*) from conveyor.runs where status = 'queued'", &[]).unwrap().get(0);
                 if backlog < 20_000 {
                     c.execute("select count(*) from conveyor.enqueue_many('bench.noop', array(select '{}'::jsonb from generate_series(1, 5000)))", &[])
                         .unwrap();
@@ -436,7 +446,12 @@ fn growth(runs: u64, workers: u64, batch: u64) {
         let (t, i) = size(&mut client);
         let done = produced.load(Ordering::Relaxed);
         samples.push((done, t + i));
-        eprintln!("  {:>5.0}s: ~{done} runs enqueued, runs table {} MB + indexes {} MB", start.elapsed().as_secs_f64(), t >> 20, i >> 20);
+        eprintln!(
+            "  {:>5.0}s: ~{done} runs enqueued, runs table {} MB + indexes {} MB",
+            start.elapsed().as_secs_f64(),
+            t >> 20,
+            i >> 20
+        );
     }
     stop.store(true, Ordering::Relaxed);
     producer.join().unwrap();
@@ -451,7 +466,11 @@ fn growth(runs: u64, workers: u64, batch: u64) {
         first_half_max >> 20,
         late_max >> 20
     );
-    eprintln!("growth: {finished} runs processed; runs table + indexes peaked at {} MB, {} MB at the end", max >> 20, (t + i) >> 20);
+    eprintln!(
+        "growth: {finished} runs processed; runs table + indexes peaked at {} MB, {} MB at the end",
+        max >> 20,
+        (t + i) >> 20
+    );
     result(
         "growth",
         &[
@@ -503,6 +522,139 @@ fn size_after(runs: u64, workers: u64, batch: u64) {
     );
 }
 
+fn epoch_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64
+}
+
+fn sustained(rate: u64, seconds: u64, hold: bool) {
+    let mut client = connect();
+    reset(&mut client, "");
+    let stop = Arc::new(AtomicBool::new(false));
+    // the held snapshot: taken before the load starts, released after the figures are read
+    let mut holder = connect();
+    if hold {
+        holder.batch_execute("begin isolation level repeatable read; select count(*) from conveyor.runs").unwrap();
+    }
+    let producers: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut c = connect();
+                let per_second = rate as f64 / 4.0;
+                let start = Instant::now();
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let due = start + Duration::from_secs_f64(n as f64 / per_second);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        thread::sleep(wait);
+                    }
+                    c.execute(
+                        "select conveyor.enqueue('bench.noop', jsonb_build_object('t', $1::bigint))",
+                        &[&epoch_micros()],
+                    )
+                    .unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
+    let done = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..8)
+        .map(|i| {
+            let (stop, latencies, done) = (stop.clone(), latencies.clone(), done.clone());
+            thread::spawn(move || {
+                let mut c = connect();
+                let cycle = c
+                    .prepare(
+                        "select kind, run_id::text, lease_token, (payload ->> 't')::bigint
+                         from conveyor.finish_and_claim($1, 'bench', $2, 10)",
+                    )
+                    .unwrap();
+                let name = format!("sustained-{i}");
+                let mut in_hand: Option<serde_json::Value> = None;
+                let mut mine = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let rows = c.query(&cycle, &[&in_hand, &name]).unwrap();
+                    let now = epoch_micros();
+                    let mut items = Vec::new();
+                    for r in &rows {
+                        if r.get::<_, &str>(0) == "finished" {
+                            done.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        let (id, token, t): (String, uuid::Uuid, Option<i64>) = (r.get(1), r.get(2), r.get(3));
+                        if let Some(t) = t {
+                            mine.push((now - t) as f64 / 1000.0);
+                        }
+                        items.push(
+                            serde_json::json!({"run_id": id, "lease_token": token.to_string(), "outcome": "succeeded"}),
+                        );
+                    }
+                    in_hand = (!items.is_empty()).then_some(serde_json::Value::Array(items));
+                    if in_hand.is_none() {
+                        thread::sleep(Duration::from_millis(2));
+                    }
+                }
+                latencies.lock().unwrap().extend(mine);
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_secs(seconds));
+    stop.store(true, Ordering::SeqCst);
+    let offered: u64 = producers.into_iter().map(|p| p.join().unwrap()).sum();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let processed = done.load(Ordering::Relaxed);
+    let mut lat = latencies.lock().unwrap().clone();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    // statistics are flushed about once a second
+    thread::sleep(Duration::from_millis(1500));
+    let dead: Vec<(String, i64, i64)> = client
+        .query(
+            "select relname::text, n_dead_tup, pg_total_relation_size(relid) / 1024 / 1024
+               from pg_stat_user_tables where schemaname = 'conveyor' and relname in ('runs', 'attempts', 'events')
+              order by relname",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    if hold {
+        holder.batch_execute("commit").unwrap();
+    }
+    let per_second = processed as f64 / seconds as f64;
+    let (p50, p99) = if lat.is_empty() { (0.0, 0.0) } else { (percentile(&lat, 0.5), percentile(&lat, 0.99)) };
+    let dead_of = |name: &str| dead.iter().find(|d| d.0 == name).map_or(0, |d| d.1);
+    let mb_of = |name: &str| dead.iter().find(|d| d.0 == name).map_or(0, |d| d.2);
+    eprintln!(
+        "sustained ({}): offered {rate} runs/s for {seconds}s ({offered} enqueued), processed {per_second:.0} runs/s, \
+         enqueue -> start p50 {p50:.1} ms, p99 {p99:.1} ms; dead tuples runs {} attempts {} events {}; runs table {} MB",
+        if hold { "a REPEATABLE READ snapshot held" } else { "no snapshot held" },
+        dead_of("runs"),
+        dead_of("attempts"),
+        dead_of("events"),
+        mb_of("runs")
+    );
+    result(
+        "sustained",
+        &[
+            ("hold", (hold as u8).to_string()),
+            ("rate", rate.to_string()),
+            ("seconds", seconds.to_string()),
+            ("per_second", format!("{per_second:.0}")),
+            ("p50_ms", format!("{p50:.1}")),
+            ("p99_ms", format!("{p99:.1}")),
+            ("dead_runs", dead_of("runs").to_string()),
+            ("dead_events", dead_of("events").to_string()),
+            ("runs_mb", mb_of("runs").to_string()),
+        ],
+    );
+}
+
 fn main() {
     let workload = std::env::args().nth(1).unwrap_or_default();
     match workload.as_str() {
@@ -514,8 +666,9 @@ fn main() {
         "tick-cost" => tick_cost(arg("scheduled", 1_000_000), arg("due", 1000)),
         "growth" => growth(arg("runs", 3_000_000), arg("workers", 8), arg("batch", 50)),
         "size" => size_after(arg("runs", 1_000_000), arg("workers", 8), arg("batch", 50)),
+        "sustained" => sustained(arg("rate", 2000), arg("seconds", 300), arg("hold", 0) == 1),
         other => {
-            eprintln!("unknown workload {other:?}: enqueue-single, enqueue-batch, process, latency, claim-cost, tick-cost, growth, size");
+            eprintln!("unknown workload {other:?}: enqueue-single, enqueue-batch, process, latency, claim-cost, tick-cost, growth, size, sustained");
             std::process::exit(2);
         }
     }
