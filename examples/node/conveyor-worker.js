@@ -296,7 +296,6 @@ export class Worker {
         [message, meta == null ? null : JSON.stringify(meta), retryable], `failed: ${message}`);
     }
     // a success waits for the next claim (finishAndClaim), or the next flush
-    if (!this.pending?.length) this.pendingSince = Date.now();
     (this.pending ??= []).push({ job, result });
     return undefined;
   }

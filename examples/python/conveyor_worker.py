@@ -112,8 +112,7 @@ class Worker:
         self.pooled = os.environ.get("CONVEYOR_POOLED", "") not in ("", "0")
         self.stop_at: float | None = None  # monotonic time of the first SIGINT/SIGTERM
         self.grace_over = False
-        self.pending: list[dict] = []  # successes not yet sent (finish_runs)
-        self.pending_since = 0.0
+        self.pending: list[dict] = []  # successes not yet sent (finish_and_claim, finish_runs)
         self.conn: psycopg.Connection | None = None
 
     # signals --------------------------------------------------------------------------------
@@ -249,8 +248,6 @@ class Worker:
             self.finish(job, "conveyor.fail_run(%s, %s, %s, %s)",
                         (message, Jsonb({"exception": type(e).__name__})), f"failed: {message}")
         else:
-            if not self.pending:
-                self.pending_since = time.monotonic()
             self.pending.append({"job": job, "result": result})
 
     def finish(self, job: Job, call: str, args: tuple, outcome: str):

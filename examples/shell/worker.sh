@@ -70,7 +70,6 @@ b64() { printf "convert_from(decode('%s', 'base64'), 'UTF8')" "$(printf '%s' "$1
 # (finish_runs) before the next run of the batch starts, since heartbeats extend only the run
 # they are for, and whatever is left when the worker stops.
 PENDING=() # finish_runs items (SQL jsonb expressions) of successes not sent yet
-PENDING_SINCE=0
 items_sql() {
     if [ ${#PENDING[@]} -eq 0 ]; then echo null; else (IFS=,; echo "jsonb_build_array(${PENDING[*]})"); fi
 }
@@ -127,7 +126,6 @@ run_one() {
     if [ "$cancelled" = 1 ]; then
         finish "$id" "$token" "conveyor.fail_run('$id', '$token', 'stopped: cancelled while running')"
     elif [ "$code" = 0 ]; then
-        [ ${#PENDING[@]} -eq 0 ] && PENDING_SINCE=$SECONDS
         PENDING+=("jsonb_build_object('run_id', '$id', 'lease_token', '$token', 'outcome', 'succeeded', 'result', jsonb_build_object('output', $(b64 "$(cat "$out")"), 'heartbeats', $beats))")
     elif [ "$code" = 75 ]; then
         finish "$id" "$token" "conveyor.release_run('$id', '$token', $(b64 "$(head -n 1 "$out")"), $(b64 "$message"))"

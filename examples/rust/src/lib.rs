@@ -235,9 +235,8 @@ pub struct Worker {
     client: Client,
     notifications: mpsc::UnboundedReceiver<Notification>,
     stop: watch::Sender<StopState>,
-    /// successes not sent yet (run_id, lease_token, task, attempt, result), and since when
+    /// successes not sent yet (run_id, lease_token, task, attempt, result)
     pending: std::cell::RefCell<Vec<Success>>,
-    pending_since: std::cell::Cell<Option<Instant>>,
 }
 
 impl Worker {
@@ -293,7 +292,6 @@ impl Worker {
             notifications,
             stop,
             pending: Default::default(),
-            pending_since: Default::default(),
         })
     }
 
@@ -381,7 +379,6 @@ impl Worker {
     /// The pending successes as finish_runs items; empties the list.
     fn take_pending(&self) -> (Vec<Success>, Option<Value>) {
         let pending = std::mem::take(&mut *self.pending.borrow_mut());
-        self.pending_since.set(None);
         let items: Vec<Value> = pending
             .iter()
             .map(|(id, token, _, _, result)| {
@@ -529,9 +526,6 @@ impl Worker {
         let finished = match handlers.handle(job).await {
             Ok(result) => {
                 // sent with the next claim (finish_and_claim), or by the next flush
-                if self.pending_since.get().is_none() {
-                    self.pending_since.set(Some(Instant::now()));
-                }
                 self.pending.borrow_mut().push((
                     id.clone(),
                     token,
