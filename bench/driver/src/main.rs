@@ -139,10 +139,29 @@ fn enqueue_batch(clients: u64, batch: u64, seconds: u64) {
     );
 }
 
+/// After a claim that found nothing: true once the queue was empty twice in a row (SKIP LOCKED
+/// can hide rows another worker holds, so an empty claim alone proves nothing), else a pause.
+fn drained(c: &mut Client, pending: &postgres::Statement, empty: &mut u32) -> bool {
+    let left: i64 = c.query_one(pending, &[]).unwrap().get(0);
+    if left == 0 {
+        *empty += 1;
+        if *empty > 1 {
+            return true;
+        }
+    }
+    thread::sleep(Duration::from_millis(2));
+    false
+}
+
+/// A finish_runs item: this claimed run succeeded.
+fn success_item(id: &str, token: uuid::Uuid) -> serde_json::Value {
+    serde_json::json!({"run_id": id, "lease_token": token.to_string(), "outcome": "succeeded"})
+}
+
 /// One worker: claim batches until the queue stays empty; returns runs finished.
 fn work_until_empty(c: &mut Client, batch: u64, worker: &str) -> u64 {
     let mut finished = 0;
-    let mut empty = 0;
+    let mut empty = 0u32;
     // prepared once, as a real worker does
     let claim = c.prepare("select run_id::text, lease_token from conveyor.claim_runs('bench', $1, $2::int)").unwrap();
     let complete = c.prepare("select conveyor.complete_run($1::text, $2)").unwrap();
@@ -151,15 +170,9 @@ fn work_until_empty(c: &mut Client, batch: u64, worker: &str) -> u64 {
     loop {
         let rows = c.query(&claim, &[&worker, &(batch as i32)]).unwrap();
         if rows.is_empty() {
-            // SKIP LOCKED can hide rows another worker holds: stop only when nothing is left
-            let left: i64 = c.query_one(&pending, &[]).unwrap().get(0);
-            if left == 0 {
-                empty += 1;
-                if empty > 1 {
-                    return finished;
-                }
+            if drained(c, &pending, &mut empty) {
+                return finished;
             }
-            thread::sleep(Duration::from_millis(2));
             continue;
         }
         empty = 0;
@@ -169,13 +182,7 @@ fn work_until_empty(c: &mut Client, batch: u64, worker: &str) -> u64 {
                 c.execute(&complete, &[&id, &token]).unwrap();
             }
         } else {
-            let items: Vec<serde_json::Value> = rows
-                .iter()
-                .map(|r| {
-                    let (id, token): (String, uuid::Uuid) = (r.get(0), r.get(1));
-                    serde_json::json!({"run_id": id, "lease_token": token.to_string(), "outcome": "succeeded"})
-                })
-                .collect();
+            let items: Vec<serde_json::Value> = rows.iter().map(|r| success_item(r.get(0), r.get(1))).collect();
             c.execute(&finish, &[&serde_json::Value::Array(items)]).unwrap();
         }
         finished += rows.len() as u64;
@@ -186,7 +193,7 @@ fn work_until_empty(c: &mut Client, batch: u64, worker: &str) -> u64 {
 /// batch, one transaction per cycle; returns runs finished.
 fn work_until_empty_combined(c: &mut Client, batch: u64, worker: &str) -> u64 {
     let mut finished = 0;
-    let mut empty = 0;
+    let mut empty = 0u32;
     let cycle = c
         .prepare(
             "select kind, run_id::text, lease_token, status::text from conveyor.finish_and_claim($1, 'bench', $2, $3::int)",
@@ -204,20 +211,14 @@ fn work_until_empty_combined(c: &mut Client, batch: u64, worker: &str) -> u64 {
                 assert_eq!(status.as_deref(), Some("succeeded"), "a finish in the cycle held");
                 finished += 1;
             } else {
-                let (id, token): (String, uuid::Uuid) = (r.get(1), r.get(2));
-                items.push(serde_json::json!({"run_id": id, "lease_token": token.to_string(), "outcome": "succeeded"}));
+                items.push(success_item(r.get(1), r.get(2)));
             }
         }
         if items.is_empty() {
             in_hand = None;
-            let left: i64 = c.query_one(&pending, &[]).unwrap().get(0);
-            if left == 0 {
-                empty += 1;
-                if empty > 1 {
-                    return finished;
-                }
+            if drained(c, &pending, &mut empty) {
+                return finished;
             }
-            thread::sleep(Duration::from_millis(2));
             continue;
         }
         empty = 0;
@@ -584,13 +585,10 @@ fn sustained(rate: u64, seconds: u64, hold: bool) {
                             done.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
-                        let (id, token, t): (String, uuid::Uuid, Option<i64>) = (r.get(1), r.get(2), r.get(3));
-                        if let Some(t) = t {
+                        if let Some(t) = r.get::<_, Option<i64>>(3) {
                             mine.push((now - t) as f64 / 1000.0);
                         }
-                        items.push(
-                            serde_json::json!({"run_id": id, "lease_token": token.to_string(), "outcome": "succeeded"}),
-                        );
+                        items.push(success_item(r.get(1), r.get(2)));
                     }
                     in_hand = (!items.is_empty()).then_some(serde_json::Value::Array(items));
                     if in_hand.is_none() {
