@@ -72,6 +72,17 @@ fn tick_goes_on_while_a_producer_holds_a_bounded_queue_in_an_open_transaction() 
     drop_db(&db);
 }
 
+/// The schedule step at 00:02 (the next firing of a `* * * * *` task) on a connection of its
+/// own: the connection, what the step returned and how long it took.
+fn schedule_step_at_0002(db: &str) -> (Client, i64, Duration) {
+    let mut tick = fresh_connection(db);
+    at(&mut tick, "2030-01-01 00:02:00+00");
+    tick.batch_execute("set statement_timeout = '10s'").unwrap();
+    let started = Instant::now();
+    let fired = one_i64(&mut tick, "select conveyor.tick_step('schedule')");
+    (tick, fired, started.elapsed())
+}
+
 #[test]
 fn a_firing_that_must_terminate_a_run_a_worker_holds_waits_for_a_later_tick_instead_of_waiting() {
     let (db, mut setup) = fresh_db("it_terminate");
@@ -94,12 +105,7 @@ fn a_firing_that_must_terminate_a_run_a_worker_holds_waits_for_a_later_tick_inst
     worker.batch_execute(&format!("begin; select conveyor.heartbeat('{first}', '{token}'::uuid);")).unwrap();
 
     // the 00:02 firing must terminate the held run: it waits for a later tick, without waiting
-    let mut tick = fresh_connection(&db);
-    at(&mut tick, "2030-01-01 00:02:00+00");
-    tick.batch_execute("set statement_timeout = '10s'").unwrap();
-    let started = Instant::now();
-    let fired = one_i64(&mut tick, "select conveyor.tick_step('schedule')");
-    let took = started.elapsed();
+    let (mut tick, fired, took) = schedule_step_at_0002(&db);
     println!("a terminating firing beside a run a worker holds: schedule step {fired} in {took:?}");
     assert_eq!(fired, 0, "the step did not fail and fired nothing yet");
     assert!(took < Duration::from_secs(3), "the step waited on the worker's lock: {took:?}");
@@ -131,17 +137,13 @@ fn a_firing_whose_termination_needs_a_counter_a_producer_holds_waits_without_fai
         )
         .unwrap();
     at(&mut setup, "2030-01-01 00:01:00+00");
-    setup.batch_execute("select conveyor.tick()").unwrap(); // the 00:01 firing, queued (delivered)
-                                                            // a producer enqueues into the bounded queue and keeps its transaction open: it holds the
-                                                            // queue's counter row, which cancelling the queued firing must update
+    // the 00:01 firing, queued (delivered)
+    setup.batch_execute("select conveyor.tick()").unwrap();
+    // a producer enqueues into the bounded queue and keeps its transaction open: it holds the
+    // queue's counter row, which cancelling the queued firing must update
     let mut producer = fresh_connection(&db);
     producer.batch_execute("begin; select conveyor.enqueue('other_b');").unwrap();
-    let mut tick = fresh_connection(&db);
-    at(&mut tick, "2030-01-01 00:02:00+00");
-    tick.batch_execute("set statement_timeout = '10s'").unwrap();
-    let started = Instant::now();
-    let fired = one_i64(&mut tick, "select conveyor.tick_step('schedule')");
-    let took = started.elapsed();
+    let (mut tick, fired, took) = schedule_step_at_0002(&db);
     println!("a terminating firing beside a producer holding its queue's counter: schedule step {fired} in {took:?}");
     assert_eq!(fired, 0, "the step did not fail and fired nothing yet");
     assert!(took < Duration::from_secs(3), "the step waited too long: {took:?}");
