@@ -2668,6 +2668,16 @@ $$;
 
 -- functions/tick_schedules.sql: tick step `schedule`: cron firings become runs.
 
+-- _firing_in_flight: whether an earlier firing of a cron task is still live (runs_cron_in_flight).
+create or replace function conveyor._firing_in_flight(p_task text)
+returns boolean
+language sql
+stable
+as $$
+    select exists (select from conveyor.runs r
+                   where r.task = p_task and r.fire_at is not null and conveyor._live(r.status))
+$$;
+
 -- _fire_schedules_of: materialize due cron firings as runs (of one task, or all when p_only is null), exactly once per (task, firing):
 -- the task row is locked SKIP LOCKED, the run has a unique firing key, and the cursor
 -- next_fire_at moves by a guarded update. After downtime only the latest missed firing runs,
@@ -2720,10 +2730,7 @@ begin
         v_next := coalesce(v_fire, conveyor._cron_next(v_task.schedule, v_task.timezone, p_now));
 
         foreach v_fire in array v_firings loop
-            v_in_flight := exists (
-                select from conveyor.runs r
-                where r.task = v_task.name and r.fire_at is not null
-                  and conveyor._live(r.status));
+            v_in_flight := conveyor._firing_in_flight(v_task.name);
             if v_in_flight and v_task.on_overlap = 'skip' then
                 insert into conveyor.runs (id, task, queue, status, priority, run_at, payload, created_at,
                                            task_version, fire_at, finished_at)
@@ -2755,8 +2762,7 @@ begin
                 end;
                 -- an earlier firing still live: a client holds it (or a counter row its ending
                 -- needs); this firing waits for a later tick
-                v_held := exists (select from conveyor.runs r
-                                  where r.task = v_task.name and r.fire_at is not null and conveyor._live(r.status));
+                v_held := conveyor._firing_in_flight(v_task.name);
                 if v_held then
                     perform conveyor._tick_note('schedule', p_skipped => 1);
                     v_postponed := v_fire;
