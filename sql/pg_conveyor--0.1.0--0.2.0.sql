@@ -178,6 +178,36 @@ drop function conveyor.claim_run(text, text, conveyor.duration, text[]);
 drop function conveyor.claim_runs(text, text, integer, conveyor.duration, text[]);
 drop function conveyor.set_queue(text, integer, boolean, boolean, boolean);
 
+-- Counters Prometheus can rate (issue 18): monotonic totals of runs enqueued, attempts ended by
+-- outcome and retries, per queue and task, which pruning never lowers (conveyor.counters,
+-- metrics()). A statement that creates runs or ends attempts inserts one row per (queue, task,
+-- counter) it changed into _counter_deltas: an insert, never an update of a shared row, so no
+-- producer or worker waits on another for a counter. The tick step `count` moves deltas into
+-- _counters (delete ... returning, SKIP LOCKED), so deltas + totals is exact in every snapshot.
+create table conveyor._counter_deltas (
+    queue text not null,
+    task text not null,
+    -- enqueued, retried, or attempt.<outcome>
+    counter text not null,
+    n bigint not null
+);
+comment on table conveyor._counter_deltas is 'counter increments not yet folded into conveyor._counters by the tick step count';
+
+create table conveyor._counters (
+    queue text not null,
+    task text not null,
+    counter text not null,
+    -- who folded it (_tick_source): apart, so that a tick by hand left in an open transaction
+    -- never holds a row the worker's fold must write; conveyor.counters sums them
+    source text not null,
+    n bigint not null,
+    constraint counters_one_row_per_key primary key (queue, task, counter, source)
+);
+comment on table conveyor._counters is 'monotonic counter totals folded by the tick step count (read conveyor.counters)';
+-- the counters go on from their totals after a restore
+select pg_catalog.pg_extension_config_dump('conveyor._counter_deltas', '');
+select pg_catalog.pg_extension_config_dump('conveyor._counters', '');
+
 -- ============================================================================================
 -- sql/functions/rust.sql
 
@@ -722,6 +752,13 @@ begin
         select c.id, v_now, c.event, c.attempts, null
         from change c
         where c.event is not null
+    ),
+    counted as (
+        -- conveyor.counters: one delta row per queue and task, whatever the number of runs
+        insert into conveyor._counter_deltas (queue, task, counter, n)
+        select c.queue, c.task, 'enqueued', count(*)
+        from change c
+        group by c.queue, c.task
     )
     select min(format('run %s cannot go from (new) to %s', c.id, c.status)) filter (where c.event is null),
            bool_or(c.status = 'queued')
@@ -817,8 +854,9 @@ create or replace trigger runs_transitions_on_update
 --   stopped -> cancelled; failed/timeout/crashed/log_overflow -> retrying while retryable and
 --   n = failures - failure_base (after this one) < max_attempts, with the backoff delay for
 --   retry n, else failed. Any outcome but succeeded on a run with a cancel request is stopped.
--- Writes one attempt row per run. Returns (ord, run_id, status, outcome, delay) per ended run,
--- ord being the position in `endings` of the item that ended it.
+-- Writes one attempt row per run, and its counter deltas (conveyor.counters). Returns (ord,
+-- run_id, status, outcome, delay) per ended run, ord being the position in `endings` of the item
+-- that ended it.
 create or replace function conveyor._end_attempts(endings conveyor._ending[], all_succeeded boolean default false)
 returns table (ord integer, run_id conveyor.ulid, status conveyor.run_status,
                outcome conveyor.attempt_outcome, delay interval)
@@ -867,6 +905,13 @@ begin
             select u.attempt_id, u.id, u.attempts, u.prev_attempt_id, u.task, u.queue, u.worker, u.started_at,
                    greatest(v_now, u.started_at), 'succeeded'
             from updated u
+        ),
+        counted as (
+            -- conveyor.counters, as in the general statement below
+            insert into conveyor._counter_deltas (queue, task, counter, n)
+            select u.queue, u.task, 'attempt.succeeded', count(*)
+            from updated u
+            group by u.queue, u.task
         )
         select u.ord, u.id, 'succeeded'::conveyor.run_status, 'succeeded'::conveyor.attempt_outcome, null::interval
         from updated u order by u.ord;
@@ -954,6 +999,17 @@ begin
         select u.current_attempt, u.id, u.attempts + 1, u.prev_attempt_id, u.task, u.queue, u.worker,
                u.started_at, greatest(v_now, u.started_at), u.final, u.failure, u.reason, u.wait
         from updated u
+    ),
+    counted as (
+        -- conveyor.counters: attempts by outcome and retries, one delta row per queue, task and
+        -- counter this statement changed (never an update of a shared row)
+        insert into conveyor._counter_deltas (queue, task, counter, n)
+        select u.queue, u.task, c.counter, count(*)
+        from updated u
+        cross join lateral (values ('attempt.' || u.final),
+                                   (case when u.new_status = 'retrying' then 'retried' end)) as c(counter)
+        where c.counter is not null
+        group by u.queue, u.task, c.counter
     )
     select u.ord, u.id, u.new_status, u.final, u.wait from updated u order by u.ord;
 end
@@ -3293,6 +3349,45 @@ end
 $$;
 
 -- ============================================================================================
+-- sql/functions/tick_count.sql
+
+-- functions/tick_count.sql: tick step `count`: counter deltas folded into their totals.
+
+-- _fold_counters: move the rows of conveyor._counter_deltas (one per statement that created
+-- runs or ended attempts, and per queue, task and counter) into conveyor._counters, in this
+-- tick's source's rows (_tick_source). The delete and the additions commit together, so
+-- conveyor.counters (totals + deltas) never counts a delta twice or loses one. Deltas another
+-- tick is folding are skipped (SKIP LOCKED); a delta is a few dozen bytes, so one step folds up
+-- to 50 times the tick batch. Returns the number of delta rows folded.
+create or replace function conveyor._fold_counters(p_limit integer)
+returns bigint
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_folded bigint;
+begin
+    with taken as (
+        delete from conveyor._counter_deltas d
+        where d.ctid = any (array(select l.ctid from conveyor._counter_deltas l
+                                  limit p_limit * 50
+                                  for update skip locked))
+        returning d.queue, d.task, d.counter, d.n
+    ),
+    folded as (
+        insert into conveyor._counters as c (queue, task, counter, source, n)
+        select t.queue, t.task, t.counter, conveyor._tick_source(), sum(t.n)
+        from taken t
+        group by t.queue, t.task, t.counter
+        on conflict (queue, task, counter, source) do update set n = c.n + excluded.n
+    )
+    select count(*) into v_folded from taken;
+    return v_folded;
+end
+$$;
+
+-- ============================================================================================
 -- sql/functions/outbox.sql
 
 -- functions/outbox.sql: durable messages written in the caller's transaction and sent later, at least
@@ -3535,12 +3630,12 @@ $$;
 
 -- tick_steps: the steps of a tick, in order (the background worker runs each in its own
 -- transaction): expire first to free capacity, then create runs, then check
--- the capacity counters, then deliver.
+-- the capacity counters, then deliver; last, fold the counters (conveyor.counters).
 create or replace function conveyor.tick_steps()
 returns text[]
 language sql
 immutable
-as $$ select array['expire', 'schedule', 'restart', 'repair', 'deliver', 'flush', 'prune'] $$;
+as $$ select array['expire', 'schedule', 'restart', 'repair', 'deliver', 'flush', 'prune', 'count'] $$;
 
 comment on function conveyor.tick_steps is 'the steps of a tick, in the order tick runs them';
 
@@ -3562,6 +3657,7 @@ begin
         when 'deliver' then conveyor._deliver_due(v_now, p_limit)
         when 'flush' then conveyor._flush_outbox(v_now, p_limit)
         when 'prune' then conveyor._prune(v_now, p_limit)
+        when 'count' then conveyor._fold_counters(p_limit)
     end;
 end
 $$;
@@ -3610,7 +3706,8 @@ create or replace function conveyor.tick(
     out repaired integer,
     out delivered integer,
     out flushed integer,
-    out pruned integer
+    out pruned integer,
+    out counted bigint
 )
 language plpgsql
 security definer
@@ -3639,11 +3736,13 @@ begin
     perform conveyor._tick_note('flush', p_runs => 1, p_changed => flushed);
     pruned := conveyor._prune(v_now, v_limit);
     perform conveyor._tick_note('prune', p_runs => 1, p_changed => pruned);
+    counted := conveyor._fold_counters(v_limit);
+    perform conveyor._tick_note('count', p_runs => 1, p_changed => counted);
 end
 $$;
 
 comment on function conveyor.tick is
-    'one pass of maintenance: expire leases and timeouts, fire schedules, restart services, repair capacity counters, deliver due runs, flush the outbox, prune; returns counts';
+    'one pass of maintenance: expire leases and timeouts, fire schedules, restart services, repair capacity counters, deliver due runs, flush the outbox, prune, fold counter deltas; returns counts';
 
 -- every step's counter rows, one per source, exist before the first tick: _tick_note only
 -- updates them (SKIP LOCKED), so no tick waits on another's row
@@ -3818,6 +3917,19 @@ from conveyor.attempts a;
 
 comment on view conveyor.run_history is 'each run''s events and ended attempts (filter by run_id, order by at)';
 
+-- counters: monotonic totals per queue and task, which pruning never lowers (docs/counters.md
+-- "Totals"): counter is `enqueued` (runs created), `attempt.<outcome>` (attempts ended so) or
+-- `retried` (failures that led to a retry). The totals the tick step `count` folded plus the
+-- deltas it has not folded yet: exact in every snapshot.
+create or replace view conveyor.counters as
+select c.queue, c.task, c.counter, sum(c.n)::bigint as value
+from (select t.queue, t.task, t.counter, t.n from conveyor._counters t
+      union all
+      select d.queue, d.task, d.counter, d.n from conveyor._counter_deltas d) c
+group by c.queue, c.task, c.counter;
+
+comment on view conveyor.counters is 'monotonic totals per queue and task: enqueued, attempt.<outcome>, retried (never lowered by pruning)';
+
 -- _metric_label: a Prometheus label value, escaped.
 create or replace function conveyor._metric_label(value text)
 returns text
@@ -3829,8 +3941,8 @@ as $$
            operator(pg_catalog.||) '"'
 $$;
 
--- metrics: the figures of queue_stats and tick's own counters (conveyor._tick_stats, monotonic)
--- in Prometheus text exposition format: each family's HELP
+-- metrics: the figures of queue_stats, tick's own counters (conveyor._tick_stats, monotonic) and
+-- conveyor.counters in Prometheus text exposition format: each family's HELP
 -- and TYPE lines, then its samples ordered by queue and label (a family stays in one block, as
 -- the format requires).
 create or replace function conveyor.metrics()
@@ -3852,8 +3964,14 @@ as $$
         (8, 'conveyor_tick_step_changed_total', 'counter', 'Rows each tick step changed.'),
         (9, 'conveyor_tick_step_skipped_total', 'counter', 'Rows or queues a tick step left for a later tick because a client held their lock.'),
         (10, 'conveyor_tick_step_quarantined_total', 'counter', 'Runs a tick step set aside because they failed alone.'),
-        (11, 'conveyor_quarantined_runs', 'gauge', 'Runs set aside by a tick step now (conveyor.quarantine).')
+        (11, 'conveyor_quarantined_runs', 'gauge', 'Runs set aside by a tick step now (conveyor.quarantine).'),
+        (12, 'conveyor_runs_enqueued_total', 'counter', 'Runs created (enqueued, scheduled or fired), by queue and task.'),
+        (13, 'conveyor_attempts_total', 'counter', 'Attempts ended, by queue, task and outcome.'),
+        (14, 'conveyor_retries_total', 'counter', 'Failed attempts that led to a retry, by queue and task.'),
+        (15, 'conveyor_releases_total', 'counter', 'Attempts released (business waiting, not a failure), by queue and task: attempts_total with outcome released.')
     ),
+    -- conveyor.counters, read once
+    counter as (select * from conveyor.counters),
     sample (family, labels, value) as (
         select 'conveyor_runs', format('queue=%s,status=%s', conveyor._metric_label(s.queue), conveyor._metric_label(st.status)),
                st.n::text
@@ -3893,6 +4011,22 @@ as $$
                (count(*) filter (where q.retry_at > conveyor._now()))::text
         from conveyor.quarantine q
         group by q.step
+        union all
+        select case when c.counter = 'enqueued' then 'conveyor_runs_enqueued_total' else 'conveyor_retries_total' end,
+               format('queue=%s,task=%s', conveyor._metric_label(c.queue), conveyor._metric_label(c.task)),
+               c.value::text
+        from counter c where c.counter in ('enqueued', 'retried')
+        union all
+        select 'conveyor_attempts_total',
+               format('queue=%s,task=%s,outcome=%s', conveyor._metric_label(c.queue), conveyor._metric_label(c.task),
+                      conveyor._metric_label(substr(c.counter, length('attempt.') + 1))),
+               c.value::text
+        from counter c where c.counter like 'attempt.%'
+        union all
+        select 'conveyor_releases_total',
+               format('queue=%s,task=%s', conveyor._metric_label(c.queue), conveyor._metric_label(c.task)),
+               c.value::text
+        from counter c where c.counter = 'attempt.released'
     ),
     block as (
         select f.ord,
@@ -3985,7 +4119,7 @@ grant select on
     conveyor.queues, conveyor.transitions, conveyor.defaults, conveyor.task_config, conveyor.outbox,
     conveyor.queue_stats, conveyor.task_stats, conveyor.recent_failures, conveyor.throughput, conveyor.run_history,
     conveyor.run_statuses, conveyor.attempt_outcomes, conveyor.error_codes, conveyor.options,
-    conveyor.quarantine, conveyor._tick_stats, conveyor.sessions
+    conveyor.quarantine, conveyor._tick_stats, conveyor.sessions, conveyor.counters
 to conveyor_reader;
 
 grant execute on function conveyor.metrics() to conveyor_reader;

@@ -43,12 +43,21 @@ extension_sql_file!("../sql/functions/tick_services.sql", name = "tick_services"
 extension_sql_file!("../sql/functions/tick_deliver.sql", name = "tick_deliver", requires = ["state_machine"]);
 extension_sql_file!("../sql/functions/tick_prune.sql", name = "tick_prune", requires = ["state_machine"]);
 extension_sql_file!("../sql/functions/tick_repair.sql", name = "tick_repair", requires = ["state_machine"]);
+extension_sql_file!("../sql/functions/tick_count.sql", name = "tick_count", requires = ["state_machine"]);
 extension_sql_file!("../sql/functions/outbox.sql", name = "outbox", requires = ["state_machine"]);
 extension_sql_file!(
     "../sql/functions/tick.sql",
     name = "tick",
-    requires =
-        ["tick_expire", "tick_schedules", "tick_services", "tick_repair", "tick_deliver", "tick_prune", "outbox"]
+    requires = [
+        "tick_expire",
+        "tick_schedules",
+        "tick_services",
+        "tick_repair",
+        "tick_deliver",
+        "tick_prune",
+        "tick_count",
+        "outbox"
+    ]
 );
 extension_sql_file!("../sql/functions/views.sql", name = "views", requires = ["options"]);
 extension_sql_file!(

@@ -72,7 +72,7 @@ grant select on
     conveyor.queues, conveyor.transitions, conveyor.defaults, conveyor.task_config, conveyor.outbox,
     conveyor.queue_stats, conveyor.task_stats, conveyor.recent_failures, conveyor.throughput, conveyor.run_history,
     conveyor.run_statuses, conveyor.attempt_outcomes, conveyor.error_codes, conveyor.options,
-    conveyor.quarantine, conveyor._tick_stats, conveyor.sessions
+    conveyor.quarantine, conveyor._tick_stats, conveyor.sessions, conveyor.counters
 to conveyor_reader;
 
 grant execute on function conveyor.metrics() to conveyor_reader;

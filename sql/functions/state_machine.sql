@@ -272,6 +272,13 @@ begin
         select c.id, v_now, c.event, c.attempts, null
         from change c
         where c.event is not null
+    ),
+    counted as (
+        -- conveyor.counters: one delta row per queue and task, whatever the number of runs
+        insert into conveyor._counter_deltas (queue, task, counter, n)
+        select c.queue, c.task, 'enqueued', count(*)
+        from change c
+        group by c.queue, c.task
     )
     select min(format('run %s cannot go from (new) to %s', c.id, c.status)) filter (where c.event is null),
            bool_or(c.status = 'queued')
@@ -367,8 +374,9 @@ create or replace trigger runs_transitions_on_update
 --   stopped -> cancelled; failed/timeout/crashed/log_overflow -> retrying while retryable and
 --   n = failures - failure_base (after this one) < max_attempts, with the backoff delay for
 --   retry n, else failed. Any outcome but succeeded on a run with a cancel request is stopped.
--- Writes one attempt row per run. Returns (ord, run_id, status, outcome, delay) per ended run,
--- ord being the position in `endings` of the item that ended it.
+-- Writes one attempt row per run, and its counter deltas (conveyor.counters). Returns (ord,
+-- run_id, status, outcome, delay) per ended run, ord being the position in `endings` of the item
+-- that ended it.
 create or replace function conveyor._end_attempts(endings conveyor._ending[], all_succeeded boolean default false)
 returns table (ord integer, run_id conveyor.ulid, status conveyor.run_status,
                outcome conveyor.attempt_outcome, delay interval)
@@ -417,6 +425,13 @@ begin
             select u.attempt_id, u.id, u.attempts, u.prev_attempt_id, u.task, u.queue, u.worker, u.started_at,
                    greatest(v_now, u.started_at), 'succeeded'
             from updated u
+        ),
+        counted as (
+            -- conveyor.counters, as in the general statement below
+            insert into conveyor._counter_deltas (queue, task, counter, n)
+            select u.queue, u.task, 'attempt.succeeded', count(*)
+            from updated u
+            group by u.queue, u.task
         )
         select u.ord, u.id, 'succeeded'::conveyor.run_status, 'succeeded'::conveyor.attempt_outcome, null::interval
         from updated u order by u.ord;
@@ -504,6 +519,17 @@ begin
         select u.current_attempt, u.id, u.attempts + 1, u.prev_attempt_id, u.task, u.queue, u.worker,
                u.started_at, greatest(v_now, u.started_at), u.final, u.failure, u.reason, u.wait
         from updated u
+    ),
+    counted as (
+        -- conveyor.counters: attempts by outcome and retries, one delta row per queue, task and
+        -- counter this statement changed (never an update of a shared row)
+        insert into conveyor._counter_deltas (queue, task, counter, n)
+        select u.queue, u.task, c.counter, count(*)
+        from updated u
+        cross join lateral (values ('attempt.' || u.final),
+                                   (case when u.new_status = 'retrying' then 'retried' end)) as c(counter)
+        where c.counter is not null
+        group by u.queue, u.task, c.counter
     )
     select u.ord, u.id, u.new_status, u.final, u.wait from updated u order by u.ord;
 end

@@ -94,12 +94,12 @@ $$;
 
 -- tick_steps: the steps of a tick, in order (the background worker runs each in its own
 -- transaction): expire first to free capacity, then create runs, then check
--- the capacity counters, then deliver.
+-- the capacity counters, then deliver; last, fold the counters (conveyor.counters).
 create or replace function conveyor.tick_steps()
 returns text[]
 language sql
 immutable
-as $$ select array['expire', 'schedule', 'restart', 'repair', 'deliver', 'flush', 'prune'] $$;
+as $$ select array['expire', 'schedule', 'restart', 'repair', 'deliver', 'flush', 'prune', 'count'] $$;
 
 comment on function conveyor.tick_steps is 'the steps of a tick, in the order tick runs them';
 
@@ -121,6 +121,7 @@ begin
         when 'deliver' then conveyor._deliver_due(v_now, p_limit)
         when 'flush' then conveyor._flush_outbox(v_now, p_limit)
         when 'prune' then conveyor._prune(v_now, p_limit)
+        when 'count' then conveyor._fold_counters(p_limit)
     end;
 end
 $$;
@@ -169,7 +170,8 @@ create or replace function conveyor.tick(
     out repaired integer,
     out delivered integer,
     out flushed integer,
-    out pruned integer
+    out pruned integer,
+    out counted bigint
 )
 language plpgsql
 security definer
@@ -198,11 +200,13 @@ begin
     perform conveyor._tick_note('flush', p_runs => 1, p_changed => flushed);
     pruned := conveyor._prune(v_now, v_limit);
     perform conveyor._tick_note('prune', p_runs => 1, p_changed => pruned);
+    counted := conveyor._fold_counters(v_limit);
+    perform conveyor._tick_note('count', p_runs => 1, p_changed => counted);
 end
 $$;
 
 comment on function conveyor.tick is
-    'one pass of maintenance: expire leases and timeouts, fire schedules, restart services, repair capacity counters, deliver due runs, flush the outbox, prune; returns counts';
+    'one pass of maintenance: expire leases and timeouts, fire schedules, restart services, repair capacity counters, deliver due runs, flush the outbox, prune, fold counter deltas; returns counts';
 
 -- every step's counter rows, one per source, exist before the first tick: _tick_note only
 -- updates them (SKIP LOCKED), so no tick waits on another's row

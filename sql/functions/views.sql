@@ -160,6 +160,19 @@ from conveyor.attempts a;
 
 comment on view conveyor.run_history is 'each run''s events and ended attempts (filter by run_id, order by at)';
 
+-- counters: monotonic totals per queue and task, which pruning never lowers (docs/counters.md
+-- "Totals"): counter is `enqueued` (runs created), `attempt.<outcome>` (attempts ended so) or
+-- `retried` (failures that led to a retry). The totals the tick step `count` folded plus the
+-- deltas it has not folded yet: exact in every snapshot.
+create or replace view conveyor.counters as
+select c.queue, c.task, c.counter, sum(c.n)::bigint as value
+from (select t.queue, t.task, t.counter, t.n from conveyor._counters t
+      union all
+      select d.queue, d.task, d.counter, d.n from conveyor._counter_deltas d) c
+group by c.queue, c.task, c.counter;
+
+comment on view conveyor.counters is 'monotonic totals per queue and task: enqueued, attempt.<outcome>, retried (never lowered by pruning)';
+
 -- _metric_label: a Prometheus label value, escaped.
 create or replace function conveyor._metric_label(value text)
 returns text
@@ -171,8 +184,8 @@ as $$
            operator(pg_catalog.||) '"'
 $$;
 
--- metrics: the figures of queue_stats and tick's own counters (conveyor._tick_stats, monotonic)
--- in Prometheus text exposition format: each family's HELP
+-- metrics: the figures of queue_stats, tick's own counters (conveyor._tick_stats, monotonic) and
+-- conveyor.counters in Prometheus text exposition format: each family's HELP
 -- and TYPE lines, then its samples ordered by queue and label (a family stays in one block, as
 -- the format requires).
 create or replace function conveyor.metrics()
@@ -194,8 +207,14 @@ as $$
         (8, 'conveyor_tick_step_changed_total', 'counter', 'Rows each tick step changed.'),
         (9, 'conveyor_tick_step_skipped_total', 'counter', 'Rows or queues a tick step left for a later tick because a client held their lock.'),
         (10, 'conveyor_tick_step_quarantined_total', 'counter', 'Runs a tick step set aside because they failed alone.'),
-        (11, 'conveyor_quarantined_runs', 'gauge', 'Runs set aside by a tick step now (conveyor.quarantine).')
+        (11, 'conveyor_quarantined_runs', 'gauge', 'Runs set aside by a tick step now (conveyor.quarantine).'),
+        (12, 'conveyor_runs_enqueued_total', 'counter', 'Runs created (enqueued, scheduled or fired), by queue and task.'),
+        (13, 'conveyor_attempts_total', 'counter', 'Attempts ended, by queue, task and outcome.'),
+        (14, 'conveyor_retries_total', 'counter', 'Failed attempts that led to a retry, by queue and task.'),
+        (15, 'conveyor_releases_total', 'counter', 'Attempts released (business waiting, not a failure), by queue and task: attempts_total with outcome released.')
     ),
+    -- conveyor.counters, read once
+    counter as (select * from conveyor.counters),
     sample (family, labels, value) as (
         select 'conveyor_runs', format('queue=%s,status=%s', conveyor._metric_label(s.queue), conveyor._metric_label(st.status)),
                st.n::text
@@ -235,6 +254,22 @@ as $$
                (count(*) filter (where q.retry_at > conveyor._now()))::text
         from conveyor.quarantine q
         group by q.step
+        union all
+        select case when c.counter = 'enqueued' then 'conveyor_runs_enqueued_total' else 'conveyor_retries_total' end,
+               format('queue=%s,task=%s', conveyor._metric_label(c.queue), conveyor._metric_label(c.task)),
+               c.value::text
+        from counter c where c.counter in ('enqueued', 'retried')
+        union all
+        select 'conveyor_attempts_total',
+               format('queue=%s,task=%s,outcome=%s', conveyor._metric_label(c.queue), conveyor._metric_label(c.task),
+                      conveyor._metric_label(substr(c.counter, length('attempt.') + 1))),
+               c.value::text
+        from counter c where c.counter like 'attempt.%'
+        union all
+        select 'conveyor_releases_total',
+               format('queue=%s,task=%s', conveyor._metric_label(c.queue), conveyor._metric_label(c.task)),
+               c.value::text
+        from counter c where c.counter = 'attempt.released'
     ),
     block as (
         select f.ord,

@@ -346,6 +346,33 @@ create table conveyor.quarantine (
 );
 comment on table conveyor.quarantine is 'runs a tick step set aside after they failed alone, with the error, until retry_at';
 
+-- Counters Prometheus can rate (issue 18): monotonic totals of runs enqueued, attempts ended by
+-- outcome and retries, per queue and task, which pruning never lowers (conveyor.counters,
+-- metrics()). A statement that creates runs or ends attempts inserts one row per (queue, task,
+-- counter) it changed into _counter_deltas: an insert, never an update of a shared row, so no
+-- producer or worker waits on another for a counter. The tick step `count` moves deltas into
+-- _counters (delete ... returning, SKIP LOCKED), so deltas + totals is exact in every snapshot.
+create table conveyor._counter_deltas (
+    queue text not null,
+    task text not null,
+    -- enqueued, retried, or attempt.<outcome>
+    counter text not null,
+    n bigint not null
+);
+comment on table conveyor._counter_deltas is 'counter increments not yet folded into conveyor._counters by the tick step count';
+
+create table conveyor._counters (
+    queue text not null,
+    task text not null,
+    counter text not null,
+    -- who folded it (_tick_source): apart, so that a tick by hand left in an open transaction
+    -- never holds a row the worker's fold must write; conveyor.counters sums them
+    source text not null,
+    n bigint not null,
+    constraint counters_one_row_per_key primary key (queue, task, counter, source)
+);
+comment on table conveyor._counters is 'monotonic counter totals folded by the tick step count (read conveyor.counters)';
+
 -- pg_dump keeps the data of these tables (the extension's own rows are recreated by it)
 
 select pg_catalog.pg_extension_config_dump('conveyor._defaults', '');
@@ -370,3 +397,8 @@ select pg_catalog.pg_extension_config_dump('conveyor.outbox', '');
 
 -- (0.2.0) restored elsewhere, the bound sessions are gone: the first tick rescues their runs
 select pg_catalog.pg_extension_config_dump('conveyor.sessions', '');
+
+-- (0.2.0) the counters go on from their totals after a restore
+select pg_catalog.pg_extension_config_dump('conveyor._counter_deltas', '');
+
+select pg_catalog.pg_extension_config_dump('conveyor._counters', '');
