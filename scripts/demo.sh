@@ -65,15 +65,18 @@ select count(conveyor.enqueue('reports.poll', jsonb_build_object('report', n))) 
 SQL
 
 HANDLERS=examples/demo/handlers
+echo "demo: the Python worker's virtual environment (examples/python/venv.sh: the pg_conveyor package)"
+examples/python/venv.sh
 pids=()
 : >"$DIR/workers.log"
 CONVEYOR_POLL_SECONDS=1 examples/shell/worker.sh emails "$HANDLERS" 2>>"$DIR/workers.log" & pids+=($!)
-CONVEYOR_POLL_SECONDS=1 examples/shell/worker.sh emails,reports "$HANDLERS" 2>>"$DIR/workers.log" & pids+=($!)
+# a worker on the Python package (clients/python) beside the shell ones, same queues
+examples/python/.venv/bin/python examples/demo/worker.py emails,reports >>"$DIR/workers.log" 2>&1 & pids+=($!)
 CONVEYOR_POLL_SECONDS=1 CONVEYOR_GRACE=1 examples/shell/worker.sh ops "$HANDLERS" 2>>"$DIR/workers.log" & pids+=($!)
 stop_workers() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; }
 trap stop_workers EXIT
 
-echo "demo: 3 shell workers running (log: $DIR/workers.log); waiting for the emails, the reports and one cron firing"
+echo "demo: 2 shell workers and a Python one running (log: $DIR/workers.log); waiting for the emails, the reports and one cron firing"
 for i in $(seq 180); do
     left=$(psql -At -c "select count(*) from conveyor.runs where task in ('emails.send', 'reports.poll')
                         and status not in ('succeeded', 'failed', 'cancelled')")
@@ -94,6 +97,9 @@ psql <<'SQL'
 \echo === runs by task and status (attempts, retries = failure pressure, releases = waiting)
 select task, status, count(*) as runs, sum(attempts) as attempts, sum(retries) as retries, sum(releases) as releases
 from conveyor.runs group by task, status order by task, status;
+\echo === attempts by kind of worker (the shell workers and the Python package's)
+select split_part(worker, ':', 1) as worker, task, count(*) as attempts
+from conveyor.attempts group by 1, 2 order by 1, 2;
 \echo === conveyor.queue_stats
 select queue, concurrency, queued, running, succeeded, failed, lag_seconds, delivery_lag_seconds as delivery_lag,
        succeeded_5m, failures_5m, retries_5m, releases_5m

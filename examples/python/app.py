@@ -14,7 +14,7 @@ import sys
 import time
 
 import psycopg
-from psycopg.types.json import Jsonb
+from pg_conveyor import enqueue
 
 
 class Rollback(Exception):
@@ -26,8 +26,8 @@ def place_order(conn, ref: str, batch: str, fail: bool = False):
     with conn.transaction():
         (order_id,) = conn.execute("insert into python_orders (ref, item) values (%s, %s) returning id",
                                    (ref, "book")).fetchone()
-        (run_id,) = conn.execute("select conveyor.enqueue('python.ok', %s)",
-                                 (Jsonb({"batch": batch, "order_ref": ref, "order_id": order_id}),)).fetchone()
+        # on the same connection, inside the same transaction: no commit of its own
+        run_id = enqueue(conn, "python.ok", {"batch": batch, "order_ref": ref, "order_id": order_id})
         print(f"order {ref}: inserted order {order_id}, enqueued run {run_id}")
         if fail:
             raise Rollback()  # e.g. payment declined: the whole transaction is rolled back

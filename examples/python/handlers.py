@@ -1,13 +1,13 @@
 """The demo handlers of the Python worker: one function per task name.
 
-A handler gets a Job (run_id, task, payload, attempt, heartbeat()) and returns the run's result
-(a JSON-able dict), or raises Release / Fail / Cancelled (see conveyor_worker.py).
+A handler gets a pg_conveyor Job (run_id, task, payload, attempt, heartbeat()) and returns the
+run's result (a JSON-able dict), or raises (or returns) Release / Fail, or raises Cancelled.
 """
 
 import os
 import time
 
-from conveyor_worker import Cancelled, Fail, Release
+from pg_conveyor import Cancelled, Fail, Release
 
 HEARTBEAT_SECONDS = float(os.environ.get("CONVEYOR_HEARTBEAT_SECONDS", "1"))
 

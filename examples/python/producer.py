@@ -13,7 +13,7 @@ import sys
 import time
 
 import psycopg
-from psycopg.types.json import Jsonb
+from pg_conveyor import enqueue_many
 
 QUEUE = "python"
 
@@ -39,9 +39,8 @@ def main() -> int:
             if task == "python.slow":
                 for p in payloads:
                     p["seconds"] = 2.5
-            # enqueue_many: one statement for the lot; a list of Jsonb is sent as jsonb[]
-            ids = [r[0] for r in conn.execute("select conveyor.enqueue_many(%s, %s)",
-                                              (task, [Jsonb(p) for p in payloads]))]
+            # enqueue_many: one statement for the lot, in this transaction
+            ids = enqueue_many(conn, task, payloads)
             print(f"enqueued {len(ids)} x {task}: {', '.join(ids)}")
     return 0
 

@@ -1,0 +1,309 @@
+"""The worker: claims runs of its queues and calls the handler registered for each run's task.
+
+    worker = Worker("dbname=app", queues=["emails"])
+
+    @worker.task("emails.send")
+    def send(job):
+        ...                      # return a result (JSON-able) or None: succeeded
+        raise Release("30s")     # not ready: claimed again later, not a failure
+        raise Fail("smtp down")  # failed: retried with the task's backoff while its budget lasts
+
+    worker.run()                 # until SIGINT/SIGTERM or worker.stop()
+
+Every ending of a batch is sent with the next claim in one conveyor.finish_and_claim call (one
+transaction per cycle), unless the batch has been in hand long enough that a lease could run out:
+then the endings so far are sent at once (conveyor.finish_runs) and the next run's lease is
+extended before it starts. A stale lease (SQLSTATE CV001: the lease expired and someone else has
+the run, or it is over) is logged and the worker moves on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import socket
+import threading
+import time
+from typing import Any, Callable, Iterable, Optional, Union
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from .durations import Duration, duration
+from .errors import STALE_LEASE, Cancelled, Fail, Interrupted, Release
+from .records import ClaimedRun, Finished
+
+log = logging.getLogger("pg_conveyor")
+
+Handler = Callable[["Job"], Any]
+
+
+class Job:
+    """A claimed run as a handler sees it: the run's fields (`job.run`, and `job.payload`,
+    `job.attempt`... directly), `heartbeat()` and `log()`."""
+
+    def __init__(self, worker: "Worker", run: ClaimedRun):
+        self._worker = worker
+        self.run = run
+        self.heartbeats = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.run, name)
+
+    def heartbeat(self, extend: Optional[Duration] = None) -> bool:
+        """Extend the lease (by `extend`, default the worker's lease); True when an operator
+        asked to cancel the run (then raise Cancelled). Raises Interrupted when the worker is
+        stopping and its grace period is over, and psycopg's error with SQLSTATE CV001 when the
+        lease is stale."""
+        self._worker._check_grace()
+        (cancel,) = self._worker._conn.execute(
+            "select conveyor.heartbeat(%s, %s, %s)",
+            (self.run.run_id, self.run.lease_token, duration(extend) if extend is not None else self._worker.lease),
+        ).fetchone()
+        self.heartbeats += 1
+        return bool(cancel)
+
+    def log(self, text: str) -> None:
+        """Append to the attempt's log (conveyor.attempt_logs)."""
+        self._worker._conn.execute("select conveyor.append_log(%s, %s, %s)",
+                                   (self.run.run_id, self.run.lease_token, text))
+
+
+class Worker:
+    """Claims runs of `queues` (a list or comma-separated text) and runs their handlers.
+
+    conninfo: a libpq connection string ("" takes the PG* environment variables).
+    batch: runs per claim. lease: each claimed run's lease (text like "30s", seconds, timedelta).
+    poll: seconds between claims when idle and no notification arrives.
+    grace: seconds a run in hand may go on after stop() before its heartbeat raises Interrupted.
+    pooled: the connection goes through a transaction pooler (PgBouncer): no LISTEN on it and no
+      server-side prepared statements; wakeups come from `listen_conninfo` (a direct session
+      connection used only for LISTEN) if given, else the worker polls every `poll` seconds.
+    bind_session: claim_runs' bind_session (None: the task's, queue's or defaults' option).
+    on_finished: called with a Finished record after each run ends (or turns out stale).
+    """
+
+    def __init__(self, conninfo: str = "", queues: Union[str, Iterable[str]] = "default", *, batch: int = 10,
+                 lease: Duration = "30s", poll: float = 5.0, grace: float = 5.0, pooled: bool = False,
+                 listen_conninfo: Optional[str] = None, name: Optional[str] = None,
+                 bind_session: Optional[bool] = None, tasks: Optional[list[str]] = None,
+                 on_finished: Optional[Callable[[Finished], None]] = None):
+        names = queues.split(",") if isinstance(queues, str) else list(queues)
+        self.queues = [q.strip() for q in names if q.strip()]
+        if not self.queues:
+            raise ValueError("a worker needs at least one queue")
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        self.conninfo, self.batch, self.lease = conninfo, batch, duration(lease)
+        self.poll, self.grace, self.pooled = poll, grace, pooled
+        self.listen_conninfo, self.bind_session, self.tasks = listen_conninfo, bind_session, tasks
+        self.name = name or f"python:{socket.gethostname()}:{os.getpid()}"
+        self.on_finished = on_finished
+        self.handlers: dict[str, Handler] = {}
+        self._stop_at: Optional[float] = None
+        self._grace_over = False
+        self._wake_r, self._wake_w = os.pipe()  # stop() wakes an idle wait
+        self._pending: list[tuple[ClaimedRun, dict, str]] = []  # endings not yet sent
+        self._conn: Optional[psycopg.Connection] = None
+        self._listen: Optional[psycopg.Connection] = None
+        self._lease_seconds = 30.0
+
+    # --- registration ------------------------------------------------------------------------
+
+    def task(self, name: str) -> Callable[[Handler], Handler]:
+        """Decorator: register the function as the handler of task `name`."""
+        def register(fn: Handler) -> Handler:
+            self.handlers[name] = fn
+            return fn
+        return register
+
+    # --- stopping ----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop claiming; the run in hand may finish within the grace period. A second call
+        ends the grace at once. Safe from any thread and from a signal handler."""
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
+        else:
+            self._grace_over = True
+        os.write(self._wake_w, b"x")
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_at is not None
+
+    def _check_grace(self) -> None:
+        if self._stop_at is not None and (self._grace_over or time.monotonic() - self._stop_at >= self.grace):
+            raise Interrupted()
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(self, drain: bool = False) -> None:
+        """Claim and work until stop() (or SIGINT/SIGTERM, when called from the main thread).
+        drain=True: return once none of the queues' runs is waiting, running or due later."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda signum, _frame: self._on_signal(signum))
+        # autocommit: every call is its own transaction. Behind a transaction pooler, never
+        # prepare statements: psycopg prepares a query it has run 5 times, by name, on whichever
+        # server connection the pooler gave it
+        self._conn = psycopg.connect(self.conninfo, autocommit=True, application_name=self.name,
+                                     prepare_threshold=None if self.pooled else 5)
+        try:
+            (self._lease_seconds,) = self._conn.execute(
+                "select extract(epoch from %s::conveyor.duration::interval)::float8", (self.lease,)).fetchone()
+            self._listen_start()
+            log.info("%s claiming from %s (batch %d, lease %s)", self.name, ",".join(self.queues), self.batch, self.lease)
+            while not self.stopping:
+                self._drain_notifications()
+                runs = self._finish_and_claim()
+                if runs:
+                    self._process(runs, claimed_at=time.monotonic())
+                    continue  # there may be more: claim again before waiting
+                if drain and self._nothing_left():
+                    log.info("%s drained: nothing left in %s", self.name, ",".join(self.queues))
+                    break
+                self._wait()
+            self._flush()
+        finally:
+            self._conn.close()
+            if self._listen is not None:
+                self._listen.close()
+        log.info("%s stopped", self.name)
+
+    def _on_signal(self, signum: int) -> None:
+        log.info("%s: %s (grace %gs)", self.name,
+                 "stopping" if not self.stopping else "no more grace", self.grace)
+        self.stop()
+
+    def _listen_start(self) -> None:
+        if self.pooled and not self.listen_conninfo:
+            return  # poll: LISTEN needs a session of its own, which a transaction pooler does not give
+        if self.pooled:
+            self._listen = psycopg.connect(self.listen_conninfo, autocommit=True,
+                                           application_name=self.name + ":listen")
+        else:
+            self._listen = self._conn
+        for q in self.queues:
+            # the channel has a dot in it: a quoted identifier
+            self._listen.execute(sql.SQL("listen {}").format(sql.Identifier(f"conveyor.{q}")))
+
+    def _drain_notifications(self) -> None:
+        """Forget wakeups that came while busy: the claim that follows sees their runs."""
+        if self._listen is not None:
+            for _ in self._listen.notifies(timeout=0):
+                pass
+
+    def _wait(self) -> None:
+        """Sleep until a notification, stop(), or the poll interval."""
+        deadline = time.monotonic() + self.poll
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            if self._listen is not None:
+                for _ in self._listen.notifies(timeout=min(left, 0.25), stop_after=1):
+                    return
+            else:
+                ready, _, _ = select.select([self._wake_r], [], [], left)
+                if ready:
+                    os.read(self._wake_r, 64)
+
+    def _nothing_left(self) -> bool:
+        (n,) = self._conn.execute("select conveyor.pending(%s)", (",".join(self.queues),)).fetchone()
+        return n == 0
+
+    # --- one batch ---------------------------------------------------------------------------
+
+    def _process(self, runs: list[ClaimedRun], claimed_at: float) -> None:
+        for run in runs:
+            if self.stopping:
+                # claimed, not started: give it back for another worker
+                self._pending.append((run, {"outcome": "returned"}, "returned"))
+                continue
+            if time.monotonic() - claimed_at > self._lease_seconds / 3:
+                # held back behind others of the batch: send what ended, then extend this lease
+                self._flush()
+                if not self._refresh(run):
+                    continue
+            self._pending.append(self._run_one(Job(self, run)))
+
+    def _refresh(self, run: ClaimedRun) -> bool:
+        """Extend the lease of a run that waited behind others; False if it must not start."""
+        try:
+            (cancel,) = self._conn.execute("select conveyor.heartbeat(%s, %s, %s)",
+                                           (run.run_id, run.lease_token, self.lease)).fetchone()
+        except psycopg.Error as e:
+            if e.sqlstate != STALE_LEASE:
+                raise
+            self._report(Finished(run, "stale", None, e.diag.message_primary))
+            return False
+        if cancel:
+            self._pending.append((run, {"outcome": "failed", "message": "stopped: cancelled before it started"},
+                                  "cancelled"))
+        return not cancel
+
+    def _run_one(self, job: Job) -> tuple[ClaimedRun, dict, str]:
+        """Call the handler; the ending item for finish_runs and what the handler did."""
+        handler = self.handlers.get(job.run.task)
+        try:
+            if handler is None:
+                raise Fail(f"no handler for task {job.run.task} in this worker", retryable=False)
+            result = handler(job)
+            if isinstance(result, (Release, Fail)):
+                raise result  # returned instead of raised: the same
+        except Interrupted:
+            return job.run, {"outcome": "returned"}, "returned"
+        except Cancelled:
+            return job.run, {"outcome": "failed", "message": "stopped: cancelled while running"}, "cancelled"
+        except Release as r:
+            return job.run, {"outcome": "released", "delay": duration(r.delay), "reason": r.reason,
+                             "meta": r.meta}, "released"
+        except Fail as f:
+            return job.run, {"outcome": "failed", "message": f.message, "meta": f.meta,
+                             "retryable": f.retryable}, "failed"
+        except psycopg.Error as e:
+            if e.sqlstate == STALE_LEASE:  # from job.heartbeat(): the run is not ours any more
+                return job.run, {"outcome": "returned"}, "stale"
+            return job.run, _failure(e), "failed"
+        except Exception as e:  # a bug in a handler is a failed attempt, not a dead worker
+            return job.run, _failure(e), "failed"
+        return job.run, {"outcome": "succeeded", "result": result}, "succeeded"
+
+    def _items(self) -> tuple[Optional[Jsonb], list[tuple[ClaimedRun, str]]]:
+        pending, self._pending = self._pending, []
+        items = [dict(item, run_id=run.run_id, lease_token=str(run.lease_token)) for run, item, _ in pending]
+        return (Jsonb(items) if items else None), [(run, outcome) for run, _, outcome in pending]
+
+    def _finish_and_claim(self) -> list[ClaimedRun]:
+        """Send the pending endings and claim the next batch in one call (one transaction)."""
+        items, sent = self._items()
+        rows = self._conn.execute(
+            f"select kind, status::text, {ClaimedRun.COLUMNS}"
+            " from conveyor.finish_and_claim(%s, %s, %s, %s, %s, %s, %s)",
+            (items, ",".join(self.queues), self.name, self.batch, self.lease, self.tasks, self.bind_session),
+        ).fetchall()
+        finished = [r for r in rows if r[0] == "finished"]
+        for (run, outcome), row in zip(sent, finished):
+            self._report(Finished(run, outcome, row[1]))
+        return [ClaimedRun(*r[2:]) for r in rows if r[0] == "claimed"]
+
+    def _flush(self) -> None:
+        """Send the pending endings now (conveyor.finish_runs)."""
+        items, sent = self._items()
+        if items is None:
+            return
+        rows = self._conn.execute("select status::text from conveyor.finish_runs(%s)", (items,)).fetchall()
+        for (run, outcome), (status,) in zip(sent, rows):
+            self._report(Finished(run, outcome, status))
+
+    def _report(self, finished: Finished) -> None:
+        if finished.status is None:
+            log.warning("run %s: stale lease, moving on (its %s was not recorded)", finished.run.run_id,
+                        finished.outcome)
+        if self.on_finished is not None:
+            self.on_finished(finished)
+
+
+def _failure(e: BaseException) -> dict:
+    return {"outcome": "failed", "message": f"{type(e).__name__}: {e}", "meta": {"exception": type(e).__name__}}
