@@ -9,6 +9,7 @@
 
 import { parseArgs } from 'node:util';
 import pg from 'pg';
+import { enqueue } from 'pg-conveyor';
 
 const { values } = parseArgs({
   options: { batch: { type: 'string', default: `node-${Math.floor(Date.now() / 1000)}` } },
@@ -22,9 +23,9 @@ async function placeOrder(client, ref, { fail = false } = {}) {
   try {
     const order = await client.query('insert into node_orders (ref, item) values ($1, $2) returning id', [ref, 'book']);
     const orderId = order.rows[0].id;
-    const run = await client.query('select conveyor.enqueue($1, $2) as id',
-      ['node.ok', { batch: values.batch, order_ref: ref, order_id: orderId }]);
-    console.log(`order ${ref}: inserted order ${orderId}, enqueued run ${run.rows[0].id}`);
+    // on the same client, inside the same transaction: no commit of its own
+    const runId = await enqueue(client, 'node.ok', { batch: values.batch, order_ref: ref, order_id: orderId });
+    console.log(`order ${ref}: inserted order ${orderId}, enqueued run ${runId}`);
     if (fail) throw new Rollback(); // e.g. payment declined: the whole transaction is rolled back
     await client.query('commit');
   } catch (err) {

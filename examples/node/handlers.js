@@ -1,9 +1,9 @@
 // The demo handlers of the Node.js worker: one async function per task name.
-// A handler gets a job (runId, task, payload, attempt, heartbeat()) and returns the run's result
-// (any JSON value), or throws Release / Fail / Cancelled (see conveyor-worker.js).
+// A handler gets a pg-conveyor job (runId, task, payload, attempt, heartbeat()) and returns the
+// run's result (any JSON value), or throws (or returns) Release / Fail, or throws Cancelled.
 
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Cancelled, Fail, Release } from './conveyor-worker.js';
+import { Cancelled, Fail, Release } from 'pg-conveyor';
 
 const HEARTBEAT_MS = Number(process.env.CONVEYOR_HEARTBEAT_SECONDS ?? 1) * 1000;
 

@@ -8,6 +8,7 @@
 
 import { parseArgs } from 'node:util';
 import pg from 'pg';
+import { enqueue } from 'pg-conveyor';
 
 const QUEUE = 'node';
 const { values } = parseArgs({
@@ -32,9 +33,8 @@ try {
     const ids = [];
     for (let n = 1; n <= count; n++) {
       const payload = { batch: values.batch, n, ...(task === 'node.slow' ? { seconds: 2.5 } : {}) };
-      // the run id is a conveyor.ulid: pg hands it over as its 26-character text
-      const { rows } = await client.query('select conveyor.enqueue($1, $2) as id', [task, payload]);
-      ids.push(rows[0].id);
+      // in this transaction: the run id is its 26-character text
+      ids.push(await enqueue(client, task, payload));
     }
     console.log(`enqueued ${ids.length} x ${task}: ${ids.join(', ')}`);
   }
