@@ -6,30 +6,25 @@
 //! in ONE transaction: commit, and both exist; roll back, and neither does. Exits 1 if that does
 //! not hold. Connects with the usual PG* variables; run the producer first (it defines the task).
 
-use pg_conveyor_example::{connect, BoxError};
+use pg_conveyor_client::{config_from_env, connect, enqueue, BoxError, EnqueueOptions};
 use serde_json::json;
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 /// The application's unit of work: the order row and its run commit or vanish together.
-async fn place_order(
-    client: &mut Client,
-    reference: &str,
-    batch: &str,
-    fail: bool,
-) -> Result<(), BoxError> {
+async fn place_order(client: &mut Client, reference: &str, batch: &str, fail: bool) -> Result<(), BoxError> {
     let tx = client.transaction().await?;
     let order_id: i64 = tx
-        .query_one(
+        // unnamed statements (query_typed), so this runs through a transaction pooler too
+        .query_typed(
             "insert into rust_orders (ref, item) values ($1, $2) returning id",
-            &[&reference, &"book"],
+            &[(&reference, Type::TEXT), (&"book", Type::TEXT)],
         )
-        .await?
+        .await?[0]
         .get(0);
     let payload = json!({"batch": batch, "order_ref": reference, "order_id": order_id});
-    let run_id: String = tx
-        .query_one("select conveyor.enqueue('rust.ok', $1)::text", &[&payload])
-        .await?
-        .get(0);
+    // on the same transaction: the run commits or rolls back with the order
+    let run_id = enqueue(&tx, "rust.ok", &payload, None, &EnqueueOptions::default()).await?;
     println!("order {reference}: inserted order {order_id}, enqueued run {run_id}");
     if fail {
         // e.g. payment declined: the whole transaction is rolled back
@@ -42,14 +37,14 @@ async fn place_order(
 }
 
 async fn count(client: &Client, reference: &str) -> Result<(i64, i64), BoxError> {
-    let row = client
-        .query_one(
+    let rows = client
+        .query_typed(
             "select (select count(*) from rust_orders where ref = $1),
                     (select count(*) from conveyor.runs where task = 'rust.ok' and payload->>'order_ref' = $1)",
-            &[&reference],
+            &[(&reference, Type::TEXT)],
         )
         .await?;
-    Ok((row.get(0), row.get(1)))
+    Ok((rows[0].get(0), rows[0].get(1)))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -59,7 +54,7 @@ async fn main() -> Result<(), BoxError> {
         [] => format!("rust-{}", std::time::UNIX_EPOCH.elapsed()?.as_secs()),
         _ => return Err("usage: app [--batch TAG]".into()),
     };
-    let (mut client, _notifications) = connect("rust app").await?;
+    let (mut client, _notifications) = connect(config_from_env().application_name("rust app")).await?;
     client
         .batch_execute(
             "create table if not exists rust_orders (
@@ -74,15 +69,8 @@ async fn main() -> Result<(), BoxError> {
     let mut ok = true;
     for (reference, want) in [(&committed, (1, 1)), (&rolled_back, (0, 0))] {
         let got = count(&client, reference).await?;
-        let wrong = if got == want {
-            String::new()
-        } else {
-            format!("  WRONG, want {want:?}")
-        };
-        println!(
-            "order {reference}: {} order row(s), {} run(s){wrong}",
-            got.0, got.1
-        );
+        let wrong = if got == want { String::new() } else { format!("  WRONG, want {want:?}") };
+        println!("order {reference}: {} order row(s), {} run(s){wrong}", got.0, got.1);
         ok &= got == want;
     }
     std::process::exit(if ok { 0 } else { 1 });
