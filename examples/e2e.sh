@@ -25,9 +25,8 @@ COUNT=${E2E_COUNT:-3}
 WORKER_TIMEOUT=${E2E_TIMEOUT:-120}
 BATCH="e2e-$(date +%Y%m%d%H%M%S)-$$"
 LOGS=$(mktemp -d /tmp/conveyor-e2e.XXXXXX)
-# E2E_LANGS: a subset, e.g. "python node shell" (the clients that run behind a transaction
-# pooler with CONVEYOR_POOLED=1; the Rust example prepares named statements, which PgBouncer 1.18
-# cannot follow)
+# E2E_LANGS: a subset, e.g. "python node" (make test runs all four again behind PgBouncer with
+# CONVEYOR_POOLED=1: every client's statements are unnamed there)
 read -r -a LANGS <<<"${E2E_LANGS:-python node rust shell}"
 started=$SECONDS
 
@@ -53,23 +52,17 @@ fi
 
 # --- dependencies (quiet; their output goes to the logs) ------------------------------------
 deps_started=$SECONDS
+"$EXAMPLES/python/venv.sh" >"$LOGS/deps-python.log" 2>&1 ||
+    { cat "$LOGS/deps-python.log"; die "python: installing the pg_conveyor package into examples/python/.venv"; }
 (
-    cd "$EXAMPLES/python"
-    if ! .venv/bin/python -c 'import psycopg' 2>/dev/null; then
-        if ! python3 -m venv --clear .venv; then
-            # Debian's python3 keeps venv (ensurepip) in a package of its own
-            [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || exit 1
-            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
-            rm -rf .venv && python3 -m venv .venv
+    # the example links the package (file:../../clients/node), whose own dependency (pg) is
+    # resolved from clients/node/node_modules
+    for dir in "$EXAMPLES/../clients/node" "$EXAMPLES/node"; do
+        cd "$dir"
+        if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+            npm ci --no-audit --no-fund --loglevel=error
         fi
-        .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
-    fi
-) >"$LOGS/deps-python.log" 2>&1 || { cat "$LOGS/deps-python.log"; die "python: installing psycopg into examples/python/.venv"; }
-(
-    cd "$EXAMPLES/node"
-    if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-        npm ci --no-audit --no-fund --loglevel=error
-    fi
+    done
 ) >"$LOGS/deps-node.log" 2>&1 || { cat "$LOGS/deps-node.log"; die "node: npm ci"; }
 (
     cd "$EXAMPLES/rust"

@@ -12,16 +12,19 @@ step "rustfmt (rustfmt.toml)"
 cargo fmt --all -- --check
 rustfmt --check src/pg_tests.rs # include!d into lib.rs, so cargo fmt does not reach it
 (cd examples/rust && cargo fmt -- --check)
+(cd clients/rust && cargo fmt -- --check)
 
 step "clippy -D warnings (levels in Cargo.toml [lints])"
 cargo clippy --locked --quiet --all-targets --features "pg15 pg_test integration" -- -D warnings
 # examples/e2e.sh builds the example in examples/rust/target: share it
 CARGO_TARGET_DIR=examples/rust/target \
     cargo clippy --locked --quiet --all-targets --manifest-path examples/rust/Cargo.toml -- -D warnings
+CARGO_TARGET_DIR=examples/rust/target \
+    cargo clippy --locked --quiet --all-targets --manifest-path clients/rust/Cargo.toml -- -D warnings
 
 step "bash -n"
 shopt -s nullglob
-for f in scripts/*.sh examples/*.sh examples/*/*.sh bench/*/*.sh; do
+for f in scripts/*.sh examples/*.sh examples/*/*.sh examples/*/test/*.sh bench/*/*.sh; do
     bash -n "$f"
 done
 

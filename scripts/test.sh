@@ -4,8 +4,9 @@
 #   2. the real build installed; a fresh cluster with the background worker preloaded
 #   3. SQL scenarios (pgrx-tests/, pg_regress against that cluster)
 #   4. integration tests over real connections (tests/)
-#   5. the example workers in every language (and again behind PgBouncer), and the web dashboard in
-#      headless Chromium
+#   5. the example workers in every language (and again behind PgBouncer), the client packages'
+#      suites (clients/, their pooled tests through PgBouncer), the web dashboard in headless
+#      Chromium, and its /metrics scraped by a real Prometheus (with the Grafana dashboard checked)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,12 +38,12 @@ scripts/install-ext.sh
 step "start a fresh cluster with the worker preloaded ($IT_DIR, port $IT_PORT)"
 rm -rf "$IT_DIR"
 scripts/cluster.sh start "$IT_DIR" "$IT_PORT" \
-    "conveyor.database = 'conveyor_it,conveyor_examples'" \
+    "conveyor.database = 'conveyor_it,conveyor_examples,conveyor_clients'" \
     "conveyor.tick_interval = '200ms'" \
     "log_min_messages = warning"
 trap 'scripts/cluster.sh stop "$IT_DIR"' EXIT
 psql_it() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$IT_DIR" -p "$IT_PORT" -U postgres "$@"; }
-for db in conveyor_it conveyor_regress conveyor_examples conveyor_dashboard; do
+for db in conveyor_it conveyor_regress conveyor_examples conveyor_clients conveyor_dashboard; do
     psql_it -d postgres -c "create database $db"
     psql_it -d "$db" -c "create extension pg_conveyor"
 done
@@ -70,18 +71,25 @@ CONVEYOR_TEST_HOST="$IT_DIR" CONVEYOR_TEST_PORT="$IT_PORT" CONVEYOR_TEST_DB=conv
 step "example workers and producers in Python, Node.js, Rust (examples/e2e.sh)"
 PGHOST="$IT_DIR" PGPORT="$IT_PORT" PGUSER=postgres PGDATABASE=conveyor_examples examples/e2e.sh
 
-step "the Python, Node.js and shell examples again, behind PgBouncer in transaction mode (scripts/pgbouncer.sh)"
+step "the examples again, behind PgBouncer in transaction mode (scripts/pgbouncer.sh)"
 POOLER_DIR=/tmp/pgc-pooler
 POOLER_PORT=${CONVEYOR_POOLER_PORT:-6439}
 scripts/pgbouncer.sh stop "$POOLER_DIR"
 scripts/pgbouncer.sh start "$POOLER_DIR" "$POOLER_PORT" "$IT_DIR" "$IT_PORT" 3
 trap 'scripts/pgbouncer.sh stop "$POOLER_DIR"; scripts/cluster.sh stop "$IT_DIR"' EXIT
 PGHOST="$POOLER_DIR" PGPORT="$POOLER_PORT" PGUSER=postgres PGDATABASE=conveyor_examples CONVEYOR_POOLED=1 \
-    CONVEYOR_POLL_SECONDS=1 E2E_LANGS="python node shell" examples/e2e.sh
+    CONVEYOR_POLL_SECONDS=1 examples/e2e.sh
+
+step "the client packages' suites: Python, Node.js, Rust (scripts/clients-test.sh), pooled tests through PgBouncer"
+PGHOST="$IT_DIR" PGPORT="$IT_PORT" PGUSER=postgres PGDATABASE=conveyor_clients \
+    CONVEYOR_PGBOUNCER_HOST="$POOLER_DIR" CONVEYOR_PGBOUNCER_PORT="$POOLER_PORT" scripts/clients-test.sh
 scripts/pgbouncer.sh stop "$POOLER_DIR"
 
 step "the web dashboard in headless Chromium (examples/dashboard/test.sh)"
 PGHOST="$IT_DIR" PGPORT="$IT_PORT" PGUSER=postgres PGDATABASE=conveyor_dashboard \
     DASHBOARD_SCREENSHOT=/tmp/conveyor-dashboard.png examples/dashboard/test.sh
+
+step "metrics scraped by a real Prometheus under load, promtool, the Grafana dashboard (examples/dashboard/test/prometheus.sh)"
+PGHOST="$IT_DIR" PGPORT="$IT_PORT" PGUSER=postgres PGDATABASE=conveyor_dashboard examples/dashboard/test/prometheus.sh
 
 step "all tests passed"
