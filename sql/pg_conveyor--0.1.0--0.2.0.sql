@@ -208,6 +208,11 @@ comment on table conveyor._counters is 'monotonic counter totals folded by the t
 select pg_catalog.pg_extension_config_dump('conveyor._counter_deltas', '');
 select pg_catalog.pg_extension_config_dump('conveyor._counters', '');
 
+-- conveyor.duration's binary input was interval_recv, which let a binary driver send what text
+-- input refuses (a negative duration, 1000 years, months); it is held to the same rule now.
+create or replace function conveyor.duration_recv(internal) returns conveyor.duration
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', 'duration_recv_wrapper';
+
 -- ============================================================================================
 -- sql/functions/rust.sql
 

@@ -226,6 +226,24 @@ fn duration_from_interval(value: Interval) -> Interval {
     }
 }
 
+/// SQL: conveyor.duration's binary input. Reads an interval's wire form (as interval_recv
+/// does: microseconds, days, months) and holds it to the rule every duration follows, so a
+/// binary driver cannot send what text input refuses.
+#[pg_extern(immutable, strict, parallel_safe, sql = false)]
+fn duration_recv(buf: pgrx::datum::Internal) -> Interval {
+    let buf = buf.unwrap().expect("strict: the buffer is not null").cast_mut_ptr::<pg_sys::StringInfoData>();
+    // SAFETY: PostgreSQL calls a type's receive function with a StringInfo holding the value;
+    // pq_getmsgint64 and pq_getmsgint raise an ERROR (not UB) when the message is too short
+    let (micros, days, months) = unsafe {
+        (pg_sys::pq_getmsgint64(buf), pg_sys::pq_getmsgint(buf, 4) as i32, pg_sys::pq_getmsgint(buf, 4) as i32)
+    };
+    let value = Interval::new(months, days, micros).unwrap_or_else(|e| {
+        Error::InvalidDuration { input: format!("{months} months {days} days {micros} us"), reason: e.to_string() }
+            .raise()
+    });
+    duration_from_interval(value)
+}
+
 /// Parse text a worker sent (a release delay): NULL instead of an error when it is not a
 /// duration, so the caller can fail the attempt with `configuration_invalid`.
 #[pg_extern(immutable, strict, parallel_safe, sql = false)]

@@ -130,8 +130,9 @@ create function conveyor.duration_in(cstring) returns conveyor.duration
 create function conveyor.duration_out(conveyor.duration) returns cstring
     immutable strict parallel safe language c as 'MODULE_PATHNAME', 'duration_out_wrapper';
 
+-- (0.2.0) binary input is held to the rule text input follows (0 to 100 years, no months)
 create function conveyor.duration_recv(internal) returns conveyor.duration
-    immutable strict parallel safe language internal as 'interval_recv';
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', 'duration_recv_wrapper';
 
 create function conveyor.duration_send(conveyor.duration) returns bytea
     immutable strict parallel safe language internal as 'interval_send';

@@ -257,3 +257,51 @@ fn every_bad_call_is_refused_with_a_documented_sqlstate_and_writes_nothing() {
     drop(client);
     drop_db(&db);
 }
+
+/// An interval's binary form (microseconds, days, months), sent as a `conveyor.duration` as is:
+/// what a binary driver that maps the type sends.
+#[derive(Debug)]
+struct RawDuration(i64, i32, i32);
+
+impl postgres::types::ToSql for RawDuration {
+    fn to_sql(
+        &self,
+        _: &postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use bytes::BufMut;
+        out.put_i64(self.0);
+        out.put_i32(self.1);
+        out.put_i32(self.2);
+        Ok(postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &postgres::types::Type) -> bool {
+        ty.name() == "duration"
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+#[test]
+fn a_duration_sent_in_binary_obeys_the_rule_text_follows() {
+    let (db, mut client) = fresh_db("it_bad_binary");
+    let text = |c: &mut postgres::Client, d: RawDuration| {
+        c.query_one("select $1::conveyor.duration::text", &[&d]).map(|r| r.get::<_, String>(0))
+    };
+    assert_eq!(text(&mut client, RawDuration(90_000_000, 1, 0)).unwrap(), "1d 1m 30s");
+    for (bad, fragment) in [
+        (RawDuration(-1, 0, 0), "must not be negative"),
+        (RawDuration(0, -1, 0), "must not be negative"),
+        (RawDuration(0, 101 * 365, 0), "longer than 100 years"),
+        (RawDuration(0, 0, 1), "months have no fixed length"),
+    ] {
+        let shown = format!("{bad:?}");
+        let err = text(&mut client, bad).expect_err(&format!("accepted {shown}"));
+        let db_err = err.as_db_error().unwrap_or_else(|| panic!("{shown}: {err}"));
+        assert_eq!(db_err.code().code(), "22023", "{shown}: {}", db_err.message());
+        assert!(db_err.message().contains(fragment), "{shown}: {}", db_err.message());
+    }
+    drop(client);
+    drop_db(&db);
+}
