@@ -74,6 +74,9 @@ tc = sorted([r for r in rows if r.get("workload") == "tick_cost"], key=lambda r:
 if len(tc) >= 2:
     a, b = tc[0], tc[-1]
     print(f"| tick delivering {a['due']} due runs, {int(a['scheduled']):,} vs {int(b['scheduled']):,} not yet due | {a['ms']} ms vs {b['ms']} ms | independent of the not-due | {float(b['ms']) / max(float(a['ms']), 0.001):.2f}× |")
+ct = find("pg_conveyor", "counter_cost")
+if ct:
+    print(f"| monotonic counters (conveyor.counters): the delta row a batch-1 completion inserts, one connection | {ct['delta_us']} µs and {ct['delta_wal_bytes']} WAL bytes of a {ct['cycle_us']} µs, {ct['cycle_wal_bytes']}-byte claim + complete cycle; folding {ct['fold_us_per_delta']} µs per delta | no hot row: an insert, never an update | {ct['delta_share_pct']}% |")
 sz = find("pg_conveyor", "size")
 if sz:
     print(f"| {int(sz['runs']):,} runs processed and kept (retention 7d), autovacuum on | runs table {sz['table_mb']} MB + indexes {sz['index_mb']} MB, {int(sz['dead']):,} dead tuples | events {sz['events_mb']} MB, attempts {sz['attempts_mb']} MB | |")

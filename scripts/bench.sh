@@ -73,6 +73,8 @@ run bench_manual claim-cost --waiting $((BIG / 100)) --cycles 2000
 run bench_manual claim-cost --waiting "$BIG" --cycles 2000
 run bench_manual tick-cost --scheduled $((BIG / 100)) --due 1000
 run bench_manual tick-cost --scheduled "$BIG" --due 1000
+# what the monotonic counters add to a run: the delta row of a completion, and the fold
+run bench_manual counter-cost --cycles 5000
 run bench size --runs "$BIG" --workers 8 --batch 50
 run bench growth --runs $((BIG * 3)) --workers 8 --batch 50
 

@@ -367,6 +367,71 @@ fn claim_cost(waiting: u64, cycles: u64) {
     result("claim_cost", &[("waiting", waiting.to_string()), ("ms", format!("{per:.3}"))]);
 }
 
+/// What the monotonic counters (conveyor.counters) cost a run, on one connection: a batch-1
+/// claim+complete cycle in full, then the counters' own share of it, the delta row its
+/// completion inserts (the same statement, run inside one transaction so that no commit or round
+/// trip is counted), and the tick step that folds the deltas.
+fn counter_cost(cycles: u64) {
+    let mut client = connect();
+    reset(&mut client, "");
+    enqueue_backlog(&mut client, cycles, "");
+    let lsn = |c: &mut Client| -> i64 {
+        c.query_one("select (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint", &[]).unwrap().get(0)
+    };
+    let (wal_start, start) = (lsn(&mut client), Instant::now());
+    for _ in 0..cycles {
+        client
+            .execute(
+                "select conveyor.complete_run(c.run_id, c.lease_token) from conveyor.claim_runs('bench', 'one', 1) c",
+                &[],
+            )
+            .unwrap();
+    }
+    let cycle_us = start.elapsed().as_secs_f64() * 1e6 / cycles as f64;
+    let cycle_wal = (lsn(&mut client) - wal_start) as f64 / cycles as f64;
+    let deltas: i64 = client.query_one("select count(*) from conveyor._counter_deltas", &[]).unwrap().get(0);
+
+    // the delta insert alone, as _end_attempts runs it (one ended run of one task), n times in
+    // one transaction, rolled back
+    client.batch_execute("begin").unwrap();
+    let wal_start = lsn(&mut client);
+    let start = Instant::now();
+    client
+        .batch_execute(&format!(
+            "do $$ begin for i in 1..{cycles} loop
+                 insert into conveyor._counter_deltas (queue, task, counter, n)
+                 select u.queue, u.task, 'attempt.succeeded', count(*)
+                 from (values ('bench', 'bench.noop')) as u(queue, task)
+                 group by u.queue, u.task;
+             end loop; end $$"
+        ))
+        .unwrap();
+    let delta_us = start.elapsed().as_secs_f64() * 1e6 / cycles as f64;
+    let delta_wal = (lsn(&mut client) - wal_start) as f64 / cycles as f64;
+    client.batch_execute("rollback").unwrap();
+
+    let start = Instant::now();
+    let folded: i64 = client.query_one("select conveyor.tick_step('count')", &[]).unwrap().get(0);
+    let fold_us = start.elapsed().as_secs_f64() * 1e6 / folded.max(1) as f64;
+    assert_eq!(folded, deltas, "the fold took every delta");
+    let share = 100.0 * delta_us / cycle_us;
+    eprintln!(
+        "counter cost: a claim+complete cycle {cycle_us:.0} us and {cycle_wal:.0} WAL bytes; its delta row {delta_us:.1} us \
+         ({share:.1}%) and {delta_wal:.0} WAL bytes; folding {fold_us:.2} us per delta ({folded} deltas)"
+    );
+    result(
+        "counter_cost",
+        &[
+            ("cycle_us", format!("{cycle_us:.0}")),
+            ("cycle_wal_bytes", format!("{cycle_wal:.0}")),
+            ("delta_us", format!("{delta_us:.1}")),
+            ("delta_share_pct", format!("{share:.1}")),
+            ("delta_wal_bytes", format!("{delta_wal:.0}")),
+            ("fold_us_per_delta", format!("{fold_us:.2}")),
+        ],
+    );
+}
+
 fn tick_cost(scheduled: u64, due: u64) {
     let mut client = connect();
     reset(&mut client, "");
@@ -662,11 +727,12 @@ fn main() {
         "latency" => latency(arg("samples", 500)),
         "claim-cost" => claim_cost(arg("waiting", 10_000), arg("cycles", 2000)),
         "tick-cost" => tick_cost(arg("scheduled", 1_000_000), arg("due", 1000)),
+        "counter-cost" => counter_cost(arg("cycles", 5000)),
         "growth" => growth(arg("runs", 3_000_000), arg("workers", 8), arg("batch", 50)),
         "size" => size_after(arg("runs", 1_000_000), arg("workers", 8), arg("batch", 50)),
         "sustained" => sustained(arg("rate", 2000), arg("seconds", 300), arg("hold", 0) == 1),
         other => {
-            eprintln!("unknown workload {other:?}: enqueue-single, enqueue-batch, process, latency, claim-cost, tick-cost, growth, size, sustained");
+            eprintln!("unknown workload {other:?}: enqueue-single, enqueue-batch, process, latency, claim-cost, tick-cost, counter-cost, growth, size, sustained");
             std::process::exit(2);
         }
     }
