@@ -40,6 +40,64 @@ log = logging.getLogger("pg_conveyor")
 
 Handler = Callable[["Job"], Any]
 
+# the statements every worker runs (the sync one here, the asyncio one in aio.py)
+FINISH_AND_CLAIM = (f"select kind, status::text, {ClaimedRun.COLUMNS}"
+                    " from conveyor.finish_and_claim(%s, %s, %s, %s, %s, %s, %s)")
+FINISH_RUNS = "select status::text from conveyor.finish_runs(%s)"
+HEARTBEAT = "select conveyor.heartbeat(%s, %s, %s)"
+APPEND_LOG = "select conveyor.append_log(%s, %s, %s)"
+PENDING = "select conveyor.pending(%s)"
+LEASE_SECONDS = "select extract(epoch from %s::conveyor.duration::interval)::float8"
+
+#: an ending not sent yet: the run, its finish_runs item, what the handler did
+Pending = tuple[ClaimedRun, dict, str]
+
+
+def ending(run: ClaimedRun, result: Any = None, error: Optional[BaseException] = None) -> Pending:
+    """The finish_runs item for what a handler did: returned `result`, or raised `error`."""
+    if error is None and isinstance(result, (Release, Fail)):
+        error = result  # returned instead of raised: the same
+    if error is None:
+        return run, {"outcome": "succeeded", "result": result}, "succeeded"
+    if isinstance(error, Interrupted):
+        return run, {"outcome": "returned"}, "returned"
+    if isinstance(error, Cancelled):
+        return run, {"outcome": "failed", "message": "stopped: cancelled while running"}, "cancelled"
+    if isinstance(error, Release):
+        return run, {"outcome": "released", "delay": duration(error.delay), "reason": error.reason,
+                     "meta": error.meta}, "released"
+    if isinstance(error, Fail):
+        return run, {"outcome": "failed", "message": error.message, "meta": error.meta,
+                     "retryable": error.retryable}, "failed"
+    if isinstance(error, psycopg.Error) and error.sqlstate == STALE_LEASE:
+        return run, {"outcome": "returned"}, "stale"  # from job.heartbeat(): not ours any more
+    # a bug in a handler is a failed attempt, not a dead worker
+    return run, {"outcome": "failed", "message": f"{type(error).__name__}: {error}",
+                 "meta": {"exception": type(error).__name__}}, "failed"
+
+
+def unhandled(run: ClaimedRun) -> Pending:
+    return run, {"outcome": "failed", "message": f"no handler for task {run.task} in this worker",
+                 "retryable": False}, "failed"
+
+
+def send(pending: list[Pending]) -> tuple[Optional[Jsonb], list[tuple[ClaimedRun, str]]]:
+    """The finish_runs items of the pending endings, and what was sent, in order."""
+    items = [dict(item, run_id=run.run_id, lease_token=str(run.lease_token)) for run, item, _ in pending]
+    return (Jsonb(items) if items else None), [(run, outcome) for run, _, outcome in pending]
+
+
+def claim_args(worker, items) -> tuple:
+    return (items, ",".join(worker.queues), worker.name, worker.batch, worker.lease, worker.tasks,
+            worker.bind_session)
+
+
+def claimed(rows, sent) -> tuple[list[Finished], list[ClaimedRun]]:
+    """finish_and_claim's rows: the endings' reports (item order), then the claimed runs."""
+    statuses = [r[1] for r in rows if r[0] == "finished"]
+    return ([Finished(run, outcome, status) for (run, outcome), status in zip(sent, statuses)],
+            [ClaimedRun(*r[2:]) for r in rows if r[0] == "claimed"])
+
 
 class Job:
     """A claimed run as a handler sees it: the run's fields (`job.run`, and `job.payload`,
@@ -60,7 +118,7 @@ class Job:
         lease is stale."""
         self._worker._check_grace()
         (cancel,) = self._worker._conn.execute(
-            "select conveyor.heartbeat(%s, %s, %s)",
+            HEARTBEAT,
             (self.run.run_id, self.run.lease_token, duration(extend) if extend is not None else self._worker.lease),
         ).fetchone()
         self.heartbeats += 1
@@ -68,12 +126,11 @@ class Job:
 
     def log(self, text: str) -> None:
         """Append to the attempt's log (conveyor.attempt_logs)."""
-        self._worker._conn.execute("select conveyor.append_log(%s, %s, %s)",
-                                   (self.run.run_id, self.run.lease_token, text))
+        self._worker._conn.execute(APPEND_LOG, (self.run.run_id, self.run.lease_token, text))
 
 
-class Worker:
-    """Claims runs of `queues` (a list or comma-separated text) and runs their handlers.
+class WorkerBase:
+    """What the sync and the asyncio worker share: the settings, the handlers, stopping.
 
     conninfo: a libpq connection string ("" takes the PG* environment variables).
     batch: runs per claim. lease: each claimed run's lease (text like "30s", seconds, timedelta).
@@ -105,13 +162,8 @@ class Worker:
         self.handlers: dict[str, Handler] = {}
         self._stop_at: Optional[float] = None
         self._grace_over = False
-        self._wake_r, self._wake_w = os.pipe()  # stop() wakes an idle wait
-        self._pending: list[tuple[ClaimedRun, dict, str]] = []  # endings not yet sent
-        self._conn: Optional[psycopg.Connection] = None
-        self._listen: Optional[psycopg.Connection] = None
+        self._pending: list[Pending] = []  # endings not yet sent
         self._lease_seconds = 30.0
-
-    # --- registration ------------------------------------------------------------------------
 
     def task(self, name: str) -> Callable[[Handler], Handler]:
         """Decorator: register the function as the handler of task `name`."""
@@ -120,16 +172,17 @@ class Worker:
             return fn
         return register
 
-    # --- stopping ----------------------------------------------------------------------------
-
     def stop(self) -> None:
         """Stop claiming; the run in hand may finish within the grace period. A second call
-        ends the grace at once. Safe from any thread and from a signal handler."""
+        ends the grace at once."""
         if self._stop_at is None:
             self._stop_at = time.monotonic()
         else:
             self._grace_over = True
-        os.write(self._wake_w, b"x")
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake an idle wait (each worker its own way)."""
 
     @property
     def stopping(self) -> bool:
@@ -138,6 +191,45 @@ class Worker:
     def _check_grace(self) -> None:
         if self._stop_at is not None and (self._grace_over or time.monotonic() - self._stop_at >= self.grace):
             raise Interrupted()
+
+    def _on_signal(self, signum: int) -> None:
+        log.info("%s: %s (grace %gs)", self.name,
+                 "stopping" if not self.stopping else "no more grace", self.grace)
+        self.stop()
+
+    def _take(self) -> tuple[Optional[Jsonb], list[tuple[ClaimedRun, str]]]:
+        pending, self._pending = self._pending, []
+        return send(pending)
+
+    def _held_too_long(self, claimed_at: float) -> bool:
+        """A run held back behind others of its batch for a third of the lease: send what ended,
+        then extend its lease before it starts (heartbeats extend only the run they are for)."""
+        return time.monotonic() - claimed_at > self._lease_seconds / 3
+
+    def _cancelled_before_start(self, run: ClaimedRun) -> None:
+        self._pending.append((run, {"outcome": "failed", "message": "stopped: cancelled before it started"},
+                              "cancelled"))
+
+    def _report(self, finished: Finished) -> None:
+        if finished.status is None:
+            log.warning("run %s: stale lease, moving on (its %s was not recorded)", finished.run.run_id,
+                        finished.outcome)
+        if self.on_finished is not None:
+            self.on_finished(finished)
+
+
+class Worker(WorkerBase):
+    """Claims runs of `queues` (a list or comma-separated text) and runs their handlers, one at a
+    time, on one connection. The settings are WorkerBase's."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._wake_r, self._wake_w = os.pipe()  # stop() wakes an idle wait
+        self._conn: Optional[psycopg.Connection] = None
+        self._listen: Optional[psycopg.Connection] = None
+
+    def _wake(self) -> None:
+        os.write(self._wake_w, b"x")  # safe from any thread and from a signal handler
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -153,8 +245,7 @@ class Worker:
         self._conn = psycopg.connect(self.conninfo, autocommit=True, application_name=self.name,
                                      prepare_threshold=None if self.pooled else 5)
         try:
-            (self._lease_seconds,) = self._conn.execute(
-                "select extract(epoch from %s::conveyor.duration::interval)::float8", (self.lease,)).fetchone()
+            (self._lease_seconds,) = self._conn.execute(LEASE_SECONDS, (self.lease,)).fetchone()
             self._listen_start()
             log.info("%s claiming from %s (batch %d, lease %s)", self.name, ",".join(self.queues), self.batch, self.lease)
             while not self.stopping:
@@ -170,14 +261,9 @@ class Worker:
             self._flush()
         finally:
             self._conn.close()
-            if self._listen is not None:
+            if self._listen is not None and self._listen is not self._conn:
                 self._listen.close()
         log.info("%s stopped", self.name)
-
-    def _on_signal(self, signum: int) -> None:
-        log.info("%s: %s (grace %gs)", self.name,
-                 "stopping" if not self.stopping else "no more grace", self.grace)
-        self.stop()
 
     def _listen_start(self) -> None:
         if self.pooled and not self.listen_conninfo:
@@ -210,7 +296,7 @@ class Worker:
                     os.read(self._wake_r, 64)
 
     def _nothing_left(self) -> bool:
-        (n,) = self._conn.execute("select conveyor.pending(%s)", (",".join(self.queues),)).fetchone()
+        (n,) = self._conn.execute(PENDING, (",".join(self.queues),)).fetchone()
         return n == 0
 
     # --- one batch ---------------------------------------------------------------------------
@@ -221,8 +307,7 @@ class Worker:
                 # claimed, not started: give it back for another worker
                 self._pending.append((run, {"outcome": "returned"}, "returned"))
                 continue
-            if time.monotonic() - claimed_at > self._lease_seconds / 3:
-                # held back behind others of the batch: send what ended, then extend this lease
+            if self._held_too_long(claimed_at):
                 self._flush()
                 if not self._refresh(run):
                     continue
@@ -231,79 +316,37 @@ class Worker:
     def _refresh(self, run: ClaimedRun) -> bool:
         """Extend the lease of a run that waited behind others; False if it must not start."""
         try:
-            (cancel,) = self._conn.execute("select conveyor.heartbeat(%s, %s, %s)",
-                                           (run.run_id, run.lease_token, self.lease)).fetchone()
+            (cancel,) = self._conn.execute(HEARTBEAT, (run.run_id, run.lease_token, self.lease)).fetchone()
         except psycopg.Error as e:
             if e.sqlstate != STALE_LEASE:
                 raise
             self._report(Finished(run, "stale", None, e.diag.message_primary))
             return False
         if cancel:
-            self._pending.append((run, {"outcome": "failed", "message": "stopped: cancelled before it started"},
-                                  "cancelled"))
+            self._cancelled_before_start(run)
         return not cancel
 
-    def _run_one(self, job: Job) -> tuple[ClaimedRun, dict, str]:
-        """Call the handler; the ending item for finish_runs and what the handler did."""
+    def _run_one(self, job: Job) -> Pending:
         handler = self.handlers.get(job.run.task)
+        if handler is None:
+            return unhandled(job.run)
         try:
-            if handler is None:
-                raise Fail(f"no handler for task {job.run.task} in this worker", retryable=False)
-            result = handler(job)
-            if isinstance(result, (Release, Fail)):
-                raise result  # returned instead of raised: the same
-        except Interrupted:
-            return job.run, {"outcome": "returned"}, "returned"
-        except Cancelled:
-            return job.run, {"outcome": "failed", "message": "stopped: cancelled while running"}, "cancelled"
-        except Release as r:
-            return job.run, {"outcome": "released", "delay": duration(r.delay), "reason": r.reason,
-                             "meta": r.meta}, "released"
-        except Fail as f:
-            return job.run, {"outcome": "failed", "message": f.message, "meta": f.meta,
-                             "retryable": f.retryable}, "failed"
-        except psycopg.Error as e:
-            if e.sqlstate == STALE_LEASE:  # from job.heartbeat(): the run is not ours any more
-                return job.run, {"outcome": "returned"}, "stale"
-            return job.run, _failure(e), "failed"
-        except Exception as e:  # a bug in a handler is a failed attempt, not a dead worker
-            return job.run, _failure(e), "failed"
-        return job.run, {"outcome": "succeeded", "result": result}, "succeeded"
-
-    def _items(self) -> tuple[Optional[Jsonb], list[tuple[ClaimedRun, str]]]:
-        pending, self._pending = self._pending, []
-        items = [dict(item, run_id=run.run_id, lease_token=str(run.lease_token)) for run, item, _ in pending]
-        return (Jsonb(items) if items else None), [(run, outcome) for run, _, outcome in pending]
+            return ending(job.run, handler(job))
+        except Exception as e:  # noqa: BLE001 - every exception ends the attempt somehow
+            return ending(job.run, error=e)
 
     def _finish_and_claim(self) -> list[ClaimedRun]:
         """Send the pending endings and claim the next batch in one call (one transaction)."""
-        items, sent = self._items()
-        rows = self._conn.execute(
-            f"select kind, status::text, {ClaimedRun.COLUMNS}"
-            " from conveyor.finish_and_claim(%s, %s, %s, %s, %s, %s, %s)",
-            (items, ",".join(self.queues), self.name, self.batch, self.lease, self.tasks, self.bind_session),
-        ).fetchall()
-        finished = [r for r in rows if r[0] == "finished"]
-        for (run, outcome), row in zip(sent, finished):
-            self._report(Finished(run, outcome, row[1]))
-        return [ClaimedRun(*r[2:]) for r in rows if r[0] == "claimed"]
+        items, sent = self._take()
+        finished, runs = claimed(self._conn.execute(FINISH_AND_CLAIM, claim_args(self, items)).fetchall(), sent)
+        for f in finished:
+            self._report(f)
+        return runs
 
     def _flush(self) -> None:
         """Send the pending endings now (conveyor.finish_runs)."""
-        items, sent = self._items()
+        items, sent = self._take()
         if items is None:
             return
-        rows = self._conn.execute("select status::text from conveyor.finish_runs(%s)", (items,)).fetchall()
-        for (run, outcome), (status,) in zip(sent, rows):
+        for (run, outcome), (status,) in zip(sent, self._conn.execute(FINISH_RUNS, (items,)).fetchall()):
             self._report(Finished(run, outcome, status))
-
-    def _report(self, finished: Finished) -> None:
-        if finished.status is None:
-            log.warning("run %s: stale lease, moving on (its %s was not recorded)", finished.run.run_id,
-                        finished.outcome)
-        if self.on_finished is not None:
-            self.on_finished(finished)
-
-
-def _failure(e: BaseException) -> dict:
-    return {"outcome": "failed", "message": f"{type(e).__name__}: {e}", "meta": {"exception": type(e).__name__}}
