@@ -213,6 +213,16 @@ select pg_catalog.pg_extension_config_dump('conveyor._counters', '');
 create or replace function conveyor.duration_recv(internal) returns conveyor.duration
     immutable strict parallel safe language c as 'MODULE_PATHNAME', 'duration_recv_wrapper';
 
+-- Deduplication policies (issue 15): on an idempotency key that matches a live run, return it
+-- (as before), reject (CV009) or replace its payload; unique_for keeps a finished run's key
+-- deduplicating; debounce pushes a scheduled keyed run's start back, at most debounce_max.
+alter table conveyor.tasks add column on_duplicate text, add column unique_for interval,
+    add column debounce interval, add column debounce_max interval;
+-- unique_for: the finished runs of a key, newest first (only keyed runs, once finished)
+create index runs_finished_by_key on conveyor.runs (task, idempotency_key, finished_at)
+    where idempotency_key is not null and finished_at is not null;
+
+
 -- ============================================================================================
 -- sql/functions/rust.sql
 
@@ -321,6 +331,7 @@ values
     ('CV006', 'already_finished', 'cancel_run on a run that is already finished'),
     ('CV007', 'unknown_queue', 'unknown queue (producers do not create queues: an operator does)'),
     ('CV008', 'queue_in_use', 'drop_queue of a queue that tasks use or that holds unfinished runs'),
+    ('CV009', 'duplicate_run', 'enqueue with an idempotency key that matches a run of the task, under on_duplicate = reject (nothing written)'),
     ('CV010', 'invalid_configuration', 'invalid configuration (every problem listed, nothing applied)'),
     ('22023', 'invalid_parameter_value', 'invalid argument: payload not an object, priority out of 0-9, run_at and delay both, bad duration, bad queue name or topic'),
     ('22P02', 'invalid_text_representation', 'text that is not a ULID (or a lease token that is not a UUID)'),
@@ -431,6 +442,21 @@ as $$
 begin
     raise exception using errcode = 'CV008', message = format('queue "%s" is in use: %s', p_name, p_why),
         hint = 'move its tasks to another queue and let its runs finish (or cancel them) first';
+end
+$$;
+
+-- _raise_duplicate: CV009, an enqueue whose idempotency key matches a run of a task whose
+-- on_duplicate is reject.
+create or replace function conveyor._raise_duplicate(p_task text, p_key text, p_run_id conveyor.ulid, p_status conveyor.run_status)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    raise exception using errcode = 'CV009',
+        message = format('duplicate run: task "%s" already has run %s (%s) for idempotency key "%s"',
+                         p_task, p_run_id, p_status, p_key),
+        hint = 'the task''s on_duplicate is reject (return gives back the existing run; replace updates its payload)';
 end
 $$;
 
@@ -1100,7 +1126,10 @@ select
     coalesce(t.restart_max_delay, d.restart_max_delay) as restart_max_delay,
     -- the task's own only; null: the option of the queue the run is claimed from, else the
     -- defaults' (claim_runs resolves it per run; a claim's bind_session argument wins)
-    t.bind_session
+    t.bind_session,
+    -- deduplication on the idempotency key (_enqueue)
+    coalesce(t.on_duplicate, 'return') as on_duplicate,
+    t.unique_for, t.debounce, t.debounce_max
 from conveyor.tasks t
 cross join conveyor.defaults d;
 
@@ -1226,7 +1255,8 @@ begin
         name, kind, queue, enabled, version, options, priority, max_attempts, backoff, backoff_custom,
         delay, max_delay, jitter, timeout, lease, log_max_size, log_on_full, schedule, timezone,
         on_overlap, catch_up, next_fire_at, parallelism, payload, replicas, restart_delay,
-        restart_backoff, restart_max_delay, created_at, updated_at, bind_session
+        restart_backoff, restart_max_delay, created_at, updated_at, bind_session,
+        on_duplicate, unique_for, debounce, debounce_max
     ) values (
         p_name, p_kind, v_queue, coalesce((o ->> 'enabled')::boolean, v_old.enabled, true), v_version, o,
         (o ->> 'priority')::smallint,
@@ -1252,7 +1282,11 @@ begin
         o ->> 'restart_backoff',
         (o ->> 'restart_max_delay')::interval,
         v_now, v_now,
-        (o ->> 'bind_session')::boolean
+        (o ->> 'bind_session')::boolean,
+        o ->> 'on_duplicate',
+        (o ->> 'unique_for')::interval,
+        (o ->> 'debounce')::interval,
+        (o ->> 'debounce_max')::interval
     )
     on conflict (name) do update set
         queue = excluded.queue, enabled = excluded.enabled, version = excluded.version,
@@ -1266,6 +1300,8 @@ begin
         restart_delay = excluded.restart_delay, restart_backoff = excluded.restart_backoff,
         restart_max_delay = excluded.restart_max_delay, updated_at = excluded.updated_at,
         bind_session = excluded.bind_session,
+        on_duplicate = excluded.on_duplicate, unique_for = excluded.unique_for,
+        debounce = excluded.debounce, debounce_max = excluded.debounce_max,
         -- a cap that starts now starts from the runs delivered now
         active = case
             when excluded.parallelism is not null and t.parallelism is null then
@@ -1297,7 +1333,11 @@ create or replace function conveyor.define_task(
     timezone text default null,
     on_overlap text default null,
     parallelism integer default null,
-    options jsonb default null
+    options jsonb default null,
+    on_duplicate text default null,
+    unique_for text default null,
+    debounce text default null,
+    debounce_max text default null
 )
 returns integer
 language plpgsql
@@ -1310,7 +1350,8 @@ begin
         'queue', queue, 'max_attempts', max_attempts, 'retry_attempts', retry_attempts,
         'backoff', backoff, 'delay', delay, 'max_delay', max_delay, 'jitter', jitter,
         'timeout', timeout, 'priority', priority, 'schedule', schedule, 'timezone', timezone,
-        'on_overlap', on_overlap, 'parallelism', parallelism)));
+        'on_overlap', on_overlap, 'parallelism', parallelism, 'on_duplicate', on_duplicate,
+        'unique_for', unique_for, 'debounce', debounce, 'debounce_max', debounce_max)));
 end
 $$;
 
@@ -1604,8 +1645,14 @@ comment on function conveyor.apply_config is
 -- functions/enqueue.sql: producers create runs, in the caller's transaction (README: Producers).
 
 -- _enqueue: insert runs of one task (scheduled, or queued when due now with capacity free), one
--- statement for the whole batch. Returns each input's run id in input order; an idempotency key
--- that matches a live run returns that run's id and writes nothing.
+-- statement for the whole batch. Returns each input's run id in input order. An idempotency key
+-- that matches a live run of the task (or, with unique_for, one that finished less than
+-- unique_for ago) writes no run: under the task's on_duplicate, the existing run's id comes back
+-- (return), the whole call is refused with CV009 (reject), or a waiting existing run takes the
+-- new payload, the last of the call for its key (replace). With debounce, a keyed run starts
+-- debounce after the latest enqueue of its key (capped at debounce_max after its first) while it
+-- is still scheduled. The existing run is changed by guarded updates: concurrent producers of
+-- one key take turns on its row, and a run that started meanwhile is left alone.
 create or replace function conveyor._enqueue(
     p_task text, p_payloads jsonb[], p_run_at timestamptz, p_delay interval, p_priority integer,
     p_queue text, p_keys text[], p_parent conveyor.ulid
@@ -1626,6 +1673,9 @@ declare
     v_bad integer;
     v_ids conveyor.ulid[];
     v_problem text;
+    v_dup record;
+    v_dup_n integer[];
+    v_dup_run conveyor.ulid[];
 begin
     -- the task, and whether its queue exists and is bounded (or the task capped), in one look-up
     select c.*, q.name as queue_found, (q.concurrency is not null or c.parallelism is not null) as limited
@@ -1685,12 +1735,23 @@ begin
             'queues are created by an operator: conveyor.set_queue(name), define_task(queue => ...) or apply_config');
     end if;
     v_due := coalesce(p_run_at, v_now + p_delay, v_now);
+    if p_keys is not null and v_task.debounce is not null then
+        -- a debounced key's run waits for the enqueues that may follow
+        v_due := greatest(v_due, v_now + least(v_task.debounce, coalesce(v_task.debounce_max, v_task.debounce)));
+    end if;
     if v_due <= v_now then
         v_free := case when v_task.limited is not false then conveyor._free_capacity(v_queue, p_task, v_n) else v_n end;
     end if;
 
     with input as (
-        select i.n::integer as n, i.p, i.k, conveyor.ulid_generate() as new_id
+        select i.n::integer as n, i.p, i.k, conveyor.ulid_generate() as new_id,
+               -- unique_for: a run of this key that finished within the window stands for it
+               case when i.k is not null and v_task.unique_for is not null then (
+                   select f.id from conveyor.runs f
+                   where f.task = p_task and f.idempotency_key = i.k and f.finished_at is not null
+                     and f.finished_at > v_now - v_task.unique_for
+                   order by f.finished_at desc
+                   limit 1) end as recent
         from unnest(p_payloads, p_keys) with ordinality as i(p, k, n)
     ),
     inserted as (
@@ -1700,6 +1761,7 @@ begin
                case when i.n <= v_free then 'queued' else 'scheduled' end::conveyor.run_status,
                coalesce(p_priority, v_task.priority), v_due, i.p, v_now, v_task.version, i.k, p_parent
         from input i
+        where i.recent is null
         order by i.n
         on conflict (task, idempotency_key)
             where idempotency_key is not null and conveyor._live(status)
@@ -1715,18 +1777,56 @@ begin
         return query select i.n::integer, i.id from unnest(v_ids) with ordinality as i(id, n);
         return;
     end if;
-    -- keys that matched a live run: that run's id (a fresh statement sees runs committed since)
-    return query
-    select i.n::integer, coalesce(v_ids[i.n], (
+    if v_task.on_duplicate = 'return' and v_task.debounce is null and v_task.unique_for is null then
+        -- keys that matched a live run: that run's id (a fresh statement sees runs committed since)
+        return query
+        select i.n::integer, coalesce(v_ids[i.n], (
+            select r.id from conveyor.runs r
+            where r.task = p_task and r.idempotency_key = i.k
+              and conveyor._live(r.status)))
+        from unnest(p_keys) with ordinality as i(k, n)
+        order by 1;
+        return;
+    end if;
+
+    -- a policy: the existing run of each key that wrote none (live, else the recent finished
+    -- one). Not locked here: only the updates below lock, and only runs that wait (a worker
+    -- finishing a running one never waits for a producer); the last input of the call for a
+    -- key is the one that counts
+    select array_agg(i.n order by i.n), array_agg(e.id order by i.n)
+    into v_dup_n, v_dup_run
+    from unnest(p_keys) with ordinality as i(k, n)
+    cross join lateral (
         select r.id from conveyor.runs r
         where r.task = p_task and r.idempotency_key = i.k
-          and conveyor._live(r.status)))
-    from unnest(p_keys) with ordinality as i(k, n)
-    where v_ids[i.n] is null
-    union all
-    select i.n::integer, v_ids[i.n]
-    from generate_subscripts(v_ids, 1) as i(n)
-    where v_ids[i.n] is not null
+          and (conveyor._live(r.status) or r.finished_at > v_now - v_task.unique_for)
+        order by conveyor._live(r.status) desc, r.finished_at desc nulls first
+        limit 1) e
+    where v_ids[i.n] is null and i.k is not null;
+
+    if v_dup_n is not null and v_task.on_duplicate = 'reject' then
+        select r.id, r.status into v_dup from conveyor.runs r where r.id = v_dup_run[1];
+        perform conveyor._raise_duplicate(p_task, p_keys[v_dup_n[1]], v_dup.id, v_dup.status);
+    end if;
+    if v_dup_n is not null and v_task.on_duplicate = 'replace' then
+        -- latest wins, while the run waits (a running attempt keeps what it started with)
+        update conveyor.runs r set payload = d.p
+        from (select distinct on (x.run_id) x.run_id, p_payloads[x.n] as p
+              from unnest(v_dup_n, v_dup_run) as x(n, run_id)
+              order by x.run_id, x.n desc) d
+        where r.id = d.run_id and r.status in ('scheduled', 'queued', 'retrying', 'released');
+    end if;
+    if v_dup_n is not null and v_task.debounce is not null then
+        -- each enqueue of the key restarts the wait of its scheduled run, up to debounce_max
+        -- after the run's first enqueue
+        update conveyor.runs r
+        set run_at = least(greatest(r.run_at, v_now + v_task.debounce),
+                           coalesce(r.created_at + v_task.debounce_max, 'infinity'))
+        where r.id = any(v_dup_run) and r.status = 'scheduled';
+    end if;
+    return query
+    select i.n::integer, coalesce(v_ids[i.n], v_dup_run[array_position(v_dup_n, i.n)])
+    from generate_series(1, v_n) as i(n)
     order by 1;
 end
 $$;
@@ -4133,7 +4233,7 @@ grant select on all tables in schema conveyor to conveyor_admin;
 
 grant execute on function
     conveyor.define_task(text, text, integer, integer, text, text, text, text, text, integer, text, text, text,
-                         integer, jsonb),
+                         integer, jsonb, text, text, text, text),
     conveyor.define_service(text, integer, text, text, text, text, jsonb, jsonb),
     conveyor.disable_task(text), conveyor.enable_task(text),
     conveyor.set_queue(text, integer, boolean, boolean, boolean, boolean),

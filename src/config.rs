@@ -134,6 +134,10 @@ pub static OPTIONS: &[OptionDef] = &[
     OptionDef { name: "paused", kinds: &[Q], value: Takes::Boolean, default: Some("false"), meaning: "claims return nothing, tick delivers nothing into it" },
     OptionDef { name: "notify", kinds: &[Q], value: Takes::Boolean, default: Some("true"), meaning: "wakeups on conveyor.<queue> when runs become claimable" },
     OptionDef { name: "delivery_outbox", kinds: &[Q], value: Takes::Boolean, default: Some("false"), meaning: "an outbox row (topic conveyor.delivery) for every run that becomes claimable" },
+    OptionDef { name: "on_duplicate", kinds: &[T], value: Takes::Choice(&["return", "reject", "replace"]), default: Some("return"), meaning: "an enqueue whose idempotency key matches a live run of the task (or one finished within unique_for): return that run, reject (CV009), or replace its payload while it waits (latest wins)" },
+    OptionDef { name: "unique_for", kinds: &[T], value: Takes::Duration { positive: true }, default: None, meaning: "an idempotency key keeps deduplicating for this long after its run finished" },
+    OptionDef { name: "debounce", kinds: &[T], value: Takes::Duration { positive: true }, default: None, meaning: "a keyed run starts this long after the latest enqueue with its key: each one pushes a scheduled run's start back" },
+    OptionDef { name: "debounce_max", kinds: &[T], value: Takes::Duration { positive: true }, default: None, meaning: "a debounced run starts at the latest this long after its first enqueue (at least debounce)" },
     OptionDef { name: "bind_session", kinds: &[T, S, Q, D], value: Takes::Boolean, default: Some("false"), meaning: "claims bind runs to the claiming session: tick ends them as crashed as soon as it is gone, not at lease expiry (wrong behind a transaction pooler; a claim's bind_session argument wins, then the task's, the claimed-from queue's, the defaults')" },
 ];
 
@@ -417,6 +421,22 @@ impl<'a> Checker<'a> {
         self.boolean("catch_up");
     }
 
+    /// debounce, and its cap debounce_max (at least debounce; only with debounce).
+    fn debounce(&mut self) {
+        let wait = self.duration("debounce", "debounce", true);
+        let cap = self.duration("debounce_max", "debounce_max", true);
+        match (wait, cap) {
+            (Some(d), Some(m)) if m < d => self.problem(
+                "debounce_max",
+                format!("must be at least debounce ({} < {})", duration::format(m), duration::format(d)),
+            ),
+            (None, Some(_)) if self.get("debounce").is_none() => {
+                self.problem("debounce_max", "only applies with debounce (the wait each enqueue restarts)")
+            }
+            _ => {}
+        }
+    }
+
     fn payload(&mut self) {
         if let Some(value) = self.get("payload") {
             if value.is_object() {
@@ -482,6 +502,8 @@ pub fn check(kind: Kind, name: &str, options: &Value) -> Result<Map<String, Valu
             ("retry_attempts" | "backoff" | "delays" | "delay" | "max_delay" | "jitter", _) => {}
             ("schedule", _) => c.schedule(),
             ("timezone" | "on_overlap" | "catch_up", _) => {}
+            ("debounce", _) => c.debounce(),
+            ("debounce_max", _) => {}
             (name, Takes::Duration { positive }) => {
                 c.duration(name, name, positive);
             }

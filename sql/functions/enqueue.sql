@@ -1,8 +1,14 @@
 -- functions/enqueue.sql: producers create runs, in the caller's transaction (README: Producers).
 
 -- _enqueue: insert runs of one task (scheduled, or queued when due now with capacity free), one
--- statement for the whole batch. Returns each input's run id in input order; an idempotency key
--- that matches a live run returns that run's id and writes nothing.
+-- statement for the whole batch. Returns each input's run id in input order. An idempotency key
+-- that matches a live run of the task (or, with unique_for, one that finished less than
+-- unique_for ago) writes no run: under the task's on_duplicate, the existing run's id comes back
+-- (return), the whole call is refused with CV009 (reject), or a waiting existing run takes the
+-- new payload, the last of the call for its key (replace). With debounce, a keyed run starts
+-- debounce after the latest enqueue of its key (capped at debounce_max after its first) while it
+-- is still scheduled. The existing run is changed by guarded updates: concurrent producers of
+-- one key take turns on its row, and a run that started meanwhile is left alone.
 create or replace function conveyor._enqueue(
     p_task text, p_payloads jsonb[], p_run_at timestamptz, p_delay interval, p_priority integer,
     p_queue text, p_keys text[], p_parent conveyor.ulid
@@ -23,6 +29,9 @@ declare
     v_bad integer;
     v_ids conveyor.ulid[];
     v_problem text;
+    v_dup record;
+    v_dup_n integer[];
+    v_dup_run conveyor.ulid[];
 begin
     -- the task, and whether its queue exists and is bounded (or the task capped), in one look-up
     select c.*, q.name as queue_found, (q.concurrency is not null or c.parallelism is not null) as limited
@@ -82,12 +91,23 @@ begin
             'queues are created by an operator: conveyor.set_queue(name), define_task(queue => ...) or apply_config');
     end if;
     v_due := coalesce(p_run_at, v_now + p_delay, v_now);
+    if p_keys is not null and v_task.debounce is not null then
+        -- a debounced key's run waits for the enqueues that may follow
+        v_due := greatest(v_due, v_now + least(v_task.debounce, coalesce(v_task.debounce_max, v_task.debounce)));
+    end if;
     if v_due <= v_now then
         v_free := case when v_task.limited is not false then conveyor._free_capacity(v_queue, p_task, v_n) else v_n end;
     end if;
 
     with input as (
-        select i.n::integer as n, i.p, i.k, conveyor.ulid_generate() as new_id
+        select i.n::integer as n, i.p, i.k, conveyor.ulid_generate() as new_id,
+               -- unique_for: a run of this key that finished within the window stands for it
+               case when i.k is not null and v_task.unique_for is not null then (
+                   select f.id from conveyor.runs f
+                   where f.task = p_task and f.idempotency_key = i.k and f.finished_at is not null
+                     and f.finished_at > v_now - v_task.unique_for
+                   order by f.finished_at desc
+                   limit 1) end as recent
         from unnest(p_payloads, p_keys) with ordinality as i(p, k, n)
     ),
     inserted as (
@@ -97,6 +117,7 @@ begin
                case when i.n <= v_free then 'queued' else 'scheduled' end::conveyor.run_status,
                coalesce(p_priority, v_task.priority), v_due, i.p, v_now, v_task.version, i.k, p_parent
         from input i
+        where i.recent is null
         order by i.n
         on conflict (task, idempotency_key)
             where idempotency_key is not null and conveyor._live(status)
@@ -112,18 +133,56 @@ begin
         return query select i.n::integer, i.id from unnest(v_ids) with ordinality as i(id, n);
         return;
     end if;
-    -- keys that matched a live run: that run's id (a fresh statement sees runs committed since)
-    return query
-    select i.n::integer, coalesce(v_ids[i.n], (
+    if v_task.on_duplicate = 'return' and v_task.debounce is null and v_task.unique_for is null then
+        -- keys that matched a live run: that run's id (a fresh statement sees runs committed since)
+        return query
+        select i.n::integer, coalesce(v_ids[i.n], (
+            select r.id from conveyor.runs r
+            where r.task = p_task and r.idempotency_key = i.k
+              and conveyor._live(r.status)))
+        from unnest(p_keys) with ordinality as i(k, n)
+        order by 1;
+        return;
+    end if;
+
+    -- a policy: the existing run of each key that wrote none (live, else the recent finished
+    -- one). Not locked here: only the updates below lock, and only runs that wait (a worker
+    -- finishing a running one never waits for a producer); the last input of the call for a
+    -- key is the one that counts
+    select array_agg(i.n order by i.n), array_agg(e.id order by i.n)
+    into v_dup_n, v_dup_run
+    from unnest(p_keys) with ordinality as i(k, n)
+    cross join lateral (
         select r.id from conveyor.runs r
         where r.task = p_task and r.idempotency_key = i.k
-          and conveyor._live(r.status)))
-    from unnest(p_keys) with ordinality as i(k, n)
-    where v_ids[i.n] is null
-    union all
-    select i.n::integer, v_ids[i.n]
-    from generate_subscripts(v_ids, 1) as i(n)
-    where v_ids[i.n] is not null
+          and (conveyor._live(r.status) or r.finished_at > v_now - v_task.unique_for)
+        order by conveyor._live(r.status) desc, r.finished_at desc nulls first
+        limit 1) e
+    where v_ids[i.n] is null and i.k is not null;
+
+    if v_dup_n is not null and v_task.on_duplicate = 'reject' then
+        select r.id, r.status into v_dup from conveyor.runs r where r.id = v_dup_run[1];
+        perform conveyor._raise_duplicate(p_task, p_keys[v_dup_n[1]], v_dup.id, v_dup.status);
+    end if;
+    if v_dup_n is not null and v_task.on_duplicate = 'replace' then
+        -- latest wins, while the run waits (a running attempt keeps what it started with)
+        update conveyor.runs r set payload = d.p
+        from (select distinct on (x.run_id) x.run_id, p_payloads[x.n] as p
+              from unnest(v_dup_n, v_dup_run) as x(n, run_id)
+              order by x.run_id, x.n desc) d
+        where r.id = d.run_id and r.status in ('scheduled', 'queued', 'retrying', 'released');
+    end if;
+    if v_dup_n is not null and v_task.debounce is not null then
+        -- each enqueue of the key restarts the wait of its scheduled run, up to debounce_max
+        -- after the run's first enqueue
+        update conveyor.runs r
+        set run_at = least(greatest(r.run_at, v_now + v_task.debounce),
+                           coalesce(r.created_at + v_task.debounce_max, 'infinity'))
+        where r.id = any(v_dup_run) and r.status = 'scheduled';
+    end if;
+    return query
+    select i.n::integer, coalesce(v_ids[i.n], v_dup_run[array_position(v_dup_n, i.n)])
+    from generate_series(1, v_n) as i(n)
     order by 1;
 end
 $$;

@@ -15,6 +15,7 @@ values
     ('CV006', 'already_finished', 'cancel_run on a run that is already finished'),
     ('CV007', 'unknown_queue', 'unknown queue (producers do not create queues: an operator does)'),
     ('CV008', 'queue_in_use', 'drop_queue of a queue that tasks use or that holds unfinished runs'),
+    ('CV009', 'duplicate_run', 'enqueue with an idempotency key that matches a run of the task, under on_duplicate = reject (nothing written)'),
     ('CV010', 'invalid_configuration', 'invalid configuration (every problem listed, nothing applied)'),
     ('22023', 'invalid_parameter_value', 'invalid argument: payload not an object, priority out of 0-9, run_at and delay both, bad duration, bad queue name or topic'),
     ('22P02', 'invalid_text_representation', 'text that is not a ULID (or a lease token that is not a UUID)'),
@@ -125,6 +126,21 @@ as $$
 begin
     raise exception using errcode = 'CV008', message = format('queue "%s" is in use: %s', p_name, p_why),
         hint = 'move its tasks to another queue and let its runs finish (or cancel them) first';
+end
+$$;
+
+-- _raise_duplicate: CV009, an enqueue whose idempotency key matches a run of a task whose
+-- on_duplicate is reject.
+create or replace function conveyor._raise_duplicate(p_task text, p_key text, p_run_id conveyor.ulid, p_status conveyor.run_status)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    raise exception using errcode = 'CV009',
+        message = format('duplicate run: task "%s" already has run %s (%s) for idempotency key "%s"',
+                         p_task, p_run_id, p_status, p_key),
+        hint = 'the task''s on_duplicate is reject (return gives back the existing run; replace updates its payload)';
 end
 $$;
 

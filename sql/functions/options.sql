@@ -57,7 +57,10 @@ select
     coalesce(t.restart_max_delay, d.restart_max_delay) as restart_max_delay,
     -- the task's own only; null: the option of the queue the run is claimed from, else the
     -- defaults' (claim_runs resolves it per run; a claim's bind_session argument wins)
-    t.bind_session
+    t.bind_session,
+    -- deduplication on the idempotency key (_enqueue)
+    coalesce(t.on_duplicate, 'return') as on_duplicate,
+    t.unique_for, t.debounce, t.debounce_max
 from conveyor.tasks t
 cross join conveyor.defaults d;
 
@@ -183,7 +186,8 @@ begin
         name, kind, queue, enabled, version, options, priority, max_attempts, backoff, backoff_custom,
         delay, max_delay, jitter, timeout, lease, log_max_size, log_on_full, schedule, timezone,
         on_overlap, catch_up, next_fire_at, parallelism, payload, replicas, restart_delay,
-        restart_backoff, restart_max_delay, created_at, updated_at, bind_session
+        restart_backoff, restart_max_delay, created_at, updated_at, bind_session,
+        on_duplicate, unique_for, debounce, debounce_max
     ) values (
         p_name, p_kind, v_queue, coalesce((o ->> 'enabled')::boolean, v_old.enabled, true), v_version, o,
         (o ->> 'priority')::smallint,
@@ -209,7 +213,11 @@ begin
         o ->> 'restart_backoff',
         (o ->> 'restart_max_delay')::interval,
         v_now, v_now,
-        (o ->> 'bind_session')::boolean
+        (o ->> 'bind_session')::boolean,
+        o ->> 'on_duplicate',
+        (o ->> 'unique_for')::interval,
+        (o ->> 'debounce')::interval,
+        (o ->> 'debounce_max')::interval
     )
     on conflict (name) do update set
         queue = excluded.queue, enabled = excluded.enabled, version = excluded.version,
@@ -223,6 +231,8 @@ begin
         restart_delay = excluded.restart_delay, restart_backoff = excluded.restart_backoff,
         restart_max_delay = excluded.restart_max_delay, updated_at = excluded.updated_at,
         bind_session = excluded.bind_session,
+        on_duplicate = excluded.on_duplicate, unique_for = excluded.unique_for,
+        debounce = excluded.debounce, debounce_max = excluded.debounce_max,
         -- a cap that starts now starts from the runs delivered now
         active = case
             when excluded.parallelism is not null and t.parallelism is null then
@@ -254,7 +264,11 @@ create or replace function conveyor.define_task(
     timezone text default null,
     on_overlap text default null,
     parallelism integer default null,
-    options jsonb default null
+    options jsonb default null,
+    on_duplicate text default null,
+    unique_for text default null,
+    debounce text default null,
+    debounce_max text default null
 )
 returns integer
 language plpgsql
@@ -267,7 +281,8 @@ begin
         'queue', queue, 'max_attempts', max_attempts, 'retry_attempts', retry_attempts,
         'backoff', backoff, 'delay', delay, 'max_delay', max_delay, 'jitter', jitter,
         'timeout', timeout, 'priority', priority, 'schedule', schedule, 'timezone', timezone,
-        'on_overlap', on_overlap, 'parallelism', parallelism)));
+        'on_overlap', on_overlap, 'parallelism', parallelism, 'on_duplicate', on_duplicate,
+        'unique_for', unique_for, 'debounce', debounce, 'debounce_max', debounce_max)));
 end
 $$;
 

@@ -199,3 +199,13 @@ select pg_catalog.pg_extension_config_dump('conveyor._counters', '');
 -- input refuses (a negative duration, 1000 years, months); it is held to the same rule now.
 create or replace function conveyor.duration_recv(internal) returns conveyor.duration
     immutable strict parallel safe language c as 'MODULE_PATHNAME', 'duration_recv_wrapper';
+
+-- Deduplication policies (issue 15): on an idempotency key that matches a live run, return it
+-- (as before), reject (CV009) or replace its payload; unique_for keeps a finished run's key
+-- deduplicating; debounce pushes a scheduled keyed run's start back, at most debounce_max.
+alter table conveyor.tasks add column on_duplicate text, add column unique_for interval,
+    add column debounce interval, add column debounce_max interval;
+-- unique_for: the finished runs of a key, newest first (only keyed runs, once finished)
+create index runs_finished_by_key on conveyor.runs (task, idempotency_key, finished_at)
+    where idempotency_key is not null and finished_at is not null;
+

@@ -93,6 +93,13 @@ create table conveyor.tasks (
     updated_at timestamptz not null default now(),
     -- (0.2.0) the bind_session default of this task's claims (null: that of the queue a run is claimed from, then the defaults')
     bind_session boolean,
+    -- (0.2.0) deduplication on the idempotency key (null: return the existing run), how long a
+    -- finished run's key still deduplicates, and debounce (each keyed enqueue pushes a scheduled
+    -- run's start back, at most debounce_max after its first)
+    on_duplicate text,
+    unique_for interval,
+    debounce interval,
+    debounce_max interval,
     constraint tasks_kind check (kind in ('task', 'service')),
     constraint tasks_service_has_replicas check ((kind = 'service') = (replicas is not null)),
     constraint tasks_active_not_negative check (active >= 0),
@@ -187,6 +194,10 @@ create index runs_finished on conveyor.runs (finished_at) where finished_at is n
 -- one live run per idempotency key and task (race-free under concurrent enqueues)
 create unique index runs_idempotency on conveyor.runs (task, idempotency_key)
     where idempotency_key is not null and status not in ('succeeded', 'failed', 'cancelled', 'skipped');
+
+-- (0.2.0) unique_for: the finished runs of a key, newest first (only keyed runs, once finished)
+create index runs_finished_by_key on conveyor.runs (task, idempotency_key, finished_at)
+    where idempotency_key is not null and finished_at is not null;
 
 -- cron: exactly one run per task and firing
 create unique index runs_cron_firing on conveyor.runs (task, fire_at) where fire_at is not null;
