@@ -192,6 +192,8 @@ create table conveyor._counter_deltas (
     n bigint not null
 );
 comment on table conveyor._counter_deltas is 'counter increments not yet folded into conveyor._counters by the tick step count';
+-- no key of its own: the fold's deletes carry the whole row (a FOR ALL TABLES publication needs it)
+alter table conveyor._counter_deltas replica identity full;
 
 create table conveyor._counters (
     queue text not null,
@@ -3463,7 +3465,10 @@ $$;
 -- tick's source's rows (_tick_source). The delete and the additions commit together, so
 -- conveyor.counters (totals + deltas) never counts a delta twice or loses one. Deltas another
 -- tick is folding are skipped (SKIP LOCKED); a delta is a few dozen bytes, so one step folds up
--- to 50 times the tick batch. Returns the number of delta rows folded.
+-- to 50 times the tick batch. The totals rows are this source's: the worker's are written by
+-- the worker alone; two ticks by hand at once add to the same rows in key order (no deadlock),
+-- and one left open holds them, so that another by hand fails this step after lock_timeout
+-- (tick() runs it in a subtransaction: its other steps go on). Returns the delta rows folded.
 create or replace function conveyor._fold_counters(p_limit integer)
 returns bigint
 language plpgsql
@@ -3485,6 +3490,7 @@ begin
         select t.queue, t.task, t.counter, conveyor._tick_source(), sum(t.n)
         from taken t
         group by t.queue, t.task, t.counter
+        order by t.queue, t.task, t.counter
         on conflict (queue, task, counter, source) do update set n = c.n + excluded.n
     )
     select count(*) into v_folded from taken;
@@ -3841,8 +3847,15 @@ begin
     perform conveyor._tick_note('flush', p_runs => 1, p_changed => flushed);
     pruned := conveyor._prune(v_now, v_limit);
     perform conveyor._tick_note('prune', p_runs => 1, p_changed => pruned);
-    counted := conveyor._fold_counters(v_limit);
-    perform conveyor._tick_note('count', p_runs => 1, p_changed => counted);
+    begin
+        -- a tick by hand left open holds the manual totals rows: this step then gives up after
+        -- lock_timeout, alone, and the counters wait in their deltas for a later tick
+        counted := conveyor._fold_counters(v_limit);
+        perform conveyor._tick_note('count', p_runs => 1, p_changed => counted);
+    exception when lock_not_available or deadlock_detected then
+        counted := -1;
+        perform conveyor._tick_note('count', p_runs => 1, p_failures => 1, p_error => sqlstate || ': ' || left(sqlerrm, 500));
+    end;
 end
 $$;
 

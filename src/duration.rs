@@ -227,8 +227,9 @@ fn duration_from_interval(value: Interval) -> Interval {
 }
 
 /// SQL: conveyor.duration's binary input. Reads an interval's wire form (as interval_recv
-/// does: microseconds, days, months) and holds it to the rule every duration follows, so a
-/// binary driver cannot send what text input refuses.
+/// does: microseconds, days, months), holds it to the rule every duration follows (0 to 100
+/// years, no months) and stores it as text input does: all in microseconds, days 0 (a day field
+/// would follow the session's time zone across a DST change in `now() + lease`).
 #[pg_extern(immutable, strict, parallel_safe, sql = false)]
 fn duration_recv(buf: pgrx::datum::Internal) -> Interval {
     let buf = buf.unwrap().expect("strict: the buffer is not null").cast_mut_ptr::<pg_sys::StringInfoData>();
@@ -237,11 +238,18 @@ fn duration_recv(buf: pgrx::datum::Internal) -> Interval {
     let (micros, days, months) = unsafe {
         (pg_sys::pq_getmsgint64(buf), pg_sys::pq_getmsgint(buf, 4) as i32, pg_sys::pq_getmsgint(buf, 4) as i32)
     };
-    let value = Interval::new(months, days, micros).unwrap_or_else(|e| {
-        Error::InvalidDuration { input: format!("{months} months {days} days {micros} us"), reason: e.to_string() }
-            .raise()
-    });
-    duration_from_interval(value)
+    let input = format!("{months} months {days} days {micros} us");
+    if months != 0 {
+        let reason = "months have no fixed length: give days (30d) instead".to_string();
+        Error::InvalidDuration { input, reason }.raise();
+    }
+    let total = micros as i128 + days as i128 * US_PER_DAY as i128;
+    let checked =
+        i64::try_from(total).map_err(|_| if total < 0 { "must not be negative" } else { "longer than 100 years" });
+    match checked.and_then(check_range) {
+        Ok(us) => Interval::from_micros(us),
+        Err(reason) => Error::InvalidDuration { input, reason: reason.to_string() }.raise(),
+    }
 }
 
 /// Parse text a worker sent (a release delay): NULL instead of an error when it is not a

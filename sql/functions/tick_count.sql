@@ -5,7 +5,10 @@
 -- tick's source's rows (_tick_source). The delete and the additions commit together, so
 -- conveyor.counters (totals + deltas) never counts a delta twice or loses one. Deltas another
 -- tick is folding are skipped (SKIP LOCKED); a delta is a few dozen bytes, so one step folds up
--- to 50 times the tick batch. Returns the number of delta rows folded.
+-- to 50 times the tick batch. The totals rows are this source's: the worker's are written by
+-- the worker alone; two ticks by hand at once add to the same rows in key order (no deadlock),
+-- and one left open holds them, so that another by hand fails this step after lock_timeout
+-- (tick() runs it in a subtransaction: its other steps go on). Returns the delta rows folded.
 create or replace function conveyor._fold_counters(p_limit integer)
 returns bigint
 language plpgsql
@@ -27,6 +30,7 @@ begin
         select t.queue, t.task, t.counter, conveyor._tick_source(), sum(t.n)
         from taken t
         group by t.queue, t.task, t.counter
+        order by t.queue, t.task, t.counter
         on conflict (queue, task, counter, source) do update set n = c.n + excluded.n
     )
     select count(*) into v_folded from taken;

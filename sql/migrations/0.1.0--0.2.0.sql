@@ -179,6 +179,8 @@ create table conveyor._counter_deltas (
     n bigint not null
 );
 comment on table conveyor._counter_deltas is 'counter increments not yet folded into conveyor._counters by the tick step count';
+-- no key of its own: the fold's deletes carry the whole row (a FOR ALL TABLES publication needs it)
+alter table conveyor._counter_deltas replica identity full;
 
 create table conveyor._counters (
     queue text not null,

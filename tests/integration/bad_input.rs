@@ -290,11 +290,20 @@ fn a_duration_sent_in_binary_obeys_the_rule_text_follows() {
         c.query_one("select $1::conveyor.duration::text", &[&d]).map(|r| r.get::<_, String>(0))
     };
     assert_eq!(text(&mut client, RawDuration(90_000_000, 1, 0)).unwrap(), "1d 1m 30s");
+    // stored as text input stores it: all in microseconds (a day field would follow the time zone)
+    let days: i32 = client
+        .query_one("select extract(day from $1::conveyor.duration::interval)::int", &[&RawDuration(0, 2, 0)])
+        .unwrap()
+        .get(0);
+    assert_eq!(days, 0, "2 days are kept as 48 hours");
+    assert_eq!(text(&mut client, RawDuration(48 * 3_600_000_000, -1, 0)).unwrap(), "1d");
     for (bad, fragment) in [
         (RawDuration(-1, 0, 0), "must not be negative"),
         (RawDuration(0, -1, 0), "must not be negative"),
         (RawDuration(0, 101 * 365, 0), "longer than 100 years"),
         (RawDuration(0, 0, 1), "months have no fixed length"),
+        (RawDuration(0, i32::MIN, 0), "must not be negative"),
+        (RawDuration(i64::MAX, i32::MAX, 0), "longer than 100 years"),
     ] {
         let shown = format!("{bad:?}");
         let err = text(&mut client, bad).expect_err(&format!("accepted {shown}"));
