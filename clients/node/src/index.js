@@ -2,11 +2,11 @@
 // PostgreSQL, on node-postgres (pg). Types: index.d.ts.
 //
 // Producers enqueue on their own client, inside their own transaction (enqueue, enqueueMany).
-// Workers register a handler per task and run: every ending of a batch goes with the next claim
-// in one conveyor.finish_and_claim call (one transaction per cycle), unless the batch has been in
-// hand for a third of the lease: then the endings so far go at once (conveyor.finish_runs) and
-// the next run's lease is extended before it starts. A stale lease (SQLSTATE CV001) is logged,
-// reported with status null, and the worker goes on.
+// Workers register a handler per task and run: a batch's runs are worked one at a time, the
+// ending of its last run goes with the next claim in one conveyor.finish_and_claim call (one
+// transaction per cycle), earlier endings are sent before the next run starts, and the runs not
+// started yet have their leases extended by the running handler's heartbeats. A stale lease
+// (SQLSTATE CV001) is logged, reported with status null, and the worker goes on.
 
 import os from 'node:os';
 import pg from 'pg';
@@ -111,6 +111,7 @@ export class Job {
     const { rows } = await this.worker.client.query('select conveyor.heartbeat($1, $2, $3) as cancel',
       [this.run.runId, this.run.leaseToken, extend == null ? this.worker.lease : duration(extend)]);
     this.heartbeats += 1;
+    await this.worker.extendHeld();
     return rows[0].cancel;
   }
 
@@ -139,6 +140,8 @@ export class Worker {
     this.woken = false;
     this.wake = null;
     this.pending = []; // [{ run, item, outcome }] endings not yet sent
+    this.held = []; // claimed runs not started yet (the rest of the batch)
+    this.extendedAt = new Map(); // run id -> Date.now() its lease last began
     this.leaseMs = 30_000;
   }
 
@@ -171,6 +174,9 @@ export class Worker {
     if (this.handleSignals) { process.on('SIGINT', onSignal); process.on('SIGTERM', onSignal); }
     // node-postgres sends unnamed statements unless told a name: a transaction pooler follows them
     this.client = new pg.Client({ application_name: this.name, ...this.connection });
+    // a lost connection is an 'error' event (which would end the process unheard) and then a
+    // failed query, which ends run() with that error
+    this.client.on('error', (err) => this.logger(`${this.name}: connection lost: ${err.message}`));
     await this.client.connect();
     try {
       const { rows } = await this.client.query(
@@ -182,7 +188,7 @@ export class Worker {
         this.woken = false; // what woke us is seen by this claim
         const runs = await this.finishAndClaim();
         if (runs.length > 0) {
-          await this.process(runs, Date.now());
+          await this.process(runs);
           continue; // there may be more: claim again before waiting
         }
         if (drain && (await this.nothingLeft())) break;
@@ -201,6 +207,8 @@ export class Worker {
     if (this.pooled && !this.listenConnection) return; // LISTEN needs a session: poll instead
     if (this.pooled) {
       this.listener = new pg.Client({ application_name: `${this.name}:listen`, ...this.listenConnection });
+      // the LISTEN connection lost: the worker polls from then on
+      this.listener.on('error', (err) => this.logger(`${this.name}: LISTEN connection lost (${err.message}): polling`));
       await this.listener.connect();
     } else {
       this.listener = this.client;
@@ -225,22 +233,34 @@ export class Worker {
     return rows[0].n === 0;
   }
 
-  async process(runs, claimedAt) {
-    for (const run of runs) {
+  /** Each run of a batch in turn. The ending of the batch's last run goes with the next claim;
+   *  an earlier one is sent before the next run starts, so that no ending waits behind a handler
+   *  that may outlast its lease. The runs not started yet get their leases extended whenever the
+   *  running handler heartbeats, and before they start. */
+  async process(runs) {
+    const now = Date.now();
+    this.held = [...runs];
+    this.extendedAt = new Map(runs.map((r) => [r.runId, now]));
+    while (this.held.length) {
+      const run = this.held[0];
       if (this.stopping) { // claimed, not started: give it back for another worker
+        this.held.shift();
         this.pending.push({ run, item: { outcome: 'returned' }, outcome: 'returned' });
         continue;
       }
-      if (Date.now() - claimedAt > this.leaseMs / 3) {
-        // held back behind others of the batch: send what ended, then extend this lease
-        await this.flush();
-        if (!(await this.refresh(run))) continue;
-      }
+      await this.flush();
+      if (this.dueForExtension(run) && !(await this.extend(run))) continue; // cancelled or stale
+      this.held.shift();
       this.pending.push(await this.runOne(new Job(this, run)));
     }
   }
 
-  async refresh(run) {
+  dueForExtension(run) {
+    return Date.now() - (this.extendedAt.get(run.runId) ?? 0) > this.leaseMs / 3;
+  }
+
+  /** Extend a held run's lease; false when it is no longer held (cancelled, or stale). */
+  async extend(run) {
     let cancel;
     try {
       const { rows } = await this.client.query('select conveyor.heartbeat($1, $2, $3) as cancel',
@@ -248,13 +268,21 @@ export class Worker {
       cancel = rows[0].cancel;
     } catch (err) {
       if (err?.code !== STALE_LEASE) throw err;
+      this.held.splice(this.held.indexOf(run), 1);
       this.report(run, 'stale', null);
       return false;
     }
-    if (cancel) {
+    this.extendedAt.set(run.runId, Date.now());
+    if (cancel) { // cancelled while it waited: it ends stopped, without starting
+      this.held.splice(this.held.indexOf(run), 1);
       this.pending.push({ run, item: { outcome: 'failed', message: 'stopped: cancelled before it started' }, outcome: 'cancelled' });
     }
     return !cancel;
+  }
+
+  /** From a heartbeat: extend the held runs that are due. */
+  async extendHeld() {
+    for (const run of this.held.filter((r) => this.dueForExtension(r))) await this.extend(run);
   }
 
   /** Call the handler; the ending item for finish_runs and what the handler did. */
@@ -272,7 +300,11 @@ export class Worker {
         return { run, item: { outcome: 'failed', message: 'stopped: cancelled while running' }, outcome: 'cancelled' };
       }
       if (err instanceof Release) {
-        return { run, item: { outcome: 'released', delay: duration(err.delay), reason: err.reason, meta: err.meta }, outcome: 'released' };
+        let delay;
+        try { delay = duration(err.delay); } catch (e) {
+          return { run, item: { outcome: 'failed', message: `Release: ${e.message}`, retryable: false }, outcome: 'failed' };
+        }
+        return { run, item: { outcome: 'released', delay, reason: err.reason, meta: err.meta }, outcome: 'released' };
       }
       if (err?.code === STALE_LEASE) return { run, item: { outcome: 'returned' }, outcome: 'stale' };
       if (err instanceof Fail) {
@@ -281,6 +313,11 @@ export class Worker {
       // a bug in a handler is a failed attempt, not a dead worker
       const name = err?.name ?? typeof err;
       return { run, item: { outcome: 'failed', message: `${name}: ${err?.message ?? err}`, meta: { exception: name } }, outcome: 'failed' };
+    }
+    try {
+      JSON.stringify(result); // as the ending will be: a result that is not JSON fails the attempt, not the worker
+    } catch (e) {
+      return { run, item: { outcome: 'failed', message: `the handler's result is not JSON: ${e.message}`, meta: { exception: e.name }, retryable: false }, outcome: 'failed' };
     }
     return { run, item: { outcome: 'succeeded', result: result === undefined ? null : result }, outcome: 'succeeded' };
   }

@@ -234,3 +234,31 @@ test('a claimed run has typed fields', async () => {
   assert.equal(child.queue, queue);
   assert.ok(Object.isFrozen(child));
 });
+
+test('the rest of a batch keeps its leases while a long handler heartbeats', async () => {
+  const queue = newQueue();
+  const task = await define(queue, 'batch');
+  const worker = new Worker({ queues: queue, batch: 3, lease: '2s', pollMs: 200, handleSignals: false, logger: () => {} })
+    .task(task, async (job) => {
+      if (job.payload.n === 0) for (let i = 0; i < 10; i += 1) { await sleep(500); await job.heartbeat(); }
+      return { n: job.payload.n };
+    });
+  const ids = await enqueueMany(db, task, [{ n: 0 }, { n: 1 }, { n: 2 }]);
+  await drain(worker);
+  for (const id of ids) assert.deepEqual(await outcomes(id), ['succeeded'], id);
+});
+
+test('a result that is not JSON fails the attempt, not the worker', async () => {
+  const queue = newQueue();
+  const bad = await define(queue, 'bad');
+  const good = await define(queue, 'good');
+  const worker = new Worker({ queues: queue, batch: 2, pollMs: 200, handleSignals: false, logger: () => {} })
+    .task(bad, () => ({ big: 10n }))
+    .task(good, () => ({ ok: true }));
+  const b = await enqueue(db, bad);
+  const g = await enqueue(db, good);
+  await drain(worker);
+  assert.equal(await status(b), 'failed');
+  assert.equal(await status(g), 'succeeded');
+  assert.match((await one('select error from conveyor.runs where id = $1', [b])).error.message, /result is not JSON/);
+});

@@ -256,3 +256,38 @@ def test_claimed_run_has_typed_fields(db, queue):
     assert child.parent_run_id == parent and child.priority == 7 and child.payload == {"c": 1}
     assert isinstance(child.lease_token, uuid.UUID) and isinstance(child.lease_expires_at, dt.datetime)
     assert child.attempt == 1 and child.failures == 0 and child.queue == queue
+
+
+def test_the_rest_of_a_batch_keeps_its_leases_while_a_long_handler_heartbeats(db, queue):
+    # lease 2s: the first handler works 5s with heartbeats; the two runs claimed with it wait
+    # behind it: their leases are extended by its heartbeats, and nothing crashes
+    task = define(db, queue, "batch")
+    worker = Worker(queues=queue, batch=3, lease="2s", poll=0.2)
+
+    @worker.task(task)
+    def _batch(job):
+        if job.payload["n"] == 0:
+            for _ in range(10):
+                time.sleep(0.5)
+                job.heartbeat()
+        return {"n": job.payload["n"]}
+
+    with psycopg.connect("", autocommit=True) as conn:
+        ids = enqueue_many(conn, task, [{"n": i} for i in range(3)], priority=0)
+    run_worker(worker)
+    for run_id in ids:
+        assert outcomes(db, run_id) == ["succeeded"], run_id
+
+
+def test_a_result_that_is_not_json_fails_the_attempt_not_the_worker(db, queue):
+    bad = define(db, queue, "bad")
+    good = define(db, queue, "good")
+    worker = Worker(queues=queue, batch=2, poll=0.2)
+    worker.task(bad)(lambda job: {"at": dt.datetime.now()})
+    worker.task(good)(lambda job: {"ok": True})
+    with psycopg.connect("", autocommit=True) as conn:
+        b, g = enqueue(conn, bad), enqueue(conn, good)
+    run_worker(worker)
+    assert status(db, b) == "failed" and status(db, g) == "succeeded"
+    (error,) = db.execute("select error from conveyor.runs where id = %s", (b,)).fetchone()
+    assert "the handler's result is not JSON" in error["message"]

@@ -63,7 +63,8 @@ impl StdError for InvalidUlid {}
 impl FromStr for Ulid {
     type Err = InvalidUlid;
 
-    /// 26 characters of Crockford base32, in either case; the first at most 7 (128 bits).
+    /// 26 characters of Crockford base32, in either case (I and L read as 1, O as 0); the first
+    /// at most 7 (128 bits).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || InvalidUlid(s.to_string());
         if s.len() != 26 {
@@ -71,7 +72,12 @@ impl FromStr for Ulid {
         }
         let mut value: u128 = 0;
         for (i, c) in s.bytes().enumerate() {
-            let digit = CROCKFORD.iter().position(|&d| d == c.to_ascii_uppercase()).ok_or_else(bad)? as u128;
+            // Crockford, as the server reads it: either case; I and L read as 1, O as 0
+            let digit = match c.to_ascii_uppercase() {
+                b'O' => 0,
+                b'I' | b'L' => 1,
+                c => CROCKFORD.iter().position(|&d| d == c).ok_or_else(bad)? as u128,
+            };
             if i == 0 && digit > 7 {
                 return Err(bad());
             }
@@ -156,11 +162,18 @@ impl<'a> FromSql<'a> for Duration {
         if raw.len() != 16 {
             return Err(format!("an interval is 16 bytes, got {}", raw.len()).into());
         }
-        let micros = i64::from_be_bytes(raw[0..8].try_into()?);
-        let days = i32::from_be_bytes(raw[8..12].try_into()?) as i64;
-        let months = i32::from_be_bytes(raw[12..16].try_into()?) as i64;
+        let micros = i64::from_be_bytes(raw[0..8].try_into()?) as i128;
+        let days = i32::from_be_bytes(raw[8..12].try_into()?) as i128;
+        let months = i32::from_be_bytes(raw[12..16].try_into()?) as i128;
+        // i128: no field combination overflows
         let total = micros + (days + months * 30) * 86_400_000_000;
-        let total = u64::try_from(total).map_err(|_| format!("a negative duration: {total} microseconds"))?;
+        let total = u64::try_from(total).map_err(|_| {
+            if total < 0 {
+                format!("a negative duration: {total} microseconds")
+            } else {
+                "longer than 100 years".into()
+            }
+        })?;
         Ok(Duration::new(std::time::Duration::from_micros(total))?)
     }
 
@@ -280,6 +293,20 @@ mod tests {
         assert_eq!(Ulid(0).to_string(), "00000000000000000000000000");
         assert!(Ulid(1).to_string() < Ulid(2 << 80).to_string());
         assert_eq!(Ulid(42 << 80).timestamp_ms(), 42);
+    }
+
+    #[test]
+    fn crockford_aliases_read_as_the_server_reads_them() {
+        let canonical: Ulid = "01ARZ3NDEKTSV4RRFFQ69G5FA1".parse().unwrap();
+        assert_eq!("O1ARZ3NDEKTSV4RRFFQ69G5FAI".parse::<Ulid>().unwrap(), canonical);
+        assert_eq!("01arz3ndektsv4rrffq69g5fal".parse::<Ulid>().unwrap(), canonical);
+    }
+
+    #[test]
+    fn huge_intervals_are_refused_not_wrapped() {
+        let raw: Vec<u8> =
+            i64::MAX.to_be_bytes().into_iter().chain(i32::MAX.to_be_bytes()).chain(i32::MAX.to_be_bytes()).collect();
+        assert!(Duration::from_sql(&Type::INTERVAL, &raw).is_err());
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The worker: claims runs of its queues and awaits the handler registered for each run's task.
 //!
-//! Every ending of a batch goes with the next claim in one `conveyor.finish_and_claim` call (one
-//! transaction per cycle), unless the batch has been in hand for a third of the lease: then the
-//! endings so far go at once (`conveyor.finish_runs`) and the next run's lease is extended before
-//! it starts. A stale lease (SQLSTATE CV001) is logged, reported with `status: None`, and the
-//! worker goes on. Every statement is unnamed (`query_typed`) and reads only built-in types, so
+//! A batch's runs are worked one at a time: the ending of its last run goes with the next claim
+//! in one `conveyor.finish_and_claim` call (one transaction per cycle), earlier endings are sent
+//! before the next run starts, and the runs not started yet have their leases extended by the
+//! running handler's heartbeats. Each handler runs as a task of its own, so a panic fails its
+//! attempt, not the worker. A stale lease (SQLSTATE CV001) is logged, reported with
+//! `status: None`, and the worker goes on. Every statement is unnamed (`query_typed`) and reads only built-in types, so
 //! the worker runs through a transaction pooler (`pooled`) as well as directly.
 
 use std::collections::HashMap;
@@ -227,12 +228,58 @@ struct Shared {
     stop: StopHandle,
     grace: std::time::Duration,
     lease: Duration,
+    /// the claimed runs not started yet (the rest of the batch), with when each lease began,
+    /// and what became of those extended from a heartbeat (cancelled: an ending; stale: None)
+    held: std::sync::Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    runs: Vec<(ClaimedRun, Instant)>,
+    dropped: Vec<(ClaimedRun, Option<Value>)>,
 }
 
 impl Shared {
     fn grace_over(&self) -> bool {
         let s = *self.stop.0.borrow();
         s.since.is_some_and(|since| s.hurry || since.elapsed() >= self.grace)
+    }
+
+    /// The held runs whose lease began a third of a lease ago (or more).
+    fn due(&self) -> Vec<ClaimedRun> {
+        let third = self.lease.get() / 3;
+        let held = self.held.lock().unwrap();
+        held.runs.iter().filter(|(_, at)| at.elapsed() > third).map(|(r, _)| r.clone()).collect()
+    }
+
+    /// Extend a held run's lease; false when it is no longer held (cancelled: it ends stopped
+    /// without starting; stale: someone else has it, or it is over).
+    async fn extend(&self, run: &ClaimedRun) -> Result<bool, tokio_postgres::Error> {
+        let params: [(&(dyn ToSql + Sync), Type); 3] =
+            [(&run.run_id, Type::UUID), (&run.lease_token, Type::UUID), (&self.lease, Type::INTERVAL)];
+        let outcome =
+            match self.client.query_typed("select conveyor.heartbeat($1::conveyor.ulid, $2, $3)", &params).await {
+                Ok(rows) if rows[0].get::<_, bool>(0) => {
+                    Some(Some(json!({"outcome": "failed", "message": "stopped: cancelled before it started"})))
+                }
+                Ok(_) => None,
+                Err(e) if sqlstate(&e) == Some(STALE_LEASE) => Some(None),
+                Err(e) => return Err(e),
+            };
+        let mut held = self.held.lock().unwrap();
+        let at = held.runs.iter().position(|(r, _)| r.run_id == run.run_id);
+        match (outcome, at) {
+            (None, Some(i)) => {
+                held.runs[i].1 = Instant::now();
+                Ok(true)
+            }
+            (Some(ending), Some(i)) => {
+                held.runs.remove(i);
+                held.dropped.push((run.clone(), ending));
+                Ok(false)
+            }
+            (_, None) => Ok(false),
+        }
     }
 }
 
@@ -257,6 +304,10 @@ impl Job {
         let rows =
             self.shared.client.query_typed("select conveyor.heartbeat($1::conveyor.ulid, $2, $3)", &params).await?;
         self.heartbeats += 1;
+        // the rest of the batch waits behind this handler: keep their leases too
+        for run in self.shared.due() {
+            self.shared.extend(&run).await?;
+        }
         Ok(rows[0].get(0))
     }
 
@@ -327,8 +378,9 @@ pub struct Worker {
 
 impl Worker {
     /// Refuses settings the server would refuse later: no queue, a batch below 1.
-    pub fn new(config: WorkerConfig) -> Result<Worker, String> {
-        if config.queues.iter().all(|q| q.trim().is_empty()) {
+    pub fn new(mut config: WorkerConfig) -> Result<Worker, String> {
+        config.queues = config.queues.iter().map(|q| q.trim().to_string()).filter(|q| !q.is_empty()).collect();
+        if config.queues.is_empty() {
             return Err("a worker needs at least one queue".into());
         }
         if config.batch < 1 {
@@ -365,16 +417,23 @@ impl Worker {
         let mut config = self.config.connection.clone();
         config.application_name(&self.config.name);
         let (client, direct_notifications) = connect(&config).await?;
-        let shared =
-            Arc::new(Shared { client, stop: self.stop.clone(), grace: self.config.grace, lease: self.config.lease });
-        let mut notifications = self.listen(&shared.client, direct_notifications).await?;
+        let shared = Arc::new(Shared {
+            client,
+            stop: self.stop.clone(),
+            grace: self.config.grace,
+            lease: self.config.lease,
+            held: Default::default(),
+        });
+        // the LISTEN connection (pooled), closed when run returns, whichever way
+        let (_listener, mut notifications) = self.listen(&shared.client, direct_notifications).await?;
+        let mut listening = true;
         let mut cycle = Cycle { worker: self, shared: &shared, pending: Vec::new() };
         let queues = self.config.queues.join(",");
         while !self.stop.stopping() {
             while notifications.try_recv().is_ok() {} // what woke us is seen by this claim
             let runs = cycle.finish_and_claim(&queues).await?;
             if !runs.is_empty() {
-                cycle.process(runs, Instant::now()).await?;
+                cycle.process(runs).await?;
                 continue; // there may be more: claim again before waiting
             }
             if drain && cycle.nothing_left(&queues).await? {
@@ -385,7 +444,13 @@ impl Worker {
                 break;
             }
             tokio::select! {
-                _ = notifications.recv() => {}
+                n = notifications.recv(), if listening => {
+                    if n.is_none() {
+                        // the connection that listened is gone: poll from now on
+                        eprintln!("{}: LISTEN connection lost: polling every {:?}", self.config.name, self.config.poll);
+                        listening = false;
+                    }
+                }
                 _ = stop.changed() => {}
                 _ = tokio::time::sleep(self.config.poll) => {}
             }
@@ -395,35 +460,29 @@ impl Worker {
     }
 
     /// LISTEN on each queue's channel: on the worker's own connection, or (pooled) on the
-    /// `listen` connection if there is one; else nothing comes and the worker polls.
+    /// `listen` connection if there is one (returned, so that the caller holds it open); else
+    /// nothing comes and the worker polls.
     async fn listen(
         &self,
         client: &Client,
         direct: mpsc::UnboundedReceiver<String>,
-    ) -> Result<mpsc::UnboundedReceiver<String>, BoxError> {
+    ) -> Result<(Option<Client>, mpsc::UnboundedReceiver<String>), BoxError> {
         let statements: String = self
             .config
             .queues
             .iter()
-            .map(|q| format!("listen \"{}\";", format!("conveyor.{}", q.trim()).replace('"', "\"\"")))
+            .map(|q| format!("listen \"{}\";", format!("conveyor.{q}").replace('"', "\"\"")))
             .collect();
         if !self.config.pooled {
             client.batch_execute(&statements).await?;
-            return Ok(direct);
+            return Ok((None, direct));
         }
-        let Some(listen) = &self.config.listen else { return Ok(direct) };
+        let Some(listen) = &self.config.listen else { return Ok((None, direct)) };
         let mut listen = listen.clone();
         listen.application_name(format!("{}:listen", self.config.name));
         let (listener, notifications) = connect(&listen).await?;
         listener.batch_execute(&statements).await?;
-        // the listening client lives as long as the worker's run: a task holds it
-        let stop = self.stop.clone();
-        tokio::spawn(async move {
-            let mut changes = stop.0.subscribe();
-            while !stop.stopping() && changes.changed().await.is_ok() {}
-            drop(listener);
-        });
-        Ok(notifications)
+        Ok((Some(listener), notifications))
     }
 }
 
@@ -502,47 +561,43 @@ impl Cycle<'_> {
         Ok(rows[0].get::<_, i64>(0) == 0)
     }
 
-    async fn process(&mut self, runs: Vec<ClaimedRun>, claimed_at: Instant) -> Result<(), tokio_postgres::Error> {
-        let refresh_after = self.worker.config.lease.get() / 3;
-        for run in runs {
+    /// Each run of a batch in turn. The ending of the batch's last run goes with the next claim;
+    /// an earlier one is sent before the next run starts, so that no ending waits behind a
+    /// handler that may outlast its lease. The runs not started yet get their leases extended
+    /// whenever the running handler heartbeats, and before they start.
+    async fn process(&mut self, runs: Vec<ClaimedRun>) -> Result<(), tokio_postgres::Error> {
+        let now = Instant::now();
+        self.shared.held.lock().unwrap().runs = runs.into_iter().map(|r| (r, now)).collect();
+        loop {
+            self.take_dropped();
+            let Some(run) = self.shared.held.lock().unwrap().runs.first().map(|(r, _)| r.clone()) else { break };
             if self.worker.stop.stopping() {
                 // claimed, not started: give it back for another worker
+                self.shared.held.lock().unwrap().runs.remove(0);
                 self.pending.push((run, json!({"outcome": "returned"}), Outcome::Returned));
                 continue;
             }
-            if claimed_at.elapsed() > refresh_after {
-                // held back behind others of the batch: send what ended, then extend this lease
-                self.flush().await?;
-                if !self.refresh(&run).await? {
-                    continue;
-                }
+            self.flush().await?;
+            if self.shared.due().iter().any(|r| r.run_id == run.run_id) && !self.shared.extend(&run).await? {
+                continue; // cancelled or stale: no longer held
             }
+            self.shared.held.lock().unwrap().runs.retain(|(r, _)| r.run_id != run.run_id);
             let ending = self.run_one(run).await;
             self.pending.push(ending);
         }
+        self.take_dropped();
         Ok(())
     }
 
-    /// Extend the lease of a run that waited behind others; false if it must not start.
-    async fn refresh(&mut self, run: &ClaimedRun) -> Result<bool, tokio_postgres::Error> {
-        let lease = self.worker.config.lease;
-        let params: [(&(dyn ToSql + Sync), Type); 3] =
-            [(&run.run_id, Type::UUID), (&run.lease_token, Type::UUID), (&lease, Type::INTERVAL)];
-        let cancel: bool =
-            match self.shared.client.query_typed("select conveyor.heartbeat($1::conveyor.ulid, $2, $3)", &params).await
-            {
-                Ok(rows) => rows[0].get(0),
-                Err(e) if sqlstate(&e) == Some(STALE_LEASE) => {
-                    self.report(run.clone(), Outcome::Stale, None);
-                    return Ok(false);
-                }
-                Err(e) => return Err(e),
-            };
-        if cancel {
-            let item = json!({"outcome": "failed", "message": "stopped: cancelled before it started"});
-            self.pending.push((run.clone(), item, Outcome::Cancelled));
+    /// The held runs a heartbeat found cancelled (an ending to send) or stale (reported).
+    fn take_dropped(&mut self) {
+        let dropped = std::mem::take(&mut self.shared.held.lock().unwrap().dropped);
+        for (run, ending) in dropped {
+            match ending {
+                Some(item) => self.pending.push((run, item, Outcome::Cancelled)),
+                None => self.report(run, Outcome::Stale, None),
+            }
         }
-        Ok(!cancel)
     }
 
     /// Await the handler; the ending item for finish_runs and what the handler did.
@@ -552,7 +607,16 @@ impl Cycle<'_> {
             return (run, json!({"outcome": "failed", "message": message, "retryable": false}), Outcome::Failed);
         };
         let job = Job { run: run.clone(), heartbeats: 0, shared: self.shared.clone() };
-        match handler(job).await {
+        // a task of its own: a panicking handler fails its attempt, not the worker
+        let outcome = match tokio::spawn(handler(job)).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let item = json!({"outcome": "failed", "message": format!("the handler panicked: {e}"),
+                                  "meta": {"exception": "panic"}});
+                return (run, item, Outcome::Failed);
+            }
+        };
+        match outcome {
             Ok(result) => (run, json!({"outcome": "succeeded", "result": result}), Outcome::Succeeded),
             Err(JobError::Release { delay, reason, meta }) => {
                 let delay = format!("{}us", delay.get().as_micros());

@@ -381,3 +381,53 @@ async fn a_claimed_run_has_typed_fields() {
     assert_eq!(run.payload, json!({"c": 1}));
     assert!(run.lease_expires_at > std::time::SystemTime::now() - StdDuration::from_secs(60));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rest_of_a_batch_keeps_its_leases_while_a_long_handler_heartbeats() {
+    let db = db().await;
+    let queue = unique_queue();
+    let task = define(&db, &queue, "batch", "").await;
+    let worker = Worker::new(WorkerConfig { batch: 3, lease: Duration::from_secs(2), ..config(&queue) }).unwrap().task(
+        &task,
+        |mut job| async move {
+            if job.run.payload["n"] == 0 {
+                for _ in 0..10 {
+                    tokio::time::sleep(StdDuration::from_millis(500)).await;
+                    job.heartbeat(None).await?;
+                }
+            }
+            Ok(json!({"n": job.run.payload["n"]}))
+        },
+    );
+    let payloads: Vec<Value> = (0..3).map(|n| json!({"n": n})).collect();
+    let ids = enqueue_many(&db, &task, &payloads, None, &EnqueueOptions::default()).await.unwrap();
+    drain(&worker).await;
+    for id in ids {
+        assert_eq!(outcomes(&db, id).await, ["succeeded"], "{id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_handler_fails_its_attempt_not_the_worker() {
+    let db = db().await;
+    let queue = unique_queue();
+    let bad = define(&db, &queue, "bad", "").await;
+    let good = define(&db, &queue, "good", "").await;
+    let worker = Worker::new(WorkerConfig { batch: 2, ..config(&queue) })
+        .unwrap()
+        .task(&bad, |_job| async move {
+            if std::hint::black_box(true) {
+                panic!("a bug");
+            }
+            Ok(Value::Null)
+        })
+        .task(&good, |_job| async move { Ok(json!({"ok": true})) });
+    let b = enqueue(&db, &bad, &json!({}), None, &EnqueueOptions::default()).await.unwrap();
+    let g = enqueue(&db, &good, &json!({}), None, &EnqueueOptions::default()).await.unwrap();
+    drain(&worker).await;
+    assert_eq!(status(&db, b).await, RunStatus::Failed);
+    assert_eq!(status(&db, g).await, RunStatus::Succeeded);
+    let message: String =
+        db.query_one("select error ->> 'message' from conveyor.runs where id = $1", &[&b]).await.unwrap().get(0);
+    assert!(message.contains("the handler panicked"), "{message}");
+}

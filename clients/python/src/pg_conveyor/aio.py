@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import signal
-import time
 from typing import Any, Optional
 
 import psycopg
@@ -50,6 +49,7 @@ class AsyncJob:
             HEARTBEAT, (self.run.run_id, self.run.lease_token, duration(extend) if extend is not None else self._worker.lease))
         (cancel,) = await cur.fetchone()
         self.heartbeats += 1
+        await self._worker._extend_held()
         return bool(cancel)
 
     async def log(self, text: str) -> None:
@@ -92,7 +92,7 @@ class AsyncWorker(WorkerBase):
                 self._woken.clear()  # what woke us is seen by this claim
                 runs = await self._finish_and_claim()
                 if runs:
-                    await self._process(runs, time.monotonic())
+                    await self._process(runs)
                     continue
                 if drain and await self._nothing_left():
                     break
@@ -123,8 +123,11 @@ class AsyncWorker(WorkerBase):
             await self._listen.execute(sql.SQL("listen {}").format(sql.Identifier(f"conveyor.{q}")))
 
         async def forward():
-            async for _ in self._listen.notifies():
-                self._woken.set()
+            try:
+                async for _ in self._listen.notifies():
+                    self._woken.set()
+            except psycopg.Error as e:  # the LISTEN connection is gone: the worker polls from now on
+                log.warning("%s: LISTEN connection lost (%s): polling every %gs", self.name, e, self.poll)
         return asyncio.create_task(forward())
 
     async def _nothing_left(self) -> bool:
@@ -132,29 +135,36 @@ class AsyncWorker(WorkerBase):
         (n,) = await cur.fetchone()
         return n == 0
 
-    async def _process(self, runs: list[ClaimedRun], claimed_at: float) -> None:
-        for run in runs:
+    async def _process(self, runs: list[ClaimedRun]) -> None:
+        """As Worker._process."""
+        self._hold(runs)
+        while self._held:
+            run = self._held[0]
             if self.stopping:
+                self._held.pop(0)
                 self._pending.append((run, {"outcome": "returned"}, "returned"))
                 continue
-            if self._held_too_long(claimed_at):
-                await self._flush()
-                if not await self._refresh(run):
-                    continue
+            await self._flush()
+            if self._due_for_extension(run) and not await self._extend(run):
+                continue
+            self._held.pop(0)
             self._pending.append(await self._run_one(AsyncJob(self, run)))
 
-    async def _refresh(self, run: ClaimedRun) -> bool:
+    async def _extend(self, run: ClaimedRun) -> bool:
         try:
             cur = await self._conn.execute(HEARTBEAT, (run.run_id, run.lease_token, self.lease))
             (cancel,) = await cur.fetchone()
         except psycopg.Error as e:
             if e.sqlstate != STALE_LEASE:
                 raise
-            self._report(Finished(run, "stale", None, e.diag.message_primary))
+            self._lost(run, e.diag.message_primary)
             return False
-        if cancel:
-            self._cancelled_before_start(run)
+        self._extended(run, bool(cancel))
         return not cancel
+
+    async def _extend_held(self) -> None:
+        for run in [r for r in self._held if self._due_for_extension(r)]:
+            await self._extend(run)
 
     async def _run_one(self, job: AsyncJob) -> Pending:
         handler = self.handlers.get(job.run.task)

@@ -10,15 +10,16 @@
 
     worker.run()                 # until SIGINT/SIGTERM or worker.stop()
 
-Every ending of a batch is sent with the next claim in one conveyor.finish_and_claim call (one
-transaction per cycle), unless the batch has been in hand long enough that a lease could run out:
-then the endings so far are sent at once (conveyor.finish_runs) and the next run's lease is
-extended before it starts. A stale lease (SQLSTATE CV001: the lease expired and someone else has
-the run, or it is over) is logged and the worker moves on.
+A batch's runs are worked one at a time: the ending of its last run goes with the next claim in
+one conveyor.finish_and_claim call (one transaction per cycle), earlier endings are sent before
+the next run starts, and the runs not started yet have their leases extended by the running
+handler's heartbeats. A stale lease (SQLSTATE CV001: the lease expired and someone else has the
+run, or it is over) is logged and the worker moves on.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import select
@@ -58,14 +59,22 @@ def ending(run: ClaimedRun, result: Any = None, error: Optional[BaseException] =
     if error is None and isinstance(result, (Release, Fail)):
         error = result  # returned instead of raised: the same
     if error is None:
+        try:
+            json.dumps(result)  # as Jsonb will: a result that is not JSON fails the attempt, not the worker
+        except (TypeError, ValueError) as e:
+            return run, {"outcome": "failed", "message": f"the handler's result is not JSON: {e}",
+                         "meta": {"exception": type(e).__name__}, "retryable": False}, "failed"
         return run, {"outcome": "succeeded", "result": result}, "succeeded"
     if isinstance(error, Interrupted):
         return run, {"outcome": "returned"}, "returned"
     if isinstance(error, Cancelled):
         return run, {"outcome": "failed", "message": "stopped: cancelled while running"}, "cancelled"
     if isinstance(error, Release):
-        return run, {"outcome": "released", "delay": duration(error.delay), "reason": error.reason,
-                     "meta": error.meta}, "released"
+        try:
+            delay = duration(error.delay)
+        except TypeError as e:
+            return run, {"outcome": "failed", "message": f"Release: {e}", "retryable": False}, "failed"
+        return run, {"outcome": "released", "delay": delay, "reason": error.reason, "meta": error.meta}, "released"
     if isinstance(error, Fail):
         return run, {"outcome": "failed", "message": error.message, "meta": error.meta,
                      "retryable": error.retryable}, "failed"
@@ -122,6 +131,7 @@ class Job:
             (self.run.run_id, self.run.lease_token, duration(extend) if extend is not None else self._worker.lease),
         ).fetchone()
         self.heartbeats += 1
+        self._worker._extend_held()
         return bool(cancel)
 
     def log(self, text: str) -> None:
@@ -163,6 +173,8 @@ class WorkerBase:
         self._stop_at: Optional[float] = None
         self._grace_over = False
         self._pending: list[Pending] = []  # endings not yet sent
+        self._held: list[ClaimedRun] = []  # claimed, not started yet (the rest of the batch)
+        self._extended_at: dict[str, float] = {}  # run id -> monotonic time its lease last began
         self._lease_seconds = 30.0
 
     def task(self, name: str) -> Callable[[Handler], Handler]:
@@ -201,10 +213,25 @@ class WorkerBase:
         pending, self._pending = self._pending, []
         return send(pending)
 
-    def _held_too_long(self, claimed_at: float) -> bool:
-        """A run held back behind others of its batch for a third of the lease: send what ended,
-        then extend its lease before it starts (heartbeats extend only the run they are for)."""
-        return time.monotonic() - claimed_at > self._lease_seconds / 3
+    def _hold(self, runs: list[ClaimedRun]) -> None:
+        now = time.monotonic()
+        self._held = list(runs)
+        self._extended_at = {r.run_id: now for r in runs}
+
+    def _due_for_extension(self, run: ClaimedRun) -> bool:
+        """A held run whose lease began a third of a lease ago (or more): extend it."""
+        return time.monotonic() - self._extended_at.get(run.run_id, 0.0) > self._lease_seconds / 3
+
+    def _extended(self, run: ClaimedRun, cancel: bool) -> None:
+        self._extended_at[run.run_id] = time.monotonic()
+        if cancel:  # cancelled while it waited: it ends stopped, without starting
+            self._held.remove(run)
+            self._cancelled_before_start(run)
+
+    def _lost(self, run: ClaimedRun, why: str) -> None:
+        """A held run whose lease went stale: someone else has it now, or it is over."""
+        self._held.remove(run)
+        self._report(Finished(run, "stale", None, why))
 
     def _cancelled_before_start(self, run: ClaimedRun) -> None:
         self._pending.append((run, {"outcome": "failed", "message": "stopped: cancelled before it started"},
@@ -236,9 +263,10 @@ class Worker(WorkerBase):
     def run(self, drain: bool = False) -> None:
         """Claim and work until stop() (or SIGINT/SIGTERM, when called from the main thread).
         drain=True: return once none of the queues' runs is waiting, running or due later."""
+        previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda signum, _frame: self._on_signal(signum))
+                previous[sig] = signal.signal(sig, lambda signum, _frame: self._on_signal(signum))
         # autocommit: every call is its own transaction. Behind a transaction pooler, never
         # prepare statements: psycopg prepares a query it has run 5 times, by name, on whichever
         # server connection the pooler gave it
@@ -252,7 +280,7 @@ class Worker(WorkerBase):
                 self._drain_notifications()
                 runs = self._finish_and_claim()
                 if runs:
-                    self._process(runs, claimed_at=time.monotonic())
+                    self._process(runs)
                     continue  # there may be more: claim again before waiting
                 if drain and self._nothing_left():
                     log.info("%s drained: nothing left in %s", self.name, ",".join(self.queues))
@@ -260,6 +288,8 @@ class Worker(WorkerBase):
                 self._wait()
             self._flush()
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             self._conn.close()
             if self._listen is not None and self._listen is not self._conn:
                 self._listen.close()
@@ -301,30 +331,41 @@ class Worker(WorkerBase):
 
     # --- one batch ---------------------------------------------------------------------------
 
-    def _process(self, runs: list[ClaimedRun], claimed_at: float) -> None:
-        for run in runs:
+    def _process(self, runs: list[ClaimedRun]) -> None:
+        """Work through a batch: each run in turn. The ending of the batch's last run goes with
+        the next claim; an earlier one is sent before the next run starts, so that no ending
+        waits behind a handler that may outlast its lease. The runs not started yet get their
+        leases extended whenever the running handler heartbeats, and before they start."""
+        self._hold(runs)
+        while self._held:
+            run = self._held[0]
             if self.stopping:
-                # claimed, not started: give it back for another worker
+                # claimed, not started: give it (and the rest) back for another worker
+                self._held.pop(0)
                 self._pending.append((run, {"outcome": "returned"}, "returned"))
                 continue
-            if self._held_too_long(claimed_at):
-                self._flush()
-                if not self._refresh(run):
-                    continue
+            self._flush()
+            if self._due_for_extension(run) and not self._extend(run):
+                continue  # cancelled or stale: no longer held
+            self._held.pop(0)
             self._pending.append(self._run_one(Job(self, run)))
 
-    def _refresh(self, run: ClaimedRun) -> bool:
-        """Extend the lease of a run that waited behind others; False if it must not start."""
+    def _extend(self, run: ClaimedRun) -> bool:
+        """Extend a held run's lease; False when it is no longer held (cancelled, or stale)."""
         try:
             (cancel,) = self._conn.execute(HEARTBEAT, (run.run_id, run.lease_token, self.lease)).fetchone()
         except psycopg.Error as e:
             if e.sqlstate != STALE_LEASE:
                 raise
-            self._report(Finished(run, "stale", None, e.diag.message_primary))
+            self._lost(run, e.diag.message_primary)
             return False
-        if cancel:
-            self._cancelled_before_start(run)
+        self._extended(run, bool(cancel))
         return not cancel
+
+    def _extend_held(self) -> None:
+        """From a heartbeat: extend the held runs that are due."""
+        for run in [r for r in self._held if self._due_for_extension(r)]:
+            self._extend(run)
 
     def _run_one(self, job: Job) -> Pending:
         handler = self.handlers.get(job.run.task)
