@@ -224,6 +224,37 @@ alter table conveyor.tasks add column on_duplicate text, add column unique_for i
 create index runs_finished_by_key on conveyor.runs (task, idempotency_key, finished_at)
     where idempotency_key is not null and finished_at is not null;
 
+-- Rate limits per queue and per task (issue 15): at most N runs started in any window of the
+-- period. Columns appended, as a fresh install has them.
+alter table conveyor.queues add column rate_limit_n integer, add column rate_limit_period interval;
+alter table conveyor.tasks add column rate_limit_n integer, add column rate_limit_period interval;
+-- Rate limits (issue 15): a claim from a rate-limited queue, or of a rate-limited task, takes
+-- the limit's row in _rate_limits (FOR NO KEY UPDATE; only claims lock these rows, and a wait
+-- is bounded), counts the starts of the window in _rate_starts, claims at most what is left and
+-- records its own starts there, all before it commits: claims of one limit take turns, and each
+-- sees every start committed before it (an exact sliding window).
+create table conveyor._rate_limits (
+    scope text not null,
+    name text not null,
+    constraint rate_limits_scope check (scope in ('queue', 'task')),
+    constraint rate_limits_one_row_per_limit primary key (scope, name)
+);
+comment on table conveyor._rate_limits is 'one row per rate limit, locked by the claims of that limit in turn';
+
+create table conveyor._rate_starts (
+    scope text not null,
+    name text not null,
+    -- the claim's time (the runs' started_at) and how many runs it started
+    at timestamptz not null,
+    n integer not null
+);
+comment on table conveyor._rate_starts is 'runs started per claim of a rate-limited queue or task (kept one period; tick prunes)';
+create index rate_starts_window on conveyor._rate_starts (scope, name, at);
+-- no key of its own: prune's deletes carry the whole row (a FOR ALL TABLES publication needs it)
+alter table conveyor._rate_starts replica identity full;
+
+select pg_catalog.pg_extension_config_dump('conveyor._rate_limits', '');
+
 
 -- ============================================================================================
 -- sql/functions/rust.sql
@@ -335,7 +366,7 @@ values
     ('CV008', 'queue_in_use', 'drop_queue of a queue that tasks use or that holds unfinished runs'),
     ('CV009', 'duplicate_run', 'enqueue with an idempotency key that matches a run of the task, under on_duplicate = reject (nothing written)'),
     ('CV010', 'invalid_configuration', 'invalid configuration (every problem listed, nothing applied)'),
-    ('22023', 'invalid_parameter_value', 'invalid argument: payload not an object, priority out of 0-9, run_at and delay both, bad duration, bad queue name or topic'),
+    ('22023', 'invalid_parameter_value', 'invalid argument: payload not an object, priority out of 0-9, run_at and delay both, bad duration, bad queue name or topic, a claim under a rate limit outside READ COMMITTED'),
     ('22P02', 'invalid_text_representation', 'text that is not a ULID (or a lease token that is not a UUID)'),
     ('42501', 'insufficient_privilege', 'a role calls a function it is not granted (raised by PostgreSQL; see SECURITY.md)');
 comment on view conveyor.error_codes is 'every SQLSTATE pg_conveyor raises, with its name and meaning';
@@ -1131,7 +1162,8 @@ select
     t.bind_session,
     -- deduplication on the idempotency key (_enqueue)
     coalesce(t.on_duplicate, 'return') as on_duplicate,
-    t.unique_for, t.debounce, t.debounce_max
+    t.unique_for, t.debounce, t.debounce_max,
+    t.rate_limit_n, t.rate_limit_period
 from conveyor.tasks t
 cross join conveyor.defaults d;
 
@@ -1258,7 +1290,7 @@ begin
         delay, max_delay, jitter, timeout, lease, log_max_size, log_on_full, schedule, timezone,
         on_overlap, catch_up, next_fire_at, parallelism, payload, replicas, restart_delay,
         restart_backoff, restart_max_delay, created_at, updated_at, bind_session,
-        on_duplicate, unique_for, debounce, debounce_max
+        on_duplicate, unique_for, debounce, debounce_max, rate_limit_n, rate_limit_period
     ) values (
         p_name, p_kind, v_queue, coalesce((o ->> 'enabled')::boolean, v_old.enabled, true), v_version, o,
         (o ->> 'priority')::smallint,
@@ -1288,7 +1320,9 @@ begin
         o ->> 'on_duplicate',
         (o ->> 'unique_for')::interval,
         (o ->> 'debounce')::interval,
-        (o ->> 'debounce_max')::interval
+        (o ->> 'debounce_max')::interval,
+        (o ->> 'rate_limit_n')::integer,
+        (o ->> 'rate_limit_period')::interval
     )
     on conflict (name) do update set
         queue = excluded.queue, enabled = excluded.enabled, version = excluded.version,
@@ -1304,6 +1338,7 @@ begin
         bind_session = excluded.bind_session,
         on_duplicate = excluded.on_duplicate, unique_for = excluded.unique_for,
         debounce = excluded.debounce, debounce_max = excluded.debounce_max,
+        rate_limit_n = excluded.rate_limit_n, rate_limit_period = excluded.rate_limit_period,
         -- a cap that starts now starts from the runs delivered now
         active = case
             when excluded.parallelism is not null and t.parallelism is null then
@@ -1311,6 +1346,9 @@ begin
                   where r.task = excluded.name and conveyor._is_delivered(r.status))
             else t.active end;
 
+    if o ? 'rate_limit_n' then
+        insert into conveyor._rate_limits (scope, name) values ('task', p_name) on conflict do nothing;
+    end if;
     perform conveyor._check_effective();
     return v_version;
 end
@@ -1339,7 +1377,8 @@ create or replace function conveyor.define_task(
     on_duplicate text default null,
     unique_for text default null,
     debounce text default null,
-    debounce_max text default null
+    debounce_max text default null,
+    rate_limit text default null
 )
 returns integer
 language plpgsql
@@ -1353,7 +1392,8 @@ begin
         'backoff', backoff, 'delay', delay, 'max_delay', max_delay, 'jitter', jitter,
         'timeout', timeout, 'priority', priority, 'schedule', schedule, 'timezone', timezone,
         'on_overlap', on_overlap, 'parallelism', parallelism, 'on_duplicate', on_duplicate,
-        'unique_for', unique_for, 'debounce', debounce, 'debounce_max', debounce_max)));
+        'unique_for', unique_for, 'debounce', debounce, 'debounce_max', debounce_max,
+        'rate_limit', rate_limit)));
 end
 $$;
 
@@ -1446,10 +1486,15 @@ begin
         notify = coalesce((o ->> 'notify')::boolean, true),
         delivery_outbox = coalesce((o ->> 'delivery_outbox')::boolean, false),
         bind_session = (o ->> 'bind_session')::boolean,
+        rate_limit_n = (o ->> 'rate_limit_n')::integer,
+        rate_limit_period = (o ->> 'rate_limit_period')::interval,
         delivered = case when o ? 'concurrency' then
             (select count(*) from conveyor.runs r where r.queue = p_name and conveyor._is_delivered(r.status))
             else 0 end
     where q.name = p_name;
+    if o ? 'rate_limit_n' then
+        insert into conveyor._rate_limits (scope, name) values ('queue', p_name) on conflict do nothing;
+    end if;
 end
 $$;
 
@@ -1460,7 +1505,8 @@ create or replace function conveyor.set_queue(
     paused boolean default false,
     notify boolean default true,
     delivery_outbox boolean default false,
-    bind_session boolean default null
+    bind_session boolean default null,
+    rate_limit text default null
 )
 returns void
 language sql
@@ -1468,6 +1514,7 @@ security definer
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
     select conveyor._set_queue(name, jsonb_strip_nulls(jsonb_build_object(
+        'rate_limit', rate_limit,
         'concurrency', concurrency, 'paused', paused, 'notify', notify, 'delivery_outbox', delivery_outbox,
         'bind_session', bind_session)))
 $$;
@@ -1940,6 +1987,18 @@ declare
     v_bound boolean := false;
     -- the open queues whose bind_session (else the defaults') is on
     v_binding text[];
+    -- rate limits (_rate_allowance): the limits with room and how much, those without
+    v_rated boolean := false;
+    v_cap_queues text[];
+    v_queue_caps integer[];
+    v_full_queues text[];
+    v_cap_tasks text[];
+    v_task_caps integer[];
+    v_full_tasks text[] := '{}';
+    v_started_queues text[] := '{}';
+    v_started_tasks text[] := '{}';
+    v_round_queues text[];
+    v_round_tasks text[];
 begin
     if v_worker is null or btrim(v_worker) = '' or length(v_worker) > 200 then
         perform conveyor._raise_invalid('worker must name the claiming worker (1 to 200 characters), e.g. host:pid');
@@ -1958,6 +2017,27 @@ begin
         return;
     end if;
 
+    -- Rate limits: a queue without room is left out of this claim, a task without room is
+    -- skipped (the runs of other tasks are taken: no head-of-line blocking), and the others cap
+    -- what the claim takes of them; the starts are recorded below, before the commit
+    if exists (select from conveyor._rate_limits) then
+        select array_agg(a.name order by a.name) filter (where a.scope = 'queue' and a.allowed > 0),
+               array_agg(a.allowed order by a.name) filter (where a.scope = 'queue' and a.allowed > 0),
+               array_agg(a.name order by a.name) filter (where a.scope = 'queue' and a.allowed = 0),
+               array_agg(a.name order by a.name) filter (where a.scope = 'task' and a.allowed > 0),
+               array_agg(a.allowed order by a.name) filter (where a.scope = 'task' and a.allowed > 0),
+               coalesce(array_agg(a.name order by a.name) filter (where a.scope = 'task' and a.allowed = 0), '{}'),
+               count(*) > 0
+        into v_cap_queues, v_queue_caps, v_full_queues, v_cap_tasks, v_task_caps, v_full_tasks, v_rated
+        from conveyor._rate_allowance(v_open, claim_runs.tasks, v_now) a;
+        if v_full_queues is not null then
+            v_open := array(select o from unnest(v_open) o where o <> all(v_full_queues));
+            if cardinality(v_open) = 0 then
+                return;
+            end if;
+        end if;
+    end if;
+
     -- Runs of a disabled task fail (task_disabled) as they are claimed and do not count: while a
     -- round met some, claim again for what is still wanted (at most 10 rounds a call, each
     -- failing up to `max` of them, so a backlog of disabled runs drains and never hides the
@@ -1965,7 +2045,38 @@ begin
     loop
         v_round := v_round + 1;
         v_ids := null;
-        if cardinality(v_open) > 1 then
+        if v_rated then
+            -- under rate limits: the best candidates of each queue (but tasks without room),
+            -- at most each limit's room of them, then the best of those, locked
+            select array_agg(x.id) into v_ids from (
+                select r.id from conveyor.runs r
+                where r.id in (
+                    select c.id from (
+                        select c.id, c.priority, c.run_at,
+                               row_number() over (partition by c.queue order by c.priority, c.run_at, c.id) as in_queue,
+                               row_number() over (partition by c.task order by c.priority, c.run_at, c.id) as in_task,
+                               c.queue, c.task
+                        from unnest(v_open) as q(name)
+                        cross join lateral (
+                            select r2.id, r2.priority, r2.run_at, r2.queue, r2.task from conveyor.runs r2
+                            where r2.status = 'queued' and r2.queue = q.name
+                              and (claim_runs.tasks is null or r2.task = any(claim_runs.tasks))
+                              and r2.task <> all(v_full_tasks)
+                            order by r2.priority, r2.run_at, r2.id
+                            limit v_want * 2
+                        ) c
+                    ) c
+                    where c.in_queue <= coalesce(v_queue_caps[array_position(v_cap_queues, c.queue)], v_want)
+                      and c.in_task <= coalesce(v_task_caps[array_position(v_cap_tasks, c.task)], v_want)
+                    order by c.priority, c.run_at, c.id
+                    limit v_want)
+                  and r.status = 'queued'
+                order by r.priority, r.run_at, r.id
+                limit v_want
+                for no key update skip locked
+            ) x;
+            exit when v_ids is null;
+        elsif cardinality(v_open) > 1 then
             -- the best candidates of each queue, then the best of those, locked
             select array_agg(r.id) into v_ids from (
                 select r.id from conveyor.runs r
@@ -2027,16 +2138,31 @@ begin
             array_agg(row(c.id, c.lease_token, null, 'failed',
                           conveyor._failure('task_disabled', format('task "%s" is disabled', c.task)),
                           false, null, null, null)::conveyor._ending) filter (where not c.enabled),
-            v_bound or coalesce(bool_or(c.bound and c.enabled), false)
-        into v_batch, v_disabled, v_bound
+            v_bound or coalesce(bool_or(c.bound and c.enabled), false),
+            array_agg(c.queue), array_agg(c.task)
+        into v_batch, v_disabled, v_bound, v_round_queues, v_round_tasks
         from claimed c;
 
         v_claimed := v_claimed || coalesce(v_batch, '{}');
+        v_started_queues := v_started_queues || coalesce(v_round_queues, '{}');
+        v_started_tasks := v_started_tasks || coalesce(v_round_tasks, '{}');
         exit when v_disabled is null;
         perform conveyor._end_attempts(v_disabled);
+        -- under rate limits one round: its caps were counted for it alone
+        exit when v_rated;
         v_want := claim_runs.max - cardinality(v_claimed);
         exit when v_want <= 0 or v_round >= 10;
     end loop;
+    if v_rated and cardinality(v_started_queues) > 0 then
+        -- this claim's starts, in the window of each limit it started runs under (the rows of
+        -- those limits are this transaction's until it commits)
+        insert into conveyor._rate_starts (scope, name, at, n)
+        select 'queue', x.name, v_now, count(*) from unnest(v_started_queues) as x(name)
+        where x.name = any(v_cap_queues) group by x.name
+        union all
+        select 'task', x.name, v_now, count(*) from unnest(v_started_tasks) as x(name)
+        where x.name = any(v_cap_tasks) group by x.name;
+    end if;
     if v_bound then
         -- the session's row, written once per session; only tick deletes it, once it is gone
         insert into conveyor.sessions (pid, started_at, worker, bound_at)
@@ -2091,6 +2217,128 @@ end
 $$;
 
 comment on function conveyor.pending is 'runs of these queues (comma-separated) not finished yet: waiting, queued or running';
+
+-- _rate_allowance: the rate limits a claim from these queues (of these tasks, null: any) starts
+-- runs under, each taken for this transaction (its _rate_limits row, FOR NO KEY UPDATE: claims
+-- of one limit take turns), with how many runs it may still start now: the limit less the
+-- starts of the window (p_now - period, p_now], every one committed before the row was ours.
+-- A queue's limit counts the runs started from it, a task's its runs in any queue. A limit
+-- another claim holds for more than 2 s (left open in a transaction) allows nothing now.
+-- Needs READ COMMITTED: an older snapshot would miss the starts committed since (22023).
+create or replace function conveyor._rate_allowance(p_open text[], p_tasks text[], p_now timestamptz)
+returns table (scope text, name text, allowed integer)
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+#variable_conflict use_column
+declare
+    v_timeout text := current_setting('lock_timeout');
+    v_scopes text[];
+    v_names text[];
+    v_ns integer[];
+    v_periods interval[];
+    v_locked integer;
+begin
+    select array_agg(l.scope order by l.scope, l.name), array_agg(l.name order by l.scope, l.name),
+           array_agg(l.n order by l.scope, l.name), array_agg(l.period order by l.scope, l.name)
+    into v_scopes, v_names, v_ns, v_periods
+    from (
+        select 'queue' as scope, q.name, q.rate_limit_n as n, q.rate_limit_period as period
+        from conveyor.queues q
+        where q.name = any(p_open) and q.rate_limit_n is not null
+        union all
+        -- a task's limit, if this claim could start one of its runs
+        select 'task', t.name, t.rate_limit_n, t.rate_limit_period
+        from conveyor.tasks t
+        where t.rate_limit_n is not null and (p_tasks is null or t.name = any(p_tasks))
+          and exists (select from conveyor.runs r
+                      where r.task = t.name and r.status = 'queued' and r.queue = any(p_open))
+    ) l;
+    if v_scopes is null then
+        return;
+    end if;
+    if current_setting('transaction_isolation') <> 'read committed' then
+        perform conveyor._raise_invalid('a claim under a rate limit needs READ COMMITTED (it must see every start committed before it)');
+    end if;
+    perform set_config('lock_timeout', '2s', true);
+    begin
+        -- in (scope, name) order, so that claims of several limits cannot deadlock
+        select count(*) into v_locked from (
+            select from conveyor._rate_limits l
+            join unnest(v_scopes, v_names) as x(scope, name) on (l.scope, l.name) = (x.scope, x.name)
+            order by l.scope, l.name
+            for no key update of l) x;
+        if v_locked < cardinality(v_scopes) then
+            -- a limit without its row (a restore without it): make it, then take them all
+            insert into conveyor._rate_limits (scope, name)
+            select x.scope, x.name from unnest(v_scopes, v_names) as x(scope, name)
+            on conflict do nothing;
+            perform from conveyor._rate_limits l
+            join unnest(v_scopes, v_names) as x(scope, name) on (l.scope, l.name) = (x.scope, x.name)
+            order by l.scope, l.name
+            for no key update of l;
+        end if;
+    exception when lock_not_available then
+        perform set_config('lock_timeout', v_timeout, true);
+        return query select x.scope, x.name, 0 from unnest(v_scopes, v_names) as x(scope, name);
+        return;
+    end;
+    perform set_config('lock_timeout', v_timeout, true);
+    -- a fresh statement: every start committed before the rows were ours
+    return query
+    select x.scope, x.name,
+           greatest(x.n - coalesce((select sum(s.n) from conveyor._rate_starts s
+                                    where s.scope = x.scope and s.name = x.name
+                                      and s.at > p_now - x.period), 0), 0)::integer
+    from unnest(v_scopes, v_names, v_ns, v_periods) as x(scope, name, n, period);
+end
+$$;
+
+-- rate_limited_until: when a run of these queues (comma-separated) that a rate limit holds back
+-- can start: the earliest time one of the limits with no room left now has room again (the
+-- oldest starts of its window have left it). Null: no limit holds any of their runs back now.
+-- For workers: sleep until then rather than claim in a loop.
+create or replace function conveyor.rate_limited_until(queues text)
+returns timestamptz
+language sql
+stable
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+    with names as (
+        select array(select btrim(q) from unnest(string_to_array(rate_limited_until.queues, ',')) q where btrim(q) <> '') as open
+    ),
+    limits as (
+        select 'queue' as scope, q.name, q.rate_limit_n as n, q.rate_limit_period as period
+        from conveyor.queues q, names
+        where q.name = any(names.open) and q.rate_limit_n is not null
+        union all
+        select 'task', t.name, t.rate_limit_n, t.rate_limit_period
+        from conveyor.tasks t, names
+        where t.rate_limit_n is not null
+          and exists (select from conveyor.runs r
+                      where r.task = t.name and r.status = 'queued' and r.queue = any(names.open))
+    ),
+    -- each limit's starts of the window, newest first, with the runs started since each
+    windows as (
+        select l.scope, l.name, l.n, l.period, s.at,
+               sum(s.n) over (partition by l.scope, l.name order by s.at desc
+                              rows between unbounded preceding and current row) as since
+        from limits l
+        join conveyor._rate_starts s on s.scope = l.scope and s.name = l.name
+                                     and s.at > conveyor._now() - l.period
+    )
+    -- a full limit has room once the start that filled it has left the window
+    select min(w.at + w.period)
+    from (select distinct on (w.scope, w.name) w.*
+          from windows w
+          where w.since >= w.n
+          order by w.scope, w.name, w.at desc) w
+$$;
+
+comment on function conveyor.rate_limited_until is
+    'when a run of these queues that a rate limit holds back can start (null: none is held back now)';
 
 -- ============================================================================================
 -- sql/functions/finish.sql
@@ -3352,6 +3600,23 @@ begin
     delete from conveyor.outbox o
     where o.id in (select x.id from conveyor.outbox x where x.published_at < v_cutoff
                    order by x.published_at limit p_limit for update skip locked);
+    -- rate-limit starts two windows (and 10 minutes) old: no claim counts them any more, even
+    -- one whose transaction began a while ago (a removed limit's starts go at once); read by
+    -- each limit's index range, never the whole table
+    delete from conveyor._rate_starts s
+    where s.ctid = any(array(
+        select x.ctid
+        from conveyor._rate_limits l
+        left join conveyor.queues q on l.scope = 'queue' and q.name = l.name
+        left join conveyor.tasks t on l.scope = 'task' and t.name = l.name
+        cross join lateral (
+            select x.ctid from conveyor._rate_starts x
+            where x.scope = l.scope and x.name = l.name
+              and x.at < p_now - coalesce(2 * coalesce(q.rate_limit_period, t.rate_limit_period) + interval '10 minutes',
+                                          interval '0')
+            order by x.at
+            limit p_limit) x
+        limit p_limit));
     if v_ids is null then
         return 0;
     end if;
@@ -4048,6 +4313,30 @@ group by c.queue, c.task, c.counter;
 
 comment on view conveyor.counters is 'monotonic totals per queue and task: enqueued, attempt.<outcome>, retried (never lowered by pruning)';
 
+-- rate_limits: each rate limit (a queue's or a task's): its limit and period, the runs started
+-- in the window now, the room left, its queued runs, and those of them the limit holds back
+-- (all of them while there is no room). A task's limit counts its runs in every queue.
+create or replace view conveyor.rate_limits as
+select l.scope, l.name, l.n as "limit", l.period, w.started,
+       greatest(l.n - w.started, 0) as room,
+       q.queued,
+       case when w.started >= l.n then q.queued else 0 end as held_back
+from (select 'queue' as scope, q.name, q.rate_limit_n as n, q.rate_limit_period as period
+      from conveyor.queues q where q.rate_limit_n is not null
+      union all
+      select 'task', t.name, t.rate_limit_n, t.rate_limit_period
+      from conveyor.tasks t where t.rate_limit_n is not null) l
+cross join lateral (
+    select coalesce(sum(s.n), 0)::bigint as started from conveyor._rate_starts s
+    where s.scope = l.scope and s.name = l.name and s.at > conveyor._now() - l.period) w
+cross join lateral (
+    select case l.scope
+        when 'queue' then (select count(*) from conveyor.runs r where r.status = 'queued' and r.queue = l.name)
+        else (select count(*) from conveyor.runs r where r.status = 'queued' and r.task = l.name)
+    end as queued) q;
+
+comment on view conveyor.rate_limits is 'each rate limit: limit, period, started in the window, room left, queued and held-back runs';
+
 -- _metric_label: a Prometheus label value, escaped.
 create or replace function conveyor._metric_label(value text)
 returns text
@@ -4086,7 +4375,9 @@ as $$
         (12, 'conveyor_runs_enqueued_total', 'counter', 'Runs created (enqueued, scheduled or fired), by queue and task.'),
         (13, 'conveyor_attempts_total', 'counter', 'Attempts ended, by queue, task and outcome.'),
         (14, 'conveyor_retries_total', 'counter', 'Failed attempts that led to a retry, by queue and task.'),
-        (15, 'conveyor_releases_total', 'counter', 'Attempts released (business waiting, not a failure), by queue and task: attempts_total with outcome released.')
+        (15, 'conveyor_releases_total', 'counter', 'Attempts released (business waiting, not a failure), by queue and task: attempts_total with outcome released.'),
+        (16, 'conveyor_rate_limit_room', 'gauge', 'Runs a rate limit lets start now (its limit less the starts of its window), by scope (queue or task) and name.'),
+        (17, 'conveyor_rate_limit_held_back_runs', 'gauge', 'Queued runs a rate limit holds back now (all of its queued runs while it has no room).')
     ),
     -- conveyor.counters, read once
     counter as (select * from conveyor.counters),
@@ -4145,6 +4436,11 @@ as $$
                format('queue=%s,task=%s', conveyor._metric_label(c.queue), conveyor._metric_label(c.task)),
                c.value::text
         from counter c where c.counter = 'attempt.released'
+        union all
+        select f.name, format('scope=%s,name=%s', conveyor._metric_label(l.scope), conveyor._metric_label(l.name)),
+               (case f.name when 'conveyor_rate_limit_room' then l.room else l.held_back end)::text
+        from conveyor.rate_limits l
+        cross join (values ('conveyor_rate_limit_room'), ('conveyor_rate_limit_held_back_runs')) as f(name)
     ),
     block as (
         select f.ord,
@@ -4222,6 +4518,7 @@ grant execute on function
     conveyor.claim_run(text, text, conveyor.duration, text[], boolean),
     conveyor.claim_runs(text, text, integer, conveyor.duration, text[], boolean),
     conveyor.pending(text),
+    conveyor.rate_limited_until(text),
     conveyor.complete_run(conveyor.ulid, uuid, jsonb),
     conveyor.fail_run(conveyor.ulid, uuid, text, jsonb, boolean),
     conveyor.release_run(conveyor.ulid, uuid, text, text, jsonb),
@@ -4237,7 +4534,7 @@ grant select on
     conveyor.queues, conveyor.transitions, conveyor.defaults, conveyor.task_config, conveyor.outbox,
     conveyor.queue_stats, conveyor.task_stats, conveyor.recent_failures, conveyor.throughput, conveyor.run_history,
     conveyor.run_statuses, conveyor.attempt_outcomes, conveyor.error_codes, conveyor.options,
-    conveyor.quarantine, conveyor._tick_stats, conveyor.sessions, conveyor.counters
+    conveyor.quarantine, conveyor._tick_stats, conveyor.sessions, conveyor.counters, conveyor.rate_limits
 to conveyor_reader;
 
 grant execute on function conveyor.metrics() to conveyor_reader;
@@ -4246,10 +4543,10 @@ grant select on all tables in schema conveyor to conveyor_admin;
 
 grant execute on function
     conveyor.define_task(text, text, integer, integer, text, text, text, text, text, integer, text, text, text,
-                         integer, jsonb, text, text, text, text),
+                         integer, jsonb, text, text, text, text, text),
     conveyor.define_service(text, integer, text, text, text, text, jsonb, jsonb),
     conveyor.disable_task(text), conveyor.enable_task(text),
-    conveyor.set_queue(text, integer, boolean, boolean, boolean, boolean),
+    conveyor.set_queue(text, integer, boolean, boolean, boolean, boolean, text),
     conveyor.pause_queue(text), conveyor.resume_queue(text), conveyor.drop_queue(text),
     conveyor.set_defaults(jsonb), conveyor.apply_config(jsonb),
     conveyor.cancel_run(conveyor.ulid), conveyor.cancel_runs(text, text, conveyor.run_status, integer),

@@ -67,6 +67,8 @@ pub enum Takes {
     Cron,
     TimeZone,
     Object,
+    /// "N/period": at most N starts in any window of that duration ("100/1s", "5000/1h")
+    Rate,
 }
 
 impl Takes {
@@ -84,6 +86,7 @@ impl Takes {
             Takes::Cron => "cron expression".into(),
             Takes::TimeZone => "time zone".into(),
             Takes::Object => "JSON object".into(),
+            Takes::Rate => "N/duration".into(),
         }
     }
 }
@@ -134,6 +137,7 @@ pub static OPTIONS: &[OptionDef] = &[
     OptionDef { name: "paused", kinds: &[Q], value: Takes::Boolean, default: Some("false"), meaning: "claims return nothing, tick delivers nothing into it" },
     OptionDef { name: "notify", kinds: &[Q], value: Takes::Boolean, default: Some("true"), meaning: "wakeups on conveyor.<queue> when runs become claimable" },
     OptionDef { name: "delivery_outbox", kinds: &[Q], value: Takes::Boolean, default: Some("false"), meaning: "an outbox row (topic conveyor.delivery) for every run that becomes claimable" },
+    OptionDef { name: "rate_limit", kinds: &[T, Q], value: Takes::Rate, default: None, meaning: "at most N runs started in any window of the period (\"100/1s\", \"5000/1h\"), whatever the number of workers: a claim takes fewer runs (or none) and the rest stay queued; rate_limited_until(queues) says when to look again" },
     OptionDef { name: "on_duplicate", kinds: &[T], value: Takes::Choice(&["return", "reject", "replace"]), default: Some("return"), meaning: "an enqueue whose idempotency key matches a live run of the task (or one finished within unique_for): return that run, reject (CV009), or replace its payload while it waits (latest wins)" },
     OptionDef { name: "unique_for", kinds: &[T], value: Takes::Duration { positive: true }, default: None, meaning: "an idempotency key keeps deduplicating for this long after its run finished" },
     OptionDef { name: "debounce", kinds: &[T], value: Takes::Duration { positive: true }, default: None, meaning: "a keyed run starts this long after the latest enqueue with its key: each one pushes a scheduled run's start back" },
@@ -421,6 +425,19 @@ impl<'a> Checker<'a> {
         self.boolean("catch_up");
     }
 
+    /// `rate_limit`: "N/period", stored as rate_limit_n and rate_limit_period.
+    fn rate(&mut self, option: &str) {
+        let Some(value) = self.get(option) else { return };
+        let parsed = value.as_str().ok_or_else(|| format!("expected \"N/period\" such as \"100/1s\", got {value}"));
+        match parsed.and_then(parse_rate) {
+            Ok((n, micros)) => {
+                self.out.insert(format!("{option}_n"), json!(n));
+                self.out.insert(format!("{option}_period"), json!(duration::to_iso8601(micros)));
+            }
+            Err(e) => self.problem(option, e),
+        }
+    }
+
     /// debounce, and its cap debounce_max (at least debounce; only with debounce).
     fn debounce(&mut self) {
         let wait = self.duration("debounce", "debounce", true);
@@ -446,6 +463,25 @@ impl<'a> Checker<'a> {
             }
         }
     }
+}
+
+/// "N/period" (spaces allowed): N from 1 to 1,000,000 starts, a period over 0s (at most 31 days:
+/// the window's starts are kept that long).
+pub fn parse_rate(text: &str) -> Result<(i64, i64), String> {
+    let bad = |why: &str| format!("invalid rate \"{text}\": {why}");
+    let (n, period) = text.split_once('/').ok_or_else(|| bad("expected N/period such as 100/1s or 5000/1h"))?;
+    let n: i64 = n.trim().parse().map_err(|_| bad("N must be a whole number of runs"))?;
+    if !(1..=1_000_000).contains(&n) {
+        return Err(bad("N must be from 1 to 1000000"));
+    }
+    let micros = duration::parse(period.trim()).map_err(|e| bad(&e.to_string()))?;
+    if micros == 0 {
+        return Err(bad("the period must be longer than 0s"));
+    }
+    if micros > 31 * 86_400_000_000 {
+        return Err(bad("the period must be at most 31 days"));
+    }
+    Ok((n, micros))
 }
 
 fn parse_size(text: &str) -> Option<i64> {
@@ -517,6 +553,7 @@ pub fn check(kind: Kind, name: &str, options: &Value) -> Result<Map<String, Valu
             (name, Takes::Size) => c.size(name),
             (_, Takes::QueueName) => c.queue(),
             (_, Takes::Object) => c.payload(),
+            (name, Takes::Rate) => c.rate(name),
             (name, other) => unreachable!("option {name} of type {other:?} has no validator"),
         }
     }
@@ -638,6 +675,18 @@ mod unit {
     }
 
     #[test]
+    fn rates_are_n_per_period() {
+        assert_eq!(parse_rate("100/1s"), Ok((100, 1_000_000)));
+        assert_eq!(parse_rate(" 5000 / 1h "), Ok((5000, 3_600_000_000)));
+        for bad in ["100", "0/1s", "-1/1s", "1.5/1s", "100/0s", "100/soon", "100/40d", "1000001/1s", "/1s"] {
+            assert!(parse_rate(bad).is_err(), "{bad} was accepted");
+        }
+        let q = ok(Kind::Queue, json!({"rate_limit": "10/1m"}));
+        assert_eq!((q["rate_limit_n"].clone(), q["rate_limit_period"].clone()), (json!(10), json!("PT60S")));
+        assert!(problems(Kind::Task, json!({"rate_limit": 10}))[0].contains("expected \"N/period\""));
+    }
+
+    #[test]
     fn queues_and_defaults() {
         assert_eq!(ok(Kind::Queue, json!({"concurrency": 5, "paused": false}))["concurrency"], json!(5));
         assert!(problems(Kind::Queue, json!({"concurrency": 0}))[0].contains("from 1"));
@@ -674,7 +723,10 @@ mod unit {
 
     #[test]
     fn accepted_options_come_from_the_registry() {
-        assert_eq!(Kind::Queue.accepts(), vec!["concurrency", "paused", "notify", "delivery_outbox", "bind_session"]);
+        assert_eq!(
+            Kind::Queue.accepts(),
+            vec!["concurrency", "paused", "notify", "delivery_outbox", "rate_limit", "bind_session"]
+        );
         assert!(Kind::Service.accepts().contains(&"replicas"));
         assert!(!Kind::Task.accepts().contains(&"replicas"));
         let names: Vec<_> = OPTIONS.iter().map(|o| o.name).collect();
@@ -683,7 +735,10 @@ mod unit {
         unique.dedup();
         assert_eq!(names.len(), unique.len(), "an option is defined twice");
         let p = problems(Kind::Queue, json!({"bogus": 1}));
-        assert!(p[0].ends_with("a queue accepts concurrency, paused, notify, delivery_outbox, bind_session"), "{p:?}");
+        assert!(
+            p[0].ends_with("a queue accepts concurrency, paused, notify, delivery_outbox, rate_limit, bind_session"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -24,7 +24,8 @@ from registry r
 left join shown s on s.name = r.name
 order by r.name;
 
--- every option that is stored has a column; every option column is an option
+-- every option that is stored has a column (a rate, N/period, has two: <name>_n and
+-- <name>_period); every option column is an option
 select 'defaults' as tbl, o.name as option_without_column from conveyor.options o
 where 'defaults' = any(o.kinds) and o.name not in ('retry_attempts', 'delays')
   and not exists (select from information_schema.columns c
@@ -33,12 +34,14 @@ union all
 select 'tasks', o.name from conveyor.options o
 where (o.kinds && array['task', 'service']) and o.name not in ('retry_attempts', 'delays', 'queue')
   and not exists (select from information_schema.columns c
-                  where c.table_schema = 'conveyor' and c.table_name = 'tasks' and c.column_name = o.name)
+                  where c.table_schema = 'conveyor' and c.table_name = 'tasks'
+                    and c.column_name in (o.name, o.name || '_n'))
 union all
 select 'queues', o.name from conveyor.options o
 where 'queue' = any(o.kinds)
   and not exists (select from information_schema.columns c
-                  where c.table_schema = 'conveyor' and c.table_name = 'queues' and c.column_name = o.name);
+                  where c.table_schema = 'conveyor' and c.table_name = 'queues'
+                    and c.column_name in (o.name, o.name || '_n'));
 select c.column_name as column_without_option
 from information_schema.columns c
 where c.table_schema = 'conveyor' and c.table_name = '_defaults'

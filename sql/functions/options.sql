@@ -60,7 +60,8 @@ select
     t.bind_session,
     -- deduplication on the idempotency key (_enqueue)
     coalesce(t.on_duplicate, 'return') as on_duplicate,
-    t.unique_for, t.debounce, t.debounce_max
+    t.unique_for, t.debounce, t.debounce_max,
+    t.rate_limit_n, t.rate_limit_period
 from conveyor.tasks t
 cross join conveyor.defaults d;
 
@@ -187,7 +188,7 @@ begin
         delay, max_delay, jitter, timeout, lease, log_max_size, log_on_full, schedule, timezone,
         on_overlap, catch_up, next_fire_at, parallelism, payload, replicas, restart_delay,
         restart_backoff, restart_max_delay, created_at, updated_at, bind_session,
-        on_duplicate, unique_for, debounce, debounce_max
+        on_duplicate, unique_for, debounce, debounce_max, rate_limit_n, rate_limit_period
     ) values (
         p_name, p_kind, v_queue, coalesce((o ->> 'enabled')::boolean, v_old.enabled, true), v_version, o,
         (o ->> 'priority')::smallint,
@@ -217,7 +218,9 @@ begin
         o ->> 'on_duplicate',
         (o ->> 'unique_for')::interval,
         (o ->> 'debounce')::interval,
-        (o ->> 'debounce_max')::interval
+        (o ->> 'debounce_max')::interval,
+        (o ->> 'rate_limit_n')::integer,
+        (o ->> 'rate_limit_period')::interval
     )
     on conflict (name) do update set
         queue = excluded.queue, enabled = excluded.enabled, version = excluded.version,
@@ -233,6 +236,7 @@ begin
         bind_session = excluded.bind_session,
         on_duplicate = excluded.on_duplicate, unique_for = excluded.unique_for,
         debounce = excluded.debounce, debounce_max = excluded.debounce_max,
+        rate_limit_n = excluded.rate_limit_n, rate_limit_period = excluded.rate_limit_period,
         -- a cap that starts now starts from the runs delivered now
         active = case
             when excluded.parallelism is not null and t.parallelism is null then
@@ -240,6 +244,9 @@ begin
                   where r.task = excluded.name and conveyor._is_delivered(r.status))
             else t.active end;
 
+    if o ? 'rate_limit_n' then
+        insert into conveyor._rate_limits (scope, name) values ('task', p_name) on conflict do nothing;
+    end if;
     perform conveyor._check_effective();
     return v_version;
 end
@@ -268,7 +275,8 @@ create or replace function conveyor.define_task(
     on_duplicate text default null,
     unique_for text default null,
     debounce text default null,
-    debounce_max text default null
+    debounce_max text default null,
+    rate_limit text default null
 )
 returns integer
 language plpgsql
@@ -282,7 +290,8 @@ begin
         'backoff', backoff, 'delay', delay, 'max_delay', max_delay, 'jitter', jitter,
         'timeout', timeout, 'priority', priority, 'schedule', schedule, 'timezone', timezone,
         'on_overlap', on_overlap, 'parallelism', parallelism, 'on_duplicate', on_duplicate,
-        'unique_for', unique_for, 'debounce', debounce, 'debounce_max', debounce_max)));
+        'unique_for', unique_for, 'debounce', debounce, 'debounce_max', debounce_max,
+        'rate_limit', rate_limit)));
 end
 $$;
 
@@ -375,10 +384,15 @@ begin
         notify = coalesce((o ->> 'notify')::boolean, true),
         delivery_outbox = coalesce((o ->> 'delivery_outbox')::boolean, false),
         bind_session = (o ->> 'bind_session')::boolean,
+        rate_limit_n = (o ->> 'rate_limit_n')::integer,
+        rate_limit_period = (o ->> 'rate_limit_period')::interval,
         delivered = case when o ? 'concurrency' then
             (select count(*) from conveyor.runs r where r.queue = p_name and conveyor._is_delivered(r.status))
             else 0 end
     where q.name = p_name;
+    if o ? 'rate_limit_n' then
+        insert into conveyor._rate_limits (scope, name) values ('queue', p_name) on conflict do nothing;
+    end if;
 end
 $$;
 
@@ -389,7 +403,8 @@ create or replace function conveyor.set_queue(
     paused boolean default false,
     notify boolean default true,
     delivery_outbox boolean default false,
-    bind_session boolean default null
+    bind_session boolean default null,
+    rate_limit text default null
 )
 returns void
 language sql
@@ -397,6 +412,7 @@ security definer
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
     select conveyor._set_queue(name, jsonb_strip_nulls(jsonb_build_object(
+        'rate_limit', rate_limit,
         'concurrency', concurrency, 'paused', paused, 'notify', notify, 'delivery_outbox', delivery_outbox,
         'bind_session', bind_session)))
 $$;

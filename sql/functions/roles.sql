@@ -57,6 +57,7 @@ grant execute on function
     conveyor.claim_run(text, text, conveyor.duration, text[], boolean),
     conveyor.claim_runs(text, text, integer, conveyor.duration, text[], boolean),
     conveyor.pending(text),
+    conveyor.rate_limited_until(text),
     conveyor.complete_run(conveyor.ulid, uuid, jsonb),
     conveyor.fail_run(conveyor.ulid, uuid, text, jsonb, boolean),
     conveyor.release_run(conveyor.ulid, uuid, text, text, jsonb),
@@ -72,7 +73,7 @@ grant select on
     conveyor.queues, conveyor.transitions, conveyor.defaults, conveyor.task_config, conveyor.outbox,
     conveyor.queue_stats, conveyor.task_stats, conveyor.recent_failures, conveyor.throughput, conveyor.run_history,
     conveyor.run_statuses, conveyor.attempt_outcomes, conveyor.error_codes, conveyor.options,
-    conveyor.quarantine, conveyor._tick_stats, conveyor.sessions, conveyor.counters
+    conveyor.quarantine, conveyor._tick_stats, conveyor.sessions, conveyor.counters, conveyor.rate_limits
 to conveyor_reader;
 
 grant execute on function conveyor.metrics() to conveyor_reader;
@@ -81,10 +82,10 @@ grant select on all tables in schema conveyor to conveyor_admin;
 
 grant execute on function
     conveyor.define_task(text, text, integer, integer, text, text, text, text, text, integer, text, text, text,
-                         integer, jsonb, text, text, text, text),
+                         integer, jsonb, text, text, text, text, text),
     conveyor.define_service(text, integer, text, text, text, text, jsonb, jsonb),
     conveyor.disable_task(text), conveyor.enable_task(text),
-    conveyor.set_queue(text, integer, boolean, boolean, boolean, boolean),
+    conveyor.set_queue(text, integer, boolean, boolean, boolean, boolean, text),
     conveyor.pause_queue(text), conveyor.resume_queue(text), conveyor.drop_queue(text),
     conveyor.set_defaults(jsonb), conveyor.apply_config(jsonb),
     conveyor.cancel_run(conveyor.ulid), conveyor.cancel_runs(text, text, conveyor.run_status, integer),

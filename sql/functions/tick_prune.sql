@@ -23,6 +23,23 @@ begin
     delete from conveyor.outbox o
     where o.id in (select x.id from conveyor.outbox x where x.published_at < v_cutoff
                    order by x.published_at limit p_limit for update skip locked);
+    -- rate-limit starts two windows (and 10 minutes) old: no claim counts them any more, even
+    -- one whose transaction began a while ago (a removed limit's starts go at once); read by
+    -- each limit's index range, never the whole table
+    delete from conveyor._rate_starts s
+    where s.ctid = any(array(
+        select x.ctid
+        from conveyor._rate_limits l
+        left join conveyor.queues q on l.scope = 'queue' and q.name = l.name
+        left join conveyor.tasks t on l.scope = 'task' and t.name = l.name
+        cross join lateral (
+            select x.ctid from conveyor._rate_starts x
+            where x.scope = l.scope and x.name = l.name
+              and x.at < p_now - coalesce(2 * coalesce(q.rate_limit_period, t.rate_limit_period) + interval '10 minutes',
+                                          interval '0')
+            order by x.at
+            limit p_limit) x
+        limit p_limit));
     if v_ids is null then
         return 0;
     end if;

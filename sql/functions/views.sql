@@ -173,6 +173,30 @@ group by c.queue, c.task, c.counter;
 
 comment on view conveyor.counters is 'monotonic totals per queue and task: enqueued, attempt.<outcome>, retried (never lowered by pruning)';
 
+-- rate_limits: each rate limit (a queue's or a task's): its limit and period, the runs started
+-- in the window now, the room left, its queued runs, and those of them the limit holds back
+-- (all of them while there is no room). A task's limit counts its runs in every queue.
+create or replace view conveyor.rate_limits as
+select l.scope, l.name, l.n as "limit", l.period, w.started,
+       greatest(l.n - w.started, 0) as room,
+       q.queued,
+       case when w.started >= l.n then q.queued else 0 end as held_back
+from (select 'queue' as scope, q.name, q.rate_limit_n as n, q.rate_limit_period as period
+      from conveyor.queues q where q.rate_limit_n is not null
+      union all
+      select 'task', t.name, t.rate_limit_n, t.rate_limit_period
+      from conveyor.tasks t where t.rate_limit_n is not null) l
+cross join lateral (
+    select coalesce(sum(s.n), 0)::bigint as started from conveyor._rate_starts s
+    where s.scope = l.scope and s.name = l.name and s.at > conveyor._now() - l.period) w
+cross join lateral (
+    select case l.scope
+        when 'queue' then (select count(*) from conveyor.runs r where r.status = 'queued' and r.queue = l.name)
+        else (select count(*) from conveyor.runs r where r.status = 'queued' and r.task = l.name)
+    end as queued) q;
+
+comment on view conveyor.rate_limits is 'each rate limit: limit, period, started in the window, room left, queued and held-back runs';
+
 -- _metric_label: a Prometheus label value, escaped.
 create or replace function conveyor._metric_label(value text)
 returns text
@@ -211,7 +235,9 @@ as $$
         (12, 'conveyor_runs_enqueued_total', 'counter', 'Runs created (enqueued, scheduled or fired), by queue and task.'),
         (13, 'conveyor_attempts_total', 'counter', 'Attempts ended, by queue, task and outcome.'),
         (14, 'conveyor_retries_total', 'counter', 'Failed attempts that led to a retry, by queue and task.'),
-        (15, 'conveyor_releases_total', 'counter', 'Attempts released (business waiting, not a failure), by queue and task: attempts_total with outcome released.')
+        (15, 'conveyor_releases_total', 'counter', 'Attempts released (business waiting, not a failure), by queue and task: attempts_total with outcome released.'),
+        (16, 'conveyor_rate_limit_room', 'gauge', 'Runs a rate limit lets start now (its limit less the starts of its window), by scope (queue or task) and name.'),
+        (17, 'conveyor_rate_limit_held_back_runs', 'gauge', 'Queued runs a rate limit holds back now (all of its queued runs while it has no room).')
     ),
     -- conveyor.counters, read once
     counter as (select * from conveyor.counters),
@@ -270,6 +296,11 @@ as $$
                format('queue=%s,task=%s', conveyor._metric_label(c.queue), conveyor._metric_label(c.task)),
                c.value::text
         from counter c where c.counter = 'attempt.released'
+        union all
+        select f.name, format('scope=%s,name=%s', conveyor._metric_label(l.scope), conveyor._metric_label(l.name)),
+               (case f.name when 'conveyor_rate_limit_room' then l.room else l.held_back end)::text
+        from conveyor.rate_limits l
+        cross join (values ('conveyor_rate_limit_room'), ('conveyor_rate_limit_held_back_runs')) as f(name)
     ),
     block as (
         select f.ord,

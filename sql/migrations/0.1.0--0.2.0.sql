@@ -211,3 +211,34 @@ alter table conveyor.tasks add column on_duplicate text, add column unique_for i
 create index runs_finished_by_key on conveyor.runs (task, idempotency_key, finished_at)
     where idempotency_key is not null and finished_at is not null;
 
+-- Rate limits per queue and per task (issue 15): at most N runs started in any window of the
+-- period. Columns appended, as a fresh install has them.
+alter table conveyor.queues add column rate_limit_n integer, add column rate_limit_period interval;
+alter table conveyor.tasks add column rate_limit_n integer, add column rate_limit_period interval;
+-- Rate limits (issue 15): a claim from a rate-limited queue, or of a rate-limited task, takes
+-- the limit's row in _rate_limits (FOR NO KEY UPDATE; only claims lock these rows, and a wait
+-- is bounded), counts the starts of the window in _rate_starts, claims at most what is left and
+-- records its own starts there, all before it commits: claims of one limit take turns, and each
+-- sees every start committed before it (an exact sliding window).
+create table conveyor._rate_limits (
+    scope text not null,
+    name text not null,
+    constraint rate_limits_scope check (scope in ('queue', 'task')),
+    constraint rate_limits_one_row_per_limit primary key (scope, name)
+);
+comment on table conveyor._rate_limits is 'one row per rate limit, locked by the claims of that limit in turn';
+
+create table conveyor._rate_starts (
+    scope text not null,
+    name text not null,
+    -- the claim's time (the runs' started_at) and how many runs it started
+    at timestamptz not null,
+    n integer not null
+);
+comment on table conveyor._rate_starts is 'runs started per claim of a rate-limited queue or task (kept one period; tick prunes)';
+create index rate_starts_window on conveyor._rate_starts (scope, name, at);
+-- no key of its own: prune's deletes carry the whole row (a FOR ALL TABLES publication needs it)
+alter table conveyor._rate_starts replica identity full;
+
+select pg_catalog.pg_extension_config_dump('conveyor._rate_limits', '');
+

@@ -49,6 +49,9 @@ create table conveyor.queues (
     created_at timestamptz not null default now(),
     -- (0.2.0) the bind_session default of this queue's claims (null: the defaults')
     bind_session boolean,
+    -- (0.2.0) rate limit: at most rate_limit_n runs started in any window of rate_limit_period
+    rate_limit_n integer,
+    rate_limit_period interval,
     constraint queues_concurrency_positive check (concurrency > 0),
     constraint queues_delivered_not_negative check (delivered >= 0)
 );
@@ -100,6 +103,9 @@ create table conveyor.tasks (
     unique_for interval,
     debounce interval,
     debounce_max interval,
+    -- (0.2.0) rate limit: at most rate_limit_n runs of the task started in any window of rate_limit_period
+    rate_limit_n integer,
+    rate_limit_period interval,
     constraint tasks_kind check (kind in ('task', 'service')),
     constraint tasks_service_has_replicas check ((kind = 'service') = (replicas is not null)),
     constraint tasks_active_not_negative check (active >= 0),
@@ -386,6 +392,31 @@ create table conveyor._counters (
 );
 comment on table conveyor._counters is 'monotonic counter totals folded by the tick step count (read conveyor.counters)';
 
+-- Rate limits (issue 15): a claim from a rate-limited queue, or of a rate-limited task, takes
+-- the limit's row in _rate_limits (FOR NO KEY UPDATE; only claims lock these rows, and a wait
+-- is bounded), counts the starts of the window in _rate_starts, claims at most what is left and
+-- records its own starts there, all before it commits: claims of one limit take turns, and each
+-- sees every start committed before it (an exact sliding window).
+create table conveyor._rate_limits (
+    scope text not null,
+    name text not null,
+    constraint rate_limits_scope check (scope in ('queue', 'task')),
+    constraint rate_limits_one_row_per_limit primary key (scope, name)
+);
+comment on table conveyor._rate_limits is 'one row per rate limit, locked by the claims of that limit in turn';
+
+create table conveyor._rate_starts (
+    scope text not null,
+    name text not null,
+    -- the claim's time (the runs' started_at) and how many runs it started
+    at timestamptz not null,
+    n integer not null
+);
+comment on table conveyor._rate_starts is 'runs started per claim of a rate-limited queue or task (kept one period; tick prunes)';
+create index rate_starts_window on conveyor._rate_starts (scope, name, at);
+-- no key of its own: prune's deletes carry the whole row (a FOR ALL TABLES publication needs it)
+alter table conveyor._rate_starts replica identity full;
+
 -- pg_dump keeps the data of these tables (the extension's own rows are recreated by it)
 
 select pg_catalog.pg_extension_config_dump('conveyor._defaults', '');
@@ -415,3 +446,5 @@ select pg_catalog.pg_extension_config_dump('conveyor.sessions', '');
 select pg_catalog.pg_extension_config_dump('conveyor._counter_deltas', '');
 
 select pg_catalog.pg_extension_config_dump('conveyor._counters', '');
+
+select pg_catalog.pg_extension_config_dump('conveyor._rate_limits', '');

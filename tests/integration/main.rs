@@ -12,5 +12,6 @@ mod lifecycle;
 mod maintenance;
 mod model;
 mod pooler;
+mod rate;
 mod rescue;
 mod security;

@@ -192,7 +192,11 @@ export class Worker {
           continue; // there may be more: claim again before waiting
         }
         if (drain && (await this.nothingLeft())) break;
-        await this.waitForWakeup();
+        // the poll interval, or less when a rate limit holds runs back until sooner
+        const { rows } = await this.client.query(
+          'select greatest(extract(epoch from conveyor.rate_limited_until($1) - now()), 0)::float8 * 1000 as ms',
+          [this.queues.join(',')]);
+        await this.waitForWakeup(rows[0].ms == null ? this.pollMs : Math.min(this.pollMs, rows[0].ms));
       }
       await this.flush();
     } finally {
@@ -220,10 +224,10 @@ export class Worker {
     }
   }
 
-  waitForWakeup() {
+  waitForWakeup(ms) {
     if (this.woken || this.stopping) return Promise.resolve();
     return new Promise((resolve) => {
-      const timer = setTimeout(() => this.wake(), this.pollMs);
+      const timer = setTimeout(() => this.wake(), ms);
       this.wake = () => { clearTimeout(timer); this.wake = null; resolve(); };
     });
   }

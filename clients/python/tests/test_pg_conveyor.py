@@ -291,3 +291,22 @@ def test_a_result_that_is_not_json_fails_the_attempt_not_the_worker(db, queue):
     assert status(db, b) == "failed" and status(db, g) == "succeeded"
     (error,) = db.execute("select error from conveyor.runs where id = %s", (b,)).fetchone()
     assert "the handler's result is not JSON" in error["message"]
+
+
+def test_under_a_rate_limit_the_worker_waits_until_there_is_room_not_a_whole_poll(db, queue):
+    # 4 runs a second, 12 runs: with a 30 s poll the worker would take a minute and more; it
+    # sleeps until rate_limited_until instead, and drains in about 3 s
+    db.execute("select conveyor.set_queue(%s, rate_limit => '4/1s')", (queue,))
+    task = define(db, queue, "limited")
+    worker = Worker(queues=queue, batch=10, poll=30.0)
+    worker.task(task)(lambda job: None)
+    with psycopg.connect("", autocommit=True) as conn:
+        enqueue_many(conn, task, [{}] * 12)
+    started = time.monotonic()
+    run_worker(worker, timeout=25)
+    took = time.monotonic() - started
+    assert 1.9 < took < 15, took
+    (most,) = db.execute("""select max(n) from (select count(*) over (order by started_at range between
+                                interval '999999 microseconds' preceding and current row) as n
+                            from conveyor.attempts where queue = %s) w""", (queue,)).fetchone()
+    assert most <= 4

@@ -443,6 +443,17 @@ impl Worker {
             if self.stop.stopping() {
                 break;
             }
+            // the poll interval, or less when a rate limit holds runs back until sooner
+            let rows = shared
+                .client
+                .query_typed(
+                    "select greatest(extract(epoch from conveyor.rate_limited_until($1) - now()), 0)::float8",
+                    &[(&queues, Type::TEXT)],
+                )
+                .await?;
+            let idle = rows[0]
+                .get::<_, Option<f64>>(0)
+                .map_or(self.config.poll, |s| self.config.poll.min(std::time::Duration::from_secs_f64(s)));
             tokio::select! {
                 n = notifications.recv(), if listening => {
                     if n.is_none() {
@@ -452,7 +463,7 @@ impl Worker {
                     }
                 }
                 _ = stop.changed() => {}
-                _ = tokio::time::sleep(self.config.poll) => {}
+                _ = tokio::time::sleep(idle) => {}
             }
         }
         cycle.flush().await?;

@@ -26,7 +26,7 @@ from psycopg import sql
 from .durations import Duration, duration
 from .errors import STALE_LEASE
 from .records import ClaimedRun, Finished
-from .worker import (APPEND_LOG, FINISH_AND_CLAIM, FINISH_RUNS, HEARTBEAT, LEASE_SECONDS, PENDING, Pending,
+from .worker import (APPEND_LOG, FINISH_AND_CLAIM, FINISH_RUNS, HEARTBEAT, LEASE_SECONDS, PENDING, RATE_WAIT, Pending,
                      WorkerBase, claim_args, claimed, ending, log, unhandled)
 
 
@@ -97,7 +97,10 @@ class AsyncWorker(WorkerBase):
                 if drain and await self._nothing_left():
                     break
                 try:
-                    await asyncio.wait_for(self._woken.wait(), self.poll)
+                    cur = await self._conn.execute(RATE_WAIT, (",".join(self.queues),))
+                    (wait,) = await cur.fetchone()
+                    # the poll interval, or less when a rate limit holds runs back until sooner
+                    await asyncio.wait_for(self._woken.wait(), self.poll if wait is None else min(self.poll, wait))
                 except asyncio.TimeoutError:
                     pass
             await self._flush()

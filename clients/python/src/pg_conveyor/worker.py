@@ -49,6 +49,8 @@ HEARTBEAT = "select conveyor.heartbeat(%s, %s, %s)"
 APPEND_LOG = "select conveyor.append_log(%s, %s, %s)"
 PENDING = "select conveyor.pending(%s)"
 LEASE_SECONDS = "select extract(epoch from %s::conveyor.duration::interval)::float8"
+# after an empty claim: how long until a run a rate limit holds back can start (null: none is)
+RATE_WAIT = "select greatest(extract(epoch from conveyor.rate_limited_until(%s) - now()), 0)::float8"
 
 #: an ending not sent yet: the run, its finish_runs item, what the handler did
 Pending = tuple[ClaimedRun, dict, str]
@@ -285,7 +287,7 @@ class Worker(WorkerBase):
                 if drain and self._nothing_left():
                     log.info("%s drained: nothing left in %s", self.name, ",".join(self.queues))
                     break
-                self._wait()
+                self._wait(self._idle_seconds())
             self._flush()
         finally:
             for sig, handler in previous.items():
@@ -313,9 +315,14 @@ class Worker(WorkerBase):
             for _ in self._listen.notifies(timeout=0):
                 pass
 
-    def _wait(self) -> None:
-        """Sleep until a notification, stop(), or the poll interval."""
-        deadline = time.monotonic() + self.poll
+    def _idle_seconds(self) -> float:
+        """The poll interval, or less when a rate limit holds runs back until sooner."""
+        (wait,) = self._conn.execute(RATE_WAIT, (",".join(self.queues),)).fetchone()
+        return self.poll if wait is None else min(self.poll, wait)
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep until a notification, stop(), or `seconds`."""
+        deadline = time.monotonic() + seconds
         while not self.stopping and (left := deadline - time.monotonic()) > 0:
             if self._listen is not None:
                 for _ in self._listen.notifies(timeout=min(left, 0.25), stop_after=1):
