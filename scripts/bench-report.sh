@@ -57,6 +57,10 @@ for b in (1, 50):
     two = num(find("pg_conveyor", "process", batch=b), "per_second")
     if pc:
         print(f"| end to end, {pc['runs']} no-op runs, 8 workers, batch {b}, finish_and_claim (one call per cycle) | {fmt(num(pc, 'per_second'))} runs/s | claim + finish, two calls: {fmt(two)} runs/s | {ratio(num(pc, 'per_second'), two)} |")
+rl = find("pg_conveyor", "process_rate_limited", batch=50)
+if rl:
+    plain = num(find("pg_conveyor", "process", batch=50), "per_second")
+    print(f"| end to end, {rl['runs']} no-op runs, 8 workers, batch 50, under rate limits on the queue and the task that never bind | {fmt(num(rl, 'per_second'))} runs/s | without limits: {fmt(plain)} runs/s (target ≥ 0.9×) | {ratio(num(rl, 'per_second'), plain)} |")
 sus = [r for r in rows if r.get("workload") == "sustained" and r.get("rate") != "1000000"]
 free = next((r for r in sus if r.get("hold") == "0"), None)
 held = next((r for r in sus if r.get("hold") == "1"), None)

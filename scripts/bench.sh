@@ -61,6 +61,8 @@ run bench process --runs "$RUNS" --workers 8 --batch 50
 # the same with finish_and_claim: one call and one commit per worker cycle
 run bench process --runs "$RUNS" --workers 8 --batch 1 --combined 1
 run bench process --runs "$RUNS" --workers 8 --batch 50 --combined 1
+# the same under rate limits on the queue and the task that never bind: what a limited claim costs
+run bench process --runs "$RUNS" --workers 8 --batch 50 --limits 1
 run bench latency --samples "$LAT"
 # held snapshot: the sustained maximum (offered far above it), then half of it for HOLD_SECONDS
 # without and with a REPEATABLE READ snapshot held the whole time

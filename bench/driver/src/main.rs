@@ -252,9 +252,19 @@ fn run_workers_with(workers: u64, batch: u64, combined: bool) -> (f64, u64) {
     (start.elapsed().as_secs_f64(), finished)
 }
 
-fn process(runs: u64, workers: u64, batch: u64, combined: bool) {
+/// `limits`: give the queue and the task rate limits that never bind (10^6 starts a second), to
+/// measure what a claim under limits costs.
+fn process(runs: u64, workers: u64, batch: u64, combined: bool, limits: bool) {
     let mut client = connect();
-    reset(&mut client, "");
+    reset(
+        &mut client,
+        if limits {
+            "select conveyor.set_queue('bench', rate_limit => '1000000/1s');
+             select conveyor.define_task('bench.noop', queue => 'bench', rate_limit => '1000000/1s');"
+        } else {
+            ""
+        },
+    );
     enqueue_backlog(&mut client, runs, "");
     let (seconds, finished) = run_workers_with(workers, batch, combined);
     let row = client
@@ -270,7 +280,11 @@ fn process(runs: u64, workers: u64, batch: u64, combined: bool) {
     assert_eq!(finished, runs);
     assert_eq!(events as u64, 3 * runs, "three events per run");
     let rate = runs as f64 / seconds;
-    let workload = if combined { "process_combined" } else { "process" };
+    let workload = match (combined, limits) {
+        (_, true) => "process_rate_limited",
+        (true, false) => "process_combined",
+        (false, false) => "process",
+    };
     eprintln!("{workload}: {runs} runs, {workers} workers, batch {batch}: {seconds:.2}s, {rate:.0} runs/s, all {succeeded} verified succeeded");
     result(
         workload,
@@ -723,7 +737,13 @@ fn main() {
     match workload.as_str() {
         "enqueue-single" => enqueue_single(arg("clients", 8), arg("seconds", 10)),
         "enqueue-batch" => enqueue_batch(arg("clients", 8), arg("batch", 50), arg("seconds", 10)),
-        "process" => process(arg("runs", 100_000), arg("workers", 8), arg("batch", 50), arg("combined", 0) == 1),
+        "process" => process(
+            arg("runs", 100_000),
+            arg("workers", 8),
+            arg("batch", 50),
+            arg("combined", 0) == 1,
+            arg("limits", 0) == 1,
+        ),
         "latency" => latency(arg("samples", 500)),
         "claim-cost" => claim_cost(arg("waiting", 10_000), arg("cycles", 2000)),
         "tick-cost" => tick_cost(arg("scheduled", 1_000_000), arg("due", 1000)),
