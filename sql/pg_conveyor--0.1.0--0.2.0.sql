@@ -228,28 +228,35 @@ create index runs_finished_by_key on conveyor.runs (task, idempotency_key, finis
 -- period. Columns appended, as a fresh install has them.
 alter table conveyor.queues add column rate_limit_n integer, add column rate_limit_period interval;
 alter table conveyor.tasks add column rate_limit_n integer, add column rate_limit_period interval;
--- Rate limits (issue 15): a claim from a rate-limited queue, or of a rate-limited task, takes
--- the limit's row in _rate_limits (FOR NO KEY UPDATE; only claims lock these rows, and a wait
--- is bounded), counts the starts of the window in _rate_starts, claims at most what is left and
--- records its own starts there, all before it commits: claims of one limit take turns, and each
--- sees every start committed before it (an exact sliding window).
+-- Rate limits (issue 15): a limit of N per period is split into shards (up to 8), each with its
+-- share of N. A claim from a rate-limited queue, or of a rate-limited task, takes one shard's
+-- row in _rate_limits (FOR NO KEY UPDATE, a free one if any: only claims lock these rows, and a
+-- wait is bounded), counts that shard's starts of the window in _rate_starts, claims at most
+-- what is left of its share and records its own starts there, all before it commits. Claims of
+-- one shard take turns and each sees every start committed before it: each shard is an exact
+-- sliding window, and the shares add up to N.
 create table conveyor._rate_limits (
     scope text not null,
     name text not null,
+    shard smallint not null,
+    -- this shard's share of the limit
+    quota integer not null,
     constraint rate_limits_scope check (scope in ('queue', 'task')),
-    constraint rate_limits_one_row_per_limit primary key (scope, name)
+    constraint rate_limits_quota_positive check (quota > 0),
+    constraint rate_limits_one_row_per_shard primary key (scope, name, shard)
 );
-comment on table conveyor._rate_limits is 'one row per rate limit, locked by the claims of that limit in turn';
+comment on table conveyor._rate_limits is 'the shards of each rate limit with their share of it, each locked by one claim at a time';
 
 create table conveyor._rate_starts (
     scope text not null,
     name text not null,
+    shard smallint not null,
     -- the claim's time (the runs' started_at) and how many runs it started
     at timestamptz not null,
     n integer not null
 );
-comment on table conveyor._rate_starts is 'runs started per claim of a rate-limited queue or task (kept one period; tick prunes)';
-create index rate_starts_window on conveyor._rate_starts (scope, name, at);
+comment on table conveyor._rate_starts is 'runs started per claim under a rate limit shard (kept two periods; tick prunes)';
+create index rate_starts_window on conveyor._rate_starts (scope, name, shard, at);
 -- no key of its own: prune's deletes carry the whole row (a FOR ALL TABLES publication needs it)
 alter table conveyor._rate_starts replica identity full;
 
@@ -1221,6 +1228,32 @@ begin
 end
 $$;
 
+-- _set_rate_limit: the shards of a queue's or task's rate limit of N (null: none), each with
+-- its share: up to 8 shards (fewer for N < 8), whose shares add up to N, so that as many claims
+-- of the limit can go at once. Kept as they are when N is unchanged; a new N takes effect for the
+-- windows after it (the old shards' starts are not counted against the new shares).
+create or replace function conveyor._set_rate_limit(p_scope text, p_name text, p_n integer)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    v_shards integer := least(8, p_n);
+begin
+    if p_n is not null and (select count(*) = v_shards and sum(l.quota) = p_n
+                            from conveyor._rate_limits l where l.scope = p_scope and l.name = p_name) then
+        return;
+    end if;
+    delete from conveyor._rate_limits l where l.scope = p_scope and l.name = p_name;
+    delete from conveyor._rate_starts s where s.scope = p_scope and s.name = p_name;
+    if p_n is not null then
+        insert into conveyor._rate_limits (scope, name, shard, quota)
+        select p_scope, p_name, i, p_n / v_shards + (i < p_n % v_shards)::integer
+        from generate_series(0, v_shards - 1) as i;
+    end if;
+end
+$$;
+
 -- _ensure_queue: the queue row, created (unbounded, running) the first time a name is used.
 create or replace function conveyor._ensure_queue(name text)
 returns void
@@ -1346,9 +1379,7 @@ begin
                   where r.task = excluded.name and conveyor._is_delivered(r.status))
             else t.active end;
 
-    if o ? 'rate_limit_n' then
-        insert into conveyor._rate_limits (scope, name) values ('task', p_name) on conflict do nothing;
-    end if;
+    perform conveyor._set_rate_limit('task', p_name, (o ->> 'rate_limit_n')::integer);
     perform conveyor._check_effective();
     return v_version;
 end
@@ -1492,9 +1523,7 @@ begin
             (select count(*) from conveyor.runs r where r.queue = p_name and conveyor._is_delivered(r.status))
             else 0 end
     where q.name = p_name;
-    if o ? 'rate_limit_n' then
-        insert into conveyor._rate_limits (scope, name) values ('queue', p_name) on conflict do nothing;
-    end if;
+    perform conveyor._set_rate_limit('queue', p_name, (o ->> 'rate_limit_n')::integer);
 end
 $$;
 
@@ -1725,6 +1754,7 @@ declare
     v_dup record;
     v_dup_n integer[];
     v_dup_run conveyor.ulid[];
+    v_debounced timestamptz;
 begin
     -- the task, and whether its queue exists and is bounded (or the task capped), in one look-up
     select c.*, q.name as queue_found, (q.concurrency is not null or c.parallelism is not null) as limited
@@ -1785,8 +1815,9 @@ begin
     end if;
     v_due := coalesce(p_run_at, v_now + p_delay, v_now);
     if p_keys is not null and v_task.debounce is not null then
-        -- a debounced key's run waits for the enqueues that may follow
-        v_due := greatest(v_due, v_now + least(v_task.debounce, coalesce(v_task.debounce_max, v_task.debounce)));
+        -- a debounced key's run waits for the enqueues that may follow (a payload without a key
+        -- is not debounced)
+        v_debounced := greatest(v_due, v_now + least(v_task.debounce, coalesce(v_task.debounce_max, v_task.debounce)));
     end if;
     if v_due <= v_now then
         v_free := case when v_task.limited is not false then conveyor._free_capacity(v_queue, p_task, v_n) else v_n end;
@@ -1807,8 +1838,10 @@ begin
         insert into conveyor.runs (id, task, queue, status, priority, run_at, payload, created_at,
                                    task_version, idempotency_key, parent_run_id)
         select i.new_id, p_task, v_queue,
-               case when i.n <= v_free then 'queued' else 'scheduled' end::conveyor.run_status,
-               coalesce(p_priority, v_task.priority), v_due, i.p, v_now, v_task.version, i.k, p_parent
+               case when i.n <= v_free and (i.k is null or v_debounced is null) then 'queued' else 'scheduled' end::conveyor.run_status,
+               coalesce(p_priority, v_task.priority),
+               case when i.k is not null and v_debounced is not null then v_debounced else v_due end,
+               i.p, v_now, v_task.version, i.k, p_parent
         from input i
         where i.recent is null
         order by i.n
@@ -1869,8 +1902,9 @@ begin
         -- each enqueue of the key restarts the wait of its scheduled run, up to debounce_max
         -- after the run's first enqueue
         update conveyor.runs r
-        set run_at = least(greatest(r.run_at, v_now + v_task.debounce),
-                           coalesce(r.created_at + v_task.debounce_max, 'infinity'))
+        -- (never earlier than it was: the cap only stops the pushing back)
+        set run_at = greatest(r.run_at, least(v_now + v_task.debounce,
+                                              coalesce(r.created_at + v_task.debounce_max, 'infinity')))
         where r.id = any(v_dup_run) and r.status = 'scheduled';
     end if;
     return query
@@ -1992,6 +2026,11 @@ declare
     v_cap_queues text[];
     v_queue_caps integer[];
     v_full_queues text[];
+    -- the shards taken (scope, name, shard, room), for the starts recorded at the end
+    v_room_scopes text[];
+    v_room_names text[];
+    v_room_shards smallint[];
+    v_room_allowed integer[];
     v_cap_tasks text[];
     v_task_caps integer[];
     v_full_tasks text[] := '{}';
@@ -2021,15 +2060,31 @@ begin
     -- skipped (the runs of other tasks are taken: no head-of-line blocking), and the others cap
     -- what the claim takes of them; the starts are recorded below, before the commit
     if exists (select from conveyor._rate_limits) then
+        select array_agg(a.scope order by a.scope, a.name, a.shard), array_agg(a.name order by a.scope, a.name, a.shard),
+               array_agg(a.shard order by a.scope, a.name, a.shard), array_agg(a.allowed order by a.scope, a.name, a.shard)
+        into v_room_scopes, v_room_names, v_room_shards, v_room_allowed
+        from conveyor._rate_allowance(v_open, claim_runs.tasks, claim_runs.max) a;
+        -- per limit: the room of its shards
         select array_agg(a.name order by a.name) filter (where a.scope = 'queue' and a.allowed > 0),
                array_agg(a.allowed order by a.name) filter (where a.scope = 'queue' and a.allowed > 0),
                array_agg(a.name order by a.name) filter (where a.scope = 'queue' and a.allowed = 0),
                array_agg(a.name order by a.name) filter (where a.scope = 'task' and a.allowed > 0),
                array_agg(a.allowed order by a.name) filter (where a.scope = 'task' and a.allowed > 0),
-               coalesce(array_agg(a.name order by a.name) filter (where a.scope = 'task' and a.allowed = 0), '{}'),
-               count(*) > 0
-        into v_cap_queues, v_queue_caps, v_full_queues, v_cap_tasks, v_task_caps, v_full_tasks, v_rated
-        from conveyor._rate_allowance(v_open, claim_runs.tasks, v_now) a;
+               coalesce(array_agg(a.name order by a.name) filter (where a.scope = 'task' and a.allowed = 0), '{}')
+        into v_cap_queues, v_queue_caps, v_full_queues, v_cap_tasks, v_task_caps, v_full_tasks
+        from (select x.scope, x.name, sum(x.allowed)::integer as allowed
+              from unnest(v_room_scopes, v_room_names, v_room_allowed) as x(scope, name, allowed)
+              group by x.scope, x.name) a;
+        -- a rate-limited task this claim has no room for is left out, even one whose runs were
+        -- queued after _rate_allowance looked (so none starts uncounted)
+        v_full_tasks := v_full_tasks || array(select t.name from conveyor.tasks t
+                                              where t.rate_limit_n is not null
+                                                and t.name <> all(coalesce(v_cap_tasks, '{}'))
+                                                and t.name <> all(v_full_tasks));
+        v_rated := true;
+        -- the runs start now, after the wait for the limits' rows: their started_at, leases and
+        -- the starts recorded are this time, the time the window was counted at or later
+        v_now := conveyor._clock_now();
         if v_full_queues is not null then
             v_open := array(select o from unnest(v_open) o where o <> all(v_full_queues));
             if cardinality(v_open) = 0 then
@@ -2046,35 +2101,30 @@ begin
         v_round := v_round + 1;
         v_ids := null;
         if v_rated then
-            -- under rate limits: the best candidates of each queue (but tasks without room),
-            -- at most each limit's room of them, then the best of those, locked
-            select array_agg(x.id) into v_ids from (
-                select r.id from conveyor.runs r
-                where r.id in (
-                    select c.id from (
-                        select c.id, c.priority, c.run_at,
-                               row_number() over (partition by c.queue order by c.priority, c.run_at, c.id) as in_queue,
-                               row_number() over (partition by c.task order by c.priority, c.run_at, c.id) as in_task,
-                               c.queue, c.task
-                        from unnest(v_open) as q(name)
-                        cross join lateral (
-                            select r2.id, r2.priority, r2.run_at, r2.queue, r2.task from conveyor.runs r2
-                            where r2.status = 'queued' and r2.queue = q.name
-                              and (claim_runs.tasks is null or r2.task = any(claim_runs.tasks))
-                              and r2.task <> all(v_full_tasks)
-                            order by r2.priority, r2.run_at, r2.id
-                            limit v_want * 2
-                        ) c
+            -- under rate limits: the best runs of each queue (but tasks without room), at most
+            -- the queue's room of them, locked as they are found (SKIP LOCKED: concurrent claims
+            -- take different runs), then at most each task's room of those, the best first. A
+            -- run locked here and left over (a task's room, several queues) stays queued, unseen
+            -- by other claims until this one commits.
+            select array_agg(c.id order by c.priority, c.run_at, c.id) into v_ids from (
+                select c.id, c.priority, c.run_at
+                from (
+                    select c.*, row_number() over (partition by c.task order by c.priority, c.run_at, c.id) as in_task
+                    from unnest(v_open) as q(name)
+                    cross join lateral (
+                        select r2.id, r2.priority, r2.run_at, r2.task from conveyor.runs r2
+                        where r2.status = 'queued' and r2.queue = q.name
+                          and (claim_runs.tasks is null or r2.task = any(claim_runs.tasks))
+                          and r2.task <> all(v_full_tasks)
+                        order by r2.priority, r2.run_at, r2.id
+                        limit least(v_want, coalesce(v_queue_caps[array_position(v_cap_queues, q.name)], v_want))
+                        for no key update skip locked
                     ) c
-                    where c.in_queue <= coalesce(v_queue_caps[array_position(v_cap_queues, c.queue)], v_want)
-                      and c.in_task <= coalesce(v_task_caps[array_position(v_cap_tasks, c.task)], v_want)
-                    order by c.priority, c.run_at, c.id
-                    limit v_want)
-                  and r.status = 'queued'
-                order by r.priority, r.run_at, r.id
+                ) c
+                where c.in_task <= coalesce(v_task_caps[array_position(v_cap_tasks, c.task)], v_want)
+                order by c.priority, c.run_at, c.id
                 limit v_want
-                for no key update skip locked
-            ) x;
+            ) c;
             exit when v_ids is null;
         elsif cardinality(v_open) > 1 then
             -- the best candidates of each queue, then the best of those, locked
@@ -2139,7 +2189,8 @@ begin
                           conveyor._failure('task_disabled', format('task "%s" is disabled', c.task)),
                           false, null, null, null)::conveyor._ending) filter (where not c.enabled),
             v_bound or coalesce(bool_or(c.bound and c.enabled), false),
-            array_agg(c.queue), array_agg(c.task)
+            -- the runs that start work (a disabled task's run fails at once and is no start)
+            array_agg(c.queue) filter (where c.enabled), array_agg(c.task) filter (where c.enabled)
         into v_batch, v_disabled, v_bound, v_round_queues, v_round_tasks
         from claimed c;
 
@@ -2148,20 +2199,44 @@ begin
         v_started_tasks := v_started_tasks || coalesce(v_round_tasks, '{}');
         exit when v_disabled is null;
         perform conveyor._end_attempts(v_disabled);
-        -- under rate limits one round: its caps were counted for it alone
-        exit when v_rated;
+        if v_rated then
+            -- what is left of each limit's room for the next round
+            v_queue_caps := array(select v_queue_caps[i] - (select count(*) from unnest(coalesce(v_round_queues, '{}')) q
+                                                            where q = v_cap_queues[i])
+                                  from generate_subscripts(v_cap_queues, 1) as i order by i);
+            v_task_caps := array(select v_task_caps[i] - (select count(*) from unnest(coalesce(v_round_tasks, '{}')) t
+                                                          where t = v_cap_tasks[i])
+                                 from generate_subscripts(v_cap_tasks, 1) as i order by i);
+            v_full_tasks := v_full_tasks || array(select v_cap_tasks[i] from generate_subscripts(v_cap_tasks, 1) as i
+                                                  where v_task_caps[i] <= 0);
+            v_open := array(select o from unnest(v_open) o
+                            where coalesce(v_queue_caps[array_position(v_cap_queues, o)], 1) > 0);
+            exit when cardinality(v_open) = 0;
+        end if;
         v_want := claim_runs.max - cardinality(v_claimed);
         exit when v_want <= 0 or v_round >= 10;
     end loop;
     if v_rated and cardinality(v_started_queues) > 0 then
         -- this claim's starts, in the window of each limit it started runs under (the rows of
         -- those limits are this transaction's until it commits)
-        insert into conveyor._rate_starts (scope, name, at, n)
-        select 'queue', x.name, v_now, count(*) from unnest(v_started_queues) as x(name)
-        where x.name = any(v_cap_queues) group by x.name
-        union all
-        select 'task', x.name, v_now, count(*) from unnest(v_started_tasks) as x(name)
-        where x.name = any(v_cap_tasks) group by x.name;
+        -- each limit's runs started, spread over the shards taken, each up to its room
+        with started as (
+            select 'queue' as scope, x.name, count(*) as n from unnest(v_started_queues) as x(name) group by x.name
+            union all
+            select 'task', x.name, count(*) from unnest(v_started_tasks) as x(name) group by x.name
+        ),
+        shards as (
+            select r.scope, r.name, r.shard, r.allowed,
+                   coalesce(sum(r.allowed) over (partition by r.scope, r.name order by r.shard
+                                                 rows between unbounded preceding and 1 preceding), 0) as before
+            from unnest(v_room_scopes, v_room_names, v_room_shards, v_room_allowed) as r(scope, name, shard, allowed)
+            where r.allowed > 0
+        )
+        insert into conveyor._rate_starts (scope, name, shard, at, n)
+        select h.scope, h.name, h.shard, v_now, least(h.allowed, s.n - h.before)
+        from shards h
+        join started s on (s.scope, s.name) = (h.scope, h.name)
+        where s.n > h.before;
     end if;
     if v_bound then
         -- the session's row, written once per session; only tick deletes it, once it is gone
@@ -2198,6 +2273,19 @@ $$;
 comment on function conveyor.claim_run is
     'claim one run (zero or one row) from a queue (or several, comma-separated)';
 
+-- lease_granted: the lease a claim or heartbeat asking for this one gets (it never goes past
+-- max_lease). For workers that time their own lease refreshes, without read access to the
+-- defaults.
+create or replace function conveyor.lease_granted(lease conveyor.duration)
+returns interval
+language sql
+stable
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+as $$ select least(lease_granted.lease::interval, d.max_lease) from conveyor.defaults d $$;
+
+comment on function conveyor.lease_granted is 'the lease a claim or heartbeat asking for this one gets (capped by max_lease)';
+
 -- pending: how many runs of these queues (comma-separated) are not finished yet: waiting,
 -- queued or running. Lets a worker that drains its queues know when it is done, without
 -- read access to the run tables.
@@ -2219,14 +2307,16 @@ $$;
 comment on function conveyor.pending is 'runs of these queues (comma-separated) not finished yet: waiting, queued or running';
 
 -- _rate_allowance: the rate limits a claim from these queues (of these tasks, null: any) starts
--- runs under, each taken for this transaction (its _rate_limits row, FOR NO KEY UPDATE: claims
--- of one limit take turns), with how many runs it may still start now: the limit less the
--- starts of the window (p_now - period, p_now], every one committed before the row was ours.
--- A queue's limit counts the runs started from it, a task's its runs in any queue. A limit
--- another claim holds for more than 2 s (left open in a transaction) allows nothing now.
--- Needs READ COMMITTED: an older snapshot would miss the starts committed since (22023).
-create or replace function conveyor._rate_allowance(p_open text[], p_tasks text[], p_now timestamptz)
-returns table (scope text, name text, allowed integer)
+-- runs under, with how many runs it may still start under each now, per shard. A limit is
+-- split into shards with a share each (_rate_limits); the claim takes shards of each limit for
+-- this transaction (FOR NO KEY UPDATE: claims of one shard take turns): free ones with room, in
+-- random order, until their room covers p_want, else it waits for one with room (2 s at most).
+-- A shard's room is its share less its starts of the window that ends now (clock time), every one
+-- committed before the row was ours.
+-- A queue's limit counts the runs started from it, a task's its runs in any queue. Needs READ
+-- COMMITTED: an older snapshot would miss the starts committed since (22023).
+create or replace function conveyor._rate_allowance(p_open text[], p_tasks text[], p_want integer)
+returns table (scope text, name text, shard smallint, allowed integer)
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
@@ -2234,71 +2324,112 @@ as $$
 #variable_conflict use_column
 declare
     v_timeout text := current_setting('lock_timeout');
-    v_scopes text[];
-    v_names text[];
-    v_ns integer[];
-    v_periods interval[];
-    v_locked integer;
+    v_limit record;
+    v_shard record;
+    v_room integer;
+    v_total integer;
+    v_busy boolean;
+    v_waited smallint;
 begin
-    select array_agg(l.scope order by l.scope, l.name), array_agg(l.name order by l.scope, l.name),
-           array_agg(l.n order by l.scope, l.name), array_agg(l.period order by l.scope, l.name)
-    into v_scopes, v_names, v_ns, v_periods
-    from (
-        select 'queue' as scope, q.name, q.rate_limit_n as n, q.rate_limit_period as period
-        from conveyor.queues q
-        where q.name = any(p_open) and q.rate_limit_n is not null
-        union all
-        -- a task's limit, if this claim could start one of its runs
-        select 'task', t.name, t.rate_limit_n, t.rate_limit_period
-        from conveyor.tasks t
-        where t.rate_limit_n is not null and (p_tasks is null or t.name = any(p_tasks))
-          and exists (select from conveyor.runs r
-                      where r.task = t.name and r.status = 'queued' and r.queue = any(p_open))
-    ) l;
-    if v_scopes is null then
-        return;
-    end if;
-    if current_setting('transaction_isolation') <> 'read committed' then
-        perform conveyor._raise_invalid('a claim under a rate limit needs READ COMMITTED (it must see every start committed before it)');
-    end if;
-    perform set_config('lock_timeout', '2s', true);
-    begin
-        -- in (scope, name) order, so that claims of several limits cannot deadlock
-        select count(*) into v_locked from (
-            select from conveyor._rate_limits l
-            join unnest(v_scopes, v_names) as x(scope, name) on (l.scope, l.name) = (x.scope, x.name)
-            order by l.scope, l.name
-            for no key update of l) x;
-        if v_locked < cardinality(v_scopes) then
-            -- a limit without its row (a restore without it): make it, then take them all
-            insert into conveyor._rate_limits (scope, name)
-            select x.scope, x.name from unnest(v_scopes, v_names) as x(scope, name)
-            on conflict do nothing;
-            perform from conveyor._rate_limits l
-            join unnest(v_scopes, v_names) as x(scope, name) on (l.scope, l.name) = (x.scope, x.name)
-            order by l.scope, l.name
-            for no key update of l;
+    for v_limit in
+        select l.scope, l.name, l.period from (
+            select 'queue' as scope, q.name, q.rate_limit_period as period
+            from conveyor.queues q
+            where q.name = any(p_open) and q.rate_limit_n is not null
+            union all
+            -- a task's limit, if this claim could start one of its runs
+            select 'task', t.name, t.rate_limit_period
+            from conveyor.tasks t
+            where t.rate_limit_n is not null and (p_tasks is null or t.name = any(p_tasks))
+              and exists (select from conveyor.runs r
+                          where r.task = t.name and r.status = 'queued' and r.queue = any(p_open))
+        ) l
+        order by l.scope, l.name
+    loop
+        if current_setting('transaction_isolation') <> 'read committed' then
+            perform conveyor._raise_invalid('a claim under a rate limit needs READ COMMITTED (it must see every start committed before it)');
         end if;
-    exception when lock_not_available then
+        v_total := 0;
+        v_busy := false;
+        -- the shards in random order (claims spread over them), each tried without waiting
+        for v_shard in
+            select l.shard from conveyor._rate_limits l
+            where l.scope = v_limit.scope and l.name = v_limit.name
+            order by random()
+        loop
+            perform from conveyor._rate_limits l
+            where (l.scope, l.name, l.shard) = (v_limit.scope, v_limit.name, v_shard.shard)
+            for no key update skip locked;
+            if not found then
+                v_busy := true;
+                continue;
+            end if;
+            v_room := conveyor._rate_room(v_limit.scope, v_limit.name, v_shard.shard, v_limit.period);
+            if v_room > 0 then
+                return query select v_limit.scope, v_limit.name, v_shard.shard, v_room;
+                v_total := v_total + v_room;
+                exit when v_total >= p_want;
+            end if;
+        end loop;
+        continue when v_total > 0;
+        if not v_busy then
+            -- every shard is full
+            return query select v_limit.scope, v_limit.name, null::smallint, 0;
+            continue;
+        end if;
+        -- the free shards are full: wait for one that another claim holds (2 s at most)
+        v_waited := null;
+        perform set_config('lock_timeout', '2s', true);
+        begin
+            select l.shard into v_waited from conveyor._rate_limits l
+            where l.scope = v_limit.scope and l.name = v_limit.name
+              and l.quota > coalesce((select sum(s.n) from conveyor._rate_starts s
+                                      where s.scope = l.scope and s.name = l.name and s.shard = l.shard
+                                        and s.at > conveyor._clock_now() - v_limit.period), 0)
+            order by random()
+            limit 1
+            for no key update;
+        exception when lock_not_available or deadlock_detected then
+            v_waited := null;
+        end;
         perform set_config('lock_timeout', v_timeout, true);
-        return query select x.scope, x.name, 0 from unnest(v_scopes, v_names) as x(scope, name);
-        return;
-    end;
-    perform set_config('lock_timeout', v_timeout, true);
-    -- a fresh statement: every start committed before the rows were ours
-    return query
-    select x.scope, x.name,
-           greatest(x.n - coalesce((select sum(s.n) from conveyor._rate_starts s
-                                    where s.scope = x.scope and s.name = x.name
-                                      and s.at > p_now - x.period), 0), 0)::integer
-    from unnest(v_scopes, v_names, v_ns, v_periods) as x(scope, name, n, period);
+        v_room := null;
+        if v_waited is not null then
+            v_room := conveyor._rate_room(v_limit.scope, v_limit.name, v_waited, v_limit.period);
+        end if;
+        return query select v_limit.scope, v_limit.name, v_waited, greatest(coalesce(v_room, 0), 0);
+    end loop;
 end
 $$;
 
+-- _rate_room: a shard's share less its starts of the window that ends now (clock time, after
+-- the wait for its row: every start committed until then), read by a statement of its own.
+create or replace function conveyor._rate_room(p_scope text, p_name text, p_shard smallint, p_period interval)
+returns integer
+language sql
+volatile
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+    select l.quota - coalesce((select sum(s.n) from conveyor._rate_starts s
+                               where s.scope = p_scope and s.name = p_name and s.shard = p_shard
+                                 and s.at > conveyor._clock_now() - p_period), 0)::integer
+    from conveyor._rate_limits l
+    where (l.scope, l.name, l.shard) = (p_scope, p_name, p_shard)
+$$;
+
+-- _clock_now: the time now, not the transaction's: clock_timestamp(), or the test clock when one
+-- is set (conveyor._now() then differs from the transaction time). Rate-limited claims start
+-- their runs at it, after they waited for the limits' rows.
+create or replace function conveyor._clock_now()
+returns timestamptz
+language sql
+volatile
+as $$ select case when conveyor._now() = transaction_timestamp() then clock_timestamp() else conveyor._now() end $$;
+
 -- rate_limited_until: when a run of these queues (comma-separated) that a rate limit holds back
--- can start: the earliest time one of the limits with no room left now has room again (the
--- oldest starts of its window have left it). Null: no limit holds any of their runs back now.
--- For workers: sleep until then rather than claim in a loop.
+-- can start: the earliest time a shard of one of the limits with no room left now has room
+-- again (the oldest starts of its window have left it). Null: no limit holds any of their runs
+-- back now. For workers: sleep until then rather than claim in a loop.
 create or replace function conveyor.rate_limited_until(queues text)
 returns timestamptz
 language sql
@@ -2310,31 +2441,43 @@ as $$
         select array(select btrim(q) from unnest(string_to_array(rate_limited_until.queues, ',')) q where btrim(q) <> '') as open
     ),
     limits as (
-        select 'queue' as scope, q.name, q.rate_limit_n as n, q.rate_limit_period as period
+        select 'queue' as scope, q.name, q.rate_limit_period as period
         from conveyor.queues q, names
         where q.name = any(names.open) and q.rate_limit_n is not null
         union all
-        select 'task', t.name, t.rate_limit_n, t.rate_limit_period
+        select 'task', t.name, t.rate_limit_period
         from conveyor.tasks t, names
         where t.rate_limit_n is not null
           and exists (select from conveyor.runs r
                       where r.task = t.name and r.status = 'queued' and r.queue = any(names.open))
     ),
-    -- each limit's starts of the window, newest first, with the runs started since each
+    shards as (
+        select l.scope, l.name, l.period, r.shard, r.quota
+        from limits l join conveyor._rate_limits r on r.scope = l.scope and r.name = l.name
+    ),
+    -- each shard's starts of the window, newest first, with the runs started since each
     windows as (
-        select l.scope, l.name, l.n, l.period, s.at,
-               sum(s.n) over (partition by l.scope, l.name order by s.at desc
+        select h.scope, h.name, h.shard, h.quota, h.period, s.at,
+               sum(s.n) over (partition by h.scope, h.name, h.shard order by s.at desc
                               rows between unbounded preceding and current row) as since
-        from limits l
-        join conveyor._rate_starts s on s.scope = l.scope and s.name = l.name
-                                     and s.at > conveyor._now() - l.period
+        from shards h
+        join conveyor._rate_starts s on s.scope = h.scope and s.name = h.name and s.shard = h.shard
+                                     and s.at > conveyor._now() - h.period
+    ),
+    -- a full shard has room once the start that filled it has left the window
+    full_shards as (
+        select distinct on (w.scope, w.name, w.shard) w.scope, w.name, w.at + w.period as free_at
+        from windows w
+        where w.since >= w.quota
+        order by w.scope, w.name, w.shard, w.at desc
     )
-    -- a full limit has room once the start that filled it has left the window
-    select min(w.at + w.period)
-    from (select distinct on (w.scope, w.name) w.*
-          from windows w
-          where w.since >= w.n
-          order by w.scope, w.name, w.at desc) w
+    -- a limit holds runs back while every shard of it is full; it frees with its first shard
+    select min(f.free_at)
+    from (select f.scope, f.name, min(f.free_at) as free_at, count(*) as full_count
+          from full_shards f group by f.scope, f.name) f
+    join (select h.scope, h.name, count(*) as shard_count from shards h group by h.scope, h.name) c
+      on (c.scope, c.name) = (f.scope, f.name)
+    where f.full_count = c.shard_count
 $$;
 
 comment on function conveyor.rate_limited_until is
@@ -3611,7 +3754,7 @@ begin
         left join conveyor.tasks t on l.scope = 'task' and t.name = l.name
         cross join lateral (
             select x.ctid from conveyor._rate_starts x
-            where x.scope = l.scope and x.name = l.name
+            where x.scope = l.scope and x.name = l.name and x.shard = l.shard
               and x.at < p_now - coalesce(2 * coalesce(q.rate_limit_period, t.rate_limit_period) + interval '10 minutes',
                                           interval '0')
             order by x.at
@@ -4317,18 +4460,21 @@ comment on view conveyor.counters is 'monotonic totals per queue and task: enque
 -- in the window now, the room left, its queued runs, and those of them the limit holds back
 -- (all of them while there is no room). A task's limit counts its runs in every queue.
 create or replace view conveyor.rate_limits as
-select l.scope, l.name, l.n as "limit", l.period, w.started,
-       greatest(l.n - w.started, 0) as room,
+select l.scope, l.name, l.n as "limit", l.period, w.started, w.room,
        q.queued,
-       case when w.started >= l.n then q.queued else 0 end as held_back
+       case when w.room = 0 then q.queued else 0 end as held_back
 from (select 'queue' as scope, q.name, q.rate_limit_n as n, q.rate_limit_period as period
       from conveyor.queues q where q.rate_limit_n is not null
       union all
       select 'task', t.name, t.rate_limit_n, t.rate_limit_period
       from conveyor.tasks t where t.rate_limit_n is not null) l
 cross join lateral (
-    select coalesce(sum(s.n), 0)::bigint as started from conveyor._rate_starts s
-    where s.scope = l.scope and s.name = l.name and s.at > conveyor._now() - l.period) w
+    -- per shard: its share less its starts of the window
+    select coalesce(sum(h.used), 0)::bigint as started, coalesce(sum(greatest(h.quota - h.used, 0)), 0)::bigint as room
+    from (select r.quota, coalesce((select sum(s.n) from conveyor._rate_starts s
+                                    where s.scope = r.scope and s.name = r.name and s.shard = r.shard
+                                      and s.at > conveyor._now() - l.period), 0) as used
+          from conveyor._rate_limits r where r.scope = l.scope and r.name = l.name) h) w
 cross join lateral (
     select case l.scope
         when 'queue' then (select count(*) from conveyor.runs r where r.status = 'queued' and r.queue = l.name)
@@ -4519,6 +4665,7 @@ grant execute on function
     conveyor.claim_runs(text, text, integer, conveyor.duration, text[], boolean),
     conveyor.pending(text),
     conveyor.rate_limited_until(text),
+    conveyor.lease_granted(conveyor.duration),
     conveyor.complete_run(conveyor.ulid, uuid, jsonb),
     conveyor.fail_run(conveyor.ulid, uuid, text, jsonb, boolean),
     conveyor.release_run(conveyor.ulid, uuid, text, text, jsonb),

@@ -71,6 +71,16 @@ from conveyor.runs where task = 'd.debounce';
 select conveyor.enqueue('d.debounce', '{"n": 4}', idempotency_key => 'b') = (select id from conveyor.runs where task = 'd.debounce') as same_run;
 select status, run_at, payload from conveyor.runs where task = 'd.debounce';
 
+-- debounce never brings a run forward: one asked for in an hour stays there
+select conveyor.enqueue('d.debounce', '{}', run_at => '2030-01-01 02:00:12+00', idempotency_key => 'later') is not null;
+select conveyor.enqueue('d.debounce', '{}', idempotency_key => 'later') is not null;
+select run_at from conveyor.runs where task = 'd.debounce' and idempotency_key = 'later';
+-- a payload without a key in a keyed call is not debounced
+select count(*) from conveyor.enqueue_many('d.debounce', array['{"k": 1}', '{"k": 0}']::jsonb[],
+                                           idempotency_keys => array['keyed', null]);
+select idempotency_key, status, run_at from conveyor.runs
+where task = 'd.debounce' and payload ? 'k' order by idempotency_key nulls last;
+
 -- bad values are refused with CV010, nothing stored
 select regress.try($$select conveyor.define_task('d.bad', on_duplicate => 'merge')$$);
 select regress.try($$select conveyor.define_task('d.bad', unique_for => '0s')$$);

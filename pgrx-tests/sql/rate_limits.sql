@@ -33,6 +33,16 @@ select conveyor.rate_limited_until('kq') as until;
 select regress.at('2030-01-01 00:01:10.5+00');
 select kind, count(*) from conveyor.finish_and_claim(null, 'kq', 'w', 10) group by kind;
 
+-- a disabled task's runs fail as they are claimed and use no room: the runs behind them start
+select conveyor.set_queue('dq', rate_limit => '2/1h');
+select conveyor.define_task('r.off', queue => 'dq');
+select conveyor.define_task('r.on', queue => 'dq');
+select count(conveyor.enqueue('r.off', priority => 0)) from generate_series(1, 5);
+select count(conveyor.enqueue('r.on', priority => 5)) from generate_series(1, 3);
+select conveyor.disable_task('r.off');
+select task, count(*) from conveyor.claim_runs('dq', 'w', 10) group by task;
+select task, status, count(*) from conveyor.runs where queue = 'dq' group by task, status order by task, status;
+
 -- metrics
 select line from regexp_split_to_table(conveyor.metrics(), E'\n') as line
 where line ~ '^conveyor_rate_limit' order by line;
@@ -51,12 +61,15 @@ select regress.try($$select conveyor.define_task('r.bad', options => '{"rate_lim
 select count(*) from conveyor.queues where name = 'rq2';
 select count(*) from conveyor.tasks where name = 'r.bad';
 
--- removing the limit frees the queue; tick prunes the starts no claim counts any more
-select conveyor.set_queue('rq');
-select count(*) as claimed from conveyor.claim_runs('rq', 'w', 10);
-select count(*) as starts from conveyor._rate_starts where scope = 'queue';
+-- tick prunes the starts no claim counts any more (two periods and 10 minutes on)
+select sum(n) as started from conveyor._rate_starts where scope = 'queue';
+select regress.at('2030-01-01 00:11:00+00');
 select pruned >= 0 from conveyor.tick();
 select count(*) as starts_left from conveyor._rate_starts where scope = 'queue';
+-- removing the limit frees the queue (its shards and starts go)
+select conveyor.set_queue('rq');
+select count(*) as claimed from conveyor.claim_runs('rq', 'w', 10);
+select count(*) as shards from conveyor._rate_limits where scope = 'queue';
 rollback;
 
 -- in a REPEATABLE READ transaction, a claim under a limit is refused (22023)

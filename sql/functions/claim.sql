@@ -51,6 +51,11 @@ declare
     v_cap_queues text[];
     v_queue_caps integer[];
     v_full_queues text[];
+    -- the shards taken (scope, name, shard, room), for the starts recorded at the end
+    v_room_scopes text[];
+    v_room_names text[];
+    v_room_shards smallint[];
+    v_room_allowed integer[];
     v_cap_tasks text[];
     v_task_caps integer[];
     v_full_tasks text[] := '{}';
@@ -80,15 +85,31 @@ begin
     -- skipped (the runs of other tasks are taken: no head-of-line blocking), and the others cap
     -- what the claim takes of them; the starts are recorded below, before the commit
     if exists (select from conveyor._rate_limits) then
+        select array_agg(a.scope order by a.scope, a.name, a.shard), array_agg(a.name order by a.scope, a.name, a.shard),
+               array_agg(a.shard order by a.scope, a.name, a.shard), array_agg(a.allowed order by a.scope, a.name, a.shard)
+        into v_room_scopes, v_room_names, v_room_shards, v_room_allowed
+        from conveyor._rate_allowance(v_open, claim_runs.tasks, claim_runs.max) a;
+        -- per limit: the room of its shards
         select array_agg(a.name order by a.name) filter (where a.scope = 'queue' and a.allowed > 0),
                array_agg(a.allowed order by a.name) filter (where a.scope = 'queue' and a.allowed > 0),
                array_agg(a.name order by a.name) filter (where a.scope = 'queue' and a.allowed = 0),
                array_agg(a.name order by a.name) filter (where a.scope = 'task' and a.allowed > 0),
                array_agg(a.allowed order by a.name) filter (where a.scope = 'task' and a.allowed > 0),
-               coalesce(array_agg(a.name order by a.name) filter (where a.scope = 'task' and a.allowed = 0), '{}'),
-               count(*) > 0
-        into v_cap_queues, v_queue_caps, v_full_queues, v_cap_tasks, v_task_caps, v_full_tasks, v_rated
-        from conveyor._rate_allowance(v_open, claim_runs.tasks, v_now) a;
+               coalesce(array_agg(a.name order by a.name) filter (where a.scope = 'task' and a.allowed = 0), '{}')
+        into v_cap_queues, v_queue_caps, v_full_queues, v_cap_tasks, v_task_caps, v_full_tasks
+        from (select x.scope, x.name, sum(x.allowed)::integer as allowed
+              from unnest(v_room_scopes, v_room_names, v_room_allowed) as x(scope, name, allowed)
+              group by x.scope, x.name) a;
+        -- a rate-limited task this claim has no room for is left out, even one whose runs were
+        -- queued after _rate_allowance looked (so none starts uncounted)
+        v_full_tasks := v_full_tasks || array(select t.name from conveyor.tasks t
+                                              where t.rate_limit_n is not null
+                                                and t.name <> all(coalesce(v_cap_tasks, '{}'))
+                                                and t.name <> all(v_full_tasks));
+        v_rated := true;
+        -- the runs start now, after the wait for the limits' rows: their started_at, leases and
+        -- the starts recorded are this time, the time the window was counted at or later
+        v_now := conveyor._clock_now();
         if v_full_queues is not null then
             v_open := array(select o from unnest(v_open) o where o <> all(v_full_queues));
             if cardinality(v_open) = 0 then
@@ -105,35 +126,30 @@ begin
         v_round := v_round + 1;
         v_ids := null;
         if v_rated then
-            -- under rate limits: the best candidates of each queue (but tasks without room),
-            -- at most each limit's room of them, then the best of those, locked
-            select array_agg(x.id) into v_ids from (
-                select r.id from conveyor.runs r
-                where r.id in (
-                    select c.id from (
-                        select c.id, c.priority, c.run_at,
-                               row_number() over (partition by c.queue order by c.priority, c.run_at, c.id) as in_queue,
-                               row_number() over (partition by c.task order by c.priority, c.run_at, c.id) as in_task,
-                               c.queue, c.task
-                        from unnest(v_open) as q(name)
-                        cross join lateral (
-                            select r2.id, r2.priority, r2.run_at, r2.queue, r2.task from conveyor.runs r2
-                            where r2.status = 'queued' and r2.queue = q.name
-                              and (claim_runs.tasks is null or r2.task = any(claim_runs.tasks))
-                              and r2.task <> all(v_full_tasks)
-                            order by r2.priority, r2.run_at, r2.id
-                            limit v_want * 2
-                        ) c
+            -- under rate limits: the best runs of each queue (but tasks without room), at most
+            -- the queue's room of them, locked as they are found (SKIP LOCKED: concurrent claims
+            -- take different runs), then at most each task's room of those, the best first. A
+            -- run locked here and left over (a task's room, several queues) stays queued, unseen
+            -- by other claims until this one commits.
+            select array_agg(c.id order by c.priority, c.run_at, c.id) into v_ids from (
+                select c.id, c.priority, c.run_at
+                from (
+                    select c.*, row_number() over (partition by c.task order by c.priority, c.run_at, c.id) as in_task
+                    from unnest(v_open) as q(name)
+                    cross join lateral (
+                        select r2.id, r2.priority, r2.run_at, r2.task from conveyor.runs r2
+                        where r2.status = 'queued' and r2.queue = q.name
+                          and (claim_runs.tasks is null or r2.task = any(claim_runs.tasks))
+                          and r2.task <> all(v_full_tasks)
+                        order by r2.priority, r2.run_at, r2.id
+                        limit least(v_want, coalesce(v_queue_caps[array_position(v_cap_queues, q.name)], v_want))
+                        for no key update skip locked
                     ) c
-                    where c.in_queue <= coalesce(v_queue_caps[array_position(v_cap_queues, c.queue)], v_want)
-                      and c.in_task <= coalesce(v_task_caps[array_position(v_cap_tasks, c.task)], v_want)
-                    order by c.priority, c.run_at, c.id
-                    limit v_want)
-                  and r.status = 'queued'
-                order by r.priority, r.run_at, r.id
+                ) c
+                where c.in_task <= coalesce(v_task_caps[array_position(v_cap_tasks, c.task)], v_want)
+                order by c.priority, c.run_at, c.id
                 limit v_want
-                for no key update skip locked
-            ) x;
+            ) c;
             exit when v_ids is null;
         elsif cardinality(v_open) > 1 then
             -- the best candidates of each queue, then the best of those, locked
@@ -198,7 +214,8 @@ begin
                           conveyor._failure('task_disabled', format('task "%s" is disabled', c.task)),
                           false, null, null, null)::conveyor._ending) filter (where not c.enabled),
             v_bound or coalesce(bool_or(c.bound and c.enabled), false),
-            array_agg(c.queue), array_agg(c.task)
+            -- the runs that start work (a disabled task's run fails at once and is no start)
+            array_agg(c.queue) filter (where c.enabled), array_agg(c.task) filter (where c.enabled)
         into v_batch, v_disabled, v_bound, v_round_queues, v_round_tasks
         from claimed c;
 
@@ -207,20 +224,44 @@ begin
         v_started_tasks := v_started_tasks || coalesce(v_round_tasks, '{}');
         exit when v_disabled is null;
         perform conveyor._end_attempts(v_disabled);
-        -- under rate limits one round: its caps were counted for it alone
-        exit when v_rated;
+        if v_rated then
+            -- what is left of each limit's room for the next round
+            v_queue_caps := array(select v_queue_caps[i] - (select count(*) from unnest(coalesce(v_round_queues, '{}')) q
+                                                            where q = v_cap_queues[i])
+                                  from generate_subscripts(v_cap_queues, 1) as i order by i);
+            v_task_caps := array(select v_task_caps[i] - (select count(*) from unnest(coalesce(v_round_tasks, '{}')) t
+                                                          where t = v_cap_tasks[i])
+                                 from generate_subscripts(v_cap_tasks, 1) as i order by i);
+            v_full_tasks := v_full_tasks || array(select v_cap_tasks[i] from generate_subscripts(v_cap_tasks, 1) as i
+                                                  where v_task_caps[i] <= 0);
+            v_open := array(select o from unnest(v_open) o
+                            where coalesce(v_queue_caps[array_position(v_cap_queues, o)], 1) > 0);
+            exit when cardinality(v_open) = 0;
+        end if;
         v_want := claim_runs.max - cardinality(v_claimed);
         exit when v_want <= 0 or v_round >= 10;
     end loop;
     if v_rated and cardinality(v_started_queues) > 0 then
         -- this claim's starts, in the window of each limit it started runs under (the rows of
         -- those limits are this transaction's until it commits)
-        insert into conveyor._rate_starts (scope, name, at, n)
-        select 'queue', x.name, v_now, count(*) from unnest(v_started_queues) as x(name)
-        where x.name = any(v_cap_queues) group by x.name
-        union all
-        select 'task', x.name, v_now, count(*) from unnest(v_started_tasks) as x(name)
-        where x.name = any(v_cap_tasks) group by x.name;
+        -- each limit's runs started, spread over the shards taken, each up to its room
+        with started as (
+            select 'queue' as scope, x.name, count(*) as n from unnest(v_started_queues) as x(name) group by x.name
+            union all
+            select 'task', x.name, count(*) from unnest(v_started_tasks) as x(name) group by x.name
+        ),
+        shards as (
+            select r.scope, r.name, r.shard, r.allowed,
+                   coalesce(sum(r.allowed) over (partition by r.scope, r.name order by r.shard
+                                                 rows between unbounded preceding and 1 preceding), 0) as before
+            from unnest(v_room_scopes, v_room_names, v_room_shards, v_room_allowed) as r(scope, name, shard, allowed)
+            where r.allowed > 0
+        )
+        insert into conveyor._rate_starts (scope, name, shard, at, n)
+        select h.scope, h.name, h.shard, v_now, least(h.allowed, s.n - h.before)
+        from shards h
+        join started s on (s.scope, s.name) = (h.scope, h.name)
+        where s.n > h.before;
     end if;
     if v_bound then
         -- the session's row, written once per session; only tick deletes it, once it is gone
@@ -257,6 +298,19 @@ $$;
 comment on function conveyor.claim_run is
     'claim one run (zero or one row) from a queue (or several, comma-separated)';
 
+-- lease_granted: the lease a claim or heartbeat asking for this one gets (it never goes past
+-- max_lease). For workers that time their own lease refreshes, without read access to the
+-- defaults.
+create or replace function conveyor.lease_granted(lease conveyor.duration)
+returns interval
+language sql
+stable
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+as $$ select least(lease_granted.lease::interval, d.max_lease) from conveyor.defaults d $$;
+
+comment on function conveyor.lease_granted is 'the lease a claim or heartbeat asking for this one gets (capped by max_lease)';
+
 -- pending: how many runs of these queues (comma-separated) are not finished yet: waiting,
 -- queued or running. Lets a worker that drains its queues know when it is done, without
 -- read access to the run tables.
@@ -278,14 +332,16 @@ $$;
 comment on function conveyor.pending is 'runs of these queues (comma-separated) not finished yet: waiting, queued or running';
 
 -- _rate_allowance: the rate limits a claim from these queues (of these tasks, null: any) starts
--- runs under, each taken for this transaction (its _rate_limits row, FOR NO KEY UPDATE: claims
--- of one limit take turns), with how many runs it may still start now: the limit less the
--- starts of the window (p_now - period, p_now], every one committed before the row was ours.
--- A queue's limit counts the runs started from it, a task's its runs in any queue. A limit
--- another claim holds for more than 2 s (left open in a transaction) allows nothing now.
--- Needs READ COMMITTED: an older snapshot would miss the starts committed since (22023).
-create or replace function conveyor._rate_allowance(p_open text[], p_tasks text[], p_now timestamptz)
-returns table (scope text, name text, allowed integer)
+-- runs under, with how many runs it may still start under each now, per shard. A limit is
+-- split into shards with a share each (_rate_limits); the claim takes shards of each limit for
+-- this transaction (FOR NO KEY UPDATE: claims of one shard take turns): free ones with room, in
+-- random order, until their room covers p_want, else it waits for one with room (2 s at most).
+-- A shard's room is its share less its starts of the window that ends now (clock time), every one
+-- committed before the row was ours.
+-- A queue's limit counts the runs started from it, a task's its runs in any queue. Needs READ
+-- COMMITTED: an older snapshot would miss the starts committed since (22023).
+create or replace function conveyor._rate_allowance(p_open text[], p_tasks text[], p_want integer)
+returns table (scope text, name text, shard smallint, allowed integer)
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
@@ -293,71 +349,112 @@ as $$
 #variable_conflict use_column
 declare
     v_timeout text := current_setting('lock_timeout');
-    v_scopes text[];
-    v_names text[];
-    v_ns integer[];
-    v_periods interval[];
-    v_locked integer;
+    v_limit record;
+    v_shard record;
+    v_room integer;
+    v_total integer;
+    v_busy boolean;
+    v_waited smallint;
 begin
-    select array_agg(l.scope order by l.scope, l.name), array_agg(l.name order by l.scope, l.name),
-           array_agg(l.n order by l.scope, l.name), array_agg(l.period order by l.scope, l.name)
-    into v_scopes, v_names, v_ns, v_periods
-    from (
-        select 'queue' as scope, q.name, q.rate_limit_n as n, q.rate_limit_period as period
-        from conveyor.queues q
-        where q.name = any(p_open) and q.rate_limit_n is not null
-        union all
-        -- a task's limit, if this claim could start one of its runs
-        select 'task', t.name, t.rate_limit_n, t.rate_limit_period
-        from conveyor.tasks t
-        where t.rate_limit_n is not null and (p_tasks is null or t.name = any(p_tasks))
-          and exists (select from conveyor.runs r
-                      where r.task = t.name and r.status = 'queued' and r.queue = any(p_open))
-    ) l;
-    if v_scopes is null then
-        return;
-    end if;
-    if current_setting('transaction_isolation') <> 'read committed' then
-        perform conveyor._raise_invalid('a claim under a rate limit needs READ COMMITTED (it must see every start committed before it)');
-    end if;
-    perform set_config('lock_timeout', '2s', true);
-    begin
-        -- in (scope, name) order, so that claims of several limits cannot deadlock
-        select count(*) into v_locked from (
-            select from conveyor._rate_limits l
-            join unnest(v_scopes, v_names) as x(scope, name) on (l.scope, l.name) = (x.scope, x.name)
-            order by l.scope, l.name
-            for no key update of l) x;
-        if v_locked < cardinality(v_scopes) then
-            -- a limit without its row (a restore without it): make it, then take them all
-            insert into conveyor._rate_limits (scope, name)
-            select x.scope, x.name from unnest(v_scopes, v_names) as x(scope, name)
-            on conflict do nothing;
-            perform from conveyor._rate_limits l
-            join unnest(v_scopes, v_names) as x(scope, name) on (l.scope, l.name) = (x.scope, x.name)
-            order by l.scope, l.name
-            for no key update of l;
+    for v_limit in
+        select l.scope, l.name, l.period from (
+            select 'queue' as scope, q.name, q.rate_limit_period as period
+            from conveyor.queues q
+            where q.name = any(p_open) and q.rate_limit_n is not null
+            union all
+            -- a task's limit, if this claim could start one of its runs
+            select 'task', t.name, t.rate_limit_period
+            from conveyor.tasks t
+            where t.rate_limit_n is not null and (p_tasks is null or t.name = any(p_tasks))
+              and exists (select from conveyor.runs r
+                          where r.task = t.name and r.status = 'queued' and r.queue = any(p_open))
+        ) l
+        order by l.scope, l.name
+    loop
+        if current_setting('transaction_isolation') <> 'read committed' then
+            perform conveyor._raise_invalid('a claim under a rate limit needs READ COMMITTED (it must see every start committed before it)');
         end if;
-    exception when lock_not_available then
+        v_total := 0;
+        v_busy := false;
+        -- the shards in random order (claims spread over them), each tried without waiting
+        for v_shard in
+            select l.shard from conveyor._rate_limits l
+            where l.scope = v_limit.scope and l.name = v_limit.name
+            order by random()
+        loop
+            perform from conveyor._rate_limits l
+            where (l.scope, l.name, l.shard) = (v_limit.scope, v_limit.name, v_shard.shard)
+            for no key update skip locked;
+            if not found then
+                v_busy := true;
+                continue;
+            end if;
+            v_room := conveyor._rate_room(v_limit.scope, v_limit.name, v_shard.shard, v_limit.period);
+            if v_room > 0 then
+                return query select v_limit.scope, v_limit.name, v_shard.shard, v_room;
+                v_total := v_total + v_room;
+                exit when v_total >= p_want;
+            end if;
+        end loop;
+        continue when v_total > 0;
+        if not v_busy then
+            -- every shard is full
+            return query select v_limit.scope, v_limit.name, null::smallint, 0;
+            continue;
+        end if;
+        -- the free shards are full: wait for one that another claim holds (2 s at most)
+        v_waited := null;
+        perform set_config('lock_timeout', '2s', true);
+        begin
+            select l.shard into v_waited from conveyor._rate_limits l
+            where l.scope = v_limit.scope and l.name = v_limit.name
+              and l.quota > coalesce((select sum(s.n) from conveyor._rate_starts s
+                                      where s.scope = l.scope and s.name = l.name and s.shard = l.shard
+                                        and s.at > conveyor._clock_now() - v_limit.period), 0)
+            order by random()
+            limit 1
+            for no key update;
+        exception when lock_not_available or deadlock_detected then
+            v_waited := null;
+        end;
         perform set_config('lock_timeout', v_timeout, true);
-        return query select x.scope, x.name, 0 from unnest(v_scopes, v_names) as x(scope, name);
-        return;
-    end;
-    perform set_config('lock_timeout', v_timeout, true);
-    -- a fresh statement: every start committed before the rows were ours
-    return query
-    select x.scope, x.name,
-           greatest(x.n - coalesce((select sum(s.n) from conveyor._rate_starts s
-                                    where s.scope = x.scope and s.name = x.name
-                                      and s.at > p_now - x.period), 0), 0)::integer
-    from unnest(v_scopes, v_names, v_ns, v_periods) as x(scope, name, n, period);
+        v_room := null;
+        if v_waited is not null then
+            v_room := conveyor._rate_room(v_limit.scope, v_limit.name, v_waited, v_limit.period);
+        end if;
+        return query select v_limit.scope, v_limit.name, v_waited, greatest(coalesce(v_room, 0), 0);
+    end loop;
 end
 $$;
 
+-- _rate_room: a shard's share less its starts of the window that ends now (clock time, after
+-- the wait for its row: every start committed until then), read by a statement of its own.
+create or replace function conveyor._rate_room(p_scope text, p_name text, p_shard smallint, p_period interval)
+returns integer
+language sql
+volatile
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+    select l.quota - coalesce((select sum(s.n) from conveyor._rate_starts s
+                               where s.scope = p_scope and s.name = p_name and s.shard = p_shard
+                                 and s.at > conveyor._clock_now() - p_period), 0)::integer
+    from conveyor._rate_limits l
+    where (l.scope, l.name, l.shard) = (p_scope, p_name, p_shard)
+$$;
+
+-- _clock_now: the time now, not the transaction's: clock_timestamp(), or the test clock when one
+-- is set (conveyor._now() then differs from the transaction time). Rate-limited claims start
+-- their runs at it, after they waited for the limits' rows.
+create or replace function conveyor._clock_now()
+returns timestamptz
+language sql
+volatile
+as $$ select case when conveyor._now() = transaction_timestamp() then clock_timestamp() else conveyor._now() end $$;
+
 -- rate_limited_until: when a run of these queues (comma-separated) that a rate limit holds back
--- can start: the earliest time one of the limits with no room left now has room again (the
--- oldest starts of its window have left it). Null: no limit holds any of their runs back now.
--- For workers: sleep until then rather than claim in a loop.
+-- can start: the earliest time a shard of one of the limits with no room left now has room
+-- again (the oldest starts of its window have left it). Null: no limit holds any of their runs
+-- back now. For workers: sleep until then rather than claim in a loop.
 create or replace function conveyor.rate_limited_until(queues text)
 returns timestamptz
 language sql
@@ -369,31 +466,43 @@ as $$
         select array(select btrim(q) from unnest(string_to_array(rate_limited_until.queues, ',')) q where btrim(q) <> '') as open
     ),
     limits as (
-        select 'queue' as scope, q.name, q.rate_limit_n as n, q.rate_limit_period as period
+        select 'queue' as scope, q.name, q.rate_limit_period as period
         from conveyor.queues q, names
         where q.name = any(names.open) and q.rate_limit_n is not null
         union all
-        select 'task', t.name, t.rate_limit_n, t.rate_limit_period
+        select 'task', t.name, t.rate_limit_period
         from conveyor.tasks t, names
         where t.rate_limit_n is not null
           and exists (select from conveyor.runs r
                       where r.task = t.name and r.status = 'queued' and r.queue = any(names.open))
     ),
-    -- each limit's starts of the window, newest first, with the runs started since each
+    shards as (
+        select l.scope, l.name, l.period, r.shard, r.quota
+        from limits l join conveyor._rate_limits r on r.scope = l.scope and r.name = l.name
+    ),
+    -- each shard's starts of the window, newest first, with the runs started since each
     windows as (
-        select l.scope, l.name, l.n, l.period, s.at,
-               sum(s.n) over (partition by l.scope, l.name order by s.at desc
+        select h.scope, h.name, h.shard, h.quota, h.period, s.at,
+               sum(s.n) over (partition by h.scope, h.name, h.shard order by s.at desc
                               rows between unbounded preceding and current row) as since
-        from limits l
-        join conveyor._rate_starts s on s.scope = l.scope and s.name = l.name
-                                     and s.at > conveyor._now() - l.period
+        from shards h
+        join conveyor._rate_starts s on s.scope = h.scope and s.name = h.name and s.shard = h.shard
+                                     and s.at > conveyor._now() - h.period
+    ),
+    -- a full shard has room once the start that filled it has left the window
+    full_shards as (
+        select distinct on (w.scope, w.name, w.shard) w.scope, w.name, w.at + w.period as free_at
+        from windows w
+        where w.since >= w.quota
+        order by w.scope, w.name, w.shard, w.at desc
     )
-    -- a full limit has room once the start that filled it has left the window
-    select min(w.at + w.period)
-    from (select distinct on (w.scope, w.name) w.*
-          from windows w
-          where w.since >= w.n
-          order by w.scope, w.name, w.at desc) w
+    -- a limit holds runs back while every shard of it is full; it frees with its first shard
+    select min(f.free_at)
+    from (select f.scope, f.name, min(f.free_at) as free_at, count(*) as full_count
+          from full_shards f group by f.scope, f.name) f
+    join (select h.scope, h.name, count(*) as shard_count from shards h group by h.scope, h.name) c
+      on (c.scope, c.name) = (f.scope, f.name)
+    where f.full_count = c.shard_count
 $$;
 
 comment on function conveyor.rate_limited_until is

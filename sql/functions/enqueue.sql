@@ -32,6 +32,7 @@ declare
     v_dup record;
     v_dup_n integer[];
     v_dup_run conveyor.ulid[];
+    v_debounced timestamptz;
 begin
     -- the task, and whether its queue exists and is bounded (or the task capped), in one look-up
     select c.*, q.name as queue_found, (q.concurrency is not null or c.parallelism is not null) as limited
@@ -92,8 +93,9 @@ begin
     end if;
     v_due := coalesce(p_run_at, v_now + p_delay, v_now);
     if p_keys is not null and v_task.debounce is not null then
-        -- a debounced key's run waits for the enqueues that may follow
-        v_due := greatest(v_due, v_now + least(v_task.debounce, coalesce(v_task.debounce_max, v_task.debounce)));
+        -- a debounced key's run waits for the enqueues that may follow (a payload without a key
+        -- is not debounced)
+        v_debounced := greatest(v_due, v_now + least(v_task.debounce, coalesce(v_task.debounce_max, v_task.debounce)));
     end if;
     if v_due <= v_now then
         v_free := case when v_task.limited is not false then conveyor._free_capacity(v_queue, p_task, v_n) else v_n end;
@@ -114,8 +116,10 @@ begin
         insert into conveyor.runs (id, task, queue, status, priority, run_at, payload, created_at,
                                    task_version, idempotency_key, parent_run_id)
         select i.new_id, p_task, v_queue,
-               case when i.n <= v_free then 'queued' else 'scheduled' end::conveyor.run_status,
-               coalesce(p_priority, v_task.priority), v_due, i.p, v_now, v_task.version, i.k, p_parent
+               case when i.n <= v_free and (i.k is null or v_debounced is null) then 'queued' else 'scheduled' end::conveyor.run_status,
+               coalesce(p_priority, v_task.priority),
+               case when i.k is not null and v_debounced is not null then v_debounced else v_due end,
+               i.p, v_now, v_task.version, i.k, p_parent
         from input i
         where i.recent is null
         order by i.n
@@ -176,8 +180,9 @@ begin
         -- each enqueue of the key restarts the wait of its scheduled run, up to debounce_max
         -- after the run's first enqueue
         update conveyor.runs r
-        set run_at = least(greatest(r.run_at, v_now + v_task.debounce),
-                           coalesce(r.created_at + v_task.debounce_max, 'infinity'))
+        -- (never earlier than it was: the cap only stops the pushing back)
+        set run_at = greatest(r.run_at, least(v_now + v_task.debounce,
+                                              coalesce(r.created_at + v_task.debounce_max, 'infinity')))
         where r.id = any(v_dup_run) and r.status = 'scheduled';
     end if;
     return query

@@ -119,6 +119,32 @@ begin
 end
 $$;
 
+-- _set_rate_limit: the shards of a queue's or task's rate limit of N (null: none), each with
+-- its share: up to 8 shards (fewer for N < 8), whose shares add up to N, so that as many claims
+-- of the limit can go at once. Kept as they are when N is unchanged; a new N takes effect for the
+-- windows after it (the old shards' starts are not counted against the new shares).
+create or replace function conveyor._set_rate_limit(p_scope text, p_name text, p_n integer)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    v_shards integer := least(8, p_n);
+begin
+    if p_n is not null and (select count(*) = v_shards and sum(l.quota) = p_n
+                            from conveyor._rate_limits l where l.scope = p_scope and l.name = p_name) then
+        return;
+    end if;
+    delete from conveyor._rate_limits l where l.scope = p_scope and l.name = p_name;
+    delete from conveyor._rate_starts s where s.scope = p_scope and s.name = p_name;
+    if p_n is not null then
+        insert into conveyor._rate_limits (scope, name, shard, quota)
+        select p_scope, p_name, i, p_n / v_shards + (i < p_n % v_shards)::integer
+        from generate_series(0, v_shards - 1) as i;
+    end if;
+end
+$$;
+
 -- _ensure_queue: the queue row, created (unbounded, running) the first time a name is used.
 create or replace function conveyor._ensure_queue(name text)
 returns void
@@ -244,9 +270,7 @@ begin
                   where r.task = excluded.name and conveyor._is_delivered(r.status))
             else t.active end;
 
-    if o ? 'rate_limit_n' then
-        insert into conveyor._rate_limits (scope, name) values ('task', p_name) on conflict do nothing;
-    end if;
+    perform conveyor._set_rate_limit('task', p_name, (o ->> 'rate_limit_n')::integer);
     perform conveyor._check_effective();
     return v_version;
 end
@@ -390,9 +414,7 @@ begin
             (select count(*) from conveyor.runs r where r.queue = p_name and conveyor._is_delivered(r.status))
             else 0 end
     where q.name = p_name;
-    if o ? 'rate_limit_n' then
-        insert into conveyor._rate_limits (scope, name) values ('queue', p_name) on conflict do nothing;
-    end if;
+    perform conveyor._set_rate_limit('queue', p_name, (o ->> 'rate_limit_n')::integer);
 end
 $$;
 

@@ -58,6 +58,7 @@ grant execute on function
     conveyor.claim_runs(text, text, integer, conveyor.duration, text[], boolean),
     conveyor.pending(text),
     conveyor.rate_limited_until(text),
+    conveyor.lease_granted(conveyor.duration),
     conveyor.complete_run(conveyor.ulid, uuid, jsonb),
     conveyor.fail_run(conveyor.ulid, uuid, text, jsonb, boolean),
     conveyor.release_run(conveyor.ulid, uuid, text, text, jsonb),

@@ -34,7 +34,7 @@ begin
         left join conveyor.tasks t on l.scope = 'task' and t.name = l.name
         cross join lateral (
             select x.ctid from conveyor._rate_starts x
-            where x.scope = l.scope and x.name = l.name
+            where x.scope = l.scope and x.name = l.name and x.shard = l.shard
               and x.at < p_now - coalesce(2 * coalesce(q.rate_limit_period, t.rate_limit_period) + interval '10 minutes',
                                           interval '0')
             order by x.at

@@ -177,18 +177,21 @@ comment on view conveyor.counters is 'monotonic totals per queue and task: enque
 -- in the window now, the room left, its queued runs, and those of them the limit holds back
 -- (all of them while there is no room). A task's limit counts its runs in every queue.
 create or replace view conveyor.rate_limits as
-select l.scope, l.name, l.n as "limit", l.period, w.started,
-       greatest(l.n - w.started, 0) as room,
+select l.scope, l.name, l.n as "limit", l.period, w.started, w.room,
        q.queued,
-       case when w.started >= l.n then q.queued else 0 end as held_back
+       case when w.room = 0 then q.queued else 0 end as held_back
 from (select 'queue' as scope, q.name, q.rate_limit_n as n, q.rate_limit_period as period
       from conveyor.queues q where q.rate_limit_n is not null
       union all
       select 'task', t.name, t.rate_limit_n, t.rate_limit_period
       from conveyor.tasks t where t.rate_limit_n is not null) l
 cross join lateral (
-    select coalesce(sum(s.n), 0)::bigint as started from conveyor._rate_starts s
-    where s.scope = l.scope and s.name = l.name and s.at > conveyor._now() - l.period) w
+    -- per shard: its share less its starts of the window
+    select coalesce(sum(h.used), 0)::bigint as started, coalesce(sum(greatest(h.quota - h.used, 0)), 0)::bigint as room
+    from (select r.quota, coalesce((select sum(s.n) from conveyor._rate_starts s
+                                    where s.scope = r.scope and s.name = r.name and s.shard = r.shard
+                                      and s.at > conveyor._now() - l.period), 0) as used
+          from conveyor._rate_limits r where r.scope = l.scope and r.name = l.name) h) w
 cross join lateral (
     select case l.scope
         when 'queue' then (select count(*) from conveyor.runs r where r.status = 'queued' and r.queue = l.name)

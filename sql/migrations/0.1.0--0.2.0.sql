@@ -215,28 +215,35 @@ create index runs_finished_by_key on conveyor.runs (task, idempotency_key, finis
 -- period. Columns appended, as a fresh install has them.
 alter table conveyor.queues add column rate_limit_n integer, add column rate_limit_period interval;
 alter table conveyor.tasks add column rate_limit_n integer, add column rate_limit_period interval;
--- Rate limits (issue 15): a claim from a rate-limited queue, or of a rate-limited task, takes
--- the limit's row in _rate_limits (FOR NO KEY UPDATE; only claims lock these rows, and a wait
--- is bounded), counts the starts of the window in _rate_starts, claims at most what is left and
--- records its own starts there, all before it commits: claims of one limit take turns, and each
--- sees every start committed before it (an exact sliding window).
+-- Rate limits (issue 15): a limit of N per period is split into shards (up to 8), each with its
+-- share of N. A claim from a rate-limited queue, or of a rate-limited task, takes one shard's
+-- row in _rate_limits (FOR NO KEY UPDATE, a free one if any: only claims lock these rows, and a
+-- wait is bounded), counts that shard's starts of the window in _rate_starts, claims at most
+-- what is left of its share and records its own starts there, all before it commits. Claims of
+-- one shard take turns and each sees every start committed before it: each shard is an exact
+-- sliding window, and the shares add up to N.
 create table conveyor._rate_limits (
     scope text not null,
     name text not null,
+    shard smallint not null,
+    -- this shard's share of the limit
+    quota integer not null,
     constraint rate_limits_scope check (scope in ('queue', 'task')),
-    constraint rate_limits_one_row_per_limit primary key (scope, name)
+    constraint rate_limits_quota_positive check (quota > 0),
+    constraint rate_limits_one_row_per_shard primary key (scope, name, shard)
 );
-comment on table conveyor._rate_limits is 'one row per rate limit, locked by the claims of that limit in turn';
+comment on table conveyor._rate_limits is 'the shards of each rate limit with their share of it, each locked by one claim at a time';
 
 create table conveyor._rate_starts (
     scope text not null,
     name text not null,
+    shard smallint not null,
     -- the claim's time (the runs' started_at) and how many runs it started
     at timestamptz not null,
     n integer not null
 );
-comment on table conveyor._rate_starts is 'runs started per claim of a rate-limited queue or task (kept one period; tick prunes)';
-create index rate_starts_window on conveyor._rate_starts (scope, name, at);
+comment on table conveyor._rate_starts is 'runs started per claim under a rate limit shard (kept two periods; tick prunes)';
+create index rate_starts_window on conveyor._rate_starts (scope, name, shard, at);
 -- no key of its own: prune's deletes carry the whole row (a FOR ALL TABLES publication needs it)
 alter table conveyor._rate_starts replica identity full;
 

@@ -180,7 +180,8 @@ export class Worker {
     await this.client.connect();
     try {
       const { rows } = await this.client.query(
-        'select (extract(epoch from $1::conveyor.duration::interval) * 1000)::float8 as ms', [this.lease]);
+        // the lease the server grants (max_lease caps what the worker asks for)
+        'select (extract(epoch from conveyor.lease_granted($1)) * 1000)::float8 as ms', [this.lease]);
       this.leaseMs = rows[0].ms;
       await this.listenStart();
       this.logger(`${this.name} claiming from ${this.queues.join(',')} (batch ${this.batch}, lease ${this.lease})`);

@@ -228,6 +228,8 @@ struct Shared {
     stop: StopHandle,
     grace: std::time::Duration,
     lease: Duration,
+    /// the lease the server grants for `lease` (max_lease caps it): what refreshes are timed by
+    granted: std::time::Duration,
     /// the claimed runs not started yet (the rest of the batch), with when each lease began,
     /// and what became of those extended from a heartbeat (cancelled: an ending; stale: None)
     held: std::sync::Mutex<Held>,
@@ -247,7 +249,7 @@ impl Shared {
 
     /// The held runs whose lease began a third of a lease ago (or more).
     fn due(&self) -> Vec<ClaimedRun> {
-        let third = self.lease.get() / 3;
+        let third = self.granted / 3;
         let held = self.held.lock().unwrap();
         held.runs.iter().filter(|(_, at)| at.elapsed() > third).map(|(r, _)| r.clone()).collect()
     }
@@ -417,11 +419,19 @@ impl Worker {
         let mut config = self.config.connection.clone();
         config.application_name(&self.config.name);
         let (client, direct_notifications) = connect(&config).await?;
+        let rows = client
+            .query_typed(
+                "select extract(epoch from conveyor.lease_granted($1))::float8",
+                &[(&self.config.lease, Type::INTERVAL)],
+            )
+            .await?;
+        let granted = std::time::Duration::from_secs_f64(rows[0].get::<_, f64>(0).max(0.0));
         let shared = Arc::new(Shared {
             client,
             stop: self.stop.clone(),
             grace: self.config.grace,
             lease: self.config.lease,
+            granted,
             held: Default::default(),
         });
         // the LISTEN connection (pooled), closed when run returns, whichever way

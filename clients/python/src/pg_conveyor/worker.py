@@ -48,7 +48,8 @@ FINISH_RUNS = "select status::text from conveyor.finish_runs(%s)"
 HEARTBEAT = "select conveyor.heartbeat(%s, %s, %s)"
 APPEND_LOG = "select conveyor.append_log(%s, %s, %s)"
 PENDING = "select conveyor.pending(%s)"
-LEASE_SECONDS = "select extract(epoch from %s::conveyor.duration::interval)::float8"
+# the lease the server grants (max_lease caps what the worker asks for), in seconds
+LEASE_SECONDS = "select extract(epoch from conveyor.lease_granted(%s))::float8"
 # after an empty claim: how long until a run a rate limit holds back can start (null: none is)
 RATE_WAIT = "select greatest(extract(epoch from conveyor.rate_limited_until(%s) - now()), 0)::float8"
 
