@@ -355,6 +355,7 @@ declare
     v_total integer;
     v_busy boolean;
     v_waited smallint;
+    v_since timestamptz;
 begin
     for v_limit in
         select l.scope, l.name, l.period from (
@@ -406,11 +407,12 @@ begin
         v_waited := null;
         perform set_config('lock_timeout', '2s', true);
         begin
+            v_since := conveyor._clock_now() - v_limit.period;
             select l.shard into v_waited from conveyor._rate_limits l
             where l.scope = v_limit.scope and l.name = v_limit.name
               and l.quota > coalesce((select sum(s.n) from conveyor._rate_starts s
                                       where s.scope = l.scope and s.name = l.name and s.shard = l.shard
-                                        and s.at > conveyor._clock_now() - v_limit.period), 0)
+                                        and s.at > v_since), 0)
             order by random()
             limit 1
             for no key update;
@@ -429,17 +431,24 @@ $$;
 
 -- _rate_room: a shard's share less its starts of the window that ends now (clock time, after
 -- the wait for its row: every start committed until then), read by a statement of its own.
+-- (plpgsql, not sql: its plan is kept from call to call; a SQL function's is made anew each time)
 create or replace function conveyor._rate_room(p_scope text, p_name text, p_shard smallint, p_period interval)
 returns integer
-language sql
+language plpgsql
 volatile
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
-    select l.quota - coalesce((select sum(s.n) from conveyor._rate_starts s
-                               where s.scope = p_scope and s.name = p_name and s.shard = p_shard
-                                 and s.at > conveyor._clock_now() - p_period), 0)::integer
-    from conveyor._rate_limits l
-    where (l.scope, l.name, l.shard) = (p_scope, p_name, p_shard)
+declare
+    -- computed once: a volatile call in the condition would keep the index from bounding the scan
+    v_since timestamptz := conveyor._clock_now() - p_period;
+begin
+    return (select l.quota - coalesce((select sum(s.n) from conveyor._rate_starts s
+                                       where s.scope = p_scope and s.name = p_name and s.shard = p_shard
+                                         and s.at > v_since), 0)::integer
+            from conveyor._rate_limits l
+            where (l.scope, l.name, l.shard) = (p_scope, p_name, p_shard));
+end
 $$;
 
 -- _clock_now: the time now, not the transaction's: clock_timestamp(), or the test clock when one

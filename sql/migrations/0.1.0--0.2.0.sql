@@ -129,7 +129,8 @@ drop function conveyor.tick();
 -- the whole table (a seq scan of 300k kept runs: 11 ms every tick).
 -- tick repair: a capped task's delivered runs (queued or running), counted without scanning
 -- the table (a bounded queue's are counted through runs_claimable and runs_running_deadline)
-create index runs_delivered_by_task on conveyor.runs (task) where status in ('queued', 'running');
+-- (and, by task and queue, whether a rate-limited task has queued runs in the queues of a claim)
+create index runs_delivered_by_task on conveyor.runs (task, status, queue) where status in ('queued', 'running');
 
 -- Rescue on backend death (issue 16): a claim may bind its runs to the claiming session
 -- (bind_session: a claim argument, else the task's, the queue's, the defaults' option; false

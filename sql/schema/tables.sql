@@ -193,7 +193,8 @@ create index runs_running_deadline on conveyor.runs ((least(lease_expires_at, ti
 create index runs_due on conveyor.runs (run_at) where status in ('scheduled', 'retrying', 'released');
 -- tick repair: a capped task's delivered runs (queued or running), counted without scanning
 -- the table (a bounded queue's are counted through runs_claimable and runs_running_deadline)
-create index runs_delivered_by_task on conveyor.runs (task) where status in ('queued', 'running');
+-- (and, by task and queue, whether a rate-limited task has queued runs in the queues of a claim)
+create index runs_delivered_by_task on conveyor.runs (task, status, queue) where status in ('queued', 'running');
 -- retention and recent-throughput dashboards
 create index runs_finished on conveyor.runs (finished_at) where finished_at is not null;
 
