@@ -261,6 +261,14 @@ create index rate_starts_window on conveyor._rate_starts (scope, name, shard, at
 -- no key of its own: prune's deletes carry the whole row (a FOR ALL TABLES publication needs it)
 alter table conveyor._rate_starts replica identity full;
 
+-- a run a claim under rate limits has locked and may take (claim_runs)
+create type conveyor._candidate as (
+    id conveyor.ulid,
+    task text,
+    priority smallint,
+    run_at timestamptz
+);
+
 select pg_catalog.pg_extension_config_dump('conveyor._rate_limits', '');
 
 
@@ -2001,6 +2009,9 @@ language plpgsql
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
+-- a claim takes a few milliseconds: compiling its plans (JIT, once a cost estimate passes
+-- jit_above_cost on a big table) costs more than it can save
+set jit = off
 as $$
 #variable_conflict use_column
 declare
@@ -2039,6 +2050,9 @@ declare
     v_started_tasks text[] := '{}';
     v_round_queues text[];
     v_round_tasks text[];
+    v_queue text;
+    v_take integer;
+    v_cand conveyor._candidate[];
 begin
     if v_worker is null or btrim(v_worker) = '' or length(v_worker) > 200 then
         perform conveyor._raise_invalid('worker must name the claiming worker (1 to 200 characters), e.g. host:pid');
@@ -2104,23 +2118,43 @@ begin
         if v_rated then
             -- under rate limits: the best runs of each queue (but tasks without room), at most
             -- the queue's room of them, locked as they are found (SKIP LOCKED: concurrent claims
-            -- take different runs), then at most each task's room of those, the best first. A
-            -- run locked here and left over (a task's room, several queues) stays queued, unseen
-            -- by other claims until this one commits.
+            -- take different runs; one statement per queue, the shape the claimable index
+            -- answers in order), then at most each task's room of those, the best first. A run
+            -- locked here and left over (a task's room, several queues) stays queued, unseen by
+            -- other claims until this one commits.
+            v_cand := '{}';
+            foreach v_queue in array v_open loop
+                v_take := least(v_want, coalesce(v_queue_caps[array_position(v_cap_queues, v_queue)], v_want));
+                -- (the planner takes "task <> all(an array)" to keep next to nothing and would sort
+                -- the whole queue instead of reading it in index order: without tasks to leave out
+                -- the statement does not ask, with some it asks a function, which it does not
+                -- estimate that way)
+                if cardinality(v_full_tasks) = 0 then
+                    v_cand := v_cand || array(
+                        select row(p.id, p.task, p.priority, p.run_at)::conveyor._candidate
+                        from conveyor.runs p
+                        where p.status = 'queued' and p.queue = v_queue
+                          and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
+                        order by p.priority, p.run_at, p.id
+                        limit v_take
+                        for no key update skip locked);
+                else
+                    v_cand := v_cand || array(
+                        select row(p.id, p.task, p.priority, p.run_at)::conveyor._candidate
+                        from conveyor.runs p
+                        where p.status = 'queued' and p.queue = v_queue
+                          and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
+                          and not conveyor._one_of(p.task, v_full_tasks)
+                        order by p.priority, p.run_at, p.id
+                        limit v_take
+                        for no key update skip locked);
+                end if;
+            end loop;
             select array_agg(c.id order by c.priority, c.run_at, c.id) into v_ids from (
                 select c.id, c.priority, c.run_at
                 from (
                     select c.*, row_number() over (partition by c.task order by c.priority, c.run_at, c.id) as in_task
-                    from unnest(v_open) as q(name)
-                    cross join lateral (
-                        select r2.id, r2.priority, r2.run_at, r2.task from conveyor.runs r2
-                        where r2.status = 'queued' and r2.queue = q.name
-                          and (claim_runs.tasks is null or r2.task = any(claim_runs.tasks))
-                          and r2.task <> all(v_full_tasks)
-                        order by r2.priority, r2.run_at, r2.id
-                        limit least(v_want, coalesce(v_queue_caps[array_position(v_cap_queues, q.name)], v_want))
-                        for no key update skip locked
-                    ) c
+                    from unnest(v_cand) as c
                 ) c
                 where c.in_task <= coalesce(v_task_caps[array_position(v_cap_tasks, c.task)], v_want)
                 order by c.priority, c.run_at, c.id
@@ -2306,6 +2340,14 @@ end
 $$;
 
 comment on function conveyor.pending is 'runs of these queues (comma-separated) not finished yet: waiting, queued or running';
+
+-- _one_of: whether a value is one of these. A function, not "= any(...)" inline, for a filter
+-- whose selectivity the planner must not guess from the array (claim_runs under rate limits).
+create or replace function conveyor._one_of(p_value text, p_values text[])
+returns boolean
+language plpgsql
+immutable
+as $$ begin return p_value = any(p_values); end $$;
 
 -- _rate_allowance: the rate limits a claim from these queues (of these tasks, null: any) starts
 -- runs under, with how many runs it may still start under each now, per shard. A limit is

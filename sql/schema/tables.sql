@@ -425,6 +425,14 @@ create index rate_starts_window on conveyor._rate_starts (scope, name, shard, at
 -- no key of its own: prune's deletes carry the whole row (a FOR ALL TABLES publication needs it)
 alter table conveyor._rate_starts replica identity full;
 
+-- a run a claim under rate limits has locked and may take (claim_runs)
+create type conveyor._candidate as (
+    id conveyor.ulid,
+    task text,
+    priority smallint,
+    run_at timestamptz
+);
+
 -- pg_dump keeps the data of these tables (the extension's own rows are recreated by it)
 
 select pg_catalog.pg_extension_config_dump('conveyor._defaults', '');
