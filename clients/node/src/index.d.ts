@@ -77,21 +77,10 @@ export interface Finished {
   status: string | null;
 }
 
-export declare class Job implements ClaimedRun {
+/** A claimed run as a handler sees it: the ClaimedRun fields, and `run` itself. */
+export interface Job extends ClaimedRun {}
+export declare class Job {
   readonly run: ClaimedRun;
-  readonly runId: string;
-  readonly leaseToken: string;
-  readonly task: string;
-  readonly queue: string;
-  readonly payload: any;
-  readonly attempt: number;
-  readonly failures: number;
-  readonly releases: number;
-  readonly attemptId: string;
-  readonly priority: number;
-  readonly parentRunId: string | null;
-  readonly leaseExpiresAt: Date;
-  readonly timeoutAt: Date | null;
   heartbeats: number;
   /** Extend the lease; true when an operator asked to cancel the run. */
   heartbeat(extend?: Duration | null): Promise<boolean>;
