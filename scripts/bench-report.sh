@@ -89,6 +89,16 @@ if gr:
     first, second = int(gr.get('first_half_peak_mb', 0)), int(gr['second_half_peak_mb'])
     change = f"{(second - first) * 100 / first:+.0f}% from the first half to the second" if first else ""
     print(f"| sustained load, {int(gr['runs']):,} runs, retention 10s | runs table + indexes: peak {first} MB in the first half, {second} MB in the second | no unbounded growth | {change} |")
+wal_rows = [r for r in rows if r.get("system") == "pg_conveyor" and r.get("wal_per_run")]
+if wal_rows:
+    print()
+    print("WAL bytes and commits per run (enqueue to finish, the workload's setup included; from pg_current_wal_lsn and pg_stat_database.xact_commit before and after, the background worker's ticks too):")
+    print()
+    print("| workload | runs | WAL bytes per run | commits per run |")
+    print("|---|---|---|---|")
+    for r in wal_rows:
+        label = r["workload"] + "".join(f", {k} {r[k]}" for k in ("batch", "clients", "hold") if k in r)
+        print(f"| {label} | {int(r['runs']):,} | {int(r['wal_per_run']):,} | {r['commits_per_run']} |")
 print()
 print("Targets (printed, not enforced): end to end with batched claims ≥ 10,000 runs/s and ≥ 2× every per-job peer.")
 print()

@@ -76,8 +76,34 @@ fn enqueue_backlog(client: &mut Client, runs: u64, extra: &str) {
     client.batch_execute("vacuum analyze conveyor.runs").unwrap();
 }
 
+/// The database's WAL position and commits when the workload began (`main`), for the WAL bytes
+/// and commits a workload cost.
+static BEGAN: std::sync::OnceLock<(i64, i64)> = std::sync::OnceLock::new();
+
+fn wal_and_commits(c: &mut Client) -> (i64, i64) {
+    let row = c
+        .query_one(
+            "select (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint,
+                    (select xact_commit from pg_stat_database where datname = current_database())",
+            &[],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
 fn result(workload: &str, fields: &[(&str, String)]) {
-    let rest: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut rest: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if let Some(&(wal0, commits0)) = BEGAN.get() {
+        // other backends report their commits within a second: wait for them
+        thread::sleep(Duration::from_millis(1100));
+        let (wal, commits) = wal_and_commits(&mut connect());
+        let (wal, commits) = (wal - wal0, commits - commits0);
+        rest.push(format!("wal_bytes={wal} commits={commits}"));
+        let runs = fields.iter().find(|(k, _)| *k == "runs").and_then(|(_, v)| v.parse::<f64>().ok());
+        if let Some(runs) = runs.filter(|r| *r > 0.0) {
+            rest.push(format!("wal_per_run={:.0} commits_per_run={:.2}", wal as f64 / runs, commits as f64 / runs));
+        }
+    }
     println!("RESULT system=pg_conveyor workload={workload} {}", rest.join(" "));
 }
 
@@ -113,29 +139,42 @@ fn for_seconds(clients: u64, seconds: u64, one: impl Fn(&mut Client) -> u64 + Se
 
 fn enqueue_single(clients: u64, seconds: u64) {
     reset(&mut connect(), "");
+    // one round trip and one transaction per call (parse, bind and execute together), as the
+    // client packages and node-postgres or psycopg send it; a separate prepare would be a second
+    // round trip and a second transaction
     let rate = for_seconds(clients, seconds, |c| {
-        c.execute("select conveyor.enqueue('bench.noop', '{\"n\": 1}')", &[]).unwrap();
+        c.query_typed("select conveyor.enqueue('bench.noop', '{\"n\": 1}')", &[]).unwrap();
         1
     });
     eprintln!("enqueue single: {clients} clients, {rate:.0} runs/s");
-    result("enqueue_single", &[("clients", clients.to_string()), ("per_second", format!("{rate:.0}"))]);
+    let runs = (rate * seconds as f64).round() as u64;
+    result(
+        "enqueue_single",
+        &[("clients", clients.to_string()), ("per_second", format!("{rate:.0}")), ("runs", runs.to_string())],
+    );
 }
 
 fn enqueue_batch(clients: u64, batch: u64, seconds: u64) {
     reset(&mut connect(), "");
     let b = batch as i32;
     let rate = for_seconds(clients, seconds, move |c| {
-        c.execute(
+        c.query_typed(
             "select count(*) from conveyor.enqueue_many('bench.noop', array(select '{\"n\": 1}'::jsonb from generate_series(1, $1::int)))",
-            &[&b],
+            &[(&b, postgres::types::Type::INT4)],
         )
         .unwrap();
         batch
     });
     eprintln!("enqueue batch: {clients} clients x {batch} per call, {rate:.0} runs/s");
+    let runs = (rate * seconds as f64).round() as u64;
     result(
         "enqueue_batch",
-        &[("clients", clients.to_string()), ("batch", batch.to_string()), ("per_second", format!("{rate:.0}"))],
+        &[
+            ("clients", clients.to_string()),
+            ("batch", batch.to_string()),
+            ("per_second", format!("{rate:.0}")),
+            ("runs", runs.to_string()),
+        ],
     );
 }
 
@@ -734,6 +773,9 @@ fn sustained(rate: u64, seconds: u64, hold: bool) {
 
 fn main() {
     let workload = std::env::args().nth(1).unwrap_or_default();
+    // (the workload's own setup, a reset of the extension and the backlog, counts too: a workload
+    // that reports runs divides by them; the report says which figures are per run)
+    let _ = BEGAN.set(wal_and_commits(&mut connect()));
     match workload.as_str() {
         "enqueue-single" => enqueue_single(arg("clients", 8), arg("seconds", 10)),
         "enqueue-batch" => enqueue_batch(arg("clients", 8), arg("batch", 50), arg("seconds", 10)),
