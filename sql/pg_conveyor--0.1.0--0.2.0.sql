@@ -270,6 +270,8 @@ create type conveyor._candidate as (
 );
 
 select pg_catalog.pg_extension_config_dump('conveyor._rate_limits', '');
+-- a restore keeps the windows of the rate limits
+select pg_catalog.pg_extension_config_dump('conveyor._rate_starts', '');
 
 
 -- ============================================================================================
@@ -495,7 +497,7 @@ end
 $$;
 
 -- _raise_duplicate: CV009, an enqueue whose idempotency key matches a run of a task whose
--- on_duplicate is reject.
+-- on_duplicate is reject (p_run_id null: the key comes twice in the same call).
 create or replace function conveyor._raise_duplicate(p_task text, p_key text, p_run_id conveyor.ulid, p_status conveyor.run_status)
 returns void
 language plpgsql
@@ -503,8 +505,10 @@ set search_path = pg_catalog, conveyor, pg_temp
 as $$
 begin
     raise exception using errcode = 'CV009',
-        message = format('duplicate run: task "%s" already has run %s (%s) for idempotency key "%s"',
-                         p_task, p_run_id, p_status, p_key),
+        message = case when p_run_id is null
+            then format('duplicate run: idempotency key "%s" comes more than once in this call for task "%s"', p_key, p_task)
+            else format('duplicate run: task "%s" already has run %s (%s) for idempotency key "%s"',
+                        p_task, p_run_id, p_status, p_key) end,
         hint = 'the task''s on_duplicate is reject (return gives back the existing run; replace updates its payload)';
 end
 $$;
@@ -1868,6 +1872,13 @@ begin
         return query select i.n::integer, i.id from unnest(v_ids) with ordinality as i(id, n);
         return;
     end if;
+    if v_task.on_duplicate = 'reject' then
+        -- a key twice in one call is a duplicate too: refused before anything is looked up
+        select k into v_dup from unnest(p_keys) as k where k is not null group by k having count(*) > 1 limit 1;
+        if found then
+            perform conveyor._raise_duplicate(p_task, v_dup.k, null, null);
+        end if;
+    end if;
     if v_task.on_duplicate = 'return' and v_task.debounce is null and v_task.unique_for is null then
         -- keys that matched a live run: that run's id (a fresh statement sees runs committed since)
         return query
@@ -2349,6 +2360,25 @@ language plpgsql
 immutable
 as $$ begin return p_value = any(p_values); end $$;
 
+-- _rate_limits_of: the rate limits a claim from these queues (of these tasks, null: any) could
+-- start runs under: the queues' own, and those of the rate-limited tasks with queued runs in them
+-- (a task's limit counts its runs in every queue). A plain SQL function, inlined where it is used.
+create or replace function conveyor._rate_limits_of(p_open text[], p_tasks text[])
+returns table (scope text, name text, period interval)
+language sql
+stable
+as $$
+    select 'queue', q.name, q.rate_limit_period
+    from conveyor.queues q
+    where q.name = any(p_open) and q.rate_limit_n is not null
+    union all
+    select 'task', t.name, t.rate_limit_period
+    from conveyor.tasks t
+    where t.rate_limit_n is not null and (p_tasks is null or t.name = any(p_tasks))
+      and exists (select from conveyor.runs r
+                  where r.task = t.name and r.status = 'queued' and r.queue = any(p_open))
+$$;
+
 -- _rate_allowance: the rate limits a claim from these queues (of these tasks, null: any) starts
 -- runs under, with how many runs it may still start under each now, per shard. A limit is
 -- split into shards with a share each (_rate_limits); the claim takes shards of each limit for
@@ -2376,19 +2406,7 @@ declare
     v_since timestamptz;
 begin
     for v_limit in
-        select l.scope, l.name, l.period from (
-            select 'queue' as scope, q.name, q.rate_limit_period as period
-            from conveyor.queues q
-            where q.name = any(p_open) and q.rate_limit_n is not null
-            union all
-            -- a task's limit, if this claim could start one of its runs
-            select 'task', t.name, t.rate_limit_period
-            from conveyor.tasks t
-            where t.rate_limit_n is not null and (p_tasks is null or t.name = any(p_tasks))
-              and exists (select from conveyor.runs r
-                          where r.task = t.name and r.status = 'queued' and r.queue = any(p_open))
-        ) l
-        order by l.scope, l.name
+        select l.scope, l.name, l.period from conveyor._rate_limits_of(p_open, p_tasks) l order by l.scope, l.name
     loop
         if current_setting('transaction_isolation') <> 'read committed' then
             perform conveyor._raise_invalid('a claim under a rate limit needs READ COMMITTED (it must see every start committed before it)');
@@ -2423,7 +2441,10 @@ begin
         end if;
         -- the free shards are full: wait for one that another claim holds (2 s at most)
         v_waited := null;
-        perform set_config('lock_timeout', '2s', true);
+        -- (a caller's shorter lock_timeout stands)
+        if v_timeout in ('0', '') or v_timeout::interval > interval '2s' then
+            perform set_config('lock_timeout', '2s', true);
+        end if;
         begin
             v_since := conveyor._clock_now() - v_limit.period;
             select l.shard into v_waited from conveyor._rate_limits l
@@ -2493,15 +2514,7 @@ as $$
         select array(select btrim(q) from unnest(string_to_array(rate_limited_until.queues, ',')) q where btrim(q) <> '') as open
     ),
     limits as (
-        select 'queue' as scope, q.name, q.rate_limit_period as period
-        from conveyor.queues q, names
-        where q.name = any(names.open) and q.rate_limit_n is not null
-        union all
-        select 'task', t.name, t.rate_limit_period
-        from conveyor.tasks t, names
-        where t.rate_limit_n is not null
-          and exists (select from conveyor.runs r
-                      where r.task = t.name and r.status = 'queued' and r.queue = any(names.open))
+        select l.* from names, conveyor._rate_limits_of(names.open, null) l
     ),
     shards as (
         select l.scope, l.name, l.period, r.shard, r.quota

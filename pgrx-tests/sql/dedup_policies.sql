@@ -24,6 +24,9 @@ create temp table census as select count(*) as runs from conveyor.runs;
 select regress.try($$select count(*) from conveyor.enqueue_many('d.reject', array['{"v": 3}', '{"v": 4}']::jsonb[],
                                                              idempotency_keys => array['fresh', 'k'])$$) ~ '^CV009' as batch_refused;
 select (select count(*) from conveyor.runs) = (select runs from census) as nothing_written;
+-- a new key twice in one call is a duplicate too
+select regress.try($$select count(*) from conveyor.enqueue_many('d.reject', array['{}', '{}']::jsonb[],
+                                                             idempotency_keys => array['twice', 'twice'])$$);
 select count(*) from conveyor.runs where task = 'd.reject' and idempotency_key = 'fresh';
 
 -- replace: a waiting run takes the latest payload; within one call the last one of a key wins

@@ -365,6 +365,25 @@ language plpgsql
 immutable
 as $$ begin return p_value = any(p_values); end $$;
 
+-- _rate_limits_of: the rate limits a claim from these queues (of these tasks, null: any) could
+-- start runs under: the queues' own, and those of the rate-limited tasks with queued runs in them
+-- (a task's limit counts its runs in every queue). A plain SQL function, inlined where it is used.
+create or replace function conveyor._rate_limits_of(p_open text[], p_tasks text[])
+returns table (scope text, name text, period interval)
+language sql
+stable
+as $$
+    select 'queue', q.name, q.rate_limit_period
+    from conveyor.queues q
+    where q.name = any(p_open) and q.rate_limit_n is not null
+    union all
+    select 'task', t.name, t.rate_limit_period
+    from conveyor.tasks t
+    where t.rate_limit_n is not null and (p_tasks is null or t.name = any(p_tasks))
+      and exists (select from conveyor.runs r
+                  where r.task = t.name and r.status = 'queued' and r.queue = any(p_open))
+$$;
+
 -- _rate_allowance: the rate limits a claim from these queues (of these tasks, null: any) starts
 -- runs under, with how many runs it may still start under each now, per shard. A limit is
 -- split into shards with a share each (_rate_limits); the claim takes shards of each limit for
@@ -392,19 +411,7 @@ declare
     v_since timestamptz;
 begin
     for v_limit in
-        select l.scope, l.name, l.period from (
-            select 'queue' as scope, q.name, q.rate_limit_period as period
-            from conveyor.queues q
-            where q.name = any(p_open) and q.rate_limit_n is not null
-            union all
-            -- a task's limit, if this claim could start one of its runs
-            select 'task', t.name, t.rate_limit_period
-            from conveyor.tasks t
-            where t.rate_limit_n is not null and (p_tasks is null or t.name = any(p_tasks))
-              and exists (select from conveyor.runs r
-                          where r.task = t.name and r.status = 'queued' and r.queue = any(p_open))
-        ) l
-        order by l.scope, l.name
+        select l.scope, l.name, l.period from conveyor._rate_limits_of(p_open, p_tasks) l order by l.scope, l.name
     loop
         if current_setting('transaction_isolation') <> 'read committed' then
             perform conveyor._raise_invalid('a claim under a rate limit needs READ COMMITTED (it must see every start committed before it)');
@@ -439,7 +446,10 @@ begin
         end if;
         -- the free shards are full: wait for one that another claim holds (2 s at most)
         v_waited := null;
-        perform set_config('lock_timeout', '2s', true);
+        -- (a caller's shorter lock_timeout stands)
+        if v_timeout in ('0', '') or v_timeout::interval > interval '2s' then
+            perform set_config('lock_timeout', '2s', true);
+        end if;
         begin
             v_since := conveyor._clock_now() - v_limit.period;
             select l.shard into v_waited from conveyor._rate_limits l
@@ -509,15 +519,7 @@ as $$
         select array(select btrim(q) from unnest(string_to_array(rate_limited_until.queues, ',')) q where btrim(q) <> '') as open
     ),
     limits as (
-        select 'queue' as scope, q.name, q.rate_limit_period as period
-        from conveyor.queues q, names
-        where q.name = any(names.open) and q.rate_limit_n is not null
-        union all
-        select 'task', t.name, t.rate_limit_period
-        from conveyor.tasks t, names
-        where t.rate_limit_n is not null
-          and exists (select from conveyor.runs r
-                      where r.task = t.name and r.status = 'queued' and r.queue = any(names.open))
+        select l.* from names, conveyor._rate_limits_of(names.open, null) l
     ),
     shards as (
         select l.scope, l.name, l.period, r.shard, r.quota

@@ -137,6 +137,13 @@ begin
         return query select i.n::integer, i.id from unnest(v_ids) with ordinality as i(id, n);
         return;
     end if;
+    if v_task.on_duplicate = 'reject' then
+        -- a key twice in one call is a duplicate too: refused before anything is looked up
+        select k into v_dup from unnest(p_keys) as k where k is not null group by k having count(*) > 1 limit 1;
+        if found then
+            perform conveyor._raise_duplicate(p_task, v_dup.k, null, null);
+        end if;
+    end if;
     if v_task.on_duplicate = 'return' and v_task.debounce is null and v_task.unique_for is null then
         -- keys that matched a live run: that run's id (a fresh statement sees runs committed since)
         return query

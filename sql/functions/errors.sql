@@ -130,7 +130,7 @@ end
 $$;
 
 -- _raise_duplicate: CV009, an enqueue whose idempotency key matches a run of a task whose
--- on_duplicate is reject.
+-- on_duplicate is reject (p_run_id null: the key comes twice in the same call).
 create or replace function conveyor._raise_duplicate(p_task text, p_key text, p_run_id conveyor.ulid, p_status conveyor.run_status)
 returns void
 language plpgsql
@@ -138,8 +138,10 @@ set search_path = pg_catalog, conveyor, pg_temp
 as $$
 begin
     raise exception using errcode = 'CV009',
-        message = format('duplicate run: task "%s" already has run %s (%s) for idempotency key "%s"',
-                         p_task, p_run_id, p_status, p_key),
+        message = case when p_run_id is null
+            then format('duplicate run: idempotency key "%s" comes more than once in this call for task "%s"', p_key, p_task)
+            else format('duplicate run: task "%s" already has run %s (%s) for idempotency key "%s"',
+                        p_task, p_run_id, p_status, p_key) end,
         hint = 'the task''s on_duplicate is reject (return gives back the existing run; replace updates its payload)';
 end
 $$;

@@ -257,4 +257,6 @@ create type conveyor._candidate as (
 );
 
 select pg_catalog.pg_extension_config_dump('conveyor._rate_limits', '');
+-- a restore keeps the windows of the rate limits
+select pg_catalog.pg_extension_config_dump('conveyor._rate_starts', '');
 

@@ -464,3 +464,6 @@ select pg_catalog.pg_extension_config_dump('conveyor._counter_deltas', '');
 select pg_catalog.pg_extension_config_dump('conveyor._counters', '');
 
 select pg_catalog.pg_extension_config_dump('conveyor._rate_limits', '');
+
+-- (0.2.0) a restore keeps the windows of the rate limits
+select pg_catalog.pg_extension_config_dump('conveyor._rate_starts', '');
