@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from conftest import define
 
-from pg_conveyor import AsyncWorker, Cancelled, Fail, Interrupted, Release, enqueue_async
+from pg_conveyor import AsyncWorker, Cancelled, Fail, Interrupted, Release, enqueue_async, enqueue_many_async
 
 
 def outcomes(db, run_id):
@@ -90,7 +90,7 @@ def test_async_stop_gives_the_run_in_hand_and_the_unstarted_ones_back(db, queue)
 
     async def main():
         async with await psycopg.AsyncConnection.connect("", autocommit=True) as conn:
-            ids = [await enqueue_async(conn, task) for _ in range(4)]
+            ids = await enqueue_many_async(conn, task, [{"n": i} for i in range(4)])
         worker = AsyncWorker(queues=queue, batch=4, lease="10s", grace=0.3, poll=0.2)
 
         @worker.task(task)

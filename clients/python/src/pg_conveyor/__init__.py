@@ -7,11 +7,11 @@ Producers enqueue on their own connection, inside their own transaction (`enqueu
 
 from .durations import duration
 from .errors import STALE_LEASE, Cancelled, Fail, Interrupted, Release
-from .producer import enqueue, enqueue_async, enqueue_many
+from .producer import enqueue, enqueue_async, enqueue_many, enqueue_many_async
 from .records import ClaimedRun, Finished
 from .worker import Job, Worker
 from .aio import AsyncJob, AsyncWorker
 
 __all__ = ["Worker", "Job", "AsyncWorker", "AsyncJob", "ClaimedRun", "Finished", "Release", "Fail", "Cancelled", "Interrupted",
-           "STALE_LEASE", "enqueue", "enqueue_many", "enqueue_async", "duration"]
+           "STALE_LEASE", "enqueue", "enqueue_many", "enqueue_async", "enqueue_many_async", "duration"]
 __version__ = "0.2.0"

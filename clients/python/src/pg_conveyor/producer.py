@@ -1,6 +1,6 @@
 """Enqueue runs on the caller's connection, inside the caller's transaction: the run exists if
 and only if the transaction commits. Works on psycopg's sync and async connections alike
-(`enqueue_async`)."""
+(`enqueue_async`, `enqueue_many_async`)."""
 
 from __future__ import annotations
 
@@ -45,10 +45,23 @@ def enqueue_many(conn, task: str, payloads: Iterable[Any], *, run_at: Optional[d
     return [r[0] for r in conn.execute(_ENQUEUE_MANY, args).fetchall()]
 
 
-async def enqueue_async(aconn, task: str, payload: Any = None, **options) -> str:
+async def enqueue_async(aconn, task: str, payload: Any = None, *, run_at: Optional[dt.datetime] = None,
+                        delay: Any = None, priority: Optional[int] = None, queue: Optional[str] = None,
+                        idempotency_key: Optional[str] = None, parent_run_id: Optional[str] = None) -> str:
     """`enqueue` on a psycopg AsyncConnection."""
-    args = _args(task, options.get("run_at"), options.get("delay"), options.get("priority"),
-                 options.get("queue"), options.get("parent_run_id"))
-    args.update(payload=Jsonb({} if payload is None else payload), key=options.get("idempotency_key"))
+    args = _args(task, run_at, delay, priority, queue, parent_run_id)
+    args.update(payload=Jsonb({} if payload is None else payload), key=idempotency_key)
     cur = await aconn.execute(_ENQUEUE, args)
     return (await cur.fetchone())[0]
+
+
+async def enqueue_many_async(aconn, task: str, payloads: Iterable[Any], *, run_at: Optional[dt.datetime] = None,
+                             delay: Any = None, priority: Optional[int] = None, queue: Optional[str] = None,
+                             idempotency_keys: Optional[Sequence[str]] = None,
+                             parent_run_id: Optional[str] = None) -> list[str]:
+    """`enqueue_many` on a psycopg AsyncConnection."""
+    args = _args(task, run_at, delay, priority, queue, parent_run_id)
+    args.update(payloads=[Jsonb(p) for p in payloads],
+                keys=list(idempotency_keys) if idempotency_keys is not None else None)
+    cur = await aconn.execute(_ENQUEUE_MANY, args)
+    return [r[0] for r in await cur.fetchall()]
