@@ -97,7 +97,7 @@ psql <<'SQL'
 \echo === runs by task and status (attempts, retries = failure pressure, releases = waiting)
 select task, status, count(*) as runs, sum(attempts) as attempts, sum(retries) as retries, sum(releases) as releases
 from conveyor.runs group by task, status order by task, status;
-\echo === attempts by kind of worker (the shell workers and the Python package's)
+\echo === attempts by kind of worker (the shell workers and the one on the Python package)
 select split_part(worker, ':', 1) as worker, task, count(*) as attempts
 from conveyor.attempts group by 1, 2 order by 1, 2;
 \echo === conveyor.queue_stats
