@@ -100,18 +100,15 @@ begin
                array_agg(a.allowed order by a.name) filter (where a.scope = 'queue' and a.allowed > 0),
                array_agg(a.name order by a.name) filter (where a.scope = 'queue' and a.allowed = 0),
                array_agg(a.name order by a.name) filter (where a.scope = 'task' and a.allowed > 0),
-               array_agg(a.allowed order by a.name) filter (where a.scope = 'task' and a.allowed > 0),
-               coalesce(array_agg(a.name order by a.name) filter (where a.scope = 'task' and a.allowed = 0), '{}')
-        into v_cap_queues, v_queue_caps, v_full_queues, v_cap_tasks, v_task_caps, v_full_tasks
+               array_agg(a.allowed order by a.name) filter (where a.scope = 'task' and a.allowed > 0)
+        into v_cap_queues, v_queue_caps, v_full_queues, v_cap_tasks, v_task_caps
         from (select x.scope, x.name, sum(x.allowed)::integer as allowed
               from unnest(v_room_scopes, v_room_names, v_room_allowed) as x(scope, name, allowed)
               group by x.scope, x.name) a;
-        -- a rate-limited task this claim has no room for is left out, even one whose runs were
-        -- queued after _rate_allowance looked (so none starts uncounted)
-        v_full_tasks := v_full_tasks || array(select t.name from conveyor.tasks t
-                                              where t.rate_limit_n is not null
-                                                and t.name <> all(coalesce(v_cap_tasks, '{}'))
-                                                and t.name <> all(v_full_tasks));
+        -- every rate-limited task this claim has no room for is left out: those without room,
+        -- and those whose runs were queued after _rate_allowance looked (so none starts uncounted)
+        v_full_tasks := array(select t.name from conveyor.tasks t
+                              where t.rate_limit_n is not null and t.name <> all(coalesce(v_cap_tasks, '{}')));
         v_rated := true;
         -- the runs start now, after the wait for the limits' rows: their started_at, leases and
         -- the starts recorded are this time, the time the window was counted at or later
@@ -252,12 +249,8 @@ begin
         perform conveyor._end_attempts(v_disabled);
         if v_rated then
             -- what is left of each limit's room for the next round
-            v_queue_caps := array(select v_queue_caps[i] - (select count(*) from unnest(coalesce(v_round_queues, '{}')) q
-                                                            where q = v_cap_queues[i])
-                                  from generate_subscripts(v_cap_queues, 1) as i order by i);
-            v_task_caps := array(select v_task_caps[i] - (select count(*) from unnest(coalesce(v_round_tasks, '{}')) t
-                                                          where t = v_cap_tasks[i])
-                                 from generate_subscripts(v_cap_tasks, 1) as i order by i);
+            v_queue_caps := conveyor._room_left(v_cap_queues, v_queue_caps, v_round_queues);
+            v_task_caps := conveyor._room_left(v_cap_tasks, v_task_caps, v_round_tasks);
             v_full_tasks := v_full_tasks || array(select v_cap_tasks[i] from generate_subscripts(v_cap_tasks, 1) as i
                                                   where v_task_caps[i] <= 0);
             v_open := array(select o from unnest(v_open) o
@@ -365,6 +358,17 @@ language plpgsql
 immutable
 as $$ begin return p_value = any(p_values); end $$;
 
+-- _room_left: each limit's room (p_room, of the limits p_names) less the runs of it in
+-- p_started (a round of a claim under rate limits, for the next round).
+create or replace function conveyor._room_left(p_names text[], p_room integer[], p_started text[])
+returns integer[]
+language sql
+immutable
+as $$
+    select array(select p_room[i] - (select count(*) from unnest(coalesce(p_started, '{}')) s where s = p_names[i])::integer
+                 from generate_subscripts(p_names, 1) as i order by i)
+$$;
+
 -- _rate_limits_of: the rate limits a claim from these queues (of these tasks, null: any) could
 -- start runs under: the queues' own, and those of the rate-limited tasks with queued runs in them
 -- (a task's limit counts its runs in every queue). A plain SQL function, inlined where it is used.
@@ -408,7 +412,6 @@ declare
     v_total integer;
     v_busy boolean;
     v_waited smallint;
-    v_since timestamptz;
 begin
     for v_limit in
         select l.scope, l.name, l.period from conveyor._rate_limits_of(p_open, p_tasks) l order by l.scope, l.name
@@ -451,12 +454,9 @@ begin
             perform set_config('lock_timeout', '2s', true);
         end if;
         begin
-            v_since := conveyor._clock_now() - v_limit.period;
             select l.shard into v_waited from conveyor._rate_limits l
             where l.scope = v_limit.scope and l.name = v_limit.name
-              and l.quota > coalesce((select sum(s.n) from conveyor._rate_starts s
-                                      where s.scope = l.scope and s.name = l.name and s.shard = l.shard
-                                        and s.at > v_since), 0)
+              and conveyor._rate_room(l.scope, l.name, l.shard, v_limit.period) > 0
             order by random()
             limit 1
             for no key update;

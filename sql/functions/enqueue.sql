@@ -95,7 +95,7 @@ begin
     if p_keys is not null and v_task.debounce is not null then
         -- a debounced key's run waits for the enqueues that may follow (a payload without a key
         -- is not debounced)
-        v_debounced := greatest(v_due, v_now + least(v_task.debounce, coalesce(v_task.debounce_max, v_task.debounce)));
+        v_debounced := greatest(v_due, v_now + v_task.debounce);  -- (debounce_max is at least debounce)
     end if;
     if v_due <= v_now then
         v_free := case when v_task.limited is not false then conveyor._free_capacity(v_queue, p_task, v_n) else v_n end;
