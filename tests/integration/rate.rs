@@ -122,3 +122,37 @@ fn no_window_holds_more_starts_than_the_limit_under_racing_claims_and_ticks() {
     drop(admin);
     drop_db(&db);
 }
+
+#[test]
+fn a_claim_left_open_under_a_limit_holds_others_back_2_s_at_most_and_only_under_that_limit() {
+    let (db, mut admin) = fresh_db("it_rate_open");
+    admin
+        .batch_execute(
+            // N = 1: one shard, so the open claim holds all of the limit
+            "select conveyor.set_queue('lq', rate_limit => '1/1s');
+             select conveyor.define_task('lq.job', queue => 'lq');
+             select conveyor.define_task('fq.job', queue => 'fq');
+             select count(*) from conveyor.enqueue_many('lq.job', array_fill('{}'::jsonb, array[5]));
+             select count(*) from conveyor.enqueue_many('fq.job', array_fill('{}'::jsonb, array[5]));",
+        )
+        .unwrap();
+    let mut open = connect_to(&db);
+    open.batch_execute("begin; select count(*) from conveyor.claim_runs('lq', 'open', 1);").unwrap();
+    // a second later the window has room again, but the open claim holds the only shard
+    thread::sleep(Duration::from_millis(1100));
+    let mut other = connect_to(&db);
+    let started = std::time::Instant::now();
+    let rows = other.query("select queue from conveyor.claim_runs('lq,fq', 'other', 10)", &[]).unwrap();
+    let waited = started.elapsed();
+    let queues: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    println!("beside a claim left open under a limit: waited {waited:?}, claimed {queues:?}");
+    assert!(waited < Duration::from_secs(3), "waited {waited:?} for the held limit");
+    assert!(queues.iter().all(|q| q == "fq"), "nothing under the held limit: {queues:?}");
+    assert_eq!(queues.len(), 5, "the unlimited queue was claimed");
+    open.batch_execute("commit").unwrap();
+    // once it commits, the limit is free again
+    let n = other.query("select 1 from conveyor.claim_runs('lq', 'other', 10)", &[]).unwrap().len();
+    assert_eq!(n, 1, "one start a second");
+    drop((open, other, admin));
+    drop_db(&db);
+}
