@@ -61,6 +61,13 @@ rl = find("pg_conveyor", "process_rate_limited", batch=50)
 if rl:
     plain = num(find("pg_conveyor", "process", batch=50), "per_second")
     print(f"| end to end, {rl['runs']} no-op runs, 8 workers, batch 50, under rate limits on the queue and the task that never bind | {fmt(num(rl, 'per_second'))} runs/s | without limits: {fmt(plain)} runs/s (target ≥ 0.9×) | {ratio(num(rl, 'per_second'), plain)} |")
+kl = find("pg_conveyor", "process_key_limited", batch=50)
+if kl:
+    plain = num(find("pg_conveyor", "process", batch=50), "per_second")
+    print(f"| end to end, {kl['runs']} no-op runs over 100 concurrency keys, 8 workers, batch 50, under a key_concurrency that never binds | {fmt(num(kl, 'per_second'))} runs/s | without limits: {fmt(plain)} runs/s (target ≥ 0.9×) | {ratio(num(kl, 'per_second'), plain)} |")
+for f in [r for r in rows if r.get("workload") == "fairness"]:
+    fifo = find("pg_conveyor", "fairness", mode="fifo")
+    print(f"| fairness ({f['mode']}): {f['small']} runs of a small key behind {int(f['flood']):,} of a flooded one, 8 workers, batch {f['batch']} | the small key's last run started {f['small_waited_s']} s after the first start, after {int(f['flood_before']):,} flood runs | {fmt(num(f, 'per_second'))} runs/s | {ratio(num(f, 'per_second'), num(fifo, 'per_second'))} of fifo |")
 sus = [r for r in rows if r.get("workload") == "sustained" and r.get("rate") != "1000000"]
 free = next((r for r in sus if r.get("hold") == "0"), None)
 held = next((r for r in sus if r.get("hold") == "1"), None)

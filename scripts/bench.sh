@@ -63,6 +63,13 @@ run bench process --runs "$RUNS" --workers 8 --batch 1 --combined 1
 run bench process --runs "$RUNS" --workers 8 --batch 50 --combined 1
 # the same under rate limits on the queue and the task that never bind: what a limited claim costs
 run bench process --runs "$RUNS" --workers 8 --batch 50 --limits 1
+# and under a key_concurrency that never binds, the runs spread over 100 keys
+run bench process --runs "$RUNS" --workers 8 --batch 50 --keys 100
+# fairness: 10 runs of a small key behind 10,000 of a flooded one, first in first out (no keys),
+# round-robin across keys, and round-robin with the flood capped at 4 running
+run bench fairness --flood 10000 --small 10 --workers 8 --batch 10 --keys 0
+run bench fairness --flood 10000 --small 10 --workers 8 --batch 10 --keys 1
+run bench fairness --flood 10000 --small 10 --workers 8 --batch 10 --keys 1 --limit 4
 run bench latency --samples "$LAT"
 # held snapshot: the sustained maximum (offered far above it), then half of it for HOLD_SECONDS
 # without and with a REPEATABLE READ snapshot held the whole time

@@ -254,25 +254,62 @@ create table conveyor._rate_starts (
     shard smallint not null,
     -- the claim's time (the runs' started_at) and how many runs it started
     at timestamptz not null,
-    n integer not null
+    n integer not null,
+    -- a key_rate_limit's key (scope queue_key or task_key, shard 0): the key's lock (claim_runs)
+    -- stands for a shard's row
+    key text
 );
 comment on table conveyor._rate_starts is 'runs started per claim under a rate limit shard (kept two periods; tick prunes)';
 create index rate_starts_window on conveyor._rate_starts (scope, name, shard, at);
+create index rate_starts_key_window on conveyor._rate_starts (scope, name, key, at) where key is not null;
 -- no key of its own: prune's deletes carry the whole row (a FOR ALL TABLES publication needs it)
 alter table conveyor._rate_starts replica identity full;
 
--- a run a claim under rate limits has locked and may take (claim_runs)
+-- a run a claim under rate or key limits has locked and may take (claim_runs)
 create type conveyor._candidate as (
     id conveyor.ulid,
     task text,
     priority smallint,
-    run_at timestamptz
+    run_at timestamptz,
+    queue text,
+    concurrency_key text,
+    fair_rank bigint
 );
 
 select pg_catalog.pg_extension_config_dump('conveyor._rate_limits', '');
 -- a restore keeps the windows of the rate limits
 select pg_catalog.pg_extension_config_dump('conveyor._rate_starts', '');
 
+
+-- Concurrency keys and fairness (issue 15): enqueue's key names a run's concurrency key (a
+-- tenant, an account); key_concurrency caps a key's running runs per queue or task and
+-- key_rate_limit its starts. The keys of a queue take turns: fair_rank is each run's turn,
+-- set as it becomes queued (_fair_rank, a row trigger only for keyed runs), and the claim
+-- order puts it after priority. A run without a key keeps 0, so a queue without keys is claimed
+-- in the order it was. Columns appended, as a fresh install has them.
+alter table conveyor.runs add column concurrency_key text, add column fair_rank bigint not null default 0;
+alter table conveyor.queues add column key_concurrency integer, add column key_rate_limit_n integer,
+    add column key_rate_limit_period interval;
+alter table conveyor.tasks add column key_concurrency integer, add column key_rate_limit_n integer,
+    add column key_rate_limit_period interval;
+-- the claim order gains the turn: the index is rebuilt (it holds only queued runs)
+drop index conveyor.runs_claimable;
+-- claim: one index range per queue, in claim order (priority, the keys' turns, due time); only
+-- claimable rows are in it
+create index runs_claimable on conveyor.runs (queue, priority, fair_rank, run_at, id) where status = 'queued';
+
+-- (0.2.0) _fair_rank: a key's last turn among the queued runs of its queue and priority
+create index runs_queued_by_key on conveyor.runs (queue, priority, concurrency_key, fair_rank)
+    where status = 'queued' and concurrency_key is not null;
+
+-- (0.2.0) claim under key limits: the running runs of a key
+create index runs_running_by_key on conveyor.runs (concurrency_key, queue, task)
+    where status = 'running' and concurrency_key is not null;
+-- enqueue and enqueue_many take key and keys: the old signatures are dropped (the new are
+-- created by sql/functions/enqueue.sql and granted by sql/functions/roles.sql)
+drop function conveyor.enqueue(text, jsonb, timestamptz, conveyor.duration, integer, text, text, conveyor.ulid);
+drop function conveyor.enqueue_many(text, jsonb[], timestamptz, conveyor.duration, integer, text, text[], conveyor.ulid);
+drop function conveyor._enqueue(text, jsonb[], timestamptz, interval, integer, text, text[], conveyor.ulid);
 
 -- ============================================================================================
 -- sql/functions/rust.sql
@@ -1183,7 +1220,8 @@ select
     -- deduplication on the idempotency key (_enqueue)
     coalesce(t.on_duplicate, 'return') as on_duplicate,
     t.unique_for, t.debounce, t.debounce_max,
-    t.rate_limit_n, t.rate_limit_period
+    t.rate_limit_n, t.rate_limit_period,
+    t.key_concurrency, t.key_rate_limit_n, t.key_rate_limit_period
 from conveyor.tasks t
 cross join conveyor.defaults d;
 
@@ -1244,8 +1282,9 @@ $$;
 -- _set_rate_limit: the shards of a queue's or task's rate limit of N (null: none), each with
 -- its share: up to 8 shards (fewer for N < 8), whose shares add up to N, so that as many claims
 -- of the limit can go at once. Kept as they are when N is unchanged; a new N takes effect for the
--- windows after it (the old shards' starts are not counted against the new shares).
-create or replace function conveyor._set_rate_limit(p_scope text, p_name text, p_n integer)
+-- windows after it (the old shards' starts are not counted against the new shares). Without a
+-- key_rate_limit (p_key_n null) the starts of its keys go too.
+create or replace function conveyor._set_rate_limit(p_scope text, p_name text, p_n integer, p_key_n integer)
 returns void
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
@@ -1253,6 +1292,9 @@ as $$
 declare
     v_shards integer := least(8, p_n);
 begin
+    if p_key_n is null then
+        delete from conveyor._rate_starts s where s.scope = p_scope || '_key' and s.name = p_name;
+    end if;
     if p_n is not null and (select count(*) = v_shards and sum(l.quota) = p_n
                             from conveyor._rate_limits l where l.scope = p_scope and l.name = p_name) then
         return;
@@ -1336,7 +1378,8 @@ begin
         delay, max_delay, jitter, timeout, lease, log_max_size, log_on_full, schedule, timezone,
         on_overlap, catch_up, next_fire_at, parallelism, payload, replicas, restart_delay,
         restart_backoff, restart_max_delay, created_at, updated_at, bind_session,
-        on_duplicate, unique_for, debounce, debounce_max, rate_limit_n, rate_limit_period
+        on_duplicate, unique_for, debounce, debounce_max, rate_limit_n, rate_limit_period,
+        key_concurrency, key_rate_limit_n, key_rate_limit_period
     ) values (
         p_name, p_kind, v_queue, coalesce((o ->> 'enabled')::boolean, v_old.enabled, true), v_version, o,
         (o ->> 'priority')::smallint,
@@ -1368,7 +1411,10 @@ begin
         (o ->> 'debounce')::interval,
         (o ->> 'debounce_max')::interval,
         (o ->> 'rate_limit_n')::integer,
-        (o ->> 'rate_limit_period')::interval
+        (o ->> 'rate_limit_period')::interval,
+        (o ->> 'key_concurrency')::integer,
+        (o ->> 'key_rate_limit_n')::integer,
+        (o ->> 'key_rate_limit_period')::interval
     )
     on conflict (name) do update set
         queue = excluded.queue, enabled = excluded.enabled, version = excluded.version,
@@ -1385,6 +1431,8 @@ begin
         on_duplicate = excluded.on_duplicate, unique_for = excluded.unique_for,
         debounce = excluded.debounce, debounce_max = excluded.debounce_max,
         rate_limit_n = excluded.rate_limit_n, rate_limit_period = excluded.rate_limit_period,
+        key_concurrency = excluded.key_concurrency, key_rate_limit_n = excluded.key_rate_limit_n,
+        key_rate_limit_period = excluded.key_rate_limit_period,
         -- a cap that starts now starts from the runs delivered now
         active = case
             when excluded.parallelism is not null and t.parallelism is null then
@@ -1392,7 +1440,7 @@ begin
                   where r.task = excluded.name and conveyor._is_delivered(r.status))
             else t.active end;
 
-    perform conveyor._set_rate_limit('task', p_name, (o ->> 'rate_limit_n')::integer);
+    perform conveyor._set_rate_limit('task', p_name, (o ->> 'rate_limit_n')::integer, (o ->> 'key_rate_limit_n')::integer);
     perform conveyor._check_effective();
     return v_version;
 end
@@ -1422,7 +1470,9 @@ create or replace function conveyor.define_task(
     unique_for text default null,
     debounce text default null,
     debounce_max text default null,
-    rate_limit text default null
+    rate_limit text default null,
+    key_concurrency integer default null,
+    key_rate_limit text default null
 )
 returns integer
 language plpgsql
@@ -1437,7 +1487,7 @@ begin
         'timeout', timeout, 'priority', priority, 'schedule', schedule, 'timezone', timezone,
         'on_overlap', on_overlap, 'parallelism', parallelism, 'on_duplicate', on_duplicate,
         'unique_for', unique_for, 'debounce', debounce, 'debounce_max', debounce_max,
-        'rate_limit', rate_limit)));
+        'rate_limit', rate_limit, 'key_concurrency', key_concurrency, 'key_rate_limit', key_rate_limit)));
 end
 $$;
 
@@ -1532,11 +1582,14 @@ begin
         bind_session = (o ->> 'bind_session')::boolean,
         rate_limit_n = (o ->> 'rate_limit_n')::integer,
         rate_limit_period = (o ->> 'rate_limit_period')::interval,
+        key_concurrency = (o ->> 'key_concurrency')::integer,
+        key_rate_limit_n = (o ->> 'key_rate_limit_n')::integer,
+        key_rate_limit_period = (o ->> 'key_rate_limit_period')::interval,
         delivered = case when o ? 'concurrency' then
             (select count(*) from conveyor.runs r where r.queue = p_name and conveyor._is_delivered(r.status))
             else 0 end
     where q.name = p_name;
-    perform conveyor._set_rate_limit('queue', p_name, (o ->> 'rate_limit_n')::integer);
+    perform conveyor._set_rate_limit('queue', p_name, (o ->> 'rate_limit_n')::integer, (o ->> 'key_rate_limit_n')::integer);
 end
 $$;
 
@@ -1548,7 +1601,9 @@ create or replace function conveyor.set_queue(
     notify boolean default true,
     delivery_outbox boolean default false,
     bind_session boolean default null,
-    rate_limit text default null
+    rate_limit text default null,
+    key_concurrency integer default null,
+    key_rate_limit text default null
 )
 returns void
 language sql
@@ -1556,7 +1611,7 @@ security definer
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
     select conveyor._set_queue(name, jsonb_strip_nulls(jsonb_build_object(
-        'rate_limit', rate_limit,
+        'rate_limit', rate_limit, 'key_concurrency', key_concurrency, 'key_rate_limit', key_rate_limit,
         'concurrency', concurrency, 'paused', paused, 'notify', notify, 'delivery_outbox', delivery_outbox,
         'bind_session', bind_session)))
 $$;
@@ -1743,10 +1798,11 @@ comment on function conveyor.apply_config is
 -- new payload, the last of the call for its key (replace). With debounce, a keyed run starts
 -- debounce after the latest enqueue of its key (capped at debounce_max after its first) while it
 -- is still scheduled. The existing run is changed by guarded updates: concurrent producers of
--- one key take turns on its row, and a run that started meanwhile is left alone.
+-- one key take turns on its row, and a run that started meanwhile is left alone. p_ckeys are
+-- the runs' concurrency keys (one per payload, or null), for key limits and the keys' turns.
 create or replace function conveyor._enqueue(
     p_task text, p_payloads jsonb[], p_run_at timestamptz, p_delay interval, p_priority integer,
-    p_queue text, p_keys text[], p_parent conveyor.ulid
+    p_queue text, p_keys text[], p_parent conveyor.ulid, p_ckeys text[] default null
 )
 returns table (ord integer, id conveyor.ulid)
 language plpgsql
@@ -1804,6 +1860,12 @@ begin
                                                coalesce(jsonb_typeof(p_payloads[v_bad]), 'null'),
                                                case when v_n > 1 then format(' (payload %s of %s)', v_bad, v_n) else '' end));
     end if;
+    if p_ckeys is not null and exists (select from unnest(p_ckeys) k where octet_length(k) > 512) then
+        perform conveyor._raise_invalid('concurrency key too long: at most 512 bytes');
+    end if;
+    if p_ckeys is not null and cardinality(p_ckeys) <> v_n then
+        perform conveyor._raise_invalid(format('%s concurrency keys for %s payloads: give one per payload (or null)', cardinality(p_ckeys), v_n));
+    end if;
     if p_keys is not null and cardinality(p_keys) <> v_n then
         perform conveyor._raise_invalid(format('%s idempotency keys for %s payloads: give one per payload (or null)', cardinality(p_keys), v_n));
     end if;
@@ -1837,7 +1899,7 @@ begin
     end if;
 
     with input as (
-        select i.n::integer as n, i.p, i.k, conveyor.ulid_generate() as new_id,
+        select i.n::integer as n, i.p, i.k, i.ck, conveyor.ulid_generate() as new_id,
                -- unique_for: a run of this key that finished within the window stands for it
                case when i.k is not null and v_task.unique_for is not null then (
                    select f.id from conveyor.runs f
@@ -1845,16 +1907,16 @@ begin
                      and f.finished_at > v_now - v_task.unique_for
                    order by f.finished_at desc
                    limit 1) end as recent
-        from unnest(p_payloads, p_keys) with ordinality as i(p, k, n)
+        from unnest(p_payloads, p_keys, p_ckeys) with ordinality as i(p, k, ck, n)
     ),
     inserted as (
         insert into conveyor.runs (id, task, queue, status, priority, run_at, payload, created_at,
-                                   task_version, idempotency_key, parent_run_id)
+                                   task_version, idempotency_key, parent_run_id, concurrency_key)
         select i.new_id, p_task, v_queue,
                case when i.n <= v_free and (i.k is null or v_debounced is null) then 'queued' else 'scheduled' end::conveyor.run_status,
                coalesce(p_priority, v_task.priority),
                case when i.k is not null and v_debounced is not null then v_debounced else v_due end,
-               i.p, v_now, v_task.version, i.k, p_parent
+               i.p, v_now, v_task.version, i.k, p_parent, i.ck
         from input i
         where i.recent is null
         order by i.n
@@ -1945,7 +2007,8 @@ create or replace function conveyor.enqueue(
     priority integer default null,
     queue text default null,
     idempotency_key text default null,
-    parent_run_id conveyor.ulid default null
+    parent_run_id conveyor.ulid default null,
+    key text default null
 )
 returns conveyor.ulid
 language plpgsql
@@ -1956,12 +2019,13 @@ as $$
 begin
     return (select e.id from conveyor._enqueue(task, array[payload], run_at, delay, priority, queue,
                                                case when idempotency_key is not null then array[idempotency_key] end,
-                                               parent_run_id) e);
+                                               parent_run_id,
+                                               case when enqueue.key is not null then array[enqueue.key] end) e);
 end
 $$;
 
 comment on function conveyor.enqueue is
-    'enqueue a run of a task (payload: a JSON object; run_at or delay; priority 0-9; queue override; idempotency_key; parent_run_id); returns its id';
+    'enqueue a run of a task (payload: a JSON object; run_at or delay; priority 0-9; queue override; idempotency_key; parent_run_id; key: its concurrency key); returns its id';
 
 -- enqueue_many: enqueue many runs of one task in one statement; returns their ids in order.
 create or replace function conveyor.enqueue_many(
@@ -1972,7 +2036,8 @@ create or replace function conveyor.enqueue_many(
     priority integer default null,
     queue text default null,
     idempotency_keys text[] default null,
-    parent_run_id conveyor.ulid default null
+    parent_run_id conveyor.ulid default null,
+    keys text[] default null
 )
 returns setof conveyor.ulid
 language plpgsql
@@ -1982,13 +2047,13 @@ set plan_cache_mode = force_generic_plan
 as $$
 begin
     return query
-    select e.id from conveyor._enqueue(task, payloads, run_at, delay, priority, queue, idempotency_keys, parent_run_id) e
+    select e.id from conveyor._enqueue(task, payloads, run_at, delay, priority, queue, idempotency_keys, parent_run_id, keys) e
     order by e.ord;
 end
 $$;
 
 comment on function conveyor.enqueue_many is
-    'enqueue many runs of one task in one statement (one payload each; idempotency_keys aligned with payloads); returns their ids in order';
+    'enqueue many runs of one task in one statement (one payload each; idempotency_keys and keys aligned with payloads); returns their ids in order';
 
 -- ============================================================================================
 -- sql/functions/claim.sql
@@ -2059,10 +2124,31 @@ declare
     v_full_tasks text[] := '{}';
     v_started_queues text[] := '{}';
     v_started_tasks text[] := '{}';
+    v_started_keys text[] := '{}';
     v_round_queues text[];
     v_round_tasks text[];
+    v_round_keys text[];
     v_queue text;
     v_take integer;
+    -- key limits (key_concurrency, key_rate_limit) of the open queues and of the tasks: scope
+    -- (queue or task), name, limits
+    v_keyed boolean := false;
+    v_kl_scopes text[];
+    v_kl_names text[];
+    v_kl_conc integer[];
+    v_kl_rate_n integer[];
+    v_kl_rate_p interval[];
+    -- this round's keys under a limit (scope, name, key), with the runs each may still start
+    v_gate_scopes text[];
+    v_gate_names text[];
+    v_gate_keys text[];
+    v_gate_locked boolean[];
+    v_gate_rate_n integer[];
+    v_gate_allowed integer[];
+    -- the keys of these rounds that may start no more runs (_key_ref), left out of later rounds
+    v_full_keys text[] := '{}';
+    v_since timestamptz;
+    v_held boolean;
     v_cand conveyor._candidate[];
 begin
     if v_worker is null or btrim(v_worker) = '' or length(v_worker) > 200 then
@@ -2081,6 +2167,20 @@ begin
     if v_open is null then
         return;
     end if;
+
+    -- Key limits: the open queues' and the tasks' key_concurrency and key_rate_limit
+    select array_agg(l.scope), array_agg(l.name), array_agg(l.conc), array_agg(l.rate_n), array_agg(l.rate_p)
+    into v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n, v_kl_rate_p
+    from (select 'queue' as scope, q.name, q.key_concurrency as conc, q.key_rate_limit_n as rate_n,
+                 q.key_rate_limit_period as rate_p
+          from conveyor.queues q
+          where q.name = any(v_open) and (q.key_concurrency is not null or q.key_rate_limit_n is not null)
+          union all
+          select 'task', t.name, t.key_concurrency, t.key_rate_limit_n, t.key_rate_limit_period
+          from conveyor.tasks t
+          where (t.key_concurrency is not null or t.key_rate_limit_n is not null)
+            and (claim_runs.tasks is null or t.name = any(claim_runs.tasks))) l;
+    v_keyed := v_kl_scopes is not null;
 
     -- Rate limits: a queue without room is left out of this claim, a task without room is
     -- skipped (the runs of other tasks are taken: no head-of-line blocking), and the others cap
@@ -2123,52 +2223,109 @@ begin
     loop
         v_round := v_round + 1;
         v_ids := null;
-        if v_rated then
-            -- under rate limits: the best runs of each queue (but tasks without room), at most
-            -- the queue's room of them, locked as they are found (SKIP LOCKED: concurrent claims
-            -- take different runs; one statement per queue, the shape the claimable index
-            -- answers in order), then at most each task's room of those, the best first. A run
-            -- locked here and left over (a task's room, several queues) stays queued, unseen by
-            -- other claims until this one commits.
+        if v_rated or v_keyed then
+            -- under rate or key limits: the best runs of each queue (but those of tasks and keys
+            -- without room), at most the queue's room of them, locked as they are found (SKIP
+            -- LOCKED: concurrent claims take different runs; one statement per queue, the shape
+            -- the claimable index answers in order), then at most each task's and each key's room
+            -- of those, the best first. A run locked here and left over (a task's or key's room,
+            -- several queues) stays queued, unseen by other claims until this one commits.
             v_cand := '{}';
             foreach v_queue in array v_open loop
                 v_take := least(v_want, coalesce(v_queue_caps[array_position(v_cap_queues, v_queue)], v_want));
                 -- (the planner takes "task <> all(an array)" to keep next to nothing and would sort
-                -- the whole queue instead of reading it in index order: without tasks to leave out
-                -- the statement does not ask, with some it asks a function, which it does not
-                -- estimate that way)
-                if cardinality(v_full_tasks) = 0 then
+                -- the whole queue instead of reading it in index order: without tasks or keys to
+                -- leave out the statement does not ask, with some it asks a function, which it
+                -- does not estimate that way)
+                if cardinality(v_full_tasks) = 0 and cardinality(v_full_keys) = 0 then
                     v_cand := v_cand || array(
-                        select row(p.id, p.task, p.priority, p.run_at)::conveyor._candidate
+                        select row(p.id, p.task, p.priority, p.run_at, p.queue, p.concurrency_key, p.fair_rank)::conveyor._candidate
                         from conveyor.runs p
                         where p.status = 'queued' and p.queue = v_queue
                           and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
-                        order by p.priority, p.run_at, p.id
+                        order by p.priority, p.fair_rank, p.run_at, p.id
                         limit v_take
                         for no key update skip locked);
                 else
                     v_cand := v_cand || array(
-                        select row(p.id, p.task, p.priority, p.run_at)::conveyor._candidate
+                        select row(p.id, p.task, p.priority, p.run_at, p.queue, p.concurrency_key, p.fair_rank)::conveyor._candidate
                         from conveyor.runs p
                         where p.status = 'queued' and p.queue = v_queue
                           and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
-                          and not conveyor._one_of(p.task, v_full_tasks)
-                        order by p.priority, p.run_at, p.id
+                          and not conveyor._held_back(p.queue, p.task, p.concurrency_key, v_full_tasks, v_full_keys)
+                        order by p.priority, p.fair_rank, p.run_at, p.id
                         limit v_take
                         for no key update skip locked);
                 end if;
             end loop;
-            select array_agg(c.id order by c.priority, c.run_at, c.id) into v_ids from (
-                select c.id, c.priority, c.run_at
+            v_gate_scopes := null;
+            if v_keyed then
+                -- each key under a limit among the candidates, locked for this transaction if no
+                -- other claim holds it (tried, never waited for: a key another claim holds is
+                -- left for now). Claims of one key take turns, so the next statement, which
+                -- counts the key's running runs and starts, sees every one committed before.
+                select array_agg(g.scope), array_agg(g.name), array_agg(g.key), array_agg(g.locked), array_agg(g.rate_n)
+                into v_gate_scopes, v_gate_names, v_gate_keys, v_gate_locked, v_gate_rate_n
                 from (
-                    select c.*, row_number() over (partition by c.task order by c.priority, c.run_at, c.id) as in_task
+                    select k.*, pg_try_advisory_xact_lock(conveyor._key_lock_class(),
+                                                         hashtext(conveyor._key_ref(k.scope, k.name, k.key))) as locked
+                    from (select distinct l.scope, l.name, c.concurrency_key as key, l.conc, l.rate_n, l.rate_p
+                          from unnest(v_cand) c
+                          join unnest(v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n, v_kl_rate_p)
+                               as l(scope, name, conc, rate_n, rate_p)
+                            on l.name = case l.scope when 'queue' then c.queue else c.task end
+                          where c.concurrency_key is not null
+                          offset 0) k
+                ) g;
+            end if;
+            if v_gate_scopes is not null then
+                if current_setting('transaction_isolation') <> 'read committed' then
+                    perform conveyor._raise_invalid('a claim under a key limit needs READ COMMITTED (it must see every start committed before it)');
+                end if;
+                -- the room of each key: its limit less its running runs (and its starts of the
+                -- rate window), as committed now
+                v_since := conveyor._clock_now();
+                v_gate_allowed := array(
+                    select case when not g.locked then 0 else greatest(least(
+                        coalesce(l.conc - (select count(*) from conveyor.runs r
+                                           where r.status = 'running' and r.concurrency_key = g.key
+                                             and case g.scope when 'queue' then r.queue = g.name else r.task = g.name end), v_want),
+                        coalesce(l.rate_n - (select coalesce(sum(s.n), 0) from conveyor._rate_starts s
+                                             where s.scope = g.scope || '_key' and s.name = g.name and s.key = g.key
+                                               and s.at > v_since - l.rate_p), v_want)), 0)::integer end
+                    from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_locked) with ordinality as g(scope, name, key, locked, i)
+                    join unnest(v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n, v_kl_rate_p) as l(scope, name, conc, rate_n, rate_p)
+                      on (l.scope, l.name) = (g.scope, g.name)
+                    order by g.i);
+                -- the runs start after that count: no attempt that ended before it was counted
+                -- seems to overlap theirs
+                v_now := conveyor._clock_now();
+            end if;
+            select array_agg(c.id order by c.priority, c.fair_rank, c.run_at, c.id) into v_ids from (
+                select c.id, c.priority, c.fair_rank, c.run_at
+                from (
+                    select c.*,
+                           row_number() over (partition by c.task order by c.priority, c.fair_rank, c.run_at, c.id) as in_task,
+                           row_number() over (partition by c.queue, c.concurrency_key order by c.priority, c.fair_rank, c.run_at, c.id) as in_queue_key,
+                           row_number() over (partition by c.task, c.concurrency_key order by c.priority, c.fair_rank, c.run_at, c.id) as in_task_key
                     from unnest(v_cand) as c
                 ) c
+                -- the room of the run's key under its queue's key limit and under its task's
+                left join unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_allowed) as gq(scope, name, key, room)
+                  on gq.scope = 'queue' and gq.name = c.queue and gq.key = c.concurrency_key
+                left join unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_allowed) as gt(scope, name, key, room)
+                  on gt.scope = 'task' and gt.name = c.task and gt.key = c.concurrency_key
                 where c.in_task <= coalesce(v_task_caps[array_position(v_cap_tasks, c.task)], v_want)
-                order by c.priority, c.run_at, c.id
+                  and c.in_queue_key <= coalesce(gq.room, v_want)
+                  and c.in_task_key <= coalesce(gt.room, v_want)
+                order by c.priority, c.fair_rank, c.run_at, c.id
                 limit v_want
             ) c;
-            exit when v_ids is null;
+            -- candidates left over for a task's or key's room: another round may find others
+            v_held := cardinality(v_cand) > coalesce(cardinality(v_ids), 0);
+            exit when v_ids is null and not v_held;
+            -- (none may fit this round: the update below then takes none, never the next in line)
+            v_ids := coalesce(v_ids, '{}');
         elsif cardinality(v_open) > 1 then
             -- the best candidates of each queue, then the best of those, locked
             select array_agg(r.id) into v_ids from (
@@ -2177,16 +2334,16 @@ begin
                     select c.id
                     from unnest(v_open) as q(name)
                     cross join lateral (
-                        select r2.id, r2.priority, r2.run_at from conveyor.runs r2
+                        select r2.id, r2.priority, r2.fair_rank, r2.run_at from conveyor.runs r2
                         where r2.status = 'queued' and r2.queue = q.name
                           and (claim_runs.tasks is null or r2.task = any(claim_runs.tasks))
-                        order by r2.priority, r2.run_at, r2.id
+                        order by r2.priority, r2.fair_rank, r2.run_at, r2.id
                         limit v_want * 2
                     ) c
-                    order by c.priority, c.run_at, c.id
+                    order by c.priority, c.fair_rank, c.run_at, c.id
                     limit v_want * 2)
                   and r.status = 'queued'
-                order by r.priority, r.run_at, r.id
+                order by r.priority, r.fair_rank, r.run_at, r.id
                 limit v_want
                 for no key update skip locked
             ) r;
@@ -2217,31 +2374,44 @@ begin
                   select p.id from conveyor.runs p
                   where p.status = 'queued' and p.queue = v_open[1]
                     and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
-                  order by p.priority, p.run_at, p.id
+                  order by p.priority, p.fair_rank, p.run_at, p.id
                   limit v_want
                   for no key update skip locked)))
             returning r.id, r.lease_token, r.task, r.queue, r.payload, r.attempts + 1 as attempt, r.failures, r.releases,
                       r.attempt_id, r.priority, r.parent_run_id, r.lease_expires_at, r.timeout_at, r.run_at, c.enabled,
-                      r.session_pid is not null as bound
+                      r.session_pid is not null as bound, r.fair_rank, r.concurrency_key
         )
         select
             array_agg(row(c.id, c.lease_token, c.task, c.queue, c.payload, c.attempt, c.failures, c.releases,
                           c.attempt_id, c.priority, c.parent_run_id, c.lease_expires_at, c.timeout_at)::conveyor.claimed_run
-                      order by c.priority, c.run_at, c.id) filter (where c.enabled),
+                      order by c.priority, c.fair_rank, c.run_at, c.id) filter (where c.enabled),
             array_agg(row(c.id, c.lease_token, null, 'failed',
                           conveyor._failure('task_disabled', format('task "%s" is disabled', c.task)),
                           false, null, null, null)::conveyor._ending) filter (where not c.enabled),
             v_bound or coalesce(bool_or(c.bound and c.enabled), false),
             -- the runs that start work (a disabled task's run fails at once and is no start)
-            array_agg(c.queue) filter (where c.enabled), array_agg(c.task) filter (where c.enabled)
-        into v_batch, v_disabled, v_bound, v_round_queues, v_round_tasks
+            array_agg(c.queue) filter (where c.enabled), array_agg(c.task) filter (where c.enabled),
+            array_agg(c.concurrency_key) filter (where c.enabled)
+        into v_batch, v_disabled, v_bound, v_round_queues, v_round_tasks, v_round_keys
         from claimed c;
 
         v_claimed := v_claimed || coalesce(v_batch, '{}');
         v_started_queues := v_started_queues || coalesce(v_round_queues, '{}');
         v_started_tasks := v_started_tasks || coalesce(v_round_tasks, '{}');
-        exit when v_disabled is null;
-        perform conveyor._end_attempts(v_disabled);
+        v_started_keys := v_started_keys || coalesce(v_round_keys, '{}');
+        if v_gate_scopes is not null then
+            -- the keys with no room left (or another claim's) sit out the next rounds
+            v_full_keys := v_full_keys || array(
+                select conveyor._key_ref(g.scope, g.name, g.key)
+                from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_allowed) as g(scope, name, key, allowed)
+                where g.allowed <= (select count(*) from unnest(v_round_queues, v_round_tasks, v_round_keys) as x(queue, task, key)
+                                    where x.key = g.key
+                                      and case g.scope when 'queue' then x.queue = g.name else x.task = g.name end));
+        end if;
+        exit when v_disabled is null and not coalesce(v_held, false);
+        if v_disabled is not null then
+            perform conveyor._end_attempts(v_disabled);
+        end if;
         if v_rated then
             -- what is left of each limit's room for the next round
             v_queue_caps := conveyor._room_left(v_cap_queues, v_queue_caps, v_round_queues);
@@ -2276,6 +2446,17 @@ begin
         from shards h
         join started s on (s.scope, s.name) = (h.scope, h.name)
         where s.n > h.before;
+    end if;
+    if v_keyed and cardinality(v_started_keys) > 0 then
+        -- this claim's starts under each key rate limit (the key's lock is this transaction's
+        -- until it commits)
+        insert into conveyor._rate_starts (scope, name, shard, at, n, key)
+        select l.scope || '_key', l.name, 0, v_now, count(*), x.key
+        from unnest(v_started_queues, v_started_tasks, v_started_keys) as x(queue, task, key)
+        join unnest(v_kl_scopes, v_kl_names, v_kl_rate_n) as l(scope, name, rate_n)
+          on l.name = case l.scope when 'queue' then x.queue else x.task end
+        where x.key is not null and l.rate_n is not null
+        group by l.scope, l.name, x.key;
     end if;
     if v_bound then
         -- the session's row, written once per session; only tick deletes it, once it is gone
@@ -2547,6 +2728,76 @@ $$;
 
 comment on function conveyor.rate_limited_until is
     'when a run of these queues that a rate limit holds back can start (null: none is held back now)';
+
+-- _key_ref: one key under one key limit (scope queue or task, the queue's or task's name, the
+-- key), as one text: the name of its lock and of its entry in claim_runs' list of full keys.
+-- (Names of queues and tasks hold no control characters: the first two separators are theirs.)
+create or replace function conveyor._key_ref(p_scope text, p_name text, p_key text)
+returns text
+language sql
+immutable
+as $$ select p_scope || E'\x1f' || p_name || E'\x1f' || p_key $$;
+
+-- _key_lock_class: the first half of the advisory locks of keys under a limit ('pgck'; the
+-- second half is hashtext(_key_ref)). Two keys of one hash share a lock: a claim of one may skip
+-- the other for as long as it runs, and never admits more than a limit.
+create or replace function conveyor._key_lock_class()
+returns integer
+language sql
+immutable
+as $$ select 1885823851 $$;
+
+-- _held_back: whether a claim's later round leaves this run out: its task has no room (p_tasks),
+-- or its key has none under its queue's or its task's key limit (p_keys, _key_ref). A function,
+-- not an inline condition: the planner must not guess its selectivity from the arrays.
+create or replace function conveyor._held_back(p_queue text, p_task text, p_key text, p_tasks text[], p_keys text[])
+returns boolean
+language plpgsql
+immutable
+as $$
+begin
+    return p_task = any(p_tasks)
+        or (p_key is not null and (conveyor._key_ref('queue', p_queue, p_key) = any(p_keys)
+                                   or conveyor._key_ref('task', p_task, p_key) = any(p_keys)));
+end
+$$;
+
+-- _fair_rank: a keyed run's turn as it becomes queued (enqueued due, delivered, given back):
+-- after the last queued run of its key (in its queue and priority), and never before the turn
+-- the queue is at (its first queued run's), so a key that was idle goes next and a flooded key
+-- takes one turn in each round of the keys. Runs without a key keep 0 (the trigger does not fire
+-- for them). Concurrent producers of one key may draw the same turn: ties go by due time.
+create or replace function conveyor._fair_rank()
+returns trigger
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    new.fair_rank := greatest(
+        (select r.fair_rank + 1 from conveyor.runs r
+         where r.queue = new.queue and r.priority = new.priority and r.concurrency_key = new.concurrency_key
+           and r.status = 'queued'
+         order by r.fair_rank desc
+         limit 1),
+        (select r.fair_rank from conveyor.runs r
+         where r.queue = new.queue and r.priority = new.priority and r.status = 'queued'
+         order by r.fair_rank, r.run_at, r.id
+         limit 1),
+        0);
+    return new;
+end
+$$;
+
+create or replace trigger runs_fair_rank_on_insert
+    before insert on conveyor.runs
+    for each row when (new.concurrency_key is not null and new.status = 'queued')
+    execute function conveyor._fair_rank();
+
+create or replace trigger runs_fair_rank_on_update
+    before update of status on conveyor.runs
+    for each row when (new.concurrency_key is not null and new.status = 'queued' and old.status <> 'queued')
+    execute function conveyor._fair_rank();
 
 -- ============================================================================================
 -- sql/functions/finish.sql
@@ -3825,6 +4076,22 @@ begin
             order by x.at
             limit p_limit) x
         limit p_limit));
+    -- and those of the key rate limits (a removed one's go with it: _set_rate_limit)
+    delete from conveyor._rate_starts s
+    where s.ctid = any(array(
+        select x.ctid
+        from (select 'queue_key' as scope, q.name, q.key_rate_limit_period as period
+              from conveyor.queues q where q.key_rate_limit_n is not null
+              union all
+              select 'task_key', t.name, t.key_rate_limit_period
+              from conveyor.tasks t where t.key_rate_limit_n is not null) l
+        cross join lateral (
+            select x.ctid from conveyor._rate_starts x
+            where x.scope = l.scope and x.name = l.name and x.shard = 0
+              and x.at < p_now - (2 * l.period + interval '10 minutes')
+            order by x.at
+            limit p_limit) x
+        limit p_limit));
     if v_ids is null then
         return 0;
     end if;
@@ -4548,6 +4815,39 @@ cross join lateral (
 
 comment on view conveyor.rate_limits is 'each rate limit: limit, period, started in the window, room left, queued and held-back runs';
 
+-- key_limits: each key limit (a queue's or a task's key_concurrency and key_rate_limit): the
+-- keys with runs queued or running under it, how many of those keys are at the limit (all the
+-- runs they may run are running, or their rate window is full), the runs running and queued,
+-- and the queued runs the limit holds back (those of the keys at the limit).
+create or replace view conveyor.key_limits as
+select l.scope, l.name, l.conc as key_concurrency, l.rate_n as key_rate_limit, l.rate_p as key_rate_period,
+       count(k.key) as keys,
+       count(k.key) filter (where k.at_limit) as keys_at_limit,
+       coalesce(sum(k.running), 0)::bigint as running,
+       coalesce(sum(k.queued), 0)::bigint as queued,
+       coalesce(sum(k.queued) filter (where k.at_limit), 0)::bigint as held_back
+from (select 'queue' as scope, q.name, q.key_concurrency as conc, q.key_rate_limit_n as rate_n, q.key_rate_limit_period as rate_p
+      from conveyor.queues q where q.key_concurrency is not null or q.key_rate_limit_n is not null
+      union all
+      select 'task', t.name, t.key_concurrency, t.key_rate_limit_n, t.key_rate_limit_period
+      from conveyor.tasks t where t.key_concurrency is not null or t.key_rate_limit_n is not null) l
+left join lateral (
+    select c.key, c.running, c.queued,
+           c.running >= l.conc
+           or l.rate_n <= (select coalesce(sum(s.n), 0) from conveyor._rate_starts s
+                           where s.scope = l.scope || '_key' and s.name = l.name and s.key = c.key
+                             and s.at > conveyor._now() - l.rate_p) as at_limit
+    from (select r.concurrency_key as key, count(*) filter (where r.status = 'running') as running,
+                 count(*) filter (where r.status = 'queued') as queued
+          from conveyor.runs r
+          where r.concurrency_key is not null and r.status in ('queued', 'running')
+            and case l.scope when 'queue' then r.queue = l.name else r.task = l.name end
+          group by r.concurrency_key) c
+) k on true
+group by l.scope, l.name, l.conc, l.rate_n, l.rate_p;
+
+comment on view conveyor.key_limits is 'each key limit: keys with runs, keys at the limit, running, queued and held-back runs';
+
 -- _metric_label: a Prometheus label value, escaped.
 create or replace function conveyor._metric_label(value text)
 returns text
@@ -4588,7 +4888,9 @@ as $$
         (14, 'conveyor_retries_total', 'counter', 'Failed attempts that led to a retry, by queue and task.'),
         (15, 'conveyor_releases_total', 'counter', 'Attempts released (business waiting, not a failure), by queue and task: attempts_total with outcome released.'),
         (16, 'conveyor_rate_limit_room', 'gauge', 'Runs a rate limit lets start now (its limit less the starts of its window), by scope (queue or task) and name.'),
-        (17, 'conveyor_rate_limit_held_back_runs', 'gauge', 'Queued runs a rate limit holds back now (all of its queued runs while it has no room).')
+        (17, 'conveyor_rate_limit_held_back_runs', 'gauge', 'Queued runs a rate limit holds back now (all of its queued runs while it has no room).'),
+        (18, 'conveyor_key_limit_keys_at_limit', 'gauge', 'Concurrency keys at a key limit now (key_concurrency or key_rate_limit), by scope (queue or task) and name.'),
+        (19, 'conveyor_key_limit_held_back_runs', 'gauge', 'Queued runs a key limit holds back now (those of its keys at the limit).')
     ),
     -- conveyor.counters, read once
     counter as (select * from conveyor.counters),
@@ -4652,6 +4954,11 @@ as $$
                (case f.name when 'conveyor_rate_limit_room' then l.room else l.held_back end)::text
         from conveyor.rate_limits l
         cross join (values ('conveyor_rate_limit_room'), ('conveyor_rate_limit_held_back_runs')) as f(name)
+        union all
+        select f.name, format('scope=%s,name=%s', conveyor._metric_label(l.scope), conveyor._metric_label(l.name)),
+               (case f.name when 'conveyor_key_limit_keys_at_limit' then l.keys_at_limit else l.held_back end)::text
+        from conveyor.key_limits l
+        cross join (values ('conveyor_key_limit_keys_at_limit'), ('conveyor_key_limit_held_back_runs')) as f(name)
     ),
     block as (
         select f.ord,
@@ -4720,8 +5027,8 @@ grant execute on function
 to public;
 
 grant execute on function
-    conveyor.enqueue(text, jsonb, timestamptz, conveyor.duration, integer, text, text, conveyor.ulid),
-    conveyor.enqueue_many(text, jsonb[], timestamptz, conveyor.duration, integer, text, text[], conveyor.ulid),
+    conveyor.enqueue(text, jsonb, timestamptz, conveyor.duration, integer, text, text, conveyor.ulid, text),
+    conveyor.enqueue_many(text, jsonb[], timestamptz, conveyor.duration, integer, text, text[], conveyor.ulid, text[]),
     conveyor.publish(text, jsonb, timestamptz)
 to conveyor_producer;
 
@@ -4746,7 +5053,8 @@ grant select on
     conveyor.queues, conveyor.transitions, conveyor.defaults, conveyor.task_config, conveyor.outbox,
     conveyor.queue_stats, conveyor.task_stats, conveyor.recent_failures, conveyor.throughput, conveyor.run_history,
     conveyor.run_statuses, conveyor.attempt_outcomes, conveyor.error_codes, conveyor.options,
-    conveyor.quarantine, conveyor._tick_stats, conveyor.sessions, conveyor.counters, conveyor.rate_limits
+    conveyor.quarantine, conveyor._tick_stats, conveyor.sessions, conveyor.counters, conveyor.rate_limits,
+    conveyor.key_limits
 to conveyor_reader;
 
 grant execute on function conveyor.metrics() to conveyor_reader;
@@ -4755,10 +5063,10 @@ grant select on all tables in schema conveyor to conveyor_admin;
 
 grant execute on function
     conveyor.define_task(text, text, integer, integer, text, text, text, text, text, integer, text, text, text,
-                         integer, jsonb, text, text, text, text, text),
+                         integer, jsonb, text, text, text, text, text, integer, text),
     conveyor.define_service(text, integer, text, text, text, text, jsonb, jsonb),
     conveyor.disable_task(text), conveyor.enable_task(text),
-    conveyor.set_queue(text, integer, boolean, boolean, boolean, boolean, text),
+    conveyor.set_queue(text, integer, boolean, boolean, boolean, boolean, text, integer, text),
     conveyor.pause_queue(text), conveyor.resume_queue(text), conveyor.drop_queue(text),
     conveyor.set_defaults(jsonb), conveyor.apply_config(jsonb),
     conveyor.cancel_run(conveyor.ulid), conveyor.cancel_runs(text, text, conveyor.run_status, integer),

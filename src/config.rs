@@ -138,6 +138,8 @@ pub static OPTIONS: &[OptionDef] = &[
     OptionDef { name: "notify", kinds: &[Q], value: Takes::Boolean, default: Some("true"), meaning: "wakeups on conveyor.<queue> when runs become claimable" },
     OptionDef { name: "delivery_outbox", kinds: &[Q], value: Takes::Boolean, default: Some("false"), meaning: "an outbox row (topic conveyor.delivery) for every run that becomes claimable" },
     OptionDef { name: "rate_limit", kinds: &[T, Q], value: Takes::Rate, default: None, meaning: "at most N runs started in any window of the period (\"100/1s\", \"5000/1h\"), whatever the number of workers: a claim takes fewer runs (or none) and the rest stay queued; rate_limited_until(queues) says when to look again" },
+    OptionDef { name: "key_concurrency", kinds: &[T, Q], value: Takes::Integer { min: 1, max: 100_000 }, default: None, meaning: "at most N running runs per concurrency key (enqueue's key): a queue's counts its runs with the key, a task's the task's runs with the key in any queue; a key at its limit is skipped, never blocking other keys" },
+    OptionDef { name: "key_rate_limit", kinds: &[T, Q], value: Takes::Rate, default: None, meaning: "rate_limit per concurrency key: at most N runs with one key started in any window of the period (a queue's: from it, a task's: of it)" },
     OptionDef { name: "on_duplicate", kinds: &[T], value: Takes::Choice(&["return", "reject", "replace"]), default: Some("return"), meaning: "an enqueue whose idempotency key matches a live run of the task (or one finished within unique_for): return that run, reject (CV009), or replace its payload while it waits (latest wins)" },
     OptionDef { name: "unique_for", kinds: &[T], value: Takes::Duration { positive: true }, default: None, meaning: "an idempotency key keeps deduplicating for this long after its run finished" },
     OptionDef { name: "debounce", kinds: &[T], value: Takes::Duration { positive: true }, default: None, meaning: "a keyed run starts this long after the latest enqueue with its key: each one pushes a scheduled run's start back" },
@@ -681,6 +683,9 @@ mod unit {
         for bad in ["100", "0/1s", "-1/1s", "1.5/1s", "100/0s", "100/soon", "100/40d", "1000001/1s", "/1s"] {
             assert!(parse_rate(bad).is_err(), "{bad} was accepted");
         }
+        let k = ok(Kind::Task, json!({"key_rate_limit": "2/1s", "key_concurrency": 3}));
+        assert_eq!((k["key_rate_limit_n"].clone(), k["key_concurrency"].clone()), (json!(2), json!(3)));
+        assert!(problems(Kind::Queue, json!({"key_concurrency": 0}))[0].contains("key_concurrency"));
         let q = ok(Kind::Queue, json!({"rate_limit": "10/1m"}));
         assert_eq!((q["rate_limit_n"].clone(), q["rate_limit_period"].clone()), (json!(10), json!("PT60S")));
         assert!(problems(Kind::Task, json!({"rate_limit": 10}))[0].contains("expected \"N/period\""));
@@ -725,7 +730,16 @@ mod unit {
     fn accepted_options_come_from_the_registry() {
         assert_eq!(
             Kind::Queue.accepts(),
-            vec!["concurrency", "paused", "notify", "delivery_outbox", "rate_limit", "bind_session"]
+            vec![
+                "concurrency",
+                "paused",
+                "notify",
+                "delivery_outbox",
+                "rate_limit",
+                "key_concurrency",
+                "key_rate_limit",
+                "bind_session"
+            ]
         );
         assert!(Kind::Service.accepts().contains(&"replicas"));
         assert!(!Kind::Task.accepts().contains(&"replicas"));
@@ -736,7 +750,9 @@ mod unit {
         assert_eq!(names.len(), unique.len(), "an option is defined twice");
         let p = problems(Kind::Queue, json!({"bogus": 1}));
         assert!(
-            p[0].ends_with("a queue accepts concurrency, paused, notify, delivery_outbox, rate_limit, bind_session"),
+            p[0].ends_with(
+                "a queue accepts concurrency, paused, notify, delivery_outbox, rate_limit, key_concurrency, key_rate_limit, bind_session"
+            ),
             "{p:?}"
         );
     }

@@ -64,10 +64,31 @@ declare
     v_full_tasks text[] := '{}';
     v_started_queues text[] := '{}';
     v_started_tasks text[] := '{}';
+    v_started_keys text[] := '{}';
     v_round_queues text[];
     v_round_tasks text[];
+    v_round_keys text[];
     v_queue text;
     v_take integer;
+    -- key limits (key_concurrency, key_rate_limit) of the open queues and of the tasks: scope
+    -- (queue or task), name, limits
+    v_keyed boolean := false;
+    v_kl_scopes text[];
+    v_kl_names text[];
+    v_kl_conc integer[];
+    v_kl_rate_n integer[];
+    v_kl_rate_p interval[];
+    -- this round's keys under a limit (scope, name, key), with the runs each may still start
+    v_gate_scopes text[];
+    v_gate_names text[];
+    v_gate_keys text[];
+    v_gate_locked boolean[];
+    v_gate_rate_n integer[];
+    v_gate_allowed integer[];
+    -- the keys of these rounds that may start no more runs (_key_ref), left out of later rounds
+    v_full_keys text[] := '{}';
+    v_since timestamptz;
+    v_held boolean;
     v_cand conveyor._candidate[];
 begin
     if v_worker is null or btrim(v_worker) = '' or length(v_worker) > 200 then
@@ -86,6 +107,20 @@ begin
     if v_open is null then
         return;
     end if;
+
+    -- Key limits: the open queues' and the tasks' key_concurrency and key_rate_limit
+    select array_agg(l.scope), array_agg(l.name), array_agg(l.conc), array_agg(l.rate_n), array_agg(l.rate_p)
+    into v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n, v_kl_rate_p
+    from (select 'queue' as scope, q.name, q.key_concurrency as conc, q.key_rate_limit_n as rate_n,
+                 q.key_rate_limit_period as rate_p
+          from conveyor.queues q
+          where q.name = any(v_open) and (q.key_concurrency is not null or q.key_rate_limit_n is not null)
+          union all
+          select 'task', t.name, t.key_concurrency, t.key_rate_limit_n, t.key_rate_limit_period
+          from conveyor.tasks t
+          where (t.key_concurrency is not null or t.key_rate_limit_n is not null)
+            and (claim_runs.tasks is null or t.name = any(claim_runs.tasks))) l;
+    v_keyed := v_kl_scopes is not null;
 
     -- Rate limits: a queue without room is left out of this claim, a task without room is
     -- skipped (the runs of other tasks are taken: no head-of-line blocking), and the others cap
@@ -128,52 +163,109 @@ begin
     loop
         v_round := v_round + 1;
         v_ids := null;
-        if v_rated then
-            -- under rate limits: the best runs of each queue (but tasks without room), at most
-            -- the queue's room of them, locked as they are found (SKIP LOCKED: concurrent claims
-            -- take different runs; one statement per queue, the shape the claimable index
-            -- answers in order), then at most each task's room of those, the best first. A run
-            -- locked here and left over (a task's room, several queues) stays queued, unseen by
-            -- other claims until this one commits.
+        if v_rated or v_keyed then
+            -- under rate or key limits: the best runs of each queue (but those of tasks and keys
+            -- without room), at most the queue's room of them, locked as they are found (SKIP
+            -- LOCKED: concurrent claims take different runs; one statement per queue, the shape
+            -- the claimable index answers in order), then at most each task's and each key's room
+            -- of those, the best first. A run locked here and left over (a task's or key's room,
+            -- several queues) stays queued, unseen by other claims until this one commits.
             v_cand := '{}';
             foreach v_queue in array v_open loop
                 v_take := least(v_want, coalesce(v_queue_caps[array_position(v_cap_queues, v_queue)], v_want));
                 -- (the planner takes "task <> all(an array)" to keep next to nothing and would sort
-                -- the whole queue instead of reading it in index order: without tasks to leave out
-                -- the statement does not ask, with some it asks a function, which it does not
-                -- estimate that way)
-                if cardinality(v_full_tasks) = 0 then
+                -- the whole queue instead of reading it in index order: without tasks or keys to
+                -- leave out the statement does not ask, with some it asks a function, which it
+                -- does not estimate that way)
+                if cardinality(v_full_tasks) = 0 and cardinality(v_full_keys) = 0 then
                     v_cand := v_cand || array(
-                        select row(p.id, p.task, p.priority, p.run_at)::conveyor._candidate
+                        select row(p.id, p.task, p.priority, p.run_at, p.queue, p.concurrency_key, p.fair_rank)::conveyor._candidate
                         from conveyor.runs p
                         where p.status = 'queued' and p.queue = v_queue
                           and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
-                        order by p.priority, p.run_at, p.id
+                        order by p.priority, p.fair_rank, p.run_at, p.id
                         limit v_take
                         for no key update skip locked);
                 else
                     v_cand := v_cand || array(
-                        select row(p.id, p.task, p.priority, p.run_at)::conveyor._candidate
+                        select row(p.id, p.task, p.priority, p.run_at, p.queue, p.concurrency_key, p.fair_rank)::conveyor._candidate
                         from conveyor.runs p
                         where p.status = 'queued' and p.queue = v_queue
                           and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
-                          and not conveyor._one_of(p.task, v_full_tasks)
-                        order by p.priority, p.run_at, p.id
+                          and not conveyor._held_back(p.queue, p.task, p.concurrency_key, v_full_tasks, v_full_keys)
+                        order by p.priority, p.fair_rank, p.run_at, p.id
                         limit v_take
                         for no key update skip locked);
                 end if;
             end loop;
-            select array_agg(c.id order by c.priority, c.run_at, c.id) into v_ids from (
-                select c.id, c.priority, c.run_at
+            v_gate_scopes := null;
+            if v_keyed then
+                -- each key under a limit among the candidates, locked for this transaction if no
+                -- other claim holds it (tried, never waited for: a key another claim holds is
+                -- left for now). Claims of one key take turns, so the next statement, which
+                -- counts the key's running runs and starts, sees every one committed before.
+                select array_agg(g.scope), array_agg(g.name), array_agg(g.key), array_agg(g.locked), array_agg(g.rate_n)
+                into v_gate_scopes, v_gate_names, v_gate_keys, v_gate_locked, v_gate_rate_n
                 from (
-                    select c.*, row_number() over (partition by c.task order by c.priority, c.run_at, c.id) as in_task
+                    select k.*, pg_try_advisory_xact_lock(conveyor._key_lock_class(),
+                                                         hashtext(conveyor._key_ref(k.scope, k.name, k.key))) as locked
+                    from (select distinct l.scope, l.name, c.concurrency_key as key, l.conc, l.rate_n, l.rate_p
+                          from unnest(v_cand) c
+                          join unnest(v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n, v_kl_rate_p)
+                               as l(scope, name, conc, rate_n, rate_p)
+                            on l.name = case l.scope when 'queue' then c.queue else c.task end
+                          where c.concurrency_key is not null
+                          offset 0) k
+                ) g;
+            end if;
+            if v_gate_scopes is not null then
+                if current_setting('transaction_isolation') <> 'read committed' then
+                    perform conveyor._raise_invalid('a claim under a key limit needs READ COMMITTED (it must see every start committed before it)');
+                end if;
+                -- the room of each key: its limit less its running runs (and its starts of the
+                -- rate window), as committed now
+                v_since := conveyor._clock_now();
+                v_gate_allowed := array(
+                    select case when not g.locked then 0 else greatest(least(
+                        coalesce(l.conc - (select count(*) from conveyor.runs r
+                                           where r.status = 'running' and r.concurrency_key = g.key
+                                             and case g.scope when 'queue' then r.queue = g.name else r.task = g.name end), v_want),
+                        coalesce(l.rate_n - (select coalesce(sum(s.n), 0) from conveyor._rate_starts s
+                                             where s.scope = g.scope || '_key' and s.name = g.name and s.key = g.key
+                                               and s.at > v_since - l.rate_p), v_want)), 0)::integer end
+                    from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_locked) with ordinality as g(scope, name, key, locked, i)
+                    join unnest(v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n, v_kl_rate_p) as l(scope, name, conc, rate_n, rate_p)
+                      on (l.scope, l.name) = (g.scope, g.name)
+                    order by g.i);
+                -- the runs start after that count: no attempt that ended before it was counted
+                -- seems to overlap theirs
+                v_now := conveyor._clock_now();
+            end if;
+            select array_agg(c.id order by c.priority, c.fair_rank, c.run_at, c.id) into v_ids from (
+                select c.id, c.priority, c.fair_rank, c.run_at
+                from (
+                    select c.*,
+                           row_number() over (partition by c.task order by c.priority, c.fair_rank, c.run_at, c.id) as in_task,
+                           row_number() over (partition by c.queue, c.concurrency_key order by c.priority, c.fair_rank, c.run_at, c.id) as in_queue_key,
+                           row_number() over (partition by c.task, c.concurrency_key order by c.priority, c.fair_rank, c.run_at, c.id) as in_task_key
                     from unnest(v_cand) as c
                 ) c
+                -- the room of the run's key under its queue's key limit and under its task's
+                left join unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_allowed) as gq(scope, name, key, room)
+                  on gq.scope = 'queue' and gq.name = c.queue and gq.key = c.concurrency_key
+                left join unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_allowed) as gt(scope, name, key, room)
+                  on gt.scope = 'task' and gt.name = c.task and gt.key = c.concurrency_key
                 where c.in_task <= coalesce(v_task_caps[array_position(v_cap_tasks, c.task)], v_want)
-                order by c.priority, c.run_at, c.id
+                  and c.in_queue_key <= coalesce(gq.room, v_want)
+                  and c.in_task_key <= coalesce(gt.room, v_want)
+                order by c.priority, c.fair_rank, c.run_at, c.id
                 limit v_want
             ) c;
-            exit when v_ids is null;
+            -- candidates left over for a task's or key's room: another round may find others
+            v_held := cardinality(v_cand) > coalesce(cardinality(v_ids), 0);
+            exit when v_ids is null and not v_held;
+            -- (none may fit this round: the update below then takes none, never the next in line)
+            v_ids := coalesce(v_ids, '{}');
         elsif cardinality(v_open) > 1 then
             -- the best candidates of each queue, then the best of those, locked
             select array_agg(r.id) into v_ids from (
@@ -182,16 +274,16 @@ begin
                     select c.id
                     from unnest(v_open) as q(name)
                     cross join lateral (
-                        select r2.id, r2.priority, r2.run_at from conveyor.runs r2
+                        select r2.id, r2.priority, r2.fair_rank, r2.run_at from conveyor.runs r2
                         where r2.status = 'queued' and r2.queue = q.name
                           and (claim_runs.tasks is null or r2.task = any(claim_runs.tasks))
-                        order by r2.priority, r2.run_at, r2.id
+                        order by r2.priority, r2.fair_rank, r2.run_at, r2.id
                         limit v_want * 2
                     ) c
-                    order by c.priority, c.run_at, c.id
+                    order by c.priority, c.fair_rank, c.run_at, c.id
                     limit v_want * 2)
                   and r.status = 'queued'
-                order by r.priority, r.run_at, r.id
+                order by r.priority, r.fair_rank, r.run_at, r.id
                 limit v_want
                 for no key update skip locked
             ) r;
@@ -222,31 +314,44 @@ begin
                   select p.id from conveyor.runs p
                   where p.status = 'queued' and p.queue = v_open[1]
                     and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
-                  order by p.priority, p.run_at, p.id
+                  order by p.priority, p.fair_rank, p.run_at, p.id
                   limit v_want
                   for no key update skip locked)))
             returning r.id, r.lease_token, r.task, r.queue, r.payload, r.attempts + 1 as attempt, r.failures, r.releases,
                       r.attempt_id, r.priority, r.parent_run_id, r.lease_expires_at, r.timeout_at, r.run_at, c.enabled,
-                      r.session_pid is not null as bound
+                      r.session_pid is not null as bound, r.fair_rank, r.concurrency_key
         )
         select
             array_agg(row(c.id, c.lease_token, c.task, c.queue, c.payload, c.attempt, c.failures, c.releases,
                           c.attempt_id, c.priority, c.parent_run_id, c.lease_expires_at, c.timeout_at)::conveyor.claimed_run
-                      order by c.priority, c.run_at, c.id) filter (where c.enabled),
+                      order by c.priority, c.fair_rank, c.run_at, c.id) filter (where c.enabled),
             array_agg(row(c.id, c.lease_token, null, 'failed',
                           conveyor._failure('task_disabled', format('task "%s" is disabled', c.task)),
                           false, null, null, null)::conveyor._ending) filter (where not c.enabled),
             v_bound or coalesce(bool_or(c.bound and c.enabled), false),
             -- the runs that start work (a disabled task's run fails at once and is no start)
-            array_agg(c.queue) filter (where c.enabled), array_agg(c.task) filter (where c.enabled)
-        into v_batch, v_disabled, v_bound, v_round_queues, v_round_tasks
+            array_agg(c.queue) filter (where c.enabled), array_agg(c.task) filter (where c.enabled),
+            array_agg(c.concurrency_key) filter (where c.enabled)
+        into v_batch, v_disabled, v_bound, v_round_queues, v_round_tasks, v_round_keys
         from claimed c;
 
         v_claimed := v_claimed || coalesce(v_batch, '{}');
         v_started_queues := v_started_queues || coalesce(v_round_queues, '{}');
         v_started_tasks := v_started_tasks || coalesce(v_round_tasks, '{}');
-        exit when v_disabled is null;
-        perform conveyor._end_attempts(v_disabled);
+        v_started_keys := v_started_keys || coalesce(v_round_keys, '{}');
+        if v_gate_scopes is not null then
+            -- the keys with no room left (or another claim's) sit out the next rounds
+            v_full_keys := v_full_keys || array(
+                select conveyor._key_ref(g.scope, g.name, g.key)
+                from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_allowed) as g(scope, name, key, allowed)
+                where g.allowed <= (select count(*) from unnest(v_round_queues, v_round_tasks, v_round_keys) as x(queue, task, key)
+                                    where x.key = g.key
+                                      and case g.scope when 'queue' then x.queue = g.name else x.task = g.name end));
+        end if;
+        exit when v_disabled is null and not coalesce(v_held, false);
+        if v_disabled is not null then
+            perform conveyor._end_attempts(v_disabled);
+        end if;
         if v_rated then
             -- what is left of each limit's room for the next round
             v_queue_caps := conveyor._room_left(v_cap_queues, v_queue_caps, v_round_queues);
@@ -281,6 +386,17 @@ begin
         from shards h
         join started s on (s.scope, s.name) = (h.scope, h.name)
         where s.n > h.before;
+    end if;
+    if v_keyed and cardinality(v_started_keys) > 0 then
+        -- this claim's starts under each key rate limit (the key's lock is this transaction's
+        -- until it commits)
+        insert into conveyor._rate_starts (scope, name, shard, at, n, key)
+        select l.scope || '_key', l.name, 0, v_now, count(*), x.key
+        from unnest(v_started_queues, v_started_tasks, v_started_keys) as x(queue, task, key)
+        join unnest(v_kl_scopes, v_kl_names, v_kl_rate_n) as l(scope, name, rate_n)
+          on l.name = case l.scope when 'queue' then x.queue else x.task end
+        where x.key is not null and l.rate_n is not null
+        group by l.scope, l.name, x.key;
     end if;
     if v_bound then
         -- the session's row, written once per session; only tick deletes it, once it is gone
@@ -552,3 +668,73 @@ $$;
 
 comment on function conveyor.rate_limited_until is
     'when a run of these queues that a rate limit holds back can start (null: none is held back now)';
+
+-- _key_ref: one key under one key limit (scope queue or task, the queue's or task's name, the
+-- key), as one text: the name of its lock and of its entry in claim_runs' list of full keys.
+-- (Names of queues and tasks hold no control characters: the first two separators are theirs.)
+create or replace function conveyor._key_ref(p_scope text, p_name text, p_key text)
+returns text
+language sql
+immutable
+as $$ select p_scope || E'\x1f' || p_name || E'\x1f' || p_key $$;
+
+-- _key_lock_class: the first half of the advisory locks of keys under a limit ('pgck'; the
+-- second half is hashtext(_key_ref)). Two keys of one hash share a lock: a claim of one may skip
+-- the other for as long as it runs, and never admits more than a limit.
+create or replace function conveyor._key_lock_class()
+returns integer
+language sql
+immutable
+as $$ select 1885823851 $$;
+
+-- _held_back: whether a claim's later round leaves this run out: its task has no room (p_tasks),
+-- or its key has none under its queue's or its task's key limit (p_keys, _key_ref). A function,
+-- not an inline condition: the planner must not guess its selectivity from the arrays.
+create or replace function conveyor._held_back(p_queue text, p_task text, p_key text, p_tasks text[], p_keys text[])
+returns boolean
+language plpgsql
+immutable
+as $$
+begin
+    return p_task = any(p_tasks)
+        or (p_key is not null and (conveyor._key_ref('queue', p_queue, p_key) = any(p_keys)
+                                   or conveyor._key_ref('task', p_task, p_key) = any(p_keys)));
+end
+$$;
+
+-- _fair_rank: a keyed run's turn as it becomes queued (enqueued due, delivered, given back):
+-- after the last queued run of its key (in its queue and priority), and never before the turn
+-- the queue is at (its first queued run's), so a key that was idle goes next and a flooded key
+-- takes one turn in each round of the keys. Runs without a key keep 0 (the trigger does not fire
+-- for them). Concurrent producers of one key may draw the same turn: ties go by due time.
+create or replace function conveyor._fair_rank()
+returns trigger
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+begin
+    new.fair_rank := greatest(
+        (select r.fair_rank + 1 from conveyor.runs r
+         where r.queue = new.queue and r.priority = new.priority and r.concurrency_key = new.concurrency_key
+           and r.status = 'queued'
+         order by r.fair_rank desc
+         limit 1),
+        (select r.fair_rank from conveyor.runs r
+         where r.queue = new.queue and r.priority = new.priority and r.status = 'queued'
+         order by r.fair_rank, r.run_at, r.id
+         limit 1),
+        0);
+    return new;
+end
+$$;
+
+create or replace trigger runs_fair_rank_on_insert
+    before insert on conveyor.runs
+    for each row when (new.concurrency_key is not null and new.status = 'queued')
+    execute function conveyor._fair_rank();
+
+create or replace trigger runs_fair_rank_on_update
+    before update of status on conveyor.runs
+    for each row when (new.concurrency_key is not null and new.status = 'queued' and old.status <> 'queued')
+    execute function conveyor._fair_rank();

@@ -8,10 +8,11 @@
 -- new payload, the last of the call for its key (replace). With debounce, a keyed run starts
 -- debounce after the latest enqueue of its key (capped at debounce_max after its first) while it
 -- is still scheduled. The existing run is changed by guarded updates: concurrent producers of
--- one key take turns on its row, and a run that started meanwhile is left alone.
+-- one key take turns on its row, and a run that started meanwhile is left alone. p_ckeys are
+-- the runs' concurrency keys (one per payload, or null), for key limits and the keys' turns.
 create or replace function conveyor._enqueue(
     p_task text, p_payloads jsonb[], p_run_at timestamptz, p_delay interval, p_priority integer,
-    p_queue text, p_keys text[], p_parent conveyor.ulid
+    p_queue text, p_keys text[], p_parent conveyor.ulid, p_ckeys text[] default null
 )
 returns table (ord integer, id conveyor.ulid)
 language plpgsql
@@ -69,6 +70,12 @@ begin
                                                coalesce(jsonb_typeof(p_payloads[v_bad]), 'null'),
                                                case when v_n > 1 then format(' (payload %s of %s)', v_bad, v_n) else '' end));
     end if;
+    if p_ckeys is not null and exists (select from unnest(p_ckeys) k where octet_length(k) > 512) then
+        perform conveyor._raise_invalid('concurrency key too long: at most 512 bytes');
+    end if;
+    if p_ckeys is not null and cardinality(p_ckeys) <> v_n then
+        perform conveyor._raise_invalid(format('%s concurrency keys for %s payloads: give one per payload (or null)', cardinality(p_ckeys), v_n));
+    end if;
     if p_keys is not null and cardinality(p_keys) <> v_n then
         perform conveyor._raise_invalid(format('%s idempotency keys for %s payloads: give one per payload (or null)', cardinality(p_keys), v_n));
     end if;
@@ -102,7 +109,7 @@ begin
     end if;
 
     with input as (
-        select i.n::integer as n, i.p, i.k, conveyor.ulid_generate() as new_id,
+        select i.n::integer as n, i.p, i.k, i.ck, conveyor.ulid_generate() as new_id,
                -- unique_for: a run of this key that finished within the window stands for it
                case when i.k is not null and v_task.unique_for is not null then (
                    select f.id from conveyor.runs f
@@ -110,16 +117,16 @@ begin
                      and f.finished_at > v_now - v_task.unique_for
                    order by f.finished_at desc
                    limit 1) end as recent
-        from unnest(p_payloads, p_keys) with ordinality as i(p, k, n)
+        from unnest(p_payloads, p_keys, p_ckeys) with ordinality as i(p, k, ck, n)
     ),
     inserted as (
         insert into conveyor.runs (id, task, queue, status, priority, run_at, payload, created_at,
-                                   task_version, idempotency_key, parent_run_id)
+                                   task_version, idempotency_key, parent_run_id, concurrency_key)
         select i.new_id, p_task, v_queue,
                case when i.n <= v_free and (i.k is null or v_debounced is null) then 'queued' else 'scheduled' end::conveyor.run_status,
                coalesce(p_priority, v_task.priority),
                case when i.k is not null and v_debounced is not null then v_debounced else v_due end,
-               i.p, v_now, v_task.version, i.k, p_parent
+               i.p, v_now, v_task.version, i.k, p_parent, i.ck
         from input i
         where i.recent is null
         order by i.n
@@ -210,7 +217,8 @@ create or replace function conveyor.enqueue(
     priority integer default null,
     queue text default null,
     idempotency_key text default null,
-    parent_run_id conveyor.ulid default null
+    parent_run_id conveyor.ulid default null,
+    key text default null
 )
 returns conveyor.ulid
 language plpgsql
@@ -221,12 +229,13 @@ as $$
 begin
     return (select e.id from conveyor._enqueue(task, array[payload], run_at, delay, priority, queue,
                                                case when idempotency_key is not null then array[idempotency_key] end,
-                                               parent_run_id) e);
+                                               parent_run_id,
+                                               case when enqueue.key is not null then array[enqueue.key] end) e);
 end
 $$;
 
 comment on function conveyor.enqueue is
-    'enqueue a run of a task (payload: a JSON object; run_at or delay; priority 0-9; queue override; idempotency_key; parent_run_id); returns its id';
+    'enqueue a run of a task (payload: a JSON object; run_at or delay; priority 0-9; queue override; idempotency_key; parent_run_id; key: its concurrency key); returns its id';
 
 -- enqueue_many: enqueue many runs of one task in one statement; returns their ids in order.
 create or replace function conveyor.enqueue_many(
@@ -237,7 +246,8 @@ create or replace function conveyor.enqueue_many(
     priority integer default null,
     queue text default null,
     idempotency_keys text[] default null,
-    parent_run_id conveyor.ulid default null
+    parent_run_id conveyor.ulid default null,
+    keys text[] default null
 )
 returns setof conveyor.ulid
 language plpgsql
@@ -247,10 +257,10 @@ set plan_cache_mode = force_generic_plan
 as $$
 begin
     return query
-    select e.id from conveyor._enqueue(task, payloads, run_at, delay, priority, queue, idempotency_keys, parent_run_id) e
+    select e.id from conveyor._enqueue(task, payloads, run_at, delay, priority, queue, idempotency_keys, parent_run_id, keys) e
     order by e.ord;
 end
 $$;
 
 comment on function conveyor.enqueue_many is
-    'enqueue many runs of one task in one statement (one payload each; idempotency_keys aligned with payloads); returns their ids in order';
+    'enqueue many runs of one task in one statement (one payload each; idempotency_keys and keys aligned with payloads); returns their ids in order';

@@ -61,7 +61,8 @@ select
     -- deduplication on the idempotency key (_enqueue)
     coalesce(t.on_duplicate, 'return') as on_duplicate,
     t.unique_for, t.debounce, t.debounce_max,
-    t.rate_limit_n, t.rate_limit_period
+    t.rate_limit_n, t.rate_limit_period,
+    t.key_concurrency, t.key_rate_limit_n, t.key_rate_limit_period
 from conveyor.tasks t
 cross join conveyor.defaults d;
 
@@ -122,8 +123,9 @@ $$;
 -- _set_rate_limit: the shards of a queue's or task's rate limit of N (null: none), each with
 -- its share: up to 8 shards (fewer for N < 8), whose shares add up to N, so that as many claims
 -- of the limit can go at once. Kept as they are when N is unchanged; a new N takes effect for the
--- windows after it (the old shards' starts are not counted against the new shares).
-create or replace function conveyor._set_rate_limit(p_scope text, p_name text, p_n integer)
+-- windows after it (the old shards' starts are not counted against the new shares). Without a
+-- key_rate_limit (p_key_n null) the starts of its keys go too.
+create or replace function conveyor._set_rate_limit(p_scope text, p_name text, p_n integer, p_key_n integer)
 returns void
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
@@ -131,6 +133,9 @@ as $$
 declare
     v_shards integer := least(8, p_n);
 begin
+    if p_key_n is null then
+        delete from conveyor._rate_starts s where s.scope = p_scope || '_key' and s.name = p_name;
+    end if;
     if p_n is not null and (select count(*) = v_shards and sum(l.quota) = p_n
                             from conveyor._rate_limits l where l.scope = p_scope and l.name = p_name) then
         return;
@@ -214,7 +219,8 @@ begin
         delay, max_delay, jitter, timeout, lease, log_max_size, log_on_full, schedule, timezone,
         on_overlap, catch_up, next_fire_at, parallelism, payload, replicas, restart_delay,
         restart_backoff, restart_max_delay, created_at, updated_at, bind_session,
-        on_duplicate, unique_for, debounce, debounce_max, rate_limit_n, rate_limit_period
+        on_duplicate, unique_for, debounce, debounce_max, rate_limit_n, rate_limit_period,
+        key_concurrency, key_rate_limit_n, key_rate_limit_period
     ) values (
         p_name, p_kind, v_queue, coalesce((o ->> 'enabled')::boolean, v_old.enabled, true), v_version, o,
         (o ->> 'priority')::smallint,
@@ -246,7 +252,10 @@ begin
         (o ->> 'debounce')::interval,
         (o ->> 'debounce_max')::interval,
         (o ->> 'rate_limit_n')::integer,
-        (o ->> 'rate_limit_period')::interval
+        (o ->> 'rate_limit_period')::interval,
+        (o ->> 'key_concurrency')::integer,
+        (o ->> 'key_rate_limit_n')::integer,
+        (o ->> 'key_rate_limit_period')::interval
     )
     on conflict (name) do update set
         queue = excluded.queue, enabled = excluded.enabled, version = excluded.version,
@@ -263,6 +272,8 @@ begin
         on_duplicate = excluded.on_duplicate, unique_for = excluded.unique_for,
         debounce = excluded.debounce, debounce_max = excluded.debounce_max,
         rate_limit_n = excluded.rate_limit_n, rate_limit_period = excluded.rate_limit_period,
+        key_concurrency = excluded.key_concurrency, key_rate_limit_n = excluded.key_rate_limit_n,
+        key_rate_limit_period = excluded.key_rate_limit_period,
         -- a cap that starts now starts from the runs delivered now
         active = case
             when excluded.parallelism is not null and t.parallelism is null then
@@ -270,7 +281,7 @@ begin
                   where r.task = excluded.name and conveyor._is_delivered(r.status))
             else t.active end;
 
-    perform conveyor._set_rate_limit('task', p_name, (o ->> 'rate_limit_n')::integer);
+    perform conveyor._set_rate_limit('task', p_name, (o ->> 'rate_limit_n')::integer, (o ->> 'key_rate_limit_n')::integer);
     perform conveyor._check_effective();
     return v_version;
 end
@@ -300,7 +311,9 @@ create or replace function conveyor.define_task(
     unique_for text default null,
     debounce text default null,
     debounce_max text default null,
-    rate_limit text default null
+    rate_limit text default null,
+    key_concurrency integer default null,
+    key_rate_limit text default null
 )
 returns integer
 language plpgsql
@@ -315,7 +328,7 @@ begin
         'timeout', timeout, 'priority', priority, 'schedule', schedule, 'timezone', timezone,
         'on_overlap', on_overlap, 'parallelism', parallelism, 'on_duplicate', on_duplicate,
         'unique_for', unique_for, 'debounce', debounce, 'debounce_max', debounce_max,
-        'rate_limit', rate_limit)));
+        'rate_limit', rate_limit, 'key_concurrency', key_concurrency, 'key_rate_limit', key_rate_limit)));
 end
 $$;
 
@@ -410,11 +423,14 @@ begin
         bind_session = (o ->> 'bind_session')::boolean,
         rate_limit_n = (o ->> 'rate_limit_n')::integer,
         rate_limit_period = (o ->> 'rate_limit_period')::interval,
+        key_concurrency = (o ->> 'key_concurrency')::integer,
+        key_rate_limit_n = (o ->> 'key_rate_limit_n')::integer,
+        key_rate_limit_period = (o ->> 'key_rate_limit_period')::interval,
         delivered = case when o ? 'concurrency' then
             (select count(*) from conveyor.runs r where r.queue = p_name and conveyor._is_delivered(r.status))
             else 0 end
     where q.name = p_name;
-    perform conveyor._set_rate_limit('queue', p_name, (o ->> 'rate_limit_n')::integer);
+    perform conveyor._set_rate_limit('queue', p_name, (o ->> 'rate_limit_n')::integer, (o ->> 'key_rate_limit_n')::integer);
 end
 $$;
 
@@ -426,7 +442,9 @@ create or replace function conveyor.set_queue(
     notify boolean default true,
     delivery_outbox boolean default false,
     bind_session boolean default null,
-    rate_limit text default null
+    rate_limit text default null,
+    key_concurrency integer default null,
+    key_rate_limit text default null
 )
 returns void
 language sql
@@ -434,7 +452,7 @@ security definer
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
     select conveyor._set_queue(name, jsonb_strip_nulls(jsonb_build_object(
-        'rate_limit', rate_limit,
+        'rate_limit', rate_limit, 'key_concurrency', key_concurrency, 'key_rate_limit', key_rate_limit,
         'concurrency', concurrency, 'paused', paused, 'notify', notify, 'delivery_outbox', delivery_outbox,
         'bind_session', bind_session)))
 $$;

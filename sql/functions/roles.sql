@@ -48,8 +48,8 @@ grant execute on function
 to public;
 
 grant execute on function
-    conveyor.enqueue(text, jsonb, timestamptz, conveyor.duration, integer, text, text, conveyor.ulid),
-    conveyor.enqueue_many(text, jsonb[], timestamptz, conveyor.duration, integer, text, text[], conveyor.ulid),
+    conveyor.enqueue(text, jsonb, timestamptz, conveyor.duration, integer, text, text, conveyor.ulid, text),
+    conveyor.enqueue_many(text, jsonb[], timestamptz, conveyor.duration, integer, text, text[], conveyor.ulid, text[]),
     conveyor.publish(text, jsonb, timestamptz)
 to conveyor_producer;
 
@@ -74,7 +74,8 @@ grant select on
     conveyor.queues, conveyor.transitions, conveyor.defaults, conveyor.task_config, conveyor.outbox,
     conveyor.queue_stats, conveyor.task_stats, conveyor.recent_failures, conveyor.throughput, conveyor.run_history,
     conveyor.run_statuses, conveyor.attempt_outcomes, conveyor.error_codes, conveyor.options,
-    conveyor.quarantine, conveyor._tick_stats, conveyor.sessions, conveyor.counters, conveyor.rate_limits
+    conveyor.quarantine, conveyor._tick_stats, conveyor.sessions, conveyor.counters, conveyor.rate_limits,
+    conveyor.key_limits
 to conveyor_reader;
 
 grant execute on function conveyor.metrics() to conveyor_reader;
@@ -83,10 +84,10 @@ grant select on all tables in schema conveyor to conveyor_admin;
 
 grant execute on function
     conveyor.define_task(text, text, integer, integer, text, text, text, text, text, integer, text, text, text,
-                         integer, jsonb, text, text, text, text, text),
+                         integer, jsonb, text, text, text, text, text, integer, text),
     conveyor.define_service(text, integer, text, text, text, text, jsonb, jsonb),
     conveyor.disable_task(text), conveyor.enable_task(text),
-    conveyor.set_queue(text, integer, boolean, boolean, boolean, boolean, text),
+    conveyor.set_queue(text, integer, boolean, boolean, boolean, boolean, text, integer, text),
     conveyor.pause_queue(text), conveyor.resume_queue(text), conveyor.drop_queue(text),
     conveyor.set_defaults(jsonb), conveyor.apply_config(jsonb),
     conveyor.cancel_run(conveyor.ulid), conveyor.cancel_runs(text, text, conveyor.run_status, integer),

@@ -40,6 +40,22 @@ begin
             order by x.at
             limit p_limit) x
         limit p_limit));
+    -- and those of the key rate limits (a removed one's go with it: _set_rate_limit)
+    delete from conveyor._rate_starts s
+    where s.ctid = any(array(
+        select x.ctid
+        from (select 'queue_key' as scope, q.name, q.key_rate_limit_period as period
+              from conveyor.queues q where q.key_rate_limit_n is not null
+              union all
+              select 'task_key', t.name, t.key_rate_limit_period
+              from conveyor.tasks t where t.key_rate_limit_n is not null) l
+        cross join lateral (
+            select x.ctid from conveyor._rate_starts x
+            where x.scope = l.scope and x.name = l.name and x.shard = 0
+              and x.at < p_now - (2 * l.period + interval '10 minutes')
+            order by x.at
+            limit p_limit) x
+        limit p_limit));
     if v_ids is null then
         return 0;
     end if;

@@ -200,6 +200,39 @@ cross join lateral (
 
 comment on view conveyor.rate_limits is 'each rate limit: limit, period, started in the window, room left, queued and held-back runs';
 
+-- key_limits: each key limit (a queue's or a task's key_concurrency and key_rate_limit): the
+-- keys with runs queued or running under it, how many of those keys are at the limit (all the
+-- runs they may run are running, or their rate window is full), the runs running and queued,
+-- and the queued runs the limit holds back (those of the keys at the limit).
+create or replace view conveyor.key_limits as
+select l.scope, l.name, l.conc as key_concurrency, l.rate_n as key_rate_limit, l.rate_p as key_rate_period,
+       count(k.key) as keys,
+       count(k.key) filter (where k.at_limit) as keys_at_limit,
+       coalesce(sum(k.running), 0)::bigint as running,
+       coalesce(sum(k.queued), 0)::bigint as queued,
+       coalesce(sum(k.queued) filter (where k.at_limit), 0)::bigint as held_back
+from (select 'queue' as scope, q.name, q.key_concurrency as conc, q.key_rate_limit_n as rate_n, q.key_rate_limit_period as rate_p
+      from conveyor.queues q where q.key_concurrency is not null or q.key_rate_limit_n is not null
+      union all
+      select 'task', t.name, t.key_concurrency, t.key_rate_limit_n, t.key_rate_limit_period
+      from conveyor.tasks t where t.key_concurrency is not null or t.key_rate_limit_n is not null) l
+left join lateral (
+    select c.key, c.running, c.queued,
+           c.running >= l.conc
+           or l.rate_n <= (select coalesce(sum(s.n), 0) from conveyor._rate_starts s
+                           where s.scope = l.scope || '_key' and s.name = l.name and s.key = c.key
+                             and s.at > conveyor._now() - l.rate_p) as at_limit
+    from (select r.concurrency_key as key, count(*) filter (where r.status = 'running') as running,
+                 count(*) filter (where r.status = 'queued') as queued
+          from conveyor.runs r
+          where r.concurrency_key is not null and r.status in ('queued', 'running')
+            and case l.scope when 'queue' then r.queue = l.name else r.task = l.name end
+          group by r.concurrency_key) c
+) k on true
+group by l.scope, l.name, l.conc, l.rate_n, l.rate_p;
+
+comment on view conveyor.key_limits is 'each key limit: keys with runs, keys at the limit, running, queued and held-back runs';
+
 -- _metric_label: a Prometheus label value, escaped.
 create or replace function conveyor._metric_label(value text)
 returns text
@@ -240,7 +273,9 @@ as $$
         (14, 'conveyor_retries_total', 'counter', 'Failed attempts that led to a retry, by queue and task.'),
         (15, 'conveyor_releases_total', 'counter', 'Attempts released (business waiting, not a failure), by queue and task: attempts_total with outcome released.'),
         (16, 'conveyor_rate_limit_room', 'gauge', 'Runs a rate limit lets start now (its limit less the starts of its window), by scope (queue or task) and name.'),
-        (17, 'conveyor_rate_limit_held_back_runs', 'gauge', 'Queued runs a rate limit holds back now (all of its queued runs while it has no room).')
+        (17, 'conveyor_rate_limit_held_back_runs', 'gauge', 'Queued runs a rate limit holds back now (all of its queued runs while it has no room).'),
+        (18, 'conveyor_key_limit_keys_at_limit', 'gauge', 'Concurrency keys at a key limit now (key_concurrency or key_rate_limit), by scope (queue or task) and name.'),
+        (19, 'conveyor_key_limit_held_back_runs', 'gauge', 'Queued runs a key limit holds back now (those of its keys at the limit).')
     ),
     -- conveyor.counters, read once
     counter as (select * from conveyor.counters),
@@ -304,6 +339,11 @@ as $$
                (case f.name when 'conveyor_rate_limit_room' then l.room else l.held_back end)::text
         from conveyor.rate_limits l
         cross join (values ('conveyor_rate_limit_room'), ('conveyor_rate_limit_held_back_runs')) as f(name)
+        union all
+        select f.name, format('scope=%s,name=%s', conveyor._metric_label(l.scope), conveyor._metric_label(l.name)),
+               (case f.name when 'conveyor_key_limit_keys_at_limit' then l.keys_at_limit else l.held_back end)::text
+        from conveyor.key_limits l
+        cross join (values ('conveyor_key_limit_keys_at_limit'), ('conveyor_key_limit_held_back_runs')) as f(name)
     ),
     block as (
         select f.ord,

@@ -241,22 +241,59 @@ create table conveyor._rate_starts (
     shard smallint not null,
     -- the claim's time (the runs' started_at) and how many runs it started
     at timestamptz not null,
-    n integer not null
+    n integer not null,
+    -- a key_rate_limit's key (scope queue_key or task_key, shard 0): the key's lock (claim_runs)
+    -- stands for a shard's row
+    key text
 );
 comment on table conveyor._rate_starts is 'runs started per claim under a rate limit shard (kept two periods; tick prunes)';
 create index rate_starts_window on conveyor._rate_starts (scope, name, shard, at);
+create index rate_starts_key_window on conveyor._rate_starts (scope, name, key, at) where key is not null;
 -- no key of its own: prune's deletes carry the whole row (a FOR ALL TABLES publication needs it)
 alter table conveyor._rate_starts replica identity full;
 
--- a run a claim under rate limits has locked and may take (claim_runs)
+-- a run a claim under rate or key limits has locked and may take (claim_runs)
 create type conveyor._candidate as (
     id conveyor.ulid,
     task text,
     priority smallint,
-    run_at timestamptz
+    run_at timestamptz,
+    queue text,
+    concurrency_key text,
+    fair_rank bigint
 );
 
 select pg_catalog.pg_extension_config_dump('conveyor._rate_limits', '');
 -- a restore keeps the windows of the rate limits
 select pg_catalog.pg_extension_config_dump('conveyor._rate_starts', '');
 
+
+-- Concurrency keys and fairness (issue 15): enqueue's key names a run's concurrency key (a
+-- tenant, an account); key_concurrency caps a key's running runs per queue or task and
+-- key_rate_limit its starts. The keys of a queue take turns: fair_rank is each run's turn,
+-- set as it becomes queued (_fair_rank, a row trigger only for keyed runs), and the claim
+-- order puts it after priority. A run without a key keeps 0, so a queue without keys is claimed
+-- in the order it was. Columns appended, as a fresh install has them.
+alter table conveyor.runs add column concurrency_key text, add column fair_rank bigint not null default 0;
+alter table conveyor.queues add column key_concurrency integer, add column key_rate_limit_n integer,
+    add column key_rate_limit_period interval;
+alter table conveyor.tasks add column key_concurrency integer, add column key_rate_limit_n integer,
+    add column key_rate_limit_period interval;
+-- the claim order gains the turn: the index is rebuilt (it holds only queued runs)
+drop index conveyor.runs_claimable;
+-- claim: one index range per queue, in claim order (priority, the keys' turns, due time); only
+-- claimable rows are in it
+create index runs_claimable on conveyor.runs (queue, priority, fair_rank, run_at, id) where status = 'queued';
+
+-- (0.2.0) _fair_rank: a key's last turn among the queued runs of its queue and priority
+create index runs_queued_by_key on conveyor.runs (queue, priority, concurrency_key, fair_rank)
+    where status = 'queued' and concurrency_key is not null;
+
+-- (0.2.0) claim under key limits: the running runs of a key
+create index runs_running_by_key on conveyor.runs (concurrency_key, queue, task)
+    where status = 'running' and concurrency_key is not null;
+-- enqueue and enqueue_many take key and keys: the old signatures are dropped (the new are
+-- created by sql/functions/enqueue.sql and granted by sql/functions/roles.sql)
+drop function conveyor.enqueue(text, jsonb, timestamptz, conveyor.duration, integer, text, text, conveyor.ulid);
+drop function conveyor.enqueue_many(text, jsonb[], timestamptz, conveyor.duration, integer, text, text[], conveyor.ulid);
+drop function conveyor._enqueue(text, jsonb[], timestamptz, interval, integer, text, text[], conveyor.ulid);

@@ -52,6 +52,11 @@ create table conveyor.queues (
     -- (0.2.0) rate limit: at most rate_limit_n runs started in any window of rate_limit_period
     rate_limit_n integer,
     rate_limit_period interval,
+    -- (0.2.0) per concurrency key: at most key_concurrency of its runs in this queue running at
+    -- once, and at most key_rate_limit_n started in any window of key_rate_limit_period
+    key_concurrency integer,
+    key_rate_limit_n integer,
+    key_rate_limit_period interval,
     constraint queues_concurrency_positive check (concurrency > 0),
     constraint queues_delivered_not_negative check (delivered >= 0)
 );
@@ -106,6 +111,11 @@ create table conveyor.tasks (
     -- (0.2.0) rate limit: at most rate_limit_n runs of the task started in any window of rate_limit_period
     rate_limit_n integer,
     rate_limit_period interval,
+    -- (0.2.0) per concurrency key: at most key_concurrency of the task's runs with one key running
+    -- at once (in any queue), and at most key_rate_limit_n started in any window of its period
+    key_concurrency integer,
+    key_rate_limit_n integer,
+    key_rate_limit_period interval,
     constraint tasks_kind check (kind in ('task', 'service')),
     constraint tasks_service_has_replicas check ((kind = 'service') = (replicas is not null)),
     constraint tasks_active_not_negative check (active >= 0),
@@ -158,6 +168,12 @@ create table conveyor.runs (
     -- the run to it (bind_session): tick ends the attempt as crashed once that session is gone
     session_pid integer,
     session_started_at timestamptz,
+    -- (0.2.0) the concurrency key (enqueue's key): key_concurrency and key_rate_limit count a
+    -- key's runs, and the keys of a queue take turns in its claims
+    concurrency_key text,
+    -- (0.2.0) the run's turn among the keys of its queue and priority (round-robin), set as it
+    -- becomes queued (_fair_rank); 0 for a run without a key
+    fair_rank bigint not null default 0,
     -- The two invariants of the state machine itself. (PostgreSQL 15 re-reads a table's CHECK
     -- expressions on every INSERT and UPDATE statement; seven checks here cost 8-18% of claim
     -- and finish throughput, so the others, on priority, payload, counters and cancel
@@ -177,8 +193,17 @@ create table conveyor.runs (
 
 comment on table conveyor.runs is 'one row per run; status changes are checked against conveyor.transitions';
 
--- claim: one index range per queue, in claim order; only claimable rows are in it
-create index runs_claimable on conveyor.runs (queue, priority, run_at, id) where status = 'queued';
+-- claim: one index range per queue, in claim order (priority, the keys' turns, due time); only
+-- claimable rows are in it
+create index runs_claimable on conveyor.runs (queue, priority, fair_rank, run_at, id) where status = 'queued';
+
+-- (0.2.0) _fair_rank: a key's last turn among the queued runs of its queue and priority
+create index runs_queued_by_key on conveyor.runs (queue, priority, concurrency_key, fair_rank)
+    where status = 'queued' and concurrency_key is not null;
+
+-- (0.2.0) claim under key limits: the running runs of a key
+create index runs_running_by_key on conveyor.runs (concurrency_key, queue, task)
+    where status = 'running' and concurrency_key is not null;
 
 -- tick delivery: waiting runs by due time, per queue
 create index runs_waiting_due on conveyor.runs (queue, run_at)
@@ -418,19 +443,26 @@ create table conveyor._rate_starts (
     shard smallint not null,
     -- the claim's time (the runs' started_at) and how many runs it started
     at timestamptz not null,
-    n integer not null
+    n integer not null,
+    -- a key_rate_limit's key (scope queue_key or task_key, shard 0): the key's lock (claim_runs)
+    -- stands for a shard's row
+    key text
 );
 comment on table conveyor._rate_starts is 'runs started per claim under a rate limit shard (kept two periods; tick prunes)';
 create index rate_starts_window on conveyor._rate_starts (scope, name, shard, at);
+create index rate_starts_key_window on conveyor._rate_starts (scope, name, key, at) where key is not null;
 -- no key of its own: prune's deletes carry the whole row (a FOR ALL TABLES publication needs it)
 alter table conveyor._rate_starts replica identity full;
 
--- a run a claim under rate limits has locked and may take (claim_runs)
+-- a run a claim under rate or key limits has locked and may take (claim_runs)
 create type conveyor._candidate as (
     id conveyor.ulid,
     task text,
     priority smallint,
-    run_at timestamptz
+    run_at timestamptz,
+    queue text,
+    concurrency_key text,
+    fair_rank bigint
 );
 
 -- pg_dump keeps the data of these tables (the extension's own rows are recreated by it)

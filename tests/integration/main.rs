@@ -8,6 +8,7 @@ mod docs;
 mod failover;
 mod faults;
 mod hostile;
+mod keys;
 mod lifecycle;
 mod maintenance;
 mod model;

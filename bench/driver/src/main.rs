@@ -292,19 +292,28 @@ fn run_workers_with(workers: u64, batch: u64, combined: bool) -> (f64, u64) {
 }
 
 /// `limits`: give the queue and the task rate limits that never bind (10^6 starts a second), to
-/// measure what a claim under limits costs.
-fn process(runs: u64, workers: u64, batch: u64, combined: bool, limits: bool) {
+/// measure what a claim under limits costs. `keys` > 0: spread the runs over that many
+/// concurrency keys, under a key_concurrency on the queue that never binds (100,000 running per
+/// key), to measure what a claim under key limits costs.
+fn process(runs: u64, workers: u64, batch: u64, combined: bool, limits: bool, keys: u64) {
     let mut client = connect();
     reset(
         &mut client,
         if limits {
             "select conveyor.set_queue('bench', rate_limit => '1000000/1s');
              select conveyor.define_task('bench.noop', queue => 'bench', rate_limit => '1000000/1s');"
+        } else if keys > 0 {
+            "select conveyor.set_queue('bench', key_concurrency => 100000);"
         } else {
             ""
         },
     );
-    enqueue_backlog(&mut client, runs, "");
+    let spread = if keys > 0 {
+        format!(", keys => array(select 'tenant-' || (i % {keys}) from generate_series(1, $1::int) i)")
+    } else {
+        String::new()
+    };
+    enqueue_backlog(&mut client, runs, &spread);
     let (seconds, finished) = run_workers_with(workers, batch, combined);
     let row = client
         .query_one(
@@ -319,10 +328,11 @@ fn process(runs: u64, workers: u64, batch: u64, combined: bool, limits: bool) {
     assert_eq!(finished, runs);
     assert_eq!(events as u64, 3 * runs, "three events per run");
     let rate = runs as f64 / seconds;
-    let workload = match (combined, limits) {
-        (_, true) => "process_rate_limited",
-        (true, false) => "process_combined",
-        (false, false) => "process",
+    let workload = match (combined, limits, keys > 0) {
+        (_, true, _) => "process_rate_limited",
+        (_, false, true) => "process_key_limited",
+        (true, false, false) => "process_combined",
+        (false, false, false) => "process",
     };
     eprintln!("{workload}: {runs} runs, {workers} workers, batch {batch}: {seconds:.2}s, {rate:.0} runs/s, all {succeeded} verified succeeded");
     result(
@@ -334,6 +344,74 @@ fn process(runs: u64, workers: u64, batch: u64, combined: bool, limits: bool) {
             ("seconds", format!("{seconds:.2}")),
             ("per_second", format!("{rate:.0}")),
             ("verified", succeeded.to_string()),
+        ],
+    );
+}
+
+/// Fairness: a flooded key's `flood` runs are enqueued, then a small key's `small`, and
+/// `workers` drain the queue in claims of `batch`. Prints when the small key's last run started
+/// (seconds after the first start, and how many runs started before it) and the throughput.
+/// `keys` 0 enqueues the same runs without keys (first in, first out), for comparison;
+/// `limit` > 0 also puts key_concurrency on the queue (the flood runs at most that many at once).
+fn fairness(flood: u64, small: u64, workers: u64, batch: u64, keys: bool, limit: u64) {
+    let mut client = connect();
+    reset(
+        &mut client,
+        &if limit > 0 {
+            format!("select conveyor.set_queue('bench', key_concurrency => {limit});")
+        } else {
+            String::new()
+        },
+    );
+    let key = |k: &str| if keys { format!(", keys => array_fill('{k}'::text, array[$1::int])") } else { String::new() };
+    enqueue_backlog(&mut client, flood, &key("flood"));
+    client
+        .execute(
+            &format!(
+                "select count(*) from conveyor.enqueue_many('bench.noop', array(select jsonb_build_object('small', true)
+                 from generate_series(1, $1::int)){})",
+                key("small")
+            ),
+            &[&(small as i32)],
+        )
+        .unwrap();
+    let (seconds, finished) = run_workers(workers, batch);
+    assert_eq!(finished, flood + small);
+    let row = client
+        .query_one(
+            "with a as (select a.started_at, r.payload ? 'small' as small
+                        from conveyor.attempts a join conveyor.runs r on r.id = a.run_id),
+                  last_small as (select max(started_at) as at from a where small)
+             select extract(epoch from (select at from last_small) - (select min(started_at) from a))::float8,
+                    (select count(*) from a where not small and started_at < (select at from last_small))",
+            &[],
+        )
+        .unwrap();
+    let (waited, before): (f64, i64) = (row.get(0), row.get(1));
+    let rate = finished as f64 / seconds;
+    let mode = if !keys {
+        "fifo"
+    } else if limit > 0 {
+        "round_robin_limited"
+    } else {
+        "round_robin"
+    };
+    eprintln!(
+        "fairness ({mode}): {small} runs of a small key behind {flood} of a flooded one, {workers} workers, batch {batch}: \
+         the small key's last run started {waited:.3}s after the first start, after {before} flood runs; \
+         {rate:.0} runs/s"
+    );
+    result(
+        "fairness",
+        &[
+            ("mode", mode.to_string()),
+            ("flood", flood.to_string()),
+            ("small", small.to_string()),
+            ("workers", workers.to_string()),
+            ("batch", batch.to_string()),
+            ("small_waited_s", format!("{waited:.3}")),
+            ("flood_before", before.to_string()),
+            ("per_second", format!("{rate:.0}")),
         ],
     );
 }
@@ -785,6 +863,15 @@ fn main() {
             arg("batch", 50),
             arg("combined", 0) == 1,
             arg("limits", 0) == 1,
+            arg("keys", 0),
+        ),
+        "fairness" => fairness(
+            arg("flood", 10_000),
+            arg("small", 10),
+            arg("workers", 8),
+            arg("batch", 10),
+            arg("keys", 1) == 1,
+            arg("limit", 0),
         ),
         "latency" => latency(arg("samples", 500)),
         "claim-cost" => claim_cost(arg("waiting", 10_000), arg("cycles", 2000)),
@@ -794,7 +881,7 @@ fn main() {
         "size" => size_after(arg("runs", 1_000_000), arg("workers", 8), arg("batch", 50)),
         "sustained" => sustained(arg("rate", 2000), arg("seconds", 300), arg("hold", 0) == 1),
         other => {
-            eprintln!("unknown workload {other:?}: enqueue-single, enqueue-batch, process, latency, claim-cost, tick-cost, counter-cost, growth, size, sustained");
+            eprintln!("unknown workload {other:?}: enqueue-single, enqueue-batch, process, fairness, latency, claim-cost, tick-cost, counter-cost, growth, size, sustained");
             std::process::exit(2);
         }
     }

@@ -44,11 +44,11 @@ export interface EnqueueOptions {
 
 /** Enqueue one run on `client`, inside its current transaction. Resolves to the run id. */
 export declare function enqueue(client: ClientBase, task: string, payload?: unknown,
-  options?: EnqueueOptions & { idempotencyKey?: string | null }): Promise<string>;
+  options?: EnqueueOptions & { idempotencyKey?: string | null; key?: string | null }): Promise<string>;
 
 /** Enqueue one run per payload in one statement; the ids in payload order. */
 export declare function enqueueMany(client: ClientBase, task: string, payloads: unknown[],
-  options?: EnqueueOptions & { idempotencyKeys?: string[] | null }): Promise<string[]>;
+  options?: EnqueueOptions & { idempotencyKeys?: string[] | null; keys?: (string | null)[] | null }): Promise<string[]>;
 
 /** A run a claim gave this worker: the columns of conveyor.claim_runs. */
 export interface ClaimedRun {

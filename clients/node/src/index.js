@@ -56,9 +56,10 @@ export function duration(value) {
 // --- producers ---------------------------------------------------------------------------------
 
 const ENQUEUE = `select conveyor.enqueue($1, $2, run_at => $3, delay => $4, priority => $5, queue => $6,
-                 idempotency_key => $7, parent_run_id => $8)::text as id`;
+                 idempotency_key => $7, parent_run_id => $8, key => $9)::text as id`;
 const ENQUEUE_MANY = `select id::text from conveyor.enqueue_many($1, $2::jsonb[], run_at => $3, delay => $4,
-                      priority => $5, queue => $6, idempotency_keys => $7, parent_run_id => $8) as e(id)`;
+                      priority => $5, queue => $6, idempotency_keys => $7, parent_run_id => $8,
+                      keys => $9) as e(id)`;
 
 // jsonb parameters: pg would turn a JS array into a Postgres array literal, so encode explicitly
 const json = (value) => (value === undefined || value === null ? null : JSON.stringify(value));
@@ -71,14 +72,15 @@ function options(o) {
  *  committed here). Resolves to the run id. */
 export async function enqueue(client, task, payload = {}, o = {}) {
   const { rows } = await client.query(ENQUEUE,
-    [task, json(payload ?? {}), ...options(o), o.idempotencyKey ?? null, o.parentRunId ?? null]);
+    [task, json(payload ?? {}), ...options(o), o.idempotencyKey ?? null, o.parentRunId ?? null, o.key ?? null]);
   return rows[0].id;
 }
 
 /** Enqueue one run per payload in one statement; resolves to the ids in payload order. */
 export async function enqueueMany(client, task, payloads, o = {}) {
   const { rows } = await client.query(ENQUEUE_MANY,
-    [task, payloads.map((p) => json(p ?? {})), ...options(o), o.idempotencyKeys ?? null, o.parentRunId ?? null]);
+    [task, payloads.map((p) => json(p ?? {})), ...options(o), o.idempotencyKeys ?? null, o.parentRunId ?? null,
+     o.keys ?? null]);
   return rows.map((r) => r.id);
 }
 

@@ -66,6 +66,12 @@ test('enqueue commits and rolls back with the caller\'s transaction', async () =
     const first = await enqueue(c, task, {}, { idempotencyKey: 'k-1' });
     assert.equal(await enqueue(c, task, {}, { idempotencyKey: 'k-1' }), first);
     assert.equal(await status(await enqueue(c, task, {}, { delay: 3_600_000 })), 'scheduled');
+    // concurrency keys, one per run
+    const keyed = [...await enqueueMany(c, task, [{}, {}], { keys: ['tenant-1', null] }),
+      await enqueue(c, task, {}, { key: 'tenant-2' })];
+    const keys = await Promise.all(keyed.map(async (id) =>
+      (await one('select concurrency_key as k from conveyor.runs where id = $1', [id])).k));
+    assert.deepEqual(keys, ['tenant-1', null, 'tenant-2']);
     await assert.rejects(enqueue(c, task, {}, { delay: 'soon' }), (e) => e.code === '22023' && /invalid duration "soon"/.test(e.message));
   } finally {
     await c.end();

@@ -53,6 +53,12 @@ def test_enqueue_commits_and_rolls_back_with_the_callers_transaction(db, queue):
         assert enqueue(conn, task, {}, idempotency_key="k-1") == first, "the same key returns the same run"
         later = enqueue(conn, task, delay=dt.timedelta(hours=1))
         assert status(db, later) == "scheduled"
+        # concurrency keys, one per run
+        keyed = enqueue_many(conn, task, [{}, {}], keys=["tenant-1", None]) + [enqueue(conn, task, key="tenant-2")]
+        keys = [r[0] for r in conn.execute(
+            "select concurrency_key from conveyor.runs r join unnest(%s::text[]::conveyor.ulid[]) with ordinality"
+            " as i(id, n) on r.id = i.id order by i.n", (keyed,))]
+        assert keys == ["tenant-1", None, "tenant-2"]
 
 
 def test_every_way_a_handler_ends_a_run(db, queue):

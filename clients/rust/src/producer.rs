@@ -18,13 +18,17 @@ pub struct EnqueueOptions {
     pub priority: Option<i32>,
     pub queue: Option<String>,
     pub parent_run_id: Option<Ulid>,
+    /// The run's concurrency key (a tenant, an account): key_concurrency and key_rate_limit
+    /// count per key, and the keys of a queue take turns. `enqueue_many` gives it to every run.
+    pub key: Option<String>,
 }
 
 const ENQUEUE: &str = "select conveyor.enqueue($1, $2, run_at => $3, delay => $4, priority => $5, queue => $6,
-                       idempotency_key => $7, parent_run_id => $8::conveyor.ulid)::uuid";
+                       idempotency_key => $7, parent_run_id => $8::conveyor.ulid, key => $9)::uuid";
 const ENQUEUE_MANY: &str = "select e.id::uuid from conveyor.enqueue_many($1, $2, run_at => $3, delay => $4,
                             priority => $5, queue => $6, idempotency_keys => $7,
-                            parent_run_id => $8::conveyor.ulid) as e(id)";
+                            parent_run_id => $8::conveyor.ulid,
+                            keys => array_fill($9::text, array[cardinality($2::jsonb[])])) as e(id)";
 
 /// Enqueue one run of `task` on `client` (a `Client` or a `Transaction`: nothing is committed
 /// here). With an idempotency key, enqueueing again returns the same run. Statements are
@@ -37,7 +41,7 @@ pub async fn enqueue(
     options: &EnqueueOptions,
 ) -> Result<Ulid, tokio_postgres::Error> {
     let o = options;
-    let params: [(&(dyn ToSql + Sync), Type); 8] = [
+    let params: [(&(dyn ToSql + Sync), Type); 9] = [
         (&task, Type::TEXT),
         (payload, Type::JSONB),
         (&o.run_at, Type::TIMESTAMPTZ),
@@ -46,6 +50,7 @@ pub async fn enqueue(
         (&o.queue, Type::TEXT),
         (&idempotency_key, Type::TEXT),
         (&o.parent_run_id, Type::UUID),
+        (&o.key, Type::TEXT),
     ];
     Ok(client.query_typed(ENQUEUE, &params).await?[0].get(0))
 }
@@ -59,7 +64,7 @@ pub async fn enqueue_many(
     options: &EnqueueOptions,
 ) -> Result<Vec<Ulid>, tokio_postgres::Error> {
     let o = options;
-    let params: [(&(dyn ToSql + Sync), Type); 8] = [
+    let params: [(&(dyn ToSql + Sync), Type); 9] = [
         (&task, Type::TEXT),
         (&payloads, Type::JSONB_ARRAY),
         (&o.run_at, Type::TIMESTAMPTZ),
@@ -68,6 +73,7 @@ pub async fn enqueue_many(
         (&o.queue, Type::TEXT),
         (&idempotency_keys, Type::TEXT_ARRAY),
         (&o.parent_run_id, Type::UUID),
+        (&o.key, Type::TEXT),
     ];
     Ok(client.query_typed(ENQUEUE_MANY, &params).await?.iter().map(|r| r.get(0)).collect())
 }

@@ -117,6 +117,17 @@ async fn enqueue_commits_and_rolls_back_with_the_callers_transaction_and_the_typ
     let scheduled = enqueue(&app, &task, &json!({}), Some("k-1"), &later).await.unwrap();
     assert_eq!(status(&db, scheduled).await, RunStatus::Scheduled);
     assert_eq!(enqueue(&app, &task, &json!({}), Some("k-1"), &later).await.unwrap(), scheduled);
+    // a concurrency key, given to every run of the call
+    let tenant = EnqueueOptions { key: Some("tenant-1".into()), ..Default::default() };
+    let keyed = enqueue_many(&app, &task, &[json!({}), json!({})], None, &tenant).await.unwrap();
+    let keys: Vec<Option<String>> = db
+        .query("select concurrency_key from conveyor.runs where id = any($1) order by id", &[&keyed])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(keys, vec![Some("tenant-1".to_string()); 2]);
     let d: Duration = db.query_one("select '1m30s'::conveyor.duration", &[]).await.unwrap().get(0);
     assert_eq!(d, Duration::from_secs(90));
     let back: String = db.query_one("select $1::conveyor.duration::text", &[&d]).await.unwrap().get(0);

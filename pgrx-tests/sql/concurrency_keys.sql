@@ -1,0 +1,114 @@
+-- Concurrency keys (enqueue's key, enqueue_many's keys): key_concurrency caps the running runs
+-- of one key (a queue's: its runs with the key; a task's: the task's runs with the key, in any
+-- queue), key_rate_limit the starts of one key. A key at its limit is skipped: the claim takes
+-- the runs of other keys behind it. The keys of a queue take turns (round-robin, fair_rank), so
+-- a small key is not stuck behind a flooded one. Every ending frees the key's slot.
+begin;
+select regress.at('2030-01-01 00:00:00+00');
+select conveyor.set_queue('kc', key_concurrency => 2);
+select conveyor.define_task('k.t', queue => 'kc', max_attempts => 3, delay => '0s');
+-- a flooded key first, then a small one, then a run without a key
+select count(*) from conveyor.enqueue_many('k.t', array_fill('{}'::jsonb, array[20]),
+                                           keys => array_fill('big'::text, array[20]));
+select count(*) from conveyor.enqueue_many('k.t', array['{"n": 1}', '{"n": 2}', '{"n": 3}']::jsonb[],
+                                           keys => array['small', 'small', 'small']);
+select conveyor.enqueue('k.t', '{}') is not null as unkeyed;
+
+-- the keys' turns: each key's runs count up from the queue's turn; the unkeyed run keeps 0
+select concurrency_key, min(fair_rank), max(fair_rank), count(*)
+from conveyor.runs where queue = 'kc' group by concurrency_key order by concurrency_key nulls first;
+-- in claim order the keys alternate
+select string_agg(coalesce(concurrency_key, '-'), ' ' order by priority, fair_rank, run_at, id)
+from (select * from conveyor.runs where queue = 'kc' order by priority, fair_rank, run_at, id limit 7) r;
+
+-- a claim of 10 takes 2 of each key (the limit) and the unkeyed run: the big key at its limit
+-- does not stop the claim from reaching the small key's third run... which is at its limit too
+select coalesce(r.concurrency_key, '-') as key, count(*)
+from conveyor.claim_runs('kc', 'w', 10) c join conveyor.runs r on r.id = c.run_id group by 1 order by 1;
+-- nothing more while they run, and no run waits because of another key
+select count(*) as claimed from conveyor.claim_runs('kc', 'w', 10);
+select concurrency_key, count(*) filter (where status = 'running') as running,
+       count(*) filter (where status = 'queued') as queued
+from conveyor.runs where queue = 'kc' and concurrency_key is not null group by 1 order by 1;
+
+-- every ending frees the key's slot: a success, a failure that retries, a release, a cancel
+select conveyor.complete_run(r.id, r.lease_token)
+from conveyor.runs r where r.queue = 'kc' and r.concurrency_key = 'big' and r.status = 'running'
+order by r.id limit 1;
+select coalesce(r.concurrency_key, '-') as key, count(*)
+from conveyor.claim_runs('kc', 'w', 10) c join conveyor.runs r on r.id = c.run_id group by 1 order by 1;
+select conveyor.fail_run(r.id, r.lease_token, 'boom')
+from conveyor.runs r where r.queue = 'kc' and r.concurrency_key = 'big' and r.status = 'running'
+order by r.id limit 1;
+select conveyor.release_run(r.id, r.lease_token, '0s')
+from conveyor.runs r where r.queue = 'kc' and r.concurrency_key = 'small' and r.status = 'running'
+order by r.id limit 1;
+-- (a cancel request ends the attempt as stopped when the worker gives up the run)
+select conveyor.cancel_run(r.id), conveyor.fail_run(r.id, r.lease_token, 'stopping')
+from conveyor.runs r where r.queue = 'kc' and r.concurrency_key = 'small' and r.status = 'running'
+order by r.id limit 1;
+select count(*) >= 0 from conveyor.tick();
+select coalesce(r.concurrency_key, '-') as key, count(*)
+from conveyor.claim_runs('kc', 'w', 10) c join conveyor.runs r on r.id = c.run_id group by 1 order by 1;
+select concurrency_key, count(*) as running from conveyor.runs
+where queue = 'kc' and status = 'running' group by 1 order by 1;
+-- a lease that expires (crashed) frees the slot too
+select regress.at('2030-01-01 00:01:00+00');
+select count(*) >= 0 from conveyor.tick();
+select count(*) as running from conveyor.runs where queue = 'kc' and status = 'running';
+select coalesce(r.concurrency_key, '-') as key, count(*)
+from conveyor.claim_runs('kc', 'w', 10) c join conveyor.runs r on r.id = c.run_id group by 1 order by 1;
+
+-- a task's key_concurrency counts the task's runs with the key in every queue
+select conveyor.define_task('k.acct', queue => 'ka', key_concurrency => 1);
+select conveyor.set_queue('kb');
+select conveyor.enqueue('k.acct', key => 'acct-1') is not null;
+select conveyor.enqueue('k.acct', queue => 'kb', key => 'acct-1') is not null;
+select conveyor.enqueue('k.acct', queue => 'kb', key => 'acct-2') is not null;
+select r.queue, r.concurrency_key from conveyor.claim_runs('ka', 'w', 10) c join conveyor.runs r on r.id = c.run_id;
+select r.queue, r.concurrency_key from conveyor.claim_runs('kb', 'w', 10) c join conveyor.runs r on r.id = c.run_id;
+
+-- key_rate_limit: at most N starts of one key per window; other keys go on
+select conveyor.set_queue('kr', key_rate_limit => '2/10s');
+select conveyor.define_task('k.r', queue => 'kr');
+select count(*) from conveyor.enqueue_many('k.r', array_fill('{}'::jsonb, array[6]),
+                                           keys => array['a', 'a', 'a', 'a', 'b', 'b']);
+select r.concurrency_key, count(*) from conveyor.claim_runs('kr', 'w', 10) c join conveyor.runs r on r.id = c.run_id group by 1 order by 1;
+select count(*) as claimed from conveyor.claim_runs('kr', 'w', 10);
+select regress.at('2030-01-01 00:01:10+00');
+select r.concurrency_key, count(*) from conveyor.claim_runs('kr', 'w', 10) c join conveyor.runs r on r.id = c.run_id group by 1 order by 1;
+select scope, name, key, n from conveyor._rate_starts where key is not null order by at, key;
+-- the views and metrics show the keys held back
+select scope, name, key_concurrency, key_rate_limit, keys_at_limit, held_back from conveyor.key_limits order by scope, name;
+select line from regexp_split_to_table(conveyor.metrics(), E'\n') as line
+where line ~ '^conveyor_key_limit' order by line;
+-- tick prunes key starts two periods and 10 minutes old; removing the limit drops them
+select regress.at('2030-01-01 00:12:00+00');
+select count(*) >= 0 from conveyor.tick();
+select count(*) as key_starts from conveyor._rate_starts where key is not null;
+select conveyor.set_queue('kr');
+rollback;
+
+-- a claim under a key limit needs READ COMMITTED (checked as it meets a keyed run)
+
+begin isolation level repeatable read;
+select conveyor.set_queue('kq3', key_concurrency => 1);
+select conveyor.define_task('k.rr', queue => 'kq3');
+select conveyor.enqueue('k.rr', key => 'x') is not null;
+select regress.try($$select count(*) from conveyor.claim_runs('kq3', 'w', 1)$$);
+rollback;
+
+-- bad values are refused with CV010 or 22023, nothing stored
+begin;
+select regress.try($$select conveyor.set_queue('kq2', key_concurrency => 0)$$);
+select regress.try($$select conveyor.set_queue('kq2', key_concurrency => -1)$$);
+select regress.try($$select conveyor.define_task('k.bad', key_rate_limit => '5')$$);
+select regress.try($$select conveyor.define_task('k.bad', key_rate_limit => '0/1s')$$);
+select regress.try($$select conveyor.define_task('k.bad', options => '{"key_concurrency": "two"}')$$);
+select count(*) from conveyor.queues where name = 'kq2';
+select count(*) from conveyor.tasks where name = 'k.bad';
+select conveyor.define_task('k.ok');
+select regress.try($$select conveyor.enqueue('k.ok', key => repeat('k', 513))$$);
+select regress.try($$select conveyor.enqueue_many('k.ok', array['{}', '{}']::jsonb[], keys => array['a'])$$);
+select count(*) from conveyor.runs where task = 'k.ok';
+rollback;
