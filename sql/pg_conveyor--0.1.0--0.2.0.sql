@@ -255,8 +255,8 @@ create table conveyor._rate_starts (
     -- the claim's time (the runs' started_at) and how many runs it started
     at timestamptz not null,
     n integer not null,
-    -- a key_rate_limit's key (scope queue_key or task_key, shard 0): the key's lock (claim_runs)
-    -- stands for a shard's row
+    -- a key_rate_limit's key (scope queue_key or task_key; shard: the key limit's shard, whose
+    -- lock in claim_runs stands for a shard's row)
     key text
 );
 comment on table conveyor._rate_starts is 'runs started per claim under a rate limit shard (kept two periods; tick prunes)';
@@ -287,7 +287,8 @@ select pg_catalog.pg_extension_config_dump('conveyor._rate_starts', '');
 -- set as it becomes queued (_fair_rank, a row trigger only for keyed runs), and the claim
 -- order puts it after priority. A run without a key keeps 0, so a queue without keys is claimed
 -- in the order it was. Columns appended, as a fresh install has them.
-alter table conveyor.runs add column concurrency_key text, add column fair_rank bigint not null default 0;
+alter table conveyor.runs add column concurrency_key text, add column fair_rank bigint not null default 0,
+    add column queue_key_shard smallint, add column task_key_shard smallint;
 alter table conveyor.queues add column key_concurrency integer, add column key_rate_limit_n integer,
     add column key_rate_limit_period interval;
 alter table conveyor.tasks add column key_concurrency integer, add column key_rate_limit_n integer,
@@ -302,9 +303,15 @@ create index runs_claimable on conveyor.runs (queue, priority, fair_rank, run_at
 create index runs_queued_by_key on conveyor.runs (queue, priority, concurrency_key, fair_rank)
     where status = 'queued' and concurrency_key is not null;
 
--- (0.2.0) claim under key limits: the running runs of a key
-create index runs_running_by_key on conveyor.runs (concurrency_key, queue, task)
+-- (0.2.0) claim under key limits: the running runs of a key, with the shards they started
+-- under (an index-only read, which the planner prefers even before it has statistics)
+create index runs_running_by_key on conveyor.runs (concurrency_key, queue, task) include (queue_key_shard, task_key_shard)
     where status = 'running' and concurrency_key is not null;
+
+-- (0.2.0) _fair_rank: the turn a queue is serving (its running keyed runs' latest; turn 0 needs
+-- no entry, and claims counting a key's running runs have runs_running_by_key to themselves)
+create index runs_running_turn on conveyor.runs (queue, priority, fair_rank)
+    where status = 'running' and concurrency_key is not null and fair_rank > 0;
 -- enqueue and enqueue_many take key and keys: the old signatures are dropped (the new are
 -- created by sql/functions/enqueue.sql and granted by sql/functions/roles.sql)
 drop function conveyor.enqueue(text, jsonb, timestamptz, conveyor.duration, integer, text, text, conveyor.ulid);
@@ -1679,6 +1686,8 @@ begin
     if exists (select from conveyor.runs r where r.queue = drop_queue.name and conveyor._live(r.status)) then
         perform conveyor._raise_queue_in_use(drop_queue.name, 'it holds unfinished runs');
     end if;
+    -- its rate limit's shards and starts, and its keys' starts
+    perform conveyor._set_rate_limit('queue', drop_queue.name, null, null);
     delete from conveyor.queues q where q.name = drop_queue.name;
 end
 $$;
@@ -2125,9 +2134,13 @@ declare
     v_started_queues text[] := '{}';
     v_started_tasks text[] := '{}';
     v_started_keys text[] := '{}';
+    v_started_qshards smallint[] := '{}';
+    v_started_tshards smallint[] := '{}';
     v_round_queues text[];
     v_round_tasks text[];
     v_round_keys text[];
+    v_round_qshards smallint[];
+    v_round_tshards smallint[];
     v_queue text;
     v_take integer;
     -- key limits (key_concurrency, key_rate_limit) of the open queues and of the tasks: scope
@@ -2138,18 +2151,24 @@ declare
     v_kl_conc integer[];
     v_kl_rate_n integer[];
     v_kl_rate_p interval[];
-    -- this round's keys under a limit (scope, name, key), with the runs each may still start
+    -- this round's keys under a limit (scope, name, key), the shard of the limit taken for each
+    -- (null: none free with room) and the runs each may still start under it
     v_gate_scopes text[];
     v_gate_names text[];
     v_gate_keys text[];
-    v_gate_locked boolean[];
-    v_gate_rate_n integer[];
+    v_gate_shards smallint[];
     v_gate_allowed integer[];
+    -- the shards the runs chosen start under (aligned with v_ids)
+    v_id_qshards smallint[];
+    v_id_tshards smallint[];
     -- the keys of these rounds that may start no more runs (_key_ref), left out of later rounds
     v_full_keys text[] := '{}';
     v_since timestamptz;
     v_held boolean;
+    -- the keys of this round's candidates
+    v_keys text[];
     v_cand conveyor._candidate[];
+    v_part conveyor._candidate[];
 begin
     if v_worker is null or btrim(v_worker) = '' or length(v_worker) > 200 then
         perform conveyor._raise_invalid('worker must name the claiming worker (1 to 200 characters), e.g. host:pid');
@@ -2179,7 +2198,10 @@ begin
           select 'task', t.name, t.key_concurrency, t.key_rate_limit_n, t.key_rate_limit_period
           from conveyor.tasks t
           where (t.key_concurrency is not null or t.key_rate_limit_n is not null)
-            and (claim_runs.tasks is null or t.name = any(claim_runs.tasks))) l;
+            and (claim_runs.tasks is null or t.name = any(claim_runs.tasks))
+            -- (only those with runs this claim could take: a key limit elsewhere costs it nothing)
+            and exists (select from conveyor.runs r
+                        where r.task = t.name and r.status = 'queued' and r.queue = any(v_open))) l;
     v_keyed := v_kl_scopes is not null;
 
     -- Rate limits: a queue without room is left out of this claim, a task without room is
@@ -2247,105 +2269,181 @@ begin
                         limit v_take
                         for no key update skip locked);
                 else
-                    v_cand := v_cand || array(
-                        select row(p.id, p.task, p.priority, p.run_at, p.queue, p.concurrency_key, p.fair_rank)::conveyor._candidate
-                        from conveyor.runs p
-                        where p.status = 'queued' and p.queue = v_queue
-                          and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
-                          and not conveyor._held_back(p.queue, p.task, p.concurrency_key, v_full_tasks, v_full_keys)
-                        order by p.priority, p.fair_rank, p.run_at, p.id
-                        limit v_take
-                        for no key update skip locked);
+                    -- keys at their limit (or tasks without room) to look past: by key, when the
+                    -- queue's queued runs have few keys (the runs of the keys at their limit are
+                    -- never read), else in claim order, past them
+                    v_part := case when cardinality(v_full_keys) > 0 then
+                        conveyor._candidates_by_key(v_queue, claim_runs.tasks, v_full_tasks, v_full_keys, v_take) end;
+                    if v_part is null then
+                        v_part := array(
+                            select row(p.id, p.task, p.priority, p.run_at, p.queue, p.concurrency_key, p.fair_rank)::conveyor._candidate
+                            from conveyor.runs p
+                            where p.status = 'queued' and p.queue = v_queue
+                              and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
+                              and not conveyor._held_back(p.queue, p.task, p.concurrency_key, v_full_tasks, v_full_keys)
+                            order by p.priority, p.fair_rank, p.run_at, p.id
+                            limit v_take
+                            for no key update skip locked);
+                    end if;
+                    v_cand := v_cand || v_part;
                 end if;
             end loop;
             v_gate_scopes := null;
             if v_keyed then
-                -- each key under a limit among the candidates, locked for this transaction if no
-                -- other claim holds it (tried, never waited for: a key another claim holds is
-                -- left for now). Claims of one key take turns, so the next statement, which
-                -- counts the key's running runs and starts, sees every one committed before.
-                select array_agg(g.scope), array_agg(g.name), array_agg(g.key), array_agg(g.locked), array_agg(g.rate_n)
-                into v_gate_scopes, v_gate_names, v_gate_keys, v_gate_locked, v_gate_rate_n
-                from (
-                    select k.*, pg_try_advisory_xact_lock(conveyor._key_lock_class(),
-                                                         hashtext(conveyor._key_ref(k.scope, k.name, k.key))) as locked
-                    from (select distinct l.scope, l.name, c.concurrency_key as key, l.conc, l.rate_n, l.rate_p
-                          from unnest(v_cand) c
-                          join unnest(v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n, v_kl_rate_p)
-                               as l(scope, name, conc, rate_n, rate_p)
-                            on l.name = case l.scope when 'queue' then c.queue else c.task end
-                          where c.concurrency_key is not null
-                          offset 0) k
-                ) g;
+                v_keys := array(select distinct c.concurrency_key from unnest(v_cand) c where c.concurrency_key is not null);
+            end if;
+            if v_keyed and cardinality(v_keys) > 0 then
+                -- each key under a limit among the candidates takes shards of that limit for this
+                -- transaction (_key_shards: up to 8, whose shares add up to the limit): an
+                -- advisory lock per shard, tried and never waited for. A key that gets none is
+                -- left for now. Claims of one shard take turns, so the next statement, which
+                -- counts the shard's running runs and starts, sees every one committed before.
+                -- (the shards tried: from one that depends on the session and the key, so that
+                -- concurrent claims of a key start at different shards, as many as the key's
+                -- candidates need at each shard's full share; one whose lock another claim holds
+                -- is passed over)
+                with k as (
+                    select l.scope, l.name, c.concurrency_key as key, l.conc, l.rate_n,
+                           conveyor._key_shards(l.conc, l.rate_n) as shards, count(*) as want
+                    from unnest(v_cand) c
+                    join unnest(v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n) as l(scope, name, conc, rate_n)
+                      on l.name = case l.scope when 'queue' then c.queue else c.task end
+                    where c.concurrency_key is not null
+                    group by l.scope, l.name, c.concurrency_key, l.conc, l.rate_n
+                ),
+                tried as (
+                    select k.scope, k.name, k.key,
+                           ((abs(hashtext(k.key)) + v_pid + i) % k.shards)::smallint as shard
+                    from k
+                    cross join lateral generate_series(0, least(k.shards,
+                        ceil(k.want::numeric / least(coalesce(conveyor._key_share(k.conc, k.shards, 0), k.want),
+                                                     coalesce(conveyor._key_share(k.rate_n, k.shards, 0), k.want)))::integer) - 1) as i
+                    offset 0
+                ),
+                locked as (
+                    select t.scope, t.name, t.key, t.shard
+                    from tried t
+                    where pg_try_advisory_xact_lock(conveyor._key_lock_class(),
+                                                    hashtext(conveyor._key_ref(t.scope, t.name, t.key) || E'\x1f' || t.shard))
+                )
+                select array_agg(k.scope), array_agg(k.name), array_agg(k.key), array_agg(x.shard)
+                into v_gate_scopes, v_gate_names, v_gate_keys, v_gate_shards
+                from k
+                left join locked x on (x.scope, x.name, x.key) = (k.scope, k.name, k.key);
             end if;
             if v_gate_scopes is not null then
                 if current_setting('transaction_isolation') <> 'read committed' then
                     perform conveyor._raise_invalid('a claim under a key limit needs READ COMMITTED (it must see every start committed before it)');
                 end if;
-                -- the room of each key: its limit less its running runs (and its starts of the
-                -- rate window), as committed now
+                -- the room of each key under each shard it holds: the shard's share of the limit
+                -- less the key's running runs (and starts of the rate window) under it, as
+                -- committed now. Runs and starts under no shard of this limit (taken before it was
+                -- set or changed) count against every shard.
                 v_since := conveyor._clock_now();
                 v_gate_allowed := array(
-                    select case when not g.locked then 0 else greatest(least(
-                        coalesce(l.conc - (select count(*) from conveyor.runs r
-                                           where r.status = 'running' and r.concurrency_key = g.key
-                                             and case g.scope when 'queue' then r.queue = g.name else r.task = g.name end), v_want),
-                        coalesce(l.rate_n - (select coalesce(sum(s.n), 0) from conveyor._rate_starts s
-                                             where s.scope = g.scope || '_key' and s.name = g.name and s.key = g.key
-                                               and s.at > v_since - l.rate_p), v_want)), 0)::integer end
-                    from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_locked) with ordinality as g(scope, name, key, locked, i)
-                    join unnest(v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n, v_kl_rate_p) as l(scope, name, conc, rate_n, rate_p)
-                      on (l.scope, l.name) = (g.scope, g.name)
+                    with l as (
+                        select x.*, conveyor._key_shards(x.conc, x.rate_n) as shards
+                        from unnest(v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n, v_kl_rate_p) as x(scope, name, conc, rate_n, rate_p)
+                    ),
+                    g as (
+                        select g.*, l.conc, l.rate_n, l.rate_p, l.shards
+                        from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_shards) with ordinality as g(scope, name, key, shard, i)
+                        join l on (l.scope, l.name) = (g.scope, g.name)
+                    ),
+                    -- the keys' running runs per shard (-1: under none of this limit's), as committed now
+                    used as materialized (
+                        select * from conveyor._key_use(v_keys, v_kl_scopes, v_kl_names,
+                                                        array(select conveyor._key_shards(x.conc, x.rate_n)
+                                                              from unnest(v_kl_conc, v_kl_rate_n) as x(conc, rate_n)))
+                    )
+                    select case when g.shard is null then 0 else greatest(least(
+                        case when g.conc is null then v_want
+                             else conveyor._key_share(g.conc, g.shards, g.shard) - coalesce(u.n, 0) - coalesce(w.n, 0) end,
+                        case when g.rate_n is null then v_want
+                             else conveyor._key_share(g.rate_n, g.shards, g.shard)
+                                  - (select coalesce(sum(s.n), 0) from conveyor._rate_starts s
+                                     where s.scope = g.scope || '_key' and s.name = g.name and s.key = g.key
+                                       and s.at > v_since - g.rate_p
+                                       and not (s.shard between 0 and g.shards - 1 and s.shard <> g.shard))
+                                  -- and this claim's starts of the earlier rounds (recorded at its end)
+                                  - (select count(*) from unnest(v_started_queues, v_started_tasks, v_started_keys,
+                                                                 v_started_qshards, v_started_tshards) as x(queue, task, key, qshard, tshard)
+                                     where x.key = g.key
+                                       and case g.scope when 'queue' then x.queue = g.name and x.qshard = g.shard
+                                                        else x.task = g.name and x.tshard = g.shard end) end), 0)::integer end
+                    from g
+                    left join used u on (u.scope, u.name, u.key, u.shard) = (g.scope, g.name, g.key, g.shard)
+                    left join used w on (w.scope, w.name, w.key, w.shard) = (g.scope, g.name, g.key, -1)
                     order by g.i);
                 -- the runs start after that count: no attempt that ended before it was counted
                 -- seems to overlap theirs
                 v_now := conveyor._clock_now();
             end if;
-            select array_agg(c.id order by c.priority, c.fair_rank, c.run_at, c.id) into v_ids from (
-                select c.id, c.priority, c.fair_rank, c.run_at
-                from (
-                    select c.*,
-                           row_number() over (partition by c.task order by c.priority, c.fair_rank, c.run_at, c.id) as in_task,
-                           row_number() over (partition by c.queue, c.concurrency_key order by c.priority, c.fair_rank, c.run_at, c.id) as in_queue_key,
-                           row_number() over (partition by c.task, c.concurrency_key order by c.priority, c.fair_rank, c.run_at, c.id) as in_task_key
-                    from unnest(v_cand) as c
-                ) c
-                -- the room of the run's key under its queue's key limit and under its task's
-                left join unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_allowed) as gq(scope, name, key, room)
-                  on gq.scope = 'queue' and gq.name = c.queue and gq.key = c.concurrency_key
-                left join unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_allowed) as gt(scope, name, key, room)
-                  on gt.scope = 'task' and gt.name = c.task and gt.key = c.concurrency_key
+            -- the best candidates within each task's room and each key's, and the shard each
+            -- key's nth run starts under: the shard whose rooms, added up in shard order, reach n
+            with cand as (
+                select c.*,
+                       -- (queues are merged by the turns counted from each queue's first candidate's)
+                       c.fair_rank - min(c.fair_rank) over (partition by c.queue, c.priority) as turn,
+                       row_number() over (partition by c.task order by c.priority, c.fair_rank, c.run_at, c.id) as in_task,
+                       row_number() over (partition by c.queue, c.concurrency_key order by c.priority, c.fair_rank, c.run_at, c.id) as in_queue_key,
+                       row_number() over (partition by c.task, c.concurrency_key order by c.priority, c.fair_rank, c.run_at, c.id) as in_task_key
+                from unnest(v_cand) as c
+            ),
+            gate as (
+                select g.scope, g.name, g.key, g.shard, g.room,
+                       coalesce(sum(g.room) over (partition by g.scope, g.name, g.key order by g.shard
+                                                  rows between unbounded preceding and 1 preceding), 0) as before
+                from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_shards, v_gate_allowed) as g(scope, name, key, shard, room)
+            ),
+            taken as (
+                select c.id, c.priority, c.turn, c.run_at, gq.shard as queue_shard, gt.shard as task_shard
+                from cand c
+                left join gate gq on gq.scope = 'queue' and gq.name = c.queue and gq.key = c.concurrency_key
+                                 and c.in_queue_key > gq.before and c.in_queue_key <= gq.before + gq.room
+                left join gate gt on gt.scope = 'task' and gt.name = c.task and gt.key = c.concurrency_key
+                                 and c.in_task_key > gt.before and c.in_task_key <= gt.before + gt.room
                 where c.in_task <= coalesce(v_task_caps[array_position(v_cap_tasks, c.task)], v_want)
-                  and c.in_queue_key <= coalesce(gq.room, v_want)
-                  and c.in_task_key <= coalesce(gt.room, v_want)
-                order by c.priority, c.fair_rank, c.run_at, c.id
+                  -- a key under a limit starts only within the room of the shards it holds
+                  and (gq.shard is not null or not exists (select from gate g where g.scope = 'queue' and g.name = c.queue
+                                                                                and g.key = c.concurrency_key))
+                  and (gt.shard is not null or not exists (select from gate g where g.scope = 'task' and g.name = c.task
+                                                                               and g.key = c.concurrency_key))
+                order by c.priority, c.turn, c.run_at, c.id
                 limit v_want
-            ) c;
+            )
+            select array_agg(t.id order by t.priority, t.turn, t.run_at, t.id),
+                   array_agg(t.queue_shard order by t.priority, t.turn, t.run_at, t.id),
+                   array_agg(t.task_shard order by t.priority, t.turn, t.run_at, t.id)
+            into v_ids, v_id_qshards, v_id_tshards
+            from taken t;
             -- candidates left over for a task's or key's room: another round may find others
             v_held := cardinality(v_cand) > coalesce(cardinality(v_ids), 0);
             exit when v_ids is null and not v_held;
             -- (none may fit this round: the update below then takes none, never the next in line)
             v_ids := coalesce(v_ids, '{}');
         elsif cardinality(v_open) > 1 then
-            -- the best candidates of each queue, then the best of those, locked
+            -- the best candidates of each queue, then the best of those, locked. Queues are
+            -- merged by priority, then by each run's turn counted from its queue's first
+            -- candidate's (turns are a queue's own), then by due time
             select array_agg(r.id) into v_ids from (
                 select r.id from conveyor.runs r
-                where r.id in (
-                    select c.id
+                join (
+                    select c.id, c.priority, c.fair_rank - min(c.fair_rank) over (partition by c.queue, c.priority) as turn, c.run_at
                     from unnest(v_open) as q(name)
                     cross join lateral (
-                        select r2.id, r2.priority, r2.fair_rank, r2.run_at from conveyor.runs r2
+                        select r2.id, r2.queue, r2.priority, r2.fair_rank, r2.run_at from conveyor.runs r2
                         where r2.status = 'queued' and r2.queue = q.name
                           and (claim_runs.tasks is null or r2.task = any(claim_runs.tasks))
                         order by r2.priority, r2.fair_rank, r2.run_at, r2.id
                         limit v_want * 2
                     ) c
-                    order by c.priority, c.fair_rank, c.run_at, c.id
-                    limit v_want * 2)
-                  and r.status = 'queued'
-                order by r.priority, r.fair_rank, r.run_at, r.id
+                    order by 2, 3, 4, 1
+                    limit v_want * 2) c on c.id = r.id
+                where r.status = 'queued'
+                order by c.priority, c.turn, c.run_at, c.id
                 limit v_want
-                for no key update skip locked
+                for no key update of r skip locked
             ) r;
             exit when v_ids is null;
         end if;
@@ -2365,7 +2463,10 @@ begin
                 session_pid = case when coalesce(claim_runs.bind_session, c.bind_session, r.queue = any(v_binding))
                                    then v_pid end,
                 session_started_at = case when coalesce(claim_runs.bind_session, c.bind_session, r.queue = any(v_binding))
-                                          then v_started end
+                                          then v_started end,
+                -- under key limits: the shard of each limit the run starts under (else none)
+                queue_key_shard = case when v_gate_scopes is not null then v_id_qshards[array_position(v_ids, r.id)] end,
+                task_key_shard = case when v_gate_scopes is not null then v_id_tshards[array_position(v_ids, r.id)] end
             from conveyor.task_config c
             where c.name = r.task
               and r.id = any(coalesce(v_ids, array(
@@ -2379,7 +2480,7 @@ begin
                   for no key update skip locked)))
             returning r.id, r.lease_token, r.task, r.queue, r.payload, r.attempts + 1 as attempt, r.failures, r.releases,
                       r.attempt_id, r.priority, r.parent_run_id, r.lease_expires_at, r.timeout_at, r.run_at, c.enabled,
-                      r.session_pid is not null as bound, r.fair_rank, r.concurrency_key
+                      r.session_pid is not null as bound, r.fair_rank, r.concurrency_key, r.queue_key_shard, r.task_key_shard
         )
         select
             array_agg(row(c.id, c.lease_token, c.task, c.queue, c.payload, c.attempt, c.failures, c.releases,
@@ -2391,23 +2492,17 @@ begin
             v_bound or coalesce(bool_or(c.bound and c.enabled), false),
             -- the runs that start work (a disabled task's run fails at once and is no start)
             array_agg(c.queue) filter (where c.enabled), array_agg(c.task) filter (where c.enabled),
-            array_agg(c.concurrency_key) filter (where c.enabled)
-        into v_batch, v_disabled, v_bound, v_round_queues, v_round_tasks, v_round_keys
+            array_agg(c.concurrency_key) filter (where c.enabled),
+            array_agg(c.queue_key_shard) filter (where c.enabled), array_agg(c.task_key_shard) filter (where c.enabled)
+        into v_batch, v_disabled, v_bound, v_round_queues, v_round_tasks, v_round_keys, v_round_qshards, v_round_tshards
         from claimed c;
 
         v_claimed := v_claimed || coalesce(v_batch, '{}');
         v_started_queues := v_started_queues || coalesce(v_round_queues, '{}');
         v_started_tasks := v_started_tasks || coalesce(v_round_tasks, '{}');
         v_started_keys := v_started_keys || coalesce(v_round_keys, '{}');
-        if v_gate_scopes is not null then
-            -- the keys with no room left (or another claim's) sit out the next rounds
-            v_full_keys := v_full_keys || array(
-                select conveyor._key_ref(g.scope, g.name, g.key)
-                from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_allowed) as g(scope, name, key, allowed)
-                where g.allowed <= (select count(*) from unnest(v_round_queues, v_round_tasks, v_round_keys) as x(queue, task, key)
-                                    where x.key = g.key
-                                      and case g.scope when 'queue' then x.queue = g.name else x.task = g.name end));
-        end if;
+        v_started_qshards := v_started_qshards || coalesce(v_round_qshards, '{}');
+        v_started_tshards := v_started_tshards || coalesce(v_round_tshards, '{}');
         exit when v_disabled is null and not coalesce(v_held, false);
         if v_disabled is not null then
             perform conveyor._end_attempts(v_disabled);
@@ -2424,6 +2519,20 @@ begin
         end if;
         v_want := claim_runs.max - cardinality(v_claimed);
         exit when v_want <= 0 or v_round >= 10;
+        if v_gate_scopes is not null then
+            -- (only for another round) the keys with no room left in the shards they hold (or
+            -- none) sit out the next rounds, and so does every key at its limit now (as
+            -- committed, and with this claim's runs): the next round looks past all of them at
+            -- once, however many there are
+            v_full_keys := v_full_keys || array(
+                select conveyor._key_ref(g.scope, g.name, g.key)
+                from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_allowed) as g(scope, name, key, allowed)
+                group by g.scope, g.name, g.key
+                having sum(g.allowed) <= (select count(*) from unnest(v_round_queues, v_round_tasks, v_round_keys) as x(queue, task, key)
+                                          where x.key = g.key
+                                            and case g.scope when 'queue' then x.queue = g.name else x.task = g.name end))
+              || conveyor._keys_at_limit(v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n, v_kl_rate_p);
+        end if;
     end loop;
     if v_rated and cardinality(v_started_queues) > 0 then
         -- this claim's starts, in the window of each limit it started runs under (the rows of
@@ -2451,12 +2560,13 @@ begin
         -- this claim's starts under each key rate limit (the key's lock is this transaction's
         -- until it commits)
         insert into conveyor._rate_starts (scope, name, shard, at, n, key)
-        select l.scope || '_key', l.name, 0, v_now, count(*), x.key
-        from unnest(v_started_queues, v_started_tasks, v_started_keys) as x(queue, task, key)
+        select l.scope || '_key', l.name, case l.scope when 'queue' then x.qshard else x.tshard end, v_now, count(*), x.key
+        from unnest(v_started_queues, v_started_tasks, v_started_keys, v_started_qshards, v_started_tshards)
+             as x(queue, task, key, qshard, tshard)
         join unnest(v_kl_scopes, v_kl_names, v_kl_rate_n) as l(scope, name, rate_n)
           on l.name = case l.scope when 'queue' then x.queue else x.task end
         where x.key is not null and l.rate_n is not null
-        group by l.scope, l.name, x.key;
+        group by 1, 2, 3, x.key;
     end if;
     if v_bound then
         -- the session's row, written once per session; only tick deletes it, once it is gone
@@ -2747,6 +2857,148 @@ language sql
 immutable
 as $$ select 1885823851 $$;
 
+-- _key_shards: how many shards a key limit is split into (up to 8, none with a share of 0 of
+-- its concurrency or its rate), so that as many claims of one key can go at once.
+create or replace function conveyor._key_shards(p_conc integer, p_rate integer)
+returns integer
+language sql
+immutable
+as $$ select least(8, coalesce(p_conc, 8), coalesce(p_rate, 8)) $$;
+
+-- _key_share: a shard's share of a key limit of N split into p_shards (null: no such limit).
+create or replace function conveyor._key_share(p_n integer, p_shards integer, p_shard integer)
+returns integer
+language sql
+immutable
+as $$ select p_n / p_shards + (p_shard < p_n % p_shards)::integer $$;
+
+-- _key_use: the running runs of these keys under each of these key limits (scope, name, and
+-- its number of shards), per shard of the limit: -1 for those under none of its shards (claimed
+-- before it was set or changed; they count against every shard). One read of the keys' running
+-- runs (runs_running_by_key).
+create or replace function conveyor._key_use(p_keys text[], p_scopes text[], p_names text[], p_shards integer[])
+returns table (scope text, name text, key text, shard smallint, n bigint)
+language sql
+stable
+-- (no settings of its own: inlined where it is used, a claim under the claim's search_path)
+as $$
+    select l.scope, l.name, r.concurrency_key,
+           case when x.s between 0 and l.shards - 1 then x.s else -1 end::smallint, count(*)
+    from (select r.concurrency_key, r.queue, r.task, r.queue_key_shard, r.task_key_shard
+          from conveyor.runs r
+          where r.status = 'running' and r.concurrency_key = any(p_keys)
+          offset 0) r
+    join unnest(p_scopes, p_names, p_shards) as l(scope, name, shards)
+      on l.name = case l.scope when 'queue' then r.queue else r.task end
+    cross join lateral (select case l.scope when 'queue' then r.queue_key_shard else r.task_key_shard end as s) x
+    group by 1, 2, 3, 4
+$$;
+
+-- _keys_at_limit: the keys (_key_ref) at these key limits now, as committed: as many runs
+-- running as key_concurrency, or as many starts in the rate window as key_rate_limit. Read from
+-- the running keyed runs (runs_running_by_key) and the starts of the windows, never from the
+-- queued runs.
+create or replace function conveyor._keys_at_limit(p_scopes text[], p_names text[], p_conc integer[],
+                                                   p_rate_n integer[], p_rate_p interval[])
+returns text[]
+language sql
+stable
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+    select coalesce(array_agg(distinct x.ref), '{}') from (
+        select conveyor._key_ref(l.scope, l.name, r.concurrency_key) as ref
+        from unnest(p_scopes, p_names, p_conc) as l(scope, name, conc)
+        join conveyor.runs r
+          on r.status = 'running' and r.concurrency_key is not null
+         and case l.scope when 'queue' then r.queue = l.name else r.task = l.name end
+        where l.conc is not null
+        group by l.scope, l.name, r.concurrency_key, l.conc
+        having count(*) >= l.conc
+        union all
+        select conveyor._key_ref(l.scope, l.name, s.key)
+        from unnest(p_scopes, p_names, p_rate_n, p_rate_p) as l(scope, name, rate_n, period)
+        join conveyor._rate_starts s
+          on s.scope = l.scope || '_key' and s.name = l.name and s.at > conveyor._clock_now() - l.period
+        where l.rate_n is not null
+        group by l.scope, l.name, s.key, l.rate_n
+        having sum(s.n) >= l.rate_n) x
+$$;
+
+-- _candidates_by_key: a later round of a claim under key limits, in one queue: the best queued
+-- runs (up to p_take, locked SKIP LOCKED) but those of the keys and tasks it must leave out
+-- (p_full_keys, _key_ref; p_full_tasks), read key by key (runs_queued_by_key) so that the runs of
+-- a key at its limit are never read at all, and the runs without a key (turn 0, by priority).
+-- Null when the queue's queued runs have more than 200 (priority, key) pairs: the claim then
+-- reads the queue in claim order, past the keys left out.
+create or replace function conveyor._candidates_by_key(p_queue text, p_tasks text[], p_full_tasks text[],
+                                                       p_full_keys text[], p_take integer)
+returns conveyor._candidate[]
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_priorities smallint[];
+    v_keys text[];
+begin
+    -- the (priority, key) pairs of the queued keyed runs, skipping from one to the next in the index
+    with recursive pair (priority, key, n) as (
+        (select r.priority, r.concurrency_key, 1
+         from conveyor.runs r
+         where r.queue = p_queue and r.status = 'queued' and r.concurrency_key is not null
+         order by r.priority, r.concurrency_key
+         limit 1)
+        union all
+        select x.priority, x.key, p.n + 1
+        from pair p
+        cross join lateral (
+            select r.priority, r.concurrency_key as key
+            from conveyor.runs r
+            where r.queue = p_queue and r.status = 'queued' and r.concurrency_key is not null
+              and (r.priority, r.concurrency_key) > (p.priority, p.key)
+            order by r.priority, r.concurrency_key
+            limit 1) x
+        where p.n <= 200
+    )
+    select array_agg(p.priority), array_agg(p.key) into v_priorities, v_keys from pair p;
+    if cardinality(v_keys) > 200 then
+        return null;
+    end if;
+    return array(
+        select row(c.id, c.task, c.priority, c.run_at, c.queue, c.concurrency_key, c.fair_rank)::conveyor._candidate
+        from conveyor.runs c
+        where c.id in (
+            -- each key's best runs, but the keys left out in this queue
+            select x.id
+            from unnest(v_priorities, v_keys) as k(priority, key)
+            cross join lateral (
+                select r.id from conveyor.runs r
+                where r.queue = p_queue and r.status = 'queued' and r.priority = k.priority
+                  and r.concurrency_key = k.key
+                  and (p_tasks is null or r.task = any(p_tasks))
+                  and not conveyor._held_back(r.queue, r.task, r.concurrency_key, p_full_tasks, p_full_keys)
+                order by r.fair_rank
+                limit p_take) x
+            where conveyor._key_ref('queue', p_queue, k.key) <> all(p_full_keys)
+            union all
+            -- and the runs without a key (all at turn 0), priority by priority
+            select y.id
+            from generate_series(0, 9) as q(priority)
+            cross join lateral (
+                select r.id from conveyor.runs r
+                where r.queue = p_queue and r.status = 'queued' and r.priority = q.priority and r.fair_rank = 0
+                  and r.concurrency_key is null
+                  and (p_tasks is null or r.task = any(p_tasks))
+                  and r.task <> all(p_full_tasks)
+                order by r.run_at, r.id
+                limit p_take) y)
+          and c.status = 'queued'
+        order by c.priority, c.fair_rank, c.run_at, c.id
+        limit p_take
+        for no key update skip locked);
+end
+$$;
+
 -- _held_back: whether a claim's later round leaves this run out: its task has no room (p_tasks),
 -- or its key has none under its queue's or its task's key limit (p_keys, _key_ref). A function,
 -- not an inline condition: the planner must not guess its selectivity from the arrays.
@@ -2764,9 +3016,11 @@ $$;
 
 -- _fair_rank: a keyed run's turn as it becomes queued (enqueued due, delivered, given back):
 -- after the last queued run of its key (in its queue and priority), and never before the turn
--- the queue is at (its first queued run's), so a key that was idle goes next and a flooded key
--- takes one turn in each round of the keys. Runs without a key keep 0 (the trigger does not fire
--- for them). Concurrent producers of one key may draw the same turn: ties go by due time.
+-- the queue is at: the latest turn of its running keyed runs, or its first queued run's if
+-- later. So a key that was idle goes next (not before the keys being served: a key held back
+-- at a low turn by its limit does not pull the clock back), and a flooded key takes one turn
+-- in each round of the keys. Runs without a key keep 0 (the trigger does not fire for them).
+-- Concurrent producers of one key may draw the same turn: ties go by due time.
 create or replace function conveyor._fair_rank()
 returns trigger
 language plpgsql
@@ -2783,6 +3037,11 @@ begin
         (select r.fair_rank from conveyor.runs r
          where r.queue = new.queue and r.priority = new.priority and r.status = 'queued'
          order by r.fair_rank, r.run_at, r.id
+         limit 1),
+        (select r.fair_rank from conveyor.runs r
+         where r.queue = new.queue and r.priority = new.priority and r.status = 'running'
+           and r.concurrency_key is not null and r.fair_rank > 0
+         order by r.fair_rank desc
          limit 1),
         0);
     return new;
@@ -4085,9 +4344,10 @@ begin
               union all
               select 'task_key', t.name, t.key_rate_limit_period
               from conveyor.tasks t where t.key_rate_limit_n is not null) l
+        cross join generate_series(0, 7) as h(shard)
         cross join lateral (
             select x.ctid from conveyor._rate_starts x
-            where x.scope = l.scope and x.name = l.name and x.shard = 0
+            where x.scope = l.scope and x.name = l.name and x.shard = h.shard
               and x.at < p_now - (2 * l.period + interval '10 minutes')
             order by x.at
             limit p_limit) x
@@ -4837,12 +5097,18 @@ left join lateral (
            or l.rate_n <= (select coalesce(sum(s.n), 0) from conveyor._rate_starts s
                            where s.scope = l.scope || '_key' and s.name = l.name and s.key = c.key
                              and s.at > conveyor._now() - l.rate_p) as at_limit
-    from (select r.concurrency_key as key, count(*) filter (where r.status = 'running') as running,
-                 count(*) filter (where r.status = 'queued') as queued
-          from conveyor.runs r
-          where r.concurrency_key is not null and r.status in ('queued', 'running')
-            and case l.scope when 'queue' then r.queue = l.name else r.task = l.name end
-          group by r.concurrency_key) c
+    from (select x.key, sum(x.running) as running, sum(x.queued) as queued
+          -- each scope and status by its index (a branch whose scope is not the limit's is skipped)
+          from (select r.concurrency_key as key, 0 as running, 1 as queued from conveyor.runs r
+                where l.scope = 'queue' and r.queue = l.name and r.status = 'queued' and r.concurrency_key is not null
+                union all
+                select r.concurrency_key, 1, 0 from conveyor.runs r
+                where l.scope = 'queue' and r.queue = l.name and r.status = 'running' and r.concurrency_key is not null
+                union all
+                select r.concurrency_key, (r.status = 'running')::int, (r.status = 'queued')::int from conveyor.runs r
+                where l.scope = 'task' and r.task = l.name and r.status in ('queued', 'running')
+                  and r.concurrency_key is not null) x
+          group by x.key) c
 ) k on true
 group by l.scope, l.name, l.conc, l.rate_n, l.rate_p;
 

@@ -77,7 +77,7 @@ select r.concurrency_key, count(*) from conveyor.claim_runs('kr', 'w', 10) c joi
 select count(*) as claimed from conveyor.claim_runs('kr', 'w', 10);
 select regress.at('2030-01-01 00:01:10+00');
 select r.concurrency_key, count(*) from conveyor.claim_runs('kr', 'w', 10) c join conveyor.runs r on r.id = c.run_id group by 1 order by 1;
-select scope, name, key, n from conveyor._rate_starts where key is not null order by at, key;
+select scope, name, key, sum(n) as n from conveyor._rate_starts where key is not null group by scope, name, key, at order by at, key;
 -- the views and metrics show the keys held back
 select scope, name, key_concurrency, key_rate_limit, keys_at_limit, held_back from conveyor.key_limits order by scope, name;
 select line from regexp_split_to_table(conveyor.metrics(), E'\n') as line
@@ -86,7 +86,50 @@ where line ~ '^conveyor_key_limit' order by line;
 select regress.at('2030-01-01 00:12:00+00');
 select count(*) >= 0 from conveyor.tick();
 select count(*) as key_starts from conveyor._rate_starts where key is not null;
+-- removing the limit drops its keys' starts
+select count(*) from conveyor.enqueue_many('k.r', array_fill('{}'::jsonb, array[2]), keys => array['a', 'b']);
+select count(*) > 0 as claimed from conveyor.claim_runs('kr', 'w', 10);
+select count(*) > 0 as key_starts from conveyor._rate_starts where key is not null;
 select conveyor.set_queue('kr');
+select count(*) as key_starts from conveyor._rate_starts where key is not null;
+
+-- a key's rate room counts this claim's own starts of earlier rounds: x1 starts 5, not more,
+-- although x0 and x2 (at their limit) make the claim go round again
+select conveyor.set_queue('kw', key_rate_limit => '5/1m');
+select conveyor.define_task('k.w', queue => 'kw');
+select count(*) from conveyor.enqueue_many('k.w', array_fill('{}'::jsonb, array[10]),
+                                           keys => array['x0', 'x0', 'x0', 'x0', 'x0', 'x2', 'x2', 'x2', 'x2', 'x2']);
+select count(*) from conveyor.claim_runs('kw', 'w', 10);
+select count(*) from conveyor.enqueue_many('k.w', array_fill('{}'::jsonb, array[24]),
+                                           keys => array(select 'x' || (i % 3) from generate_series(0, 23) i));
+select r.concurrency_key, count(*) between 1 and 5 as within_limit
+from conveyor.claim_runs('kw', 'w', 9) c join conveyor.runs r on r.id = c.run_id group by 1 order by 1;
+select key, sum(n) <= 5 as within_limit from conveyor._rate_starts s
+where s.scope = 'queue_key' and s.name = 'kw' group by 1 order by 1;
+
+-- a claim of one run looks past every key at its limit, however many: 12 keys each running
+-- one run (key_concurrency 1) with another queued in front of a free key's run
+select conveyor.set_queue('kl', key_concurrency => 1);
+select conveyor.define_task('k.l', queue => 'kl');
+select count(*) from conveyor.enqueue_many('k.l', array_fill('{}'::jsonb, array[12]),
+                                           keys => array(select 'busy-' || i from generate_series(1, 12) i));
+select count(*) from conveyor.claim_runs('kl', 'w', 12);
+select count(*) from conveyor.enqueue_many('k.l', array_fill('{}'::jsonb, array[12]),
+                                           keys => array(select 'busy-' || i from generate_series(1, 12) i));
+select conveyor.enqueue('k.l', key => 'free') is not null;
+select r.concurrency_key from conveyor.claim_run('kl', 'w') c join conveyor.runs r on r.id = c.run_id;
+
+-- a claim from several queues merges them by each queue's own turns (counted from its first
+-- candidate's), then due time: qa's next run (its queue's first turn, due first) goes first,
+-- then qb's unkeyed runs (all at the first turn), then qa's later turns. (Comparing qa's raw
+-- turns, 25 and on, with qb's 0 would take none of qa's.)
+select conveyor.define_task('k.qa', queue => 'qa');
+select conveyor.define_task('k.qb', queue => 'qb');
+select count(*) from conveyor.enqueue_many('k.qa', array_fill('{}'::jsonb, array[30]), keys => array_fill('k'::text, array[30]));
+select count(*) from conveyor.claim_runs('qa', 'w', 25);
+select regress.at('2030-01-01 00:13:00+00');
+select count(*) from conveyor.enqueue_many('k.qb', array_fill('{}'::jsonb, array[5]));
+select string_agg(c.queue, ' ' order by c.queue) from conveyor.claim_runs('qa,qb', 'w', 5) c;
 rollback;
 
 -- a claim under a key limit needs READ COMMITTED (checked as it meets a keyed run)

@@ -520,6 +520,8 @@ begin
     if exists (select from conveyor.runs r where r.queue = drop_queue.name and conveyor._live(r.status)) then
         perform conveyor._raise_queue_in_use(drop_queue.name, 'it holds unfinished runs');
     end if;
+    -- its rate limit's shards and starts, and its keys' starts
+    perform conveyor._set_rate_limit('queue', drop_queue.name, null, null);
     delete from conveyor.queues q where q.name = drop_queue.name;
 end
 $$;

@@ -49,9 +49,10 @@ begin
               union all
               select 'task_key', t.name, t.key_rate_limit_period
               from conveyor.tasks t where t.key_rate_limit_n is not null) l
+        cross join generate_series(0, 7) as h(shard)
         cross join lateral (
             select x.ctid from conveyor._rate_starts x
-            where x.scope = l.scope and x.name = l.name and x.shard = 0
+            where x.scope = l.scope and x.name = l.name and x.shard = h.shard
               and x.at < p_now - (2 * l.period + interval '10 minutes')
             order by x.at
             limit p_limit) x

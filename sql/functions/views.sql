@@ -222,12 +222,18 @@ left join lateral (
            or l.rate_n <= (select coalesce(sum(s.n), 0) from conveyor._rate_starts s
                            where s.scope = l.scope || '_key' and s.name = l.name and s.key = c.key
                              and s.at > conveyor._now() - l.rate_p) as at_limit
-    from (select r.concurrency_key as key, count(*) filter (where r.status = 'running') as running,
-                 count(*) filter (where r.status = 'queued') as queued
-          from conveyor.runs r
-          where r.concurrency_key is not null and r.status in ('queued', 'running')
-            and case l.scope when 'queue' then r.queue = l.name else r.task = l.name end
-          group by r.concurrency_key) c
+    from (select x.key, sum(x.running) as running, sum(x.queued) as queued
+          -- each scope and status by its index (a branch whose scope is not the limit's is skipped)
+          from (select r.concurrency_key as key, 0 as running, 1 as queued from conveyor.runs r
+                where l.scope = 'queue' and r.queue = l.name and r.status = 'queued' and r.concurrency_key is not null
+                union all
+                select r.concurrency_key, 1, 0 from conveyor.runs r
+                where l.scope = 'queue' and r.queue = l.name and r.status = 'running' and r.concurrency_key is not null
+                union all
+                select r.concurrency_key, (r.status = 'running')::int, (r.status = 'queued')::int from conveyor.runs r
+                where l.scope = 'task' and r.task = l.name and r.status in ('queued', 'running')
+                  and r.concurrency_key is not null) x
+          group by x.key) c
 ) k on true
 group by l.scope, l.name, l.conc, l.rate_n, l.rate_p;
 

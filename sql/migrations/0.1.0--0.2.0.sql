@@ -242,8 +242,8 @@ create table conveyor._rate_starts (
     -- the claim's time (the runs' started_at) and how many runs it started
     at timestamptz not null,
     n integer not null,
-    -- a key_rate_limit's key (scope queue_key or task_key, shard 0): the key's lock (claim_runs)
-    -- stands for a shard's row
+    -- a key_rate_limit's key (scope queue_key or task_key; shard: the key limit's shard, whose
+    -- lock in claim_runs stands for a shard's row)
     key text
 );
 comment on table conveyor._rate_starts is 'runs started per claim under a rate limit shard (kept two periods; tick prunes)';
@@ -274,7 +274,8 @@ select pg_catalog.pg_extension_config_dump('conveyor._rate_starts', '');
 -- set as it becomes queued (_fair_rank, a row trigger only for keyed runs), and the claim
 -- order puts it after priority. A run without a key keeps 0, so a queue without keys is claimed
 -- in the order it was. Columns appended, as a fresh install has them.
-alter table conveyor.runs add column concurrency_key text, add column fair_rank bigint not null default 0;
+alter table conveyor.runs add column concurrency_key text, add column fair_rank bigint not null default 0,
+    add column queue_key_shard smallint, add column task_key_shard smallint;
 alter table conveyor.queues add column key_concurrency integer, add column key_rate_limit_n integer,
     add column key_rate_limit_period interval;
 alter table conveyor.tasks add column key_concurrency integer, add column key_rate_limit_n integer,
@@ -289,9 +290,15 @@ create index runs_claimable on conveyor.runs (queue, priority, fair_rank, run_at
 create index runs_queued_by_key on conveyor.runs (queue, priority, concurrency_key, fair_rank)
     where status = 'queued' and concurrency_key is not null;
 
--- (0.2.0) claim under key limits: the running runs of a key
-create index runs_running_by_key on conveyor.runs (concurrency_key, queue, task)
+-- (0.2.0) claim under key limits: the running runs of a key, with the shards they started
+-- under (an index-only read, which the planner prefers even before it has statistics)
+create index runs_running_by_key on conveyor.runs (concurrency_key, queue, task) include (queue_key_shard, task_key_shard)
     where status = 'running' and concurrency_key is not null;
+
+-- (0.2.0) _fair_rank: the turn a queue is serving (its running keyed runs' latest; turn 0 needs
+-- no entry, and claims counting a key's running runs have runs_running_by_key to themselves)
+create index runs_running_turn on conveyor.runs (queue, priority, fair_rank)
+    where status = 'running' and concurrency_key is not null and fair_rank > 0;
 -- enqueue and enqueue_many take key and keys: the old signatures are dropped (the new are
 -- created by sql/functions/enqueue.sql and granted by sql/functions/roles.sql)
 drop function conveyor.enqueue(text, jsonb, timestamptz, conveyor.duration, integer, text, text, conveyor.ulid);

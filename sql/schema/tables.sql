@@ -174,6 +174,10 @@ create table conveyor.runs (
     -- (0.2.0) the run's turn among the keys of its queue and priority (round-robin), set as it
     -- becomes queued (_fair_rank); 0 for a run without a key
     fair_rank bigint not null default 0,
+    -- (0.2.0) the shard of the queue's and of the task's key limit the current (or last) attempt
+    -- started under (claim_runs): a shard's running runs count against its share
+    queue_key_shard smallint,
+    task_key_shard smallint,
     -- The two invariants of the state machine itself. (PostgreSQL 15 re-reads a table's CHECK
     -- expressions on every INSERT and UPDATE statement; seven checks here cost 8-18% of claim
     -- and finish throughput, so the others, on priority, payload, counters and cancel
@@ -201,9 +205,15 @@ create index runs_claimable on conveyor.runs (queue, priority, fair_rank, run_at
 create index runs_queued_by_key on conveyor.runs (queue, priority, concurrency_key, fair_rank)
     where status = 'queued' and concurrency_key is not null;
 
--- (0.2.0) claim under key limits: the running runs of a key
-create index runs_running_by_key on conveyor.runs (concurrency_key, queue, task)
+-- (0.2.0) claim under key limits: the running runs of a key, with the shards they started
+-- under (an index-only read, which the planner prefers even before it has statistics)
+create index runs_running_by_key on conveyor.runs (concurrency_key, queue, task) include (queue_key_shard, task_key_shard)
     where status = 'running' and concurrency_key is not null;
+
+-- (0.2.0) _fair_rank: the turn a queue is serving (its running keyed runs' latest; turn 0 needs
+-- no entry, and claims counting a key's running runs have runs_running_by_key to themselves)
+create index runs_running_turn on conveyor.runs (queue, priority, fair_rank)
+    where status = 'running' and concurrency_key is not null and fair_rank > 0;
 
 -- tick delivery: waiting runs by due time, per queue
 create index runs_waiting_due on conveyor.runs (queue, run_at)
@@ -444,8 +454,8 @@ create table conveyor._rate_starts (
     -- the claim's time (the runs' started_at) and how many runs it started
     at timestamptz not null,
     n integer not null,
-    -- a key_rate_limit's key (scope queue_key or task_key, shard 0): the key's lock (claim_runs)
-    -- stands for a shard's row
+    -- a key_rate_limit's key (scope queue_key or task_key; shard: the key limit's shard, whose
+    -- lock in claim_runs stands for a shard's row)
     key text
 );
 comment on table conveyor._rate_starts is 'runs started per claim under a rate limit shard (kept two periods; tick prunes)';
