@@ -2151,6 +2151,12 @@ declare
     v_kl_conc integer[];
     v_kl_rate_n integer[];
     v_kl_rate_p interval[];
+    v_kl_shards integer[];
+    -- a second try at the shards of keys with too little room
+    v_more_scopes text[];
+    v_more_names text[];
+    v_more_keys text[];
+    v_more_shards smallint[];
     -- this round's keys under a limit (scope, name, key), the shard of the limit taken for each
     -- (null: none free with room) and the runs each may still start under it
     v_gate_scopes text[];
@@ -2198,11 +2204,11 @@ begin
           select 'task', t.name, t.key_concurrency, t.key_rate_limit_n, t.key_rate_limit_period
           from conveyor.tasks t
           where (t.key_concurrency is not null or t.key_rate_limit_n is not null)
-            and (claim_runs.tasks is null or t.name = any(claim_runs.tasks))
-            -- (only those with runs this claim could take: a key limit elsewhere costs it nothing)
-            and exists (select from conveyor.runs r
-                        where r.task = t.name and r.status = 'queued' and r.queue = any(v_open))) l;
+            -- (every one, as for rate limits: a run of one may become queued in these queues while
+            -- this claim runs, and must not start uncounted)
+            and (claim_runs.tasks is null or t.name = any(claim_runs.tasks))) l;
     v_keyed := v_kl_scopes is not null;
+    v_kl_shards := array(select conveyor._key_shards(x.conc, x.rate_n) from unnest(v_kl_conc, v_kl_rate_n) as x(conc, rate_n));
 
     -- Rate limits: a queue without room is left out of this claim, a task without room is
     -- skipped (the runs of other tasks are taken: no head-of-line blocking), and the others cap
@@ -2313,7 +2319,7 @@ begin
                 ),
                 tried as (
                     select k.scope, k.name, k.key,
-                           ((abs(hashtext(k.key)) + v_pid + i) % k.shards)::smallint as shard
+                           ((abs(hashtext(k.key)::bigint) + v_pid + i) % k.shards)::smallint as shard
                     from k
                     cross join lateral generate_series(0, least(k.shards,
                         ceil(k.want::numeric / least(coalesce(conveyor._key_share(k.conc, k.shards, 0), k.want),
@@ -2340,41 +2346,40 @@ begin
                 -- committed now. Runs and starts under no shard of this limit (taken before it was
                 -- set or changed) count against every shard.
                 v_since := conveyor._clock_now();
-                v_gate_allowed := array(
-                    with l as (
-                        select x.*, conveyor._key_shards(x.conc, x.rate_n) as shards
-                        from unnest(v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n, v_kl_rate_p) as x(scope, name, conc, rate_n, rate_p)
-                    ),
-                    g as (
-                        select g.*, l.conc, l.rate_n, l.rate_p, l.shards
-                        from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_shards) with ordinality as g(scope, name, key, shard, i)
-                        join l on (l.scope, l.name) = (g.scope, g.name)
-                    ),
-                    -- the keys' running runs per shard (-1: under none of this limit's), as committed now
-                    used as materialized (
-                        select * from conveyor._key_use(v_keys, v_kl_scopes, v_kl_names,
-                                                        array(select conveyor._key_shards(x.conc, x.rate_n)
-                                                              from unnest(v_kl_conc, v_kl_rate_n) as x(conc, rate_n)))
-                    )
-                    select case when g.shard is null then 0 else greatest(least(
-                        case when g.conc is null then v_want
-                             else conveyor._key_share(g.conc, g.shards, g.shard) - coalesce(u.n, 0) - coalesce(w.n, 0) end,
-                        case when g.rate_n is null then v_want
-                             else conveyor._key_share(g.rate_n, g.shards, g.shard)
-                                  - (select coalesce(sum(s.n), 0) from conveyor._rate_starts s
-                                     where s.scope = g.scope || '_key' and s.name = g.name and s.key = g.key
-                                       and s.at > v_since - g.rate_p
-                                       and not (s.shard between 0 and g.shards - 1 and s.shard <> g.shard))
-                                  -- and this claim's starts of the earlier rounds (recorded at its end)
-                                  - (select count(*) from unnest(v_started_queues, v_started_tasks, v_started_keys,
-                                                                 v_started_qshards, v_started_tshards) as x(queue, task, key, qshard, tshard)
-                                     where x.key = g.key
-                                       and case g.scope when 'queue' then x.queue = g.name and x.qshard = g.shard
-                                                        else x.task = g.name and x.tshard = g.shard end) end), 0)::integer end
-                    from g
-                    left join used u on (u.scope, u.name, u.key, u.shard) = (g.scope, g.name, g.key, g.shard)
-                    left join used w on (w.scope, w.name, w.key, w.shard) = (g.scope, g.name, g.key, -1)
-                    order by g.i);
+                v_gate_allowed := conveyor._key_room(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_shards,
+                    v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n, v_kl_rate_p, v_kl_shards, v_keys, v_since, v_want,
+                    v_started_queues, v_started_tasks, v_started_keys, v_started_qshards, v_started_tshards);
+                -- a key whose shards held have less room than it has candidates tries its other
+                -- shards (the first ones depend on the session, not on where the room is)
+                select array_agg(t.scope), array_agg(t.name), array_agg(t.key), array_agg(t.shard)
+                into v_more_scopes, v_more_names, v_more_keys, v_more_shards
+                from (
+                    select d.scope, d.name, d.key, sh.shard::smallint as shard
+                    from (select g.scope, g.name, g.key, sum(g.allowed) as room, count(g.shard) as held,
+                                 array_agg(g.shard) filter (where g.shard is not null) as tried
+                          from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_shards, v_gate_allowed)
+                               as g(scope, name, key, shard, allowed)
+                          group by g.scope, g.name, g.key) d
+                    join (select l.scope, l.name, c.concurrency_key as key, max(l.shards) as shards, count(*) as want
+                          from unnest(v_cand) c
+                          join unnest(v_kl_scopes, v_kl_names, v_kl_shards) as l(scope, name, shards)
+                            on l.name = case l.scope when 'queue' then c.queue else c.task end
+                          where c.concurrency_key is not null
+                          group by 1, 2, 3) w on (w.scope, w.name, w.key) = (d.scope, d.name, d.key)
+                    cross join lateral generate_series(0, w.shards - 1) as sh(shard)
+                    where d.room < w.want and d.held < w.shards and sh.shard <> all(coalesce(d.tried, '{}'))
+                    offset 0) t
+                where pg_try_advisory_xact_lock(conveyor._key_lock_class(),
+                                                hashtext(conveyor._key_ref(t.scope, t.name, t.key) || E'\x1f' || t.shard));
+                if v_more_scopes is not null then
+                    v_gate_scopes := v_gate_scopes || v_more_scopes;
+                    v_gate_names := v_gate_names || v_more_names;
+                    v_gate_keys := v_gate_keys || v_more_keys;
+                    v_gate_shards := v_gate_shards || v_more_shards;
+                    v_gate_allowed := v_gate_allowed || conveyor._key_room(v_more_scopes, v_more_names, v_more_keys, v_more_shards,
+                        v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n, v_kl_rate_p, v_kl_shards, v_keys, v_since, v_want,
+                        v_started_queues, v_started_tasks, v_started_keys, v_started_qshards, v_started_tshards);
+                end if;
                 -- the runs start after that count: no attempt that ended before it was counted
                 -- seems to overlap theirs
                 v_now := conveyor._clock_now();
@@ -2403,12 +2408,15 @@ begin
                                  and c.in_queue_key > gq.before and c.in_queue_key <= gq.before + gq.room
                 left join gate gt on gt.scope = 'task' and gt.name = c.task and gt.key = c.concurrency_key
                                  and c.in_task_key > gt.before and c.in_task_key <= gt.before + gt.room
+                -- the keys under a limit (whether they got room or not)
+                left join (select distinct g.name, g.key from gate g where g.scope = 'queue') lq
+                  on lq.name = c.queue and lq.key = c.concurrency_key
+                left join (select distinct g.name, g.key from gate g where g.scope = 'task') lt
+                  on lt.name = c.task and lt.key = c.concurrency_key
                 where c.in_task <= coalesce(v_task_caps[array_position(v_cap_tasks, c.task)], v_want)
                   -- a key under a limit starts only within the room of the shards it holds
-                  and (gq.shard is not null or not exists (select from gate g where g.scope = 'queue' and g.name = c.queue
-                                                                                and g.key = c.concurrency_key))
-                  and (gt.shard is not null or not exists (select from gate g where g.scope = 'task' and g.name = c.task
-                                                                               and g.key = c.concurrency_key))
+                  and (gq.shard is not null or lq.key is null)
+                  and (gt.shard is not null or lt.key is null)
                 order by c.priority, c.turn, c.run_at, c.id
                 limit v_want
             )
@@ -2892,6 +2900,78 @@ as $$
       on l.name = case l.scope when 'queue' then r.queue else r.task end
     cross join lateral (select case l.scope when 'queue' then r.queue_key_shard else r.task_key_shard end as s) x
     group by 1, 2, 3, 4
+$$;
+
+-- _key_room: the room of each key under each shard of a key limit a claim holds (p_g_*: scope,
+-- name, key, shard; null shard: none held, room 0), as committed now: the shard's share less
+-- the key's running runs under it (and its starts of the rate window, with the claim's own of
+-- earlier rounds, p_st_*), less those under none of this split's shards, and less what other
+-- shards hold over their share (a limit lowered: they borrowed it from the others). So the
+-- shards together never let the key past its limit, whatever the split runs were started under.
+create or replace function conveyor._key_room(
+    p_g_scopes text[], p_g_names text[], p_g_keys text[], p_g_shards smallint[],
+    p_scopes text[], p_names text[], p_conc integer[], p_rate_n integer[], p_rate_p interval[], p_shards integer[],
+    p_keys text[], p_since timestamptz, p_want integer,
+    p_st_queues text[], p_st_tasks text[], p_st_keys text[], p_st_qshards smallint[], p_st_tshards smallint[])
+returns integer[]
+language sql
+stable
+as $$
+    with l as (
+        select x.* from unnest(p_scopes, p_names, p_conc, p_rate_n, p_rate_p, p_shards) as x(scope, name, conc, rate_n, rate_p, shards)
+    ),
+    -- running runs per shard (-1: under none of the split's)
+    used as materialized (
+        select * from conveyor._key_use(p_keys, p_scopes, p_names, p_shards)
+    ),
+    -- starts of the rate window per shard (-1: none of the split's), this claim's earlier ones too
+    started as materialized (
+        select x.scope, x.name, x.key, case when x.shard between 0 and l.shards - 1 then x.shard else -1 end::smallint as shard,
+               sum(x.n) as n
+        from (select l.scope, s.name, s.key, s.shard, s.n, s.at
+              from l
+              join conveyor._rate_starts s
+                on s.scope = l.scope || '_key' and s.name = l.name and s.key = any(p_keys) and s.at > p_since - l.rate_p
+              where l.rate_n is not null
+              union all
+              select case when t.shard_scope = 'queue' then 'queue' else 'task' end,
+                     case when t.shard_scope = 'queue' then t.queue else t.task end, t.key, t.shard, 1, p_since
+              from unnest(p_st_queues, p_st_tasks, p_st_keys, p_st_qshards, p_st_tshards) as st(queue, task, key, qshard, tshard)
+              cross join lateral (values ('queue', st.queue, st.task, st.key, st.qshard), ('task', st.queue, st.task, st.key, st.tshard))
+                   as t(shard_scope, queue, task, key, shard)
+              where t.key is not null and t.shard is not null) x
+        join l on (l.scope, l.name) = (x.scope, x.name)
+        where l.rate_n is not null and x.at > p_since - l.rate_p
+        group by 1, 2, 3, 4
+    ),
+    -- per key: what is under no shard, and what the shards hold over their share
+    spill as (
+        select u.kind, u.scope, u.name, u.key,
+               coalesce(sum(u.n) filter (where u.shard = -1), 0) as unassigned,
+               coalesce(sum(greatest(u.n - conveyor._key_share(u.n_limit, l.shards, u.shard), 0)) filter (where u.shard >= 0), 0) as excess
+        from (select 'conc' as kind, u.*, l.conc as n_limit from used u join l on (l.scope, l.name) = (u.scope, u.name)
+              where l.conc is not null
+              union all
+              select 'rate', s.*, l.rate_n from started s join l on (l.scope, l.name) = (s.scope, s.name)) u
+        join l on (l.scope, l.name) = (u.scope, u.name)
+        group by 1, 2, 3, 4
+    )
+    select array(
+        select case when g.shard is null then 0 else greatest(least(
+            case when l.conc is null then p_want
+                 else conveyor._key_share(l.conc, l.shards, g.shard) - coalesce(u.n, 0) - coalesce(cs.unassigned, 0)
+                      - (coalesce(cs.excess, 0) - greatest(coalesce(u.n, 0) - conveyor._key_share(l.conc, l.shards, g.shard), 0)) end,
+            case when l.rate_n is null then p_want
+                 else conveyor._key_share(l.rate_n, l.shards, g.shard) - coalesce(s.n, 0) - coalesce(rs.unassigned, 0)
+                      - (coalesce(rs.excess, 0) - greatest(coalesce(s.n, 0) - conveyor._key_share(l.rate_n, l.shards, g.shard), 0)) end),
+            0)::integer end
+        from unnest(p_g_scopes, p_g_names, p_g_keys, p_g_shards) with ordinality as g(scope, name, key, shard, i)
+        join l on (l.scope, l.name) = (g.scope, g.name)
+        left join used u on (u.scope, u.name, u.key, u.shard) = (g.scope, g.name, g.key, g.shard)
+        left join started s on (s.scope, s.name, s.key, s.shard) = (g.scope, g.name, g.key, g.shard)
+        left join spill cs on (cs.kind, cs.scope, cs.name, cs.key) = ('conc', g.scope, g.name, g.key)
+        left join spill rs on (rs.kind, rs.scope, rs.name, rs.key) = ('rate', g.scope, g.name, g.key)
+        order by g.i)
 $$;
 
 -- _keys_at_limit: the keys (_key_ref) at these key limits now, as committed: as many runs

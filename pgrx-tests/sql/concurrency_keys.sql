@@ -119,6 +119,32 @@ select count(*) from conveyor.enqueue_many('k.l', array_fill('{}'::jsonb, array[
 select conveyor.enqueue('k.l', key => 'free') is not null;
 select r.concurrency_key from conveyor.claim_run('kl', 'w') c join conveyor.runs r on r.id = c.run_id;
 
+-- one worker claiming one run at a time reaches the whole limit: a key's first shard tried
+-- (by session and key) is full after the first run, and the claim tries the others
+select conveyor.set_queue('k1', key_concurrency => 4);
+select conveyor.define_task('k.one', queue => 'k1');
+select count(*) from conveyor.enqueue_many('k.one', array_fill('{}'::jsonb, array[8]), keys => array_fill('solo'::text, array[8]));
+-- (a worker name per call: a function scan with the same arguments is not run again)
+select count(*) as claimed from generate_series(1, 6) i cross join lateral conveyor.claim_run('k1', 'w' || i) c;
+select count(*) as running from conveyor.runs where queue = 'k1' and status = 'running';
+
+-- lowering a limit never lets more in: 16 running under 8 shards of 2, the limit lowered to 8
+-- (8 shards of 1): with one shard still over its share, the others let nothing in
+select conveyor.set_queue('k2', key_concurrency => 16);
+select conveyor.define_task('k.two', queue => 'k2');
+select count(*) from conveyor.enqueue_many('k.two', array_fill('{}'::jsonb, array[30]), keys => array_fill('big'::text, array[30]));
+select count(*) as claimed from conveyor.claim_runs('k2', 'w', 20);
+select conveyor.set_queue('k2', key_concurrency => 8);
+select count(conveyor.complete_run(r.id, r.lease_token)) as completed
+from (select distinct on (queue_key_shard) id, lease_token from conveyor.runs
+      where queue = 'k2' and status = 'running' and queue_key_shard > 0 order by queue_key_shard, id) r;
+select count(*) as running from conveyor.runs where queue = 'k2' and status = 'running';
+select count(*) as claimed from conveyor.claim_runs('k2', 'w', 20);
+select count(conveyor.complete_run(r.id, r.lease_token)) as completed
+from conveyor.runs r where r.queue = 'k2' and r.status = 'running' and r.queue_key_shard > 0;
+select count(*) as claimed from conveyor.claim_runs('k2', 'w', 20);
+select count(*) <= 8 as within_limit from conveyor.runs where queue = 'k2' and status = 'running';
+
 -- a claim from several queues merges them by each queue's own turns (counted from its first
 -- candidate's), then due time: qa's next run (its queue's first turn, due first) goes first,
 -- then qb's unkeyed runs (all at the first turn), then qa's later turns. (Comparing qa's raw
