@@ -2317,18 +2317,45 @@ begin
                     where c.concurrency_key is not null
                     group by l.scope, l.name, c.concurrency_key, l.conc, l.rate_n
                 ),
-                tried as (
-                    select k.scope, k.name, k.key,
-                           ((abs(hashtext(k.key)::bigint) + v_pid + i) % k.shards)::smallint as shard
+                k2 as (
+                    select k.*,
+                           least(coalesce(conveyor._key_share(k.conc, k.shards, 0), k.want),
+                                 coalesce(conveyor._key_share(k.rate_n, k.shards, 0), k.want)) as share,
+                           (abs(hashtext(k.key)::bigint) + v_pid) % k.shards as start
                     from k
-                    cross join lateral generate_series(0, least(k.shards,
-                        ceil(k.want::numeric / least(coalesce(conveyor._key_share(k.conc, k.shards, 0), k.want),
-                                                     coalesce(conveyor._key_share(k.rate_n, k.shards, 0), k.want)))::integer) - 1) as i
+                ),
+                -- the keys' running runs per shard (-1: under none of the split's), for the keys
+                -- whose candidates need more than a shard's share
+                used as materialized (
+                    select u.* from conveyor._key_use(v_keys, v_kl_scopes, v_kl_names, v_kl_shards) u
+                ),
+                tried as (
+                    -- a shard's share covers the key's candidates: one shard, by rotation
+                    select k.scope, k.name, k.key, k.start::smallint as shard, 0::bigint as ord
+                    from k2 k
+                    where k.share >= k.want
+                    union all
+                    -- else the shards with room as committed (a hint: the count that decides is
+                    -- the next statement's), the most room first, as many as cover them
+                    select x.scope, x.name, x.key, x.shard, x.before
+                    from (select k.scope, k.name, k.key, k.want, sh.shard::smallint as shard, h.hint,
+                                 coalesce(sum(h.hint) over (partition by k.scope, k.name, k.key
+                                                            order by h.hint desc, (sh.shard - k.start + k.shards) % k.shards
+                                                            rows between unbounded preceding and 1 preceding), 0) as before
+                          from k2 k
+                          cross join lateral generate_series(0, k.shards - 1) as sh(shard)
+                          left join used u on (u.scope, u.name, u.key, u.shard) = (k.scope, k.name, k.key, sh.shard)
+                          left join used w on (w.scope, w.name, w.key, w.shard) = (k.scope, k.name, k.key, -1)
+                          cross join lateral (
+                              select least(coalesce(conveyor._key_share(k.conc, k.shards, sh.shard) - coalesce(u.n, 0) - coalesce(w.n, 0), k.want),
+                                           coalesce(conveyor._key_share(k.rate_n, k.shards, sh.shard), k.want)) as hint) h
+                          where k.share < k.want) x
+                    where x.hint > 0 and x.before < x.want
                     offset 0
                 ),
                 locked as (
                     select t.scope, t.name, t.key, t.shard
-                    from tried t
+                    from (select t.* from tried t order by t.scope, t.name, t.key, t.ord offset 0) t
                     where pg_try_advisory_xact_lock(conveyor._key_lock_class(),
                                                     hashtext(conveyor._key_ref(t.scope, t.name, t.key) || E'\x1f' || t.shard))
                 )
@@ -2354,20 +2381,39 @@ begin
                 select array_agg(t.scope), array_agg(t.name), array_agg(t.key), array_agg(t.shard)
                 into v_more_scopes, v_more_names, v_more_keys, v_more_shards
                 from (
-                    select d.scope, d.name, d.key, sh.shard::smallint as shard
-                    from (select g.scope, g.name, g.key, sum(g.allowed) as room, count(g.shard) as held,
-                                 array_agg(g.shard) filter (where g.shard is not null) as tried
-                          from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_shards, v_gate_allowed)
-                               as g(scope, name, key, shard, allowed)
-                          group by g.scope, g.name, g.key) d
-                    join (select l.scope, l.name, c.concurrency_key as key, max(l.shards) as shards, count(*) as want
-                          from unnest(v_cand) c
-                          join unnest(v_kl_scopes, v_kl_names, v_kl_shards) as l(scope, name, shards)
-                            on l.name = case l.scope when 'queue' then c.queue else c.task end
-                          where c.concurrency_key is not null
-                          group by 1, 2, 3) w on (w.scope, w.name, w.key) = (d.scope, d.name, d.key)
-                    cross join lateral generate_series(0, w.shards - 1) as sh(shard)
-                    where d.room < w.want and d.held < w.shards and sh.shard <> all(coalesce(d.tried, '{}'))
+                    -- (the untried shards with room as committed, in turn from the first, as many
+                    -- as the missing room needs: a claim never takes more of a key's shards than
+                    -- it can use, which would keep other claims of the key waiting for a round)
+                    select x.scope, x.name, x.key, x.shard
+                    from (select d.scope, d.name, d.key, sh.shard::smallint as shard, w.want - d.room as missing, h.hint,
+                                 coalesce(sum(h.hint) over (partition by d.scope, d.name, d.key
+                                                            order by (sh.shard - w.start + w.shards) % w.shards
+                                                            rows between unbounded preceding and 1 preceding), 0) as before
+                          from (select g.scope, g.name, g.key, sum(g.allowed) as room, count(g.shard) as held,
+                                       array_agg(g.shard) filter (where g.shard is not null) as tried
+                                from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_shards, v_gate_allowed)
+                                     as g(scope, name, key, shard, allowed)
+                                group by g.scope, g.name, g.key) d
+                          join (select l.scope, l.name, c.concurrency_key as key, max(l.shards) as shards, count(*) as want,
+                                       max(l.conc) as conc, max(l.rate_n) as rate_n,
+                                       (abs(hashtext(c.concurrency_key)::bigint) + v_pid) % max(l.shards) as start
+                                from unnest(v_cand) c
+                                join unnest(v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n, v_kl_shards)
+                                     as l(scope, name, conc, rate_n, shards)
+                                  on l.name = case l.scope when 'queue' then c.queue else c.task end
+                                where c.concurrency_key is not null
+                                group by 1, 2, 3) w on (w.scope, w.name, w.key) = (d.scope, d.name, d.key)
+                          cross join lateral generate_series(0, w.shards - 1) as sh(shard)
+                          left join lateral (
+                              select coalesce(sum(u.n) filter (where u.shard = sh.shard), 0) as here,
+                                     coalesce(sum(u.n) filter (where u.shard = -1), 0) as nowhere
+                              from conveyor._key_use(array[d.key], array[d.scope], array[d.name], array[w.shards]) u) u on true
+                          cross join lateral (
+                              select least(coalesce(conveyor._key_share(w.conc, w.shards, sh.shard) - u.here - u.nowhere, w.want),
+                                           coalesce(conveyor._key_share(w.rate_n, w.shards, sh.shard), w.want)) as hint) h
+                          where d.room < w.want and d.held < w.shards and sh.shard <> all(coalesce(d.tried, '{}'))) x
+                    where x.hint > 0 and x.before < x.missing
+                    order by x.scope, x.name, x.key, x.before
                     offset 0) t
                 where pg_try_advisory_xact_lock(conveyor._key_lock_class(),
                                                 hashtext(conveyor._key_ref(t.scope, t.name, t.key) || E'\x1f' || t.shard));

@@ -244,3 +244,37 @@ impl Drop for Pooler {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// `n` threads that call conveyor.tick() every 50 ms on their own connections until `stop`
+/// (a race's maintenance beside its claimers).
+pub fn tickers(
+    db: &str,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    n: usize,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..n)
+        .map(|_| {
+            let (db, stop) = (db.to_string(), stop.clone());
+            std::thread::spawn(move || {
+                let mut c = connect_to(&db);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = c.batch_execute("select conveyor.tick()");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            })
+        })
+        .collect()
+}
+
+/// Let a race run for `length`, then stop it and join every thread of it.
+pub fn race_for(
+    length: std::time::Duration,
+    stop: &std::sync::atomic::AtomicBool,
+    handles: Vec<std::thread::JoinHandle<()>>,
+) {
+    std::thread::sleep(length);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for h in handles {
+        h.join().unwrap();
+    }
+}

@@ -5,7 +5,7 @@
 //! did bind. And the keys take turns: a small key behind a flooded one starts within the first
 //! claims.
 
-use crate::common::{connect_to, drop_db, fresh_db};
+use crate::common::{connect_to, drop_db, fresh_db, race_for, tickers};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -129,21 +129,8 @@ fn no_key_runs_more_than_its_limit_under_racing_claims_ticks_and_crashes() {
             }
         }));
     }
-    for _ in 0..2 {
-        let (db, stop) = (db.clone(), stop.clone());
-        handles.push(thread::spawn(move || {
-            let mut c = connect_to(&db);
-            while !stop.load(Ordering::SeqCst) {
-                let _ = c.batch_execute("select conveyor.tick()");
-                thread::sleep(Duration::from_millis(50));
-            }
-        }));
-    }
-    thread::sleep(Duration::from_secs(6));
-    stop.store(true, Ordering::SeqCst);
-    for h in handles {
-        h.join().unwrap();
-    }
+    handles.extend(tickers(&db, &stop, 2));
+    race_for(Duration::from_secs(6), &stop, handles);
     let queue_most = most_running_of_a_key(&mut admin, "queue", "kq");
     let task_most = most_running_of_a_key(&mut admin, "task", "kt.b");
     let rate_most = most_starts_of_a_key_in_a_window(&mut admin, "kr", "1s");

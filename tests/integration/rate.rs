@@ -3,7 +3,7 @@
 //! than the limit; the limits did bind; a task at its limit never held back another task's
 //! runs in the same queue.
 
-use crate::common::{connect_to, drop_db, fresh_db};
+use crate::common::{connect_to, drop_db, fresh_db, race_for, tickers};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -81,21 +81,8 @@ fn no_window_holds_more_starts_than_the_limit_under_racing_claims_and_ticks() {
             }
         }));
     }
-    for _ in 0..2 {
-        let (db, stop) = (db.clone(), stop.clone());
-        handles.push(thread::spawn(move || {
-            let mut c = connect_to(&db);
-            while !stop.load(Ordering::SeqCst) {
-                let _ = c.batch_execute("select conveyor.tick()");
-                thread::sleep(Duration::from_millis(50));
-            }
-        }));
-    }
-    thread::sleep(Duration::from_secs(6));
-    stop.store(true, Ordering::SeqCst);
-    for h in handles {
-        h.join().unwrap();
-    }
+    handles.extend(tickers(&db, &stop, 2));
+    race_for(Duration::from_secs(6), &stop, handles);
     let queue_most = most_starts_in_a_window(&mut admin, "queue", "rl", "1s");
     let task_most = most_starts_in_a_window(&mut admin, "task", "rt.a", "2s");
     let b_started: i64 = admin
