@@ -891,9 +891,14 @@ create or replace function conveyor._key_room(
     p_keys text[], p_since timestamptz, p_want integer,
     p_st_queues text[], p_st_tasks text[], p_st_keys text[], p_st_qshards smallint[], p_st_tshards smallint[])
 returns integer[]
-language sql
+language plpgsql
 stable
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+-- (plpgsql, not sql: its plan is kept from call to call; a SQL function's is made anew each time)
 as $$
+begin
+    return (
     with l as (
         select x.* from unnest(p_scopes, p_names, p_conc, p_rate_n, p_rate_p, p_shards) as x(scope, name, conc, rate_n, rate_p, shards)
     ),
@@ -948,7 +953,8 @@ as $$
         left join started s on (s.scope, s.name, s.key, s.shard) = (g.scope, g.name, g.key, g.shard)
         left join spill cs on (cs.kind, cs.scope, cs.name, cs.key) = ('conc', g.scope, g.name, g.key)
         left join spill rs on (rs.kind, rs.scope, rs.name, rs.key) = ('rate', g.scope, g.name, g.key)
-        order by g.i)
+        order by g.i));
+end
 $$;
 
 -- _keys_at_limit: the keys (_key_ref) at these key limits now, as committed: as many runs
@@ -958,11 +964,13 @@ $$;
 create or replace function conveyor._keys_at_limit(p_scopes text[], p_names text[], p_conc integer[],
                                                    p_rate_n integer[], p_rate_p interval[])
 returns text[]
-language sql
+language plpgsql
 stable
 set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
-    select coalesce(array_agg(distinct x.ref), '{}') from (
+begin
+    return (select coalesce(array_agg(distinct x.ref), '{}') from (
         select conveyor._key_ref(l.scope, l.name, r.concurrency_key) as ref
         from unnest(p_scopes, p_names, p_conc) as l(scope, name, conc)
         join conveyor.runs r
@@ -978,7 +986,8 @@ as $$
           on s.scope = l.scope || '_key' and s.name = l.name and s.at > conveyor._clock_now() - l.period
         where l.rate_n is not null
         group by l.scope, l.name, s.key, l.rate_n
-        having sum(s.n) >= l.rate_n) x
+        having sum(s.n) >= l.rate_n) x);
+end
 $$;
 
 -- _candidates_by_key: a later round of a claim under key limits, in one queue: the best queued
@@ -997,6 +1006,7 @@ as $$
 declare
     v_priorities smallint[];
     v_keys text[];
+    v_ids conveyor.ulid[];
 begin
     -- the (priority, key) pairs of the queued keyed runs, skipping from one to the next in the index
     with recursive pair (priority, key, n) as (
@@ -1021,10 +1031,9 @@ begin
     if cardinality(v_keys) > 200 then
         return null;
     end if;
-    return array(
-        select row(c.id, c.task, c.priority, c.run_at, c.queue, c.concurrency_key, c.fair_rank)::conveyor._candidate
-        from conveyor.runs c
-        where c.id in (
+    -- the candidates' ids first, then their locks by id: a row a concurrent claim changed is
+    -- re-checked against "id = any(...)" alone, not by running the search again for it
+    v_ids := array(
             -- each key's best runs, but the keys left out in this queue
             select x.id
             from unnest(v_priorities, v_keys) as k(priority, key)
@@ -1048,8 +1057,11 @@ begin
                   and (p_tasks is null or r.task = any(p_tasks))
                   and r.task <> all(p_full_tasks)
                 order by r.run_at, r.id
-                limit p_take) y)
-          and c.status = 'queued'
+                limit p_take) y);
+    return array(
+        select row(c.id, c.task, c.priority, c.run_at, c.queue, c.concurrency_key, c.fair_rank)::conveyor._candidate
+        from conveyor.runs c
+        where c.id = any(v_ids) and c.status = 'queued'
         order by c.priority, c.fair_rank, c.run_at, c.id
         limit p_take
         for no key update skip locked);
