@@ -2194,8 +2194,9 @@ begin
     end if;
 
     -- Key limits: the open queues' and the tasks' key_concurrency and key_rate_limit
-    select array_agg(l.scope), array_agg(l.name), array_agg(l.conc), array_agg(l.rate_n), array_agg(l.rate_p)
-    into v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n, v_kl_rate_p
+    select array_agg(l.scope), array_agg(l.name), array_agg(l.conc), array_agg(l.rate_n), array_agg(l.rate_p),
+           array_agg(conveyor._key_shards(l.conc, l.rate_n))
+    into v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n, v_kl_rate_p, v_kl_shards
     from (select 'queue' as scope, q.name, q.key_concurrency as conc, q.key_rate_limit_n as rate_n,
                  q.key_rate_limit_period as rate_p
           from conveyor.queues q
@@ -2208,7 +2209,6 @@ begin
             -- this claim runs, and must not start uncounted)
             and (claim_runs.tasks is null or t.name = any(claim_runs.tasks))) l;
     v_keyed := v_kl_scopes is not null;
-    v_kl_shards := array(select conveyor._key_shards(x.conc, x.rate_n) from unnest(v_kl_conc, v_kl_rate_n) as x(conc, rate_n));
 
     -- Rate limits: a queue without room is left out of this claim, a task without room is
     -- skipped (the runs of other tasks are taken: no head-of-line blocking), and the others cap
@@ -2356,8 +2356,7 @@ begin
                 locked as (
                     select t.scope, t.name, t.key, t.shard
                     from (select t.* from tried t order by t.scope, t.name, t.key, t.ord offset 0) t
-                    where pg_try_advisory_xact_lock(conveyor._key_lock_class(),
-                                                    hashtext(conveyor._key_ref(t.scope, t.name, t.key) || E'\x1f' || t.shard))
+                    where conveyor._try_key_shard(t.scope, t.name, t.key, t.shard)
                 )
                 select array_agg(k.scope), array_agg(k.name), array_agg(k.key), array_agg(x.shard)
                 into v_gate_scopes, v_gate_names, v_gate_keys, v_gate_shards
@@ -2415,8 +2414,7 @@ begin
                     where x.hint > 0 and x.before < x.missing
                     order by x.scope, x.name, x.key, x.before
                     offset 0) t
-                where pg_try_advisory_xact_lock(conveyor._key_lock_class(),
-                                                hashtext(conveyor._key_ref(t.scope, t.name, t.key) || E'\x1f' || t.shard));
+                where conveyor._try_key_shard(t.scope, t.name, t.key, t.shard);
                 if v_more_scopes is not null then
                     v_gate_scopes := v_gate_scopes || v_more_scopes;
                     v_gate_names := v_gate_names || v_more_names;
@@ -2690,14 +2688,6 @@ $$;
 
 comment on function conveyor.pending is 'runs of these queues (comma-separated) not finished yet: waiting, queued or running';
 
--- _one_of: whether a value is one of these. A function, not "= any(...)" inline, for a filter
--- whose selectivity the planner must not guess from the array (claim_runs under rate limits).
-create or replace function conveyor._one_of(p_value text, p_values text[])
-returns boolean
-language plpgsql
-immutable
-as $$ begin return p_value = any(p_values); end $$;
-
 -- _room_left: each limit's room (p_room, of the limits p_names) less the runs of it in
 -- p_started (a round of a claim under rate limits, for the next round).
 create or replace function conveyor._room_left(p_names text[], p_room integer[], p_started text[])
@@ -2902,14 +2892,15 @@ language sql
 immutable
 as $$ select p_scope || E'\x1f' || p_name || E'\x1f' || p_key $$;
 
--- _key_lock_class: the first half of the advisory locks of keys under a limit ('pgck'; the
--- second half is hashtext(_key_ref)). Two keys of one hash share a lock: a claim of one may skip
--- the other for as long as it runs, and never admits more than a limit.
-create or replace function conveyor._key_lock_class()
-returns integer
+-- _try_key_shard: take the lock of one shard of a key limit for this transaction if no other
+-- transaction holds it (never waits). Advisory lock ('pgck', hashtext of the shard's _key_ref):
+-- two shards of one hash share a lock, so a claim of one may pass the other over while it runs,
+-- and never admits more than a limit.
+create or replace function conveyor._try_key_shard(p_scope text, p_name text, p_key text, p_shard smallint)
+returns boolean
 language sql
-immutable
-as $$ select 1885823851 $$;
+volatile
+as $$ select pg_try_advisory_xact_lock(1885823851, hashtext(conveyor._key_ref(p_scope, p_name, p_key) || E'\x1f' || p_shard)) $$;
 
 -- _key_shards: how many shards a key limit is split into (up to 8, none with a share of 0 of
 -- its concurrency or its rate), so that as many claims of one key can go at once.
