@@ -272,7 +272,24 @@ pub fn race_for(
     stop: &std::sync::atomic::AtomicBool,
     handles: Vec<std::thread::JoinHandle<()>>,
 ) {
-    std::thread::sleep(length);
+    race_until(length, length, stop, handles, || true);
+}
+
+/// Let a race run for at least `least`, then on until `done()` says it did the work it is there
+/// for, or `most` has passed; then stop it and join every thread of it. A slow machine (CI has
+/// two cores shared by every test) runs the race longer instead of failing a bound on its work.
+pub fn race_until(
+    least: std::time::Duration,
+    most: std::time::Duration,
+    stop: &std::sync::atomic::AtomicBool,
+    handles: Vec<std::thread::JoinHandle<()>>,
+    mut done: impl FnMut() -> bool,
+) {
+    let start = std::time::Instant::now();
+    std::thread::sleep(least);
+    while start.elapsed() < most && !done() {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     for h in handles {
         h.join().unwrap();
