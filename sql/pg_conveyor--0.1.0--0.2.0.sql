@@ -406,6 +406,16 @@ create or replace function conveyor._session_started_at() returns timestamptz
 create or replace function conveyor._in_background_worker() returns boolean
     stable parallel restricted language c as 'MODULE_PATHNAME', '_in_background_worker_wrapper';
 
+-- _key_pick: which of a claim's candidates start under key limits and task rate-limit caps
+-- (src/admit.rs): the positions (from 1) of those chosen in claim order, with the shard of the
+-- queue's and the task's key limit each starts under. The candidates come as parallel arrays.
+create or replace function conveyor._key_pick(
+    ids uuid[], tasks text[], queues text[], keys text[], priorities smallint[], fair_ranks bigint[],
+    run_ats timestamptz[], gate_scopes text[], gate_names text[], gate_keys text[], gate_shards smallint[],
+    gate_rooms integer[], cap_tasks text[], task_caps integer[], want integer)
+returns table (candidate integer, queue_shard smallint, task_shard smallint)
+    immutable parallel safe rows 50 language c as 'MODULE_PATHNAME', '_key_pick_wrapper';
+
 -- ============================================================================================
 -- sql/functions/errors.sql
 
@@ -2164,6 +2174,8 @@ declare
     v_gate_keys text[];
     v_gate_shards smallint[];
     v_gate_allowed integer[];
+    -- (and the candidates each key has under each limit)
+    v_gate_want bigint[];
     -- the shards the runs chosen start under (aligned with v_ids)
     v_id_qshards smallint[];
     v_id_tshards smallint[];
@@ -2307,7 +2319,7 @@ begin
                 -- (the shards tried: from one that depends on the session and the key, so that
                 -- concurrent claims of a key start at different shards, as many as the key's
                 -- candidates need at each shard's full share; one whose lock another claim holds
-                -- is passed over)
+                -- is passed over, for the next one when one shard would do)
                 with k as (
                     select l.scope, l.name, c.concurrency_key as key, l.conc, l.rate_n,
                            conveyor._key_shards(l.conc, l.rate_n) as shards, count(*) as want
@@ -2330,14 +2342,10 @@ begin
                     select u.* from conveyor._key_use(v_keys, v_kl_scopes, v_kl_names, v_kl_shards) u
                 ),
                 tried as (
-                    -- a shard's share covers the key's candidates: one shard, by rotation
-                    select k.scope, k.name, k.key, k.start::smallint as shard, 0::bigint as ord
-                    from k2 k
-                    where k.share >= k.want
-                    union all
-                    -- else the shards with room as committed (a hint: the count that decides is
-                    -- the next statement's), the most room first, as many as cover them
-                    select x.scope, x.name, x.key, x.shard, x.before
+                    -- a shard's share does not cover the key's candidates: the shards with room as
+                    -- committed (a hint: the count that decides is the next statement's), the most
+                    -- room first, as many as cover them
+                    select x.scope, x.name, x.key, x.shard, x.before as ord
                     from (select k.scope, k.name, k.key, k.want, sh.shard::smallint as shard, h.hint,
                                  coalesce(sum(h.hint) over (partition by k.scope, k.name, k.key
                                                             order by h.hint desc, (sh.shard - k.start + k.shards) % k.shards
@@ -2354,12 +2362,24 @@ begin
                     offset 0
                 ),
                 locked as (
+                    -- a shard's share covers the key's candidates: one shard, the first free one
+                    -- from the key's start, in turn (concurrent claims of a key take different ones)
+                    select k.scope, k.name, k.key, f.shard
+                    from k2 k
+                    cross join lateral (
+                        select s.shard
+                        from generate_series(0, k.shards - 1) as i
+                        cross join lateral (select ((k.start + i) % k.shards)::smallint as shard) s
+                        where conveyor._try_key_shard(k.scope, k.name, k.key, s.shard)
+                        limit 1) f
+                    where k.share >= k.want
+                    union all
                     select t.scope, t.name, t.key, t.shard
                     from (select t.* from tried t order by t.scope, t.name, t.key, t.ord offset 0) t
                     where conveyor._try_key_shard(t.scope, t.name, t.key, t.shard)
                 )
-                select array_agg(k.scope), array_agg(k.name), array_agg(k.key), array_agg(x.shard)
-                into v_gate_scopes, v_gate_names, v_gate_keys, v_gate_shards
+                select array_agg(k.scope), array_agg(k.name), array_agg(k.key), array_agg(x.shard), array_agg(k.want)
+                into v_gate_scopes, v_gate_names, v_gate_keys, v_gate_shards, v_gate_want
                 from k
                 left join locked x on (x.scope, x.name, x.key) = (k.scope, k.name, k.key);
             end if;
@@ -2377,44 +2397,50 @@ begin
                     v_started_queues, v_started_tasks, v_started_keys, v_started_qshards, v_started_tshards);
                 -- a key whose shards held have less room than it has candidates tries its other
                 -- shards (the first ones depend on the session, not on where the room is)
-                select array_agg(t.scope), array_agg(t.name), array_agg(t.key), array_agg(t.shard)
-                into v_more_scopes, v_more_names, v_more_keys, v_more_shards
-                from (
-                    -- (the untried shards with room as committed, in turn from the first, as many
-                    -- as the missing room needs: a claim never takes more of a key's shards than
-                    -- it can use, which would keep other claims of the key waiting for a round)
-                    select x.scope, x.name, x.key, x.shard
-                    from (select d.scope, d.name, d.key, sh.shard::smallint as shard, w.want - d.room as missing, h.hint,
-                                 coalesce(sum(h.hint) over (partition by d.scope, d.name, d.key
-                                                            order by (sh.shard - w.start + w.shards) % w.shards
-                                                            rows between unbounded preceding and 1 preceding), 0) as before
-                          from (select g.scope, g.name, g.key, sum(g.allowed) as room, count(g.shard) as held,
-                                       array_agg(g.shard) filter (where g.shard is not null) as tried
-                                from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_shards, v_gate_allowed)
-                                     as g(scope, name, key, shard, allowed)
-                                group by g.scope, g.name, g.key) d
-                          join (select l.scope, l.name, c.concurrency_key as key, max(l.shards) as shards, count(*) as want,
-                                       max(l.conc) as conc, max(l.rate_n) as rate_n,
-                                       (abs(hashtext(c.concurrency_key)::bigint) + v_pid) % max(l.shards) as start
-                                from unnest(v_cand) c
-                                join unnest(v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n, v_kl_shards)
-                                     as l(scope, name, conc, rate_n, shards)
-                                  on l.name = case l.scope when 'queue' then c.queue else c.task end
-                                where c.concurrency_key is not null
-                                group by 1, 2, 3) w on (w.scope, w.name, w.key) = (d.scope, d.name, d.key)
-                          cross join lateral generate_series(0, w.shards - 1) as sh(shard)
-                          left join lateral (
-                              select coalesce(sum(u.n) filter (where u.shard = sh.shard), 0) as here,
-                                     coalesce(sum(u.n) filter (where u.shard = -1), 0) as nowhere
-                              from conveyor._key_use(array[d.key], array[d.scope], array[d.name], array[w.shards]) u) u on true
-                          cross join lateral (
-                              select least(coalesce(conveyor._key_share(w.conc, w.shards, sh.shard) - u.here - u.nowhere, w.want),
-                                           coalesce(conveyor._key_share(w.rate_n, w.shards, sh.shard), w.want)) as hint) h
-                          where d.room < w.want and d.held < w.shards and sh.shard <> all(coalesce(d.tried, '{}'))) x
-                    where x.hint > 0 and x.before < x.missing
-                    order by x.scope, x.name, x.key, x.before
-                    offset 0) t
-                where conveyor._try_key_shard(t.scope, t.name, t.key, t.shard);
+                v_more_scopes := null;
+                if exists (select from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_allowed, v_gate_want)
+                                       as g(scope, name, key, allowed, want)
+                           group by g.scope, g.name, g.key
+                           having sum(g.allowed) < max(g.want)) then
+                    select array_agg(t.scope), array_agg(t.name), array_agg(t.key), array_agg(t.shard)
+                    into v_more_scopes, v_more_names, v_more_keys, v_more_shards
+                    from (
+                        -- (the untried shards with room as committed, in turn from the first, as many
+                        -- as the missing room needs: a claim never takes more of a key's shards than
+                        -- it can use, which would keep other claims of the key waiting for a round)
+                        select x.scope, x.name, x.key, x.shard
+                        from (select d.scope, d.name, d.key, sh.shard::smallint as shard, w.want - d.room as missing, h.hint,
+                                     coalesce(sum(h.hint) over (partition by d.scope, d.name, d.key
+                                                                order by (sh.shard - w.start + w.shards) % w.shards
+                                                                rows between unbounded preceding and 1 preceding), 0) as before
+                              from (select g.scope, g.name, g.key, sum(g.allowed) as room, count(g.shard) as held,
+                                           array_agg(g.shard) filter (where g.shard is not null) as tried
+                                    from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_shards, v_gate_allowed)
+                                         as g(scope, name, key, shard, allowed)
+                                    group by g.scope, g.name, g.key) d
+                              join (select l.scope, l.name, c.concurrency_key as key, max(l.shards) as shards, count(*) as want,
+                                           max(l.conc) as conc, max(l.rate_n) as rate_n,
+                                           (abs(hashtext(c.concurrency_key)::bigint) + v_pid) % max(l.shards) as start
+                                    from unnest(v_cand) c
+                                    join unnest(v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n, v_kl_shards)
+                                         as l(scope, name, conc, rate_n, shards)
+                                      on l.name = case l.scope when 'queue' then c.queue else c.task end
+                                    where c.concurrency_key is not null
+                                    group by 1, 2, 3) w on (w.scope, w.name, w.key) = (d.scope, d.name, d.key)
+                              cross join lateral generate_series(0, w.shards - 1) as sh(shard)
+                              left join lateral (
+                                  select coalesce(sum(u.n) filter (where u.shard = sh.shard), 0) as here,
+                                         coalesce(sum(u.n) filter (where u.shard = -1), 0) as nowhere
+                                  from conveyor._key_use(array[d.key], array[d.scope], array[d.name], array[w.shards]) u) u on true
+                              cross join lateral (
+                                  select least(coalesce(conveyor._key_share(w.conc, w.shards, sh.shard) - u.here - u.nowhere, w.want),
+                                               coalesce(conveyor._key_share(w.rate_n, w.shards, sh.shard), w.want)) as hint) h
+                              where d.room < w.want and d.held < w.shards and sh.shard <> all(coalesce(d.tried, '{}'))) x
+                        where x.hint > 0 and x.before < x.missing
+                        order by x.scope, x.name, x.key, x.before
+                        offset 0) t
+                    where conveyor._try_key_shard(t.scope, t.name, t.key, t.shard);
+                end if;
                 if v_more_scopes is not null then
                     v_gate_scopes := v_gate_scopes || v_more_scopes;
                     v_gate_names := v_gate_names || v_more_names;
@@ -2429,46 +2455,18 @@ begin
                 v_now := conveyor._clock_now();
             end if;
             -- the best candidates within each task's room and each key's, and the shard each
-            -- key's nth run starts under: the shard whose rooms, added up in shard order, reach n
-            with cand as (
-                select c.*,
-                       -- (queues are merged by the turns counted from each queue's first candidate's)
-                       c.fair_rank - min(c.fair_rank) over (partition by c.queue, c.priority) as turn,
-                       row_number() over (partition by c.task order by c.priority, c.fair_rank, c.run_at, c.id) as in_task,
-                       row_number() over (partition by c.queue, c.concurrency_key order by c.priority, c.fair_rank, c.run_at, c.id) as in_queue_key,
-                       row_number() over (partition by c.task, c.concurrency_key order by c.priority, c.fair_rank, c.run_at, c.id) as in_task_key
-                from unnest(v_cand) as c
-            ),
-            gate as (
-                select g.scope, g.name, g.key, g.shard, g.room,
-                       coalesce(sum(g.room) over (partition by g.scope, g.name, g.key order by g.shard
-                                                  rows between unbounded preceding and 1 preceding), 0) as before
-                from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_shards, v_gate_allowed) as g(scope, name, key, shard, room)
-            ),
-            taken as (
-                select c.id, c.priority, c.turn, c.run_at, gq.shard as queue_shard, gt.shard as task_shard
-                from cand c
-                left join gate gq on gq.scope = 'queue' and gq.name = c.queue and gq.key = c.concurrency_key
-                                 and c.in_queue_key > gq.before and c.in_queue_key <= gq.before + gq.room
-                left join gate gt on gt.scope = 'task' and gt.name = c.task and gt.key = c.concurrency_key
-                                 and c.in_task_key > gt.before and c.in_task_key <= gt.before + gt.room
-                -- the keys under a limit (whether they got room or not)
-                left join (select distinct g.name, g.key from gate g where g.scope = 'queue') lq
-                  on lq.name = c.queue and lq.key = c.concurrency_key
-                left join (select distinct g.name, g.key from gate g where g.scope = 'task') lt
-                  on lt.name = c.task and lt.key = c.concurrency_key
-                where c.in_task <= coalesce(v_task_caps[array_position(v_cap_tasks, c.task)], v_want)
-                  -- a key under a limit starts only within the room of the shards it holds
-                  and (gq.shard is not null or lq.key is null)
-                  and (gt.shard is not null or lt.key is null)
-                order by c.priority, c.turn, c.run_at, c.id
-                limit v_want
-            )
-            select array_agg(t.id order by t.priority, t.turn, t.run_at, t.id),
-                   array_agg(t.queue_shard order by t.priority, t.turn, t.run_at, t.id),
-                   array_agg(t.task_shard order by t.priority, t.turn, t.run_at, t.id)
+            -- key's run starts under (src/admit.rs)
+            select array_agg(v_cand[p.candidate].id order by p.n), array_agg(p.queue_shard order by p.n),
+                   array_agg(p.task_shard order by p.n)
             into v_ids, v_id_qshards, v_id_tshards
-            from taken t;
+            from (select array_agg(c.id::uuid) as ids, array_agg(c.task) as tasks, array_agg(c.queue) as queues,
+                         array_agg(c.concurrency_key) as keys, array_agg(c.priority) as priorities,
+                         array_agg(c.fair_rank) as fair_ranks, array_agg(c.run_at) as run_ats
+                  from unnest(v_cand) c) c
+            cross join lateral conveyor._key_pick(c.ids, c.tasks, c.queues, c.keys, c.priorities, c.fair_ranks, c.run_ats,
+                v_gate_scopes, v_gate_names, v_gate_keys, v_gate_shards, v_gate_allowed, v_cap_tasks, v_task_caps, v_want)
+                with ordinality as p(candidate, queue_shard, task_shard, n)
+            where c.ids is not null;
             -- candidates left over for a task's or key's room: another round may find others
             v_held := cardinality(v_cand) > coalesce(cardinality(v_ids), 0);
             exit when v_ids is null and not v_held;
