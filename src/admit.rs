@@ -146,8 +146,8 @@ fn bump(n: &mut usize) -> usize {
 }
 
 /// SQL: conveyor._key_pick, the choice above over a claim's candidates (parallel arrays) and
-/// the gates it holds: the chosen candidates' positions (from 1) in claim order, with the
-/// shards they start under.
+/// the gates it holds: the chosen candidates' ids in claim order, with the shards they start
+/// under.
 #[allow(clippy::too_many_arguments, reason = "SQL passes a claim's candidates as parallel arrays")]
 #[pg_extern(immutable, parallel_safe, sql = false)]
 fn _key_pick(
@@ -166,7 +166,7 @@ fn _key_pick(
     cap_tasks: Option<Array<&str>>,
     task_caps: Option<Array<i32>>,
     want: i32,
-) -> TableIterator<'static, (name!(candidate, i32), name!(queue_shard, Option<i16>), name!(task_shard, Option<i16>))> {
+) -> TableIterator<'static, (name!(id, pgrx::Uuid), name!(queue_shard, Option<i16>), name!(task_shard, Option<i16>))> {
     let absent = || -> ! { panic!("a claim's candidate has a null field") };
     let candidates: Vec<Candidate> = ids
         .iter()
@@ -214,7 +214,11 @@ fn _key_pick(
         _ => HashMap::new(),
     };
     let picks = pick(&candidates, &gates, &caps, want.max(0) as usize);
-    TableIterator::new(picks.into_iter().map(|p| (p.index as i32 + 1, p.queue_shard, p.task_shard)))
+    let rows: Vec<_> = picks
+        .into_iter()
+        .map(|p| (pgrx::Uuid::from_bytes(candidates[p.index].id), p.queue_shard, p.task_shard))
+        .collect();
+    TableIterator::new(rows)
 }
 
 #[cfg(test)]

@@ -377,7 +377,7 @@ begin
             end if;
             -- the best candidates within each task's room and each key's, and the shard each
             -- key's run starts under (src/admit.rs)
-            select array_agg(v_cand[p.candidate].id order by p.n), array_agg(p.queue_shard order by p.n),
+            select array_agg(p.id order by p.n), array_agg(p.queue_shard order by p.n),
                    array_agg(p.task_shard order by p.n)
             into v_ids, v_id_qshards, v_id_tshards
             from (select array_agg(c.id::uuid) as ids, array_agg(c.task) as tasks, array_agg(c.queue) as queues,
@@ -386,7 +386,7 @@ begin
                   from unnest(v_cand) c) c
             cross join lateral conveyor._key_pick(c.ids, c.tasks, c.queues, c.keys, c.priorities, c.fair_ranks, c.run_ats,
                 v_gate_scopes, v_gate_names, v_gate_keys, v_gate_shards, v_gate_allowed, v_cap_tasks, v_task_caps, v_want)
-                with ordinality as p(candidate, queue_shard, task_shard, n)
+                with ordinality as p(id, queue_shard, task_shard, n)
             where c.ids is not null;
             -- candidates left over for a task's or key's room: another round may find others
             v_held := cardinality(v_cand) > coalesce(cardinality(v_ids), 0);
@@ -527,7 +527,7 @@ begin
         join started s on (s.scope, s.name) = (h.scope, h.name)
         where s.n > h.before;
     end if;
-    if v_keyed and cardinality(v_started_keys) > 0 then
+    if v_keyed and cardinality(v_started_keys) > 0 and cardinality(array_remove(v_kl_rate_n, null)) > 0 then
         -- this claim's starts under each key rate limit (the key's lock is this transaction's
         -- until it commits)
         insert into conveyor._rate_starts (scope, name, shard, at, n, key)

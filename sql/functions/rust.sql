@@ -84,11 +84,11 @@ create or replace function conveyor._in_background_worker() returns boolean
     stable parallel restricted language c as 'MODULE_PATHNAME', '_in_background_worker_wrapper';
 
 -- _key_pick: which of a claim's candidates start under key limits and task rate-limit caps
--- (src/admit.rs): the positions (from 1) of those chosen in claim order, with the shard of the
--- queue's and the task's key limit each starts under. The candidates come as parallel arrays.
+-- (src/admit.rs): the ids of those chosen in claim order, with the shard of the queue's and
+-- the task's key limit each starts under. The candidates come as parallel arrays.
 create or replace function conveyor._key_pick(
     ids uuid[], tasks text[], queues text[], keys text[], priorities smallint[], fair_ranks bigint[],
     run_ats timestamptz[], gate_scopes text[], gate_names text[], gate_keys text[], gate_shards smallint[],
     gate_rooms integer[], cap_tasks text[], task_caps integer[], want integer)
-returns table (candidate integer, queue_shard smallint, task_shard smallint)
+returns table (id conveyor.ulid, queue_shard smallint, task_shard smallint)
     immutable parallel safe rows 50 language c as 'MODULE_PATHNAME', '_key_pick_wrapper';
