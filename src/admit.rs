@@ -168,6 +168,23 @@ fn _key_pick(
     want: i32,
 ) -> TableIterator<'static, (name!(id, pgrx::Uuid), name!(queue_shard, Option<i16>), name!(task_shard, Option<i16>))> {
     let absent = || -> ! { panic!("a claim's candidate has a null field") };
+    // arrays that do not line up would drop gates (a key would start under no limit): refuse
+    let n = ids.len();
+    let lens = [tasks.len(), queues.len(), keys.len(), priorities.len(), fair_ranks.len(), run_ats.len()];
+    assert!(lens.iter().all(|&l| l == n), "a claim's candidate arrays differ in length");
+    let gate_lens = [
+        gate_scopes.as_ref().map(|a| a.len()),
+        gate_names.as_ref().map(|a| a.len()),
+        gate_keys.as_ref().map(|a| a.len()),
+        gate_shards.as_ref().map(|a| a.len()),
+        gate_rooms.as_ref().map(|a| a.len()),
+    ];
+    assert!(gate_lens.iter().all(|&l| l == gate_lens[0]), "a claim's key gate arrays differ in length or nullness");
+    assert_eq!(
+        cap_tasks.as_ref().map(|a| a.len()),
+        task_caps.as_ref().map(|a| a.len()),
+        "a claim's task caps differ in length or nullness"
+    );
     let candidates: Vec<Candidate> = ids
         .iter()
         .zip(tasks.iter())

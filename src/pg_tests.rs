@@ -98,3 +98,34 @@ fn a_direct_update_outside_the_transitions_is_refused() {
     .unwrap();
     Spi::run("update conveyor.runs set status = 'succeeded', finished_at = now()").unwrap();
 }
+
+// _key_pick (src/admit.rs) over SQL arrays: nulls for "no gates" and "no caps", ids back in
+// claim order, shards of the gates held, and arrays that do not line up refused.
+const KEY_PICK_CANDIDATES: &str = "array['01ARZ3NDEKTSV4RRFFQ69G5FA1', '01ARZ3NDEKTSV4RRFFQ69G5FA2', '01ARZ3NDEKTSV4RRFFQ69G5FA3']::conveyor.ulid[]::uuid[],
+     array['t', 't', 't'], array['q', 'q', 'q'], array['a', 'a', null], array[0, 0, 0]::smallint[],
+     array[1, 2, 0]::bigint[], array['2026-01-01', '2026-01-01', '2026-01-02']::timestamptz[]";
+
+#[pg_test]
+fn key_pick_takes_the_ids_in_claim_order_within_the_gates_held() {
+    let without_gates: String = one(&format!(
+        "select string_agg(id::text || ':' || coalesce(queue_shard::text, '-'), ',' order by n)
+         from conveyor._key_pick({KEY_PICK_CANDIDATES}, null, null, null, null, null, null, null, 10) with ordinality as p(id, queue_shard, task_shard, n)"
+    ));
+    // the unkeyed run is at turn 0, then a's two
+    assert_eq!(without_gates, "01ARZ3NDEKTSV4RRFFQ69G5FA3:-,01ARZ3NDEKTSV4RRFFQ69G5FA1:-,01ARZ3NDEKTSV4RRFFQ69G5FA2:-");
+    let one_room: String = one(&format!(
+        "select string_agg(id::text || ':' || coalesce(queue_shard::text, '-'), ',' order by n)
+         from conveyor._key_pick({KEY_PICK_CANDIDATES}, array['queue'], array['q'], array['a'], array[5]::smallint[], array[1],
+                                 null, null, 10) with ordinality as p(id, queue_shard, task_shard, n)"
+    ));
+    assert_eq!(one_room, "01ARZ3NDEKTSV4RRFFQ69G5FA3:-,01ARZ3NDEKTSV4RRFFQ69G5FA1:5");
+}
+
+#[pg_test(error = "a claim's key gate arrays differ in length or nullness")]
+fn key_pick_refuses_gate_arrays_that_do_not_line_up() {
+    Spi::run(&format!(
+        "select * from conveyor._key_pick({KEY_PICK_CANDIDATES}, array['queue', 'queue'], array['q', 'q'], array['a', 'b'],
+                                          array[1, 2]::smallint[], array[1], null, null, 10)"
+    ))
+    .unwrap();
+}
