@@ -2306,7 +2306,13 @@ begin
                     v_cand := v_cand || v_part;
                 end if;
             end loop;
+            -- (this round's gates only: none is left from an earlier round)
             v_gate_scopes := null;
+            v_gate_names := null;
+            v_gate_keys := null;
+            v_gate_shards := null;
+            v_gate_allowed := null;
+            v_gate_want := null;
             if v_keyed then
                 v_keys := array(select distinct c.concurrency_key from unnest(v_cand) c where c.concurrency_key is not null);
             end if;

@@ -172,18 +172,20 @@ fn _key_pick(
     let n = ids.len();
     let lens = [tasks.len(), queues.len(), keys.len(), priorities.len(), fair_ranks.len(), run_ats.len()];
     assert!(lens.iter().all(|&l| l == n), "a claim's candidate arrays differ in length");
+    // (null reads as empty)
+    let len = |a: Option<usize>| a.unwrap_or(0);
     let gate_lens = [
-        gate_scopes.as_ref().map(|a| a.len()),
-        gate_names.as_ref().map(|a| a.len()),
-        gate_keys.as_ref().map(|a| a.len()),
-        gate_shards.as_ref().map(|a| a.len()),
-        gate_rooms.as_ref().map(|a| a.len()),
+        len(gate_scopes.as_ref().map(|a| a.len())),
+        len(gate_names.as_ref().map(|a| a.len())),
+        len(gate_keys.as_ref().map(|a| a.len())),
+        len(gate_shards.as_ref().map(|a| a.len())),
+        len(gate_rooms.as_ref().map(|a| a.len())),
     ];
-    assert!(gate_lens.iter().all(|&l| l == gate_lens[0]), "a claim's key gate arrays differ in length or nullness");
+    assert!(gate_lens.iter().all(|&l| l == gate_lens[0]), "a claim's key gate arrays differ in length");
     assert_eq!(
-        cap_tasks.as_ref().map(|a| a.len()),
-        task_caps.as_ref().map(|a| a.len()),
-        "a claim's task caps differ in length or nullness"
+        len(cap_tasks.as_ref().map(|a| a.len())),
+        len(task_caps.as_ref().map(|a| a.len())),
+        "a claim's task caps differ in length"
     );
     let candidates: Vec<Candidate> = ids
         .iter()
