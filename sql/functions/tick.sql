@@ -82,14 +82,16 @@ begin
 end
 $$;
 
--- _quarantined: whether a step set this run aside and it is not yet time to try it again.
-create or replace function conveyor._quarantined(p_step text, p_run_id conveyor.ulid, p_now timestamptz)
-returns boolean
+-- _set_aside: the runs a step set aside that it is not yet time to try again. Used as
+-- `r.id not in (select s.run_id from conveyor._set_aside(step, now) s)`: inlined, one hashed
+-- look-up per row. (It replaced a boolean function per run, which PostgreSQL could not inline
+-- because its body held a subquery: 13 µs a row, a tick delivering 1,000 runs took 41 ms.)
+create or replace function conveyor._set_aside(p_step text, p_now timestamptz)
+returns table (run_id conveyor.ulid)
 language sql
 stable
 as $$
-    select exists (select from conveyor.quarantine q
-                   where q.step = p_step and q.run_id = p_run_id and q.retry_at > p_now)
+    select q.run_id from conveyor.quarantine q where q.step = p_step and q.retry_at > p_now
 $$;
 
 -- tick_steps: the steps of a tick, in order (the background worker runs each in its own

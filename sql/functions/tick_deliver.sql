@@ -55,7 +55,7 @@ begin
             join conveyor.queues q on q.name = r.queue
             where conveyor._waiting(r.status) and r.run_at <= p_now
               and not q.paused and (q.concurrency is null or q.delivered < q.concurrency)
-              and not conveyor._quarantined('deliver', r.id, p_now)
+              and r.id not in (select s.run_id from conveyor._set_aside('deliver', p_now) s)
             order by r.run_at
             limit p_limit * 2
         ) o
@@ -101,7 +101,7 @@ begin
             left join unnest(v_queues, v_queue_free) as qf(name, free) on qf.name = r.queue
             left join unnest(v_tasks, v_task_free) as tf(name, free) on tf.name = r.task
             where r.id = any(v_ids) and conveyor._waiting(r.status) and r.run_at <= p_now
-              and not conveyor._quarantined('deliver', r.id, p_now)
+              and r.id not in (select s.run_id from conveyor._set_aside('deliver', p_now) s)
               -- a bounded queue or capped task whose row a client holds waits for a later tick
               and (qf.name is not null or r.queue <> all(v_bounded))
               and (tf.name is not null or r.task <> all(v_capped))

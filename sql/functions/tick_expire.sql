@@ -83,7 +83,7 @@ begin
                 select conveyor._expiry(r, p_now)
                 from conveyor.runs r
                 where r.status = 'running' and least(r.lease_expires_at, r.timeout_at) <= p_now
-                  and not conveyor._quarantined('expire', r.id, p_now)
+                  and r.id not in (select s.run_id from conveyor._set_aside('expire', p_now) s)
                 order by least(r.lease_expires_at, r.timeout_at)
                 limit p_limit
                 for no key update skip locked) || array(
@@ -91,7 +91,7 @@ begin
                 from unnest(v_gone) g
                 join conveyor.runs r on r.session_pid = g.pid and r.session_started_at = g.started_at
                 where r.status = 'running' and least(r.lease_expires_at, r.timeout_at) > p_now
-                  and not conveyor._quarantined('expire', r.id, p_now)
+                  and r.id not in (select s.run_id from conveyor._set_aside('expire', p_now) s)
                 limit p_limit
                 for no key update of r skip locked)) e);
     exception when others then
@@ -100,14 +100,14 @@ begin
         for v_run in
             (select * from conveyor.runs r
              where r.status = 'running' and least(r.lease_expires_at, r.timeout_at) <= p_now
-               and not conveyor._quarantined('expire', r.id, p_now)
+               and r.id not in (select s.run_id from conveyor._set_aside('expire', p_now) s)
              order by least(r.lease_expires_at, r.timeout_at)
              limit p_limit)
             union all
             (select r.* from unnest(v_gone) g
              join conveyor.runs r on r.session_pid = g.pid and r.session_started_at = g.started_at
              where r.status = 'running' and least(r.lease_expires_at, r.timeout_at) > p_now
-               and not conveyor._quarantined('expire', r.id, p_now)
+               and r.id not in (select s.run_id from conveyor._set_aside('expire', p_now) s)
              limit p_limit)
         loop
             if v_run.queue = any(v_held) then
