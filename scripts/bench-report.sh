@@ -65,6 +65,10 @@ kl = find("pg_conveyor", "process_key_limited", batch=50)
 if kl:
     plain = num(find("pg_conveyor", "process", batch=50), "per_second")
     print(f"| end to end, {kl['runs']} no-op runs over 100 concurrency keys, 8 workers, batch 50, under a key_concurrency that never binds | {fmt(num(kl, 'per_second'))} runs/s | without limits: {fmt(plain)} runs/s (target ≥ 0.9×) | {ratio(num(kl, 'per_second'), plain)} |")
+mx = find("pg_conveyor", "process_mix", batch=50)
+if mx:
+    plain = num(find("pg_conveyor", "process", batch=50), "per_second")
+    print(f"| end to end, {mx['runs']} runs, 8 workers, batch 50, a realistic mix: {int(mx['failed_once']):,} fail once and {int(mx['released_once']):,} are released once (retried and due again at once, through tick's delivery) | {fmt(num(mx, 'per_second'))} runs/s, {int(mx['attempts']):,} attempts | all succeeding at once: {fmt(plain)} runs/s | {ratio(num(mx, 'per_second'), plain)} |")
 for f in [r for r in rows if r.get("workload") == "fairness"]:
     fifo = find("pg_conveyor", "fairness", mode="fifo")
     print(f"| fairness ({f['mode']}): {f['small']} runs of a small key behind {int(f['flood']):,} of a flooded one, 8 workers, batch {f['batch']} | the small key's last run started {f['small_waited_s']} s after the first start, after {int(f['flood_before']):,} flood runs | {fmt(num(f, 'per_second'))} runs/s | {ratio(num(f, 'per_second'), num(fifo, 'per_second'))} of fifo |")

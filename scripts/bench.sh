@@ -65,6 +65,8 @@ run bench process --runs "$RUNS" --workers 8 --batch 50 --combined 1
 run bench process --runs "$RUNS" --workers 8 --batch 50 --limits 1
 # and under a key_concurrency that never binds, the runs spread over 100 keys
 run bench process --runs "$RUNS" --workers 8 --batch 50 --keys 100
+# a realistic mix: a tenth of the runs fail once, a tenth are released once
+run bench process-mix --runs "$RUNS" --workers 8 --batch 50
 # fairness: 10 runs of a small key behind 10,000 of a flooded one, first in first out (no keys),
 # round-robin across keys, and round-robin with the flood capped at 4 running
 run bench fairness --flood 10000 --small 10 --workers 8 --batch 10 --keys 0

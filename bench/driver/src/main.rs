@@ -11,6 +11,8 @@
 //!                   until the queue is empty (B = 1: complete_run each; B > 1: finish_runs);
 //!                   with --combined 1, one finish_and_claim call per cycle (one commit) instead
 //!                   (workload process_combined)
+//!   process-mix     process with a realistic mix: a tenth of the runs fail once and a tenth
+//!                   are released once (retried and due again at once, delivered by tick)
 //!   latency         a LISTENing worker; enqueue commit -> claimed, p50/p99 over K samples
 //!   claim-cost      mean claim+complete time with N runs waiting
 //!   tick-cost       tick time with N scheduled runs of which D are due
@@ -197,12 +199,36 @@ fn success_item(id: &str, token: uuid::Uuid) -> serde_json::Value {
     serde_json::json!({"run_id": id, "lease_token": token.to_string(), "outcome": "succeeded"})
 }
 
-/// One worker: claim batches until the queue stays empty; returns runs finished.
+/// The realistic mix (`process --mix 1`): what a worker does with a claimed run. A tenth of the
+/// runs (by a hash of the id) fail once and a tenth are released once (business waiting); the
+/// rest, and those on their second attempt, succeed.
+fn mix_item(id: &str, token: uuid::Uuid, failures: i32, releases: i32) -> serde_json::Value {
+    let h = id.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    let lease = token.to_string();
+    match h % 10 {
+        0 if failures == 0 => {
+            serde_json::json!({"run_id": id, "lease_token": lease, "outcome": "failed", "message": "mix: fails once"})
+        }
+        1 if releases == 0 => {
+            serde_json::json!({"run_id": id, "lease_token": lease, "outcome": "released", "delay": "0s", "reason": "mix"})
+        }
+        _ => success_item(id, token),
+    }
+}
+
+/// One worker: claim batches until the queue stays empty; returns runs finished (succeeded).
+/// `mix`: finish them as in mix_item, every batch size through finish_runs.
 fn work_until_empty(c: &mut Client, batch: u64, worker: &str) -> u64 {
+    work_until_empty_with(c, batch, worker, false)
+}
+
+fn work_until_empty_with(c: &mut Client, batch: u64, worker: &str, mix: bool) -> u64 {
     let mut finished = 0;
     let mut empty = 0u32;
     // prepared once, as a real worker does
-    let claim = c.prepare("select run_id::text, lease_token from conveyor.claim_runs('bench', $1, $2::int)").unwrap();
+    let claim = c
+        .prepare("select run_id::text, lease_token, failures, releases from conveyor.claim_runs('bench', $1, $2::int)")
+        .unwrap();
     let complete = c.prepare("select conveyor.complete_run($1::text, $2)").unwrap();
     let finish = c.prepare("select count(*) from conveyor.finish_runs($1)").unwrap();
     let pending = c.prepare("select conveyor.pending('bench')").unwrap();
@@ -215,6 +241,13 @@ fn work_until_empty(c: &mut Client, batch: u64, worker: &str) -> u64 {
             continue;
         }
         empty = 0;
+        if mix {
+            let items: Vec<serde_json::Value> =
+                rows.iter().map(|r| mix_item(r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+            finished += items.iter().filter(|i| i["outcome"] == "succeeded").count() as u64;
+            c.execute(&finish, &[&serde_json::Value::Array(items)]).unwrap();
+            continue;
+        }
         if batch == 1 {
             for r in &rows {
                 let (id, token): (String, uuid::Uuid) = (r.get(0), r.get(1));
@@ -270,6 +303,10 @@ fn run_workers(workers: u64, batch: u64) -> (f64, u64) {
 }
 
 fn run_workers_with(workers: u64, batch: u64, combined: bool) -> (f64, u64) {
+    run_workers_mixed(workers, batch, combined, false)
+}
+
+fn run_workers_mixed(workers: u64, batch: u64, combined: bool, mix: bool) -> (f64, u64) {
     let barrier = Arc::new(Barrier::new(workers as usize + 1));
     let handles: Vec<_> = (0..workers)
         .map(|i| {
@@ -280,7 +317,7 @@ fn run_workers_with(workers: u64, batch: u64, combined: bool) -> (f64, u64) {
                 if combined {
                     work_until_empty_combined(&mut c, batch, &format!("bench-{i}"))
                 } else {
-                    work_until_empty(&mut c, batch, &format!("bench-{i}"))
+                    work_until_empty_with(&mut c, batch, &format!("bench-{i}"), mix)
                 }
             })
         })
@@ -295,6 +332,50 @@ fn run_workers_with(workers: u64, batch: u64, combined: bool) -> (f64, u64) {
 /// measure what a claim under limits costs. `keys` > 0: spread the runs over that many
 /// concurrency keys, under a key_concurrency on the queue that never binds (100,000 running per
 /// key), to measure what a claim under key limits costs.
+/// The realistic mix: `runs` runs, of which a tenth fail once (retried at once: max_attempts 3,
+/// delay 0s) and a tenth are released once (due again at once), through W workers at batch B.
+/// The retries and releases come back through tick's delivery (the background worker). Checks
+/// that every run succeeded exactly once, after as many attempts as the mix asked for.
+fn process_mix(runs: u64, workers: u64, batch: u64) {
+    let mut client = connect();
+    reset(&mut client, "select conveyor.define_task('bench.noop', queue => 'bench', max_attempts => 3, delay => '0s');");
+    enqueue_backlog(&mut client, runs, "");
+    let (seconds, finished) = run_workers_mixed(workers, batch, false, true);
+    let row = client
+        .query_one(
+            "select (select count(*) from conveyor.runs where status = 'succeeded'), (select count(*) from conveyor.runs),
+                    count(*) filter (where outcome = 'succeeded'), count(*) filter (where outcome = 'failed'),
+                    count(*) filter (where outcome = 'released'), count(*)
+             from conveyor.attempts",
+            &[],
+        )
+        .unwrap();
+    let (succeeded, total, ok, failed, released, attempts): (i64, i64, i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
+    assert_eq!((succeeded as u64, total as u64, ok as u64, finished), (runs, runs, runs, runs), "every run succeeded once");
+    assert_eq!(attempts, ok + failed + released, "no attempt ended otherwise");
+    let rate = runs as f64 / seconds;
+    eprintln!(
+        "process_mix: {runs} runs, {workers} workers, batch {batch}: {seconds:.2}s, {rate:.0} runs/s; attempts: \
+         {failed} failed once ({:.1}%), {released} released once ({:.1}%), {ok} succeeded",
+        100.0 * failed as f64 / runs as f64,
+        100.0 * released as f64 / runs as f64
+    );
+    result(
+        "process_mix",
+        &[
+            ("runs", runs.to_string()),
+            ("workers", workers.to_string()),
+            ("batch", batch.to_string()),
+            ("seconds", format!("{seconds:.2}")),
+            ("per_second", format!("{rate:.0}")),
+            ("failed_once", failed.to_string()),
+            ("released_once", released.to_string()),
+            ("attempts", attempts.to_string()),
+        ],
+    );
+}
+
 fn process(runs: u64, workers: u64, batch: u64, combined: bool, limits: bool, keys: u64) {
     let mut client = connect();
     reset(
@@ -865,6 +946,7 @@ fn main() {
             arg("limits", 0) == 1,
             arg("keys", 0),
         ),
+        "process-mix" => process_mix(arg("runs", 100_000), arg("workers", 8), arg("batch", 50)),
         "fairness" => fairness(
             arg("flood", 10_000),
             arg("small", 10),
@@ -881,7 +963,7 @@ fn main() {
         "size" => size_after(arg("runs", 1_000_000), arg("workers", 8), arg("batch", 50)),
         "sustained" => sustained(arg("rate", 2000), arg("seconds", 300), arg("hold", 0) == 1),
         other => {
-            eprintln!("unknown workload {other:?}: enqueue-single, enqueue-batch, process, fairness, latency, claim-cost, tick-cost, counter-cost, growth, size, sustained");
+            eprintln!("unknown workload {other:?}: enqueue-single, enqueue-batch, process, process-mix, fairness, latency, claim-cost, tick-cost, counter-cost, growth, size, sustained");
             std::process::exit(2);
         }
     }
