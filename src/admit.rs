@@ -13,7 +13,6 @@
 //! task) starts under the shard whose rooms, added up in shard order, first reach n.
 
 use pgrx::prelude::*;
-use std::cmp::Ordering;
 use std::collections::HashMap;
 
 /// A run a claim has locked and may start.
@@ -97,12 +96,7 @@ pub fn pick(candidates: &[Candidate], gates: &[Gate], task_caps: &HashMap<&str, 
         shards.entry((g.scope, g.name, g.key)).or_default().push((g.shard, g.room));
     }
     for list in shards.values_mut() {
-        list.sort_by(|a, b| match (a.0, b.0) {
-            (Some(x), Some(y)) => x.cmp(&y),
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (None, None) => Ordering::Equal,
-        });
+        list.sort_by_key(|&(shard, _)| (shard.is_none(), shard));
     }
     // the shard a key's nth run starts under; None for a key under no limit of this scope,
     // Some(None) for one under a limit without room for it

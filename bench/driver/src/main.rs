@@ -199,7 +199,7 @@ fn success_item(id: &str, token: uuid::Uuid) -> serde_json::Value {
     serde_json::json!({"run_id": id, "lease_token": token.to_string(), "outcome": "succeeded"})
 }
 
-/// The realistic mix (`process --mix 1`): what a worker does with a claimed run. A tenth of the
+/// The realistic mix (workload process-mix): what a worker does with a claimed run. A tenth of the
 /// runs (by a hash of the id) fail once and a tenth are released once (business waiting); the
 /// rest, and those on their second attempt, succeed.
 fn mix_item(id: &str, token: uuid::Uuid, failures: i32, releases: i32) -> serde_json::Value {
@@ -216,13 +216,24 @@ fn mix_item(id: &str, token: uuid::Uuid, failures: i32, releases: i32) -> serde_
     }
 }
 
-/// One worker: claim batches until the queue stays empty; returns runs finished (succeeded).
-/// `mix`: finish them as in mix_item, every batch size through finish_runs.
-fn work_until_empty(c: &mut Client, batch: u64, worker: &str) -> u64 {
-    work_until_empty_with(c, batch, worker, false)
+/// How the workers finish the runs they claim.
+#[derive(Clone, Copy, PartialEq)]
+enum Finish {
+    /// claim, then complete_run (batch 1) or finish_runs: every run succeeds
+    Apart,
+    /// one finish_and_claim call per cycle: every run succeeds
+    Combined,
+    /// claim, then finish_runs with the outcomes of mix_item
+    Mix,
 }
 
-fn work_until_empty_with(c: &mut Client, batch: u64, worker: &str, mix: bool) -> u64 {
+/// One worker: claim batches until the queue stays empty; returns runs finished (succeeded).
+fn work_until_empty(c: &mut Client, batch: u64, worker: &str) -> u64 {
+    work_until_empty_as(c, batch, worker, Finish::Apart)
+}
+
+/// `finish_as`: Apart or Mix (Combined is work_until_empty_combined).
+fn work_until_empty_as(c: &mut Client, batch: u64, worker: &str, finish_as: Finish) -> u64 {
     let mut finished = 0;
     let mut empty = 0u32;
     // prepared once, as a real worker does
@@ -241,7 +252,7 @@ fn work_until_empty_with(c: &mut Client, batch: u64, worker: &str, mix: bool) ->
             continue;
         }
         empty = 0;
-        if mix {
+        if finish_as == Finish::Mix {
             let items: Vec<serde_json::Value> =
                 rows.iter().map(|r| mix_item(r.get(0), r.get(1), r.get(2), r.get(3))).collect();
             finished += items.iter().filter(|i| i["outcome"] == "succeeded").count() as u64;
@@ -299,14 +310,10 @@ fn work_until_empty_combined(c: &mut Client, batch: u64, worker: &str) -> u64 {
 }
 
 fn run_workers(workers: u64, batch: u64) -> (f64, u64) {
-    run_workers_with(workers, batch, false)
+    run_workers_as(workers, batch, Finish::Apart)
 }
 
-fn run_workers_with(workers: u64, batch: u64, combined: bool) -> (f64, u64) {
-    run_workers_mixed(workers, batch, combined, false)
-}
-
-fn run_workers_mixed(workers: u64, batch: u64, combined: bool, mix: bool) -> (f64, u64) {
+fn run_workers_as(workers: u64, batch: u64, finish: Finish) -> (f64, u64) {
     let barrier = Arc::new(Barrier::new(workers as usize + 1));
     let handles: Vec<_> = (0..workers)
         .map(|i| {
@@ -314,10 +321,10 @@ fn run_workers_mixed(workers: u64, batch: u64, combined: bool, mix: bool) -> (f6
             thread::spawn(move || {
                 let mut c = connect();
                 barrier.wait();
-                if combined {
+                if finish == Finish::Combined {
                     work_until_empty_combined(&mut c, batch, &format!("bench-{i}"))
                 } else {
-                    work_until_empty_with(&mut c, batch, &format!("bench-{i}"), mix)
+                    work_until_empty_as(&mut c, batch, &format!("bench-{i}"), finish)
                 }
             })
         })
@@ -328,19 +335,18 @@ fn run_workers_mixed(workers: u64, batch: u64, combined: bool, mix: bool) -> (f6
     (start.elapsed().as_secs_f64(), finished)
 }
 
-/// `limits`: give the queue and the task rate limits that never bind (10^6 starts a second), to
-/// measure what a claim under limits costs. `keys` > 0: spread the runs over that many
-/// concurrency keys, under a key_concurrency on the queue that never binds (100,000 running per
-/// key), to measure what a claim under key limits costs.
 /// The realistic mix: `runs` runs, of which a tenth fail once (retried at once: max_attempts 3,
 /// delay 0s) and a tenth are released once (due again at once), through W workers at batch B.
 /// The retries and releases come back through tick's delivery (the background worker). Checks
 /// that every run succeeded exactly once, after as many attempts as the mix asked for.
 fn process_mix(runs: u64, workers: u64, batch: u64) {
     let mut client = connect();
-    reset(&mut client, "select conveyor.define_task('bench.noop', queue => 'bench', max_attempts => 3, delay => '0s');");
+    reset(
+        &mut client,
+        "select conveyor.define_task('bench.noop', queue => 'bench', max_attempts => 3, delay => '0s');",
+    );
     enqueue_backlog(&mut client, runs, "");
-    let (seconds, finished) = run_workers_mixed(workers, batch, false, true);
+    let (seconds, finished) = run_workers_as(workers, batch, Finish::Mix);
     let row = client
         .query_one(
             "select (select count(*) from conveyor.runs where status = 'succeeded'), (select count(*) from conveyor.runs),
@@ -352,7 +358,11 @@ fn process_mix(runs: u64, workers: u64, batch: u64) {
         .unwrap();
     let (succeeded, total, ok, failed, released, attempts): (i64, i64, i64, i64, i64, i64) =
         (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
-    assert_eq!((succeeded as u64, total as u64, ok as u64, finished), (runs, runs, runs, runs), "every run succeeded once");
+    assert_eq!(
+        (succeeded as u64, total as u64, ok as u64, finished),
+        (runs, runs, runs, runs),
+        "every run succeeded once"
+    );
     assert_eq!(attempts, ok + failed + released, "no attempt ended otherwise");
     let rate = runs as f64 / seconds;
     eprintln!(
@@ -376,6 +386,10 @@ fn process_mix(runs: u64, workers: u64, batch: u64) {
     );
 }
 
+/// `limits`: give the queue and the task rate limits that never bind (10^6 starts a second), to
+/// measure what a claim under limits costs. `keys` > 0: spread the runs over that many
+/// concurrency keys, under a key_concurrency on the queue that never binds (100,000 running per
+/// key), to measure what a claim under key limits costs.
 fn process(runs: u64, workers: u64, batch: u64, combined: bool, limits: bool, keys: u64) {
     let mut client = connect();
     reset(
@@ -395,7 +409,7 @@ fn process(runs: u64, workers: u64, batch: u64, combined: bool, limits: bool, ke
         String::new()
     };
     enqueue_backlog(&mut client, runs, &spread);
-    let (seconds, finished) = run_workers_with(workers, batch, combined);
+    let (seconds, finished) = run_workers_as(workers, batch, if combined { Finish::Combined } else { Finish::Apart });
     let row = client
         .query_one(
             "select count(*) filter (where status = 'succeeded'), count(*), (select count(*) from conveyor.attempts),
