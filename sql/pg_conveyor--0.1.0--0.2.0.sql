@@ -332,6 +332,13 @@ create or replace function conveyor.ulid_generate() returns conveyor.ulid
 
 comment on function conveyor.ulid_generate() is 'a new ULID (time-ordered; increasing within a session)';
 
+-- ulid_partition: the logical partition (0-1023) a ULID was made in: the conveyor.partition of
+-- the database that made it (docs/scale-out.md); a router sends calls about a run to its shard.
+create or replace function conveyor.ulid_partition(conveyor.ulid) returns integer
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', 'ulid_partition_wrapper';
+
+comment on function conveyor.ulid_partition(conveyor.ulid) is 'the logical partition (conveyor.partition of the database that made it) a ULID carries';
+
 -- ulid_timestamp: the creation time encoded in a ULID.
 create or replace function conveyor.ulid_timestamp(conveyor.ulid) returns timestamptz
     immutable strict parallel safe language c as 'MODULE_PATHNAME', 'ulid_timestamp_wrapper';
@@ -438,6 +445,8 @@ values
     ('CV008', 'queue_in_use', 'drop_queue of a queue that tasks use or that holds unfinished runs'),
     ('CV009', 'duplicate_run', 'enqueue with an idempotency key that matches a run of the task, under on_duplicate = reject (nothing written)'),
     ('CV010', 'invalid_configuration', 'invalid configuration (every problem listed, nothing applied)'),
+    ('CV011', 'shard_unavailable', 'pg_conveyor_router: a shard did not answer (nothing changed there); also the warning of a view, count or claim that lacks a shard'),
+    ('CV012', 'cluster_misconfigured', 'pg_conveyor_router: conveyor.shards is not a whole cluster (numbers 0 to N-1, N a power of two) or a shard''s conveyor.partition disagrees'),
     ('22023', 'invalid_parameter_value', 'invalid argument: payload not an object, priority out of 0-9, run_at and delay both, bad duration, bad queue name or topic, a claim under a rate limit outside READ COMMITTED'),
     ('22P02', 'invalid_text_representation', 'text that is not a ULID (or a lease token that is not a UUID)'),
     ('42501', 'insufficient_privilege', 'a role calls a function it is not granted (raised by PostgreSQL; see SECURITY.md)');
@@ -1741,9 +1750,12 @@ comment on function conveyor.set_defaults is
 -- apply_config: apply a whole configuration {defaults, queues, tasks, services} (the shape of a
 -- supervisor's config file). Every entry is validated first; one bad entry and nothing is
 -- applied, with every problem listed. Tasks and queues it does not name are left as they are.
-create or replace function conveyor.apply_config(config jsonb)
-returns jsonb
+-- check_config: every problem of a configuration ({defaults, queues, tasks, services}), none
+-- when it is valid; changes nothing. apply_config refuses a configuration with any (CV010).
+create or replace function conveyor.check_config(config jsonb)
+returns text[]
 language plpgsql
+stable
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
@@ -1755,7 +1767,7 @@ declare
     v_result jsonb;
 begin
     if config is null or jsonb_typeof(config) <> 'object' then
-        perform conveyor._raise_config(array['expected an object with sections defaults, queues, tasks, services']);
+        return array['expected an object with sections defaults, queues, tasks, services'];
     end if;
     for v_section in select jsonb_object_keys(config) loop
         if v_section not in ('defaults', 'queues', 'tasks', 'services') then
@@ -1765,10 +1777,8 @@ begin
         end if;
     end loop;
     if cardinality(v_problems) > 0 then
-        perform conveyor._raise_config(v_problems);
+        return v_problems;
     end if;
-
-    -- validate everything before changing anything
     if config ? 'defaults' then
         v_result := conveyor._check_options('defaults', '', config -> 'defaults');
         v_problems := v_problems || array(select jsonb_array_elements_text(v_result -> 'problems'));
@@ -1783,10 +1793,27 @@ begin
         v_result := conveyor._check_options(v_entry.kind, v_entry.key, v_entry.value);
         v_problems := v_problems || array(select jsonb_array_elements_text(v_result -> 'problems'));
     end loop;
+    return v_problems;
+end
+$$;
+
+comment on function conveyor.check_config is
+    'every problem of a {defaults, queues, tasks, services} configuration (empty: valid); changes nothing';
+
+create or replace function conveyor.apply_config(config jsonb)
+returns jsonb
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_problems text[] := conveyor.check_config(config);
+begin
+    -- validate everything before changing anything
     if cardinality(v_problems) > 0 then
         perform conveyor._raise_config(v_problems);
     end if;
-
     if config ? 'defaults' then
         perform conveyor._set_defaults(config -> 'defaults');
     end if;
@@ -5375,6 +5402,27 @@ $$;
 
 comment on function conveyor.metrics() is 'queue figures in Prometheus text exposition format (serve it from any HTTP endpoint)';
 
+-- view_rows: the rows of one of the views above as JSON, for pg_conveyor_router (router/router.sql),
+-- which gathers them from every shard into views of the same names. Runs with the caller's
+-- rights: whoever may read the view may read its rows this way, and no one else.
+create or replace function conveyor.view_rows(view text)
+returns setof jsonb
+language plpgsql
+stable
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    if view is null or view not in ('queue_stats', 'task_stats', 'recent_failures', 'throughput', 'run_history',
+                                    'counters', 'rate_limits', 'key_limits') then
+        perform conveyor._raise_invalid(format('view_rows: no view %s: expected queue_stats, task_stats, recent_failures, throughput, run_history, counters, rate_limits or key_limits',
+                                               coalesce(quote_literal(view), 'null')));
+    end if;
+    return query execute format('select to_jsonb(v) from conveyor.%I v', view);
+end
+$$;
+
+comment on function conveyor.view_rows(text) is 'the rows of a dashboard view as JSON (what pg_conveyor_router gathers from each shard)';
+
 -- ============================================================================================
 -- sql/functions/roles.sql
 
@@ -5418,6 +5466,7 @@ grant execute on function
     conveyor.ulid_ge(conveyor.ulid, conveyor.ulid), conveyor.ulid_cmp(conveyor.ulid, conveyor.ulid),
     conveyor.ulid_hash(conveyor.ulid), conveyor.ulid_hash_extended(conveyor.ulid, bigint),
     conveyor.ulid_sortsupport(internal), conveyor.ulid_generate(), conveyor.ulid_timestamp(conveyor.ulid),
+    conveyor.ulid_partition(conveyor.ulid),
     conveyor.duration_in(cstring), conveyor.duration_out(conveyor.duration),
     conveyor.duration_recv(internal), conveyor.duration_send(conveyor.duration), conveyor.duration_from_interval(interval),
     conveyor._duration_text(interval), conveyor._is_failure(conveyor.attempt_outcome), conveyor._now(),
@@ -5458,7 +5507,7 @@ grant select on
     conveyor.key_limits
 to conveyor_reader;
 
-grant execute on function conveyor.metrics() to conveyor_reader;
+grant execute on function conveyor.metrics(), conveyor.view_rows(text) to conveyor_reader;
 
 grant select on all tables in schema conveyor to conveyor_admin;
 
@@ -5469,7 +5518,7 @@ grant execute on function
     conveyor.disable_task(text), conveyor.enable_task(text),
     conveyor.set_queue(text, integer, boolean, boolean, boolean, boolean, text, integer, text),
     conveyor.pause_queue(text), conveyor.resume_queue(text), conveyor.drop_queue(text),
-    conveyor.set_defaults(jsonb), conveyor.apply_config(jsonb),
+    conveyor.set_defaults(jsonb), conveyor.apply_config(jsonb), conveyor.check_config(jsonb),
     conveyor.cancel_run(conveyor.ulid), conveyor.cancel_runs(text, text, conveyor.run_status, integer),
     conveyor.retry_run(conveyor.ulid),
     conveyor.retry_runs(text, text, conveyor.run_status, timestamptz, integer),

@@ -12,6 +12,9 @@ pub static WORKER_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 /// Rows each tick step may touch per call, so one tick stays short.
 pub static TICK_BATCH: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// The logical partition put into every id this database makes (src/ulid.rs): a shard's number
+/// in a sharded cluster (docs/scale-out.md); 0 on a server of its own.
+pub static PARTITION: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// Superuser-only: when set, `conveyor._now()` returns this time instead of the transaction's.
 pub static TEST_CLOCK: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
@@ -44,6 +47,16 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"conveyor.partition",
+        c"The logical partition (0-1023) this database's run ids carry.",
+        c"Set per shard database (ALTER DATABASE ... SET) so a router finds a run's shard from its id; 0 on a server of its own.",
+        &PARTITION,
+        0,
+        crate::ulid::PARTITIONS as i32 - 1,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"conveyor.test_clock",
         c"Test-only: the time conveyor._now() returns (superuser only).",
@@ -65,6 +78,11 @@ pub fn init() {
             GucFlags::default(),
         );
     }
+}
+
+/// The logical partition of the ids this database makes.
+pub fn partition() -> u16 {
+    PARTITION.get().clamp(0, crate::ulid::PARTITIONS as i32 - 1) as u16
 }
 
 /// The databases named by `conveyor.database`, trimmed, without empties.

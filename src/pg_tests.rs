@@ -26,6 +26,21 @@ fn bad_ulid_text_is_refused() {
 }
 
 #[pg_test]
+fn ids_carry_the_partition_set_for_the_database() {
+    assert_eq!(one::<i32>("select conveyor.ulid_partition(conveyor.ulid_generate())"), 0);
+    Spi::run("set conveyor.partition = 7").unwrap();
+    assert!(one::<bool>(
+        "select bool_and(conveyor.ulid_partition(conveyor.ulid_generate()) = 7) from generate_series(1, 100)"
+    ));
+    // a run enqueued there carries it too: the router finds its shard from the id alone
+    Spi::run("select conveyor.define_task('partition_test')").unwrap();
+    assert_eq!(one::<i32>("select conveyor.ulid_partition(conveyor.enqueue('partition_test'))"), 7);
+    Spi::run("reset conveyor.partition").unwrap();
+    // characters 11 and 12 of the text (T=26, S=25 in Crockford base32) are the 10 bits: 26*32+25
+    assert_eq!(one::<i32>("select conveyor.ulid_partition('01ARZ3NDEKTSV4RRFFQ69G5FAV')"), 857);
+}
+
+#[pg_test]
 fn durations_accept_humantime_text_and_intervals() {
     assert_eq!(one::<String>("select '1m30s'::conveyor.duration::text"), "1m 30s");
     assert_eq!(one::<String>("select '00:05:00'::conveyor.duration::text"), "5m");

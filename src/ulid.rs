@@ -1,5 +1,7 @@
-//! ULIDs: 48 bits of milliseconds since the Unix epoch, then 80 random bits; 16 bytes stored,
-//! shown as 26 characters of Crockford base32.
+//! ULIDs: 48 bits of milliseconds since the Unix epoch, then 80 bits: the first 10 are the
+//! logical partition of the server that made the id (`conveyor.partition`, 0 by default;
+//! docs/scale-out.md), the other 70 random; 16 bytes stored, shown as 26 characters of Crockford
+//! base32. A router finds the shard of any run id from the id alone.
 //!
 //! The SQL type `conveyor.ulid` has the storage of `uuid` and borrows uuid's comparison, hash
 //! and binary I/O functions (sql/types.sql); only the text I/O and generation live here.
@@ -56,11 +58,16 @@ thread_local! {
     static LAST: Cell<(u64, u128)> = const { Cell::new((0, 0)) };
 }
 
-const RANDOM_MASK: u128 = (1u128 << 80) - 1;
+/// Logical partitions an id can name: 10 bits. Shards hold whole partitions, so a cluster grows
+/// by moving partitions (docs/scale-out.md); 1,024 leaves room far past any cluster we can run.
+pub const PARTITIONS: u16 = 1024;
+const PARTITION_SHIFT: u32 = 70;
+const RANDOM_MASK: u128 = (1u128 << PARTITION_SHIFT) - 1;
 
-/// A new ULID, monotonic within this process: in the same millisecond the random part is
-/// incremented, so a batch of runs enqueued together keeps its order.
-pub fn generate(now_ms: u64) -> [u8; 16] {
+/// A new ULID in a logical partition, monotonic within this process: in the same millisecond
+/// the random part is incremented, so a batch of runs enqueued together keeps its order.
+pub fn generate(now_ms: u64, partition: u16) -> [u8; 16] {
+    debug_assert!(partition < PARTITIONS);
     let (last_ms, last_random) = LAST.with(|c| c.get());
     let random = if now_ms <= last_ms && last_random < RANDOM_MASK {
         last_random + 1
@@ -69,7 +76,12 @@ pub fn generate(now_ms: u64) -> [u8; 16] {
     };
     let ms = now_ms.max(last_ms) & ((1u64 << 48) - 1);
     LAST.with(|c| c.set((ms, random)));
-    (((ms as u128) << 80) | random).to_be_bytes()
+    (((ms as u128) << 80) | ((partition as u128) << PARTITION_SHIFT) | random).to_be_bytes()
+}
+
+/// The logical partition an id was made in.
+pub fn partition(bytes: [u8; 16]) -> u16 {
+    ((u128::from_be_bytes(bytes) >> PARTITION_SHIFT) as u16) & (PARTITIONS - 1)
 }
 
 pub fn timestamp_ms(bytes: [u8; 16]) -> u64 {
@@ -98,7 +110,12 @@ fn ulid_out(value: pgrx::Uuid) -> CString {
 
 #[pg_extern(volatile, parallel_safe, sql = false)]
 fn ulid_generate() -> pgrx::Uuid {
-    pgrx::Uuid::from_bytes(generate(wall_clock_ms()))
+    pgrx::Uuid::from_bytes(generate(wall_clock_ms(), crate::guc::partition()))
+}
+
+#[pg_extern(immutable, strict, parallel_safe, sql = false)]
+fn ulid_partition(value: pgrx::Uuid) -> i32 {
+    partition(*value.as_bytes()) as i32
 }
 
 /// Text to ULID, or NULL when the text is not one (for batch input parsed from JSON).
@@ -136,7 +153,7 @@ mod unit {
 
     #[test]
     fn round_trips_through_text() {
-        for bytes in [[0u8; 16], [0xff; 16], generate(1_700_000_000_000)] {
+        for bytes in [[0u8; 16], [0xff; 16], generate(1_700_000_000_000, 0)] {
             let text = encode(bytes);
             assert_eq!(text.len(), 26);
             assert_eq!(decode(&text), Ok(bytes));
@@ -178,12 +195,25 @@ mod unit {
 
     #[test]
     fn ids_made_in_one_millisecond_increase() {
-        let a = generate(1_700_000_000_000);
-        let b = generate(1_700_000_000_000);
-        let c = generate(1_699_999_999_999); // the clock stepped back: still increasing
+        let a = generate(1_700_000_000_000, 5);
+        let b = generate(1_700_000_000_000, 5);
+        let c = generate(1_699_999_999_999, 5); // the clock stepped back: still increasing
         assert!(a < b && b < c, "{a:?} {b:?} {c:?}");
         assert_eq!(timestamp_ms(a), 1_700_000_000_000);
-        let d = generate(1_700_000_000_001);
+        let d = generate(1_700_000_000_001, 5);
         assert!(c < d);
+    }
+
+    #[test]
+    fn ids_carry_their_partition() {
+        for p in [0, 1, 511, 1023] {
+            for _ in 0..100 {
+                let id = generate(1_700_000_000_000, p);
+                assert_eq!(partition(id), p);
+                assert_eq!(timestamp_ms(id), 1_700_000_000_000);
+            }
+        }
+        // the partition sits below the timestamp: ids still sort by time first
+        assert!(generate(1_700_000_000_000, 1023) < generate(1_700_000_000_001, 0));
     }
 }

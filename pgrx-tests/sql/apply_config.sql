@@ -44,6 +44,13 @@ select regress.try($$select conveyor.apply_config('{
   },
   "services": {"mailer": {"max_attempts": 3}}
 }')$$);
+-- check_config lists the same problems and changes nothing; a valid configuration has none
+select unnest(conveyor.check_config('{
+  "queues": {"emails": {"concurrency": 0}},
+  "tasks": {"emails.send": {"queue": "emails", "max_attempts": 9}, "bad name": {}}
+}')) as problem;
+select conveyor.check_config('{"tasks": {"emails.send": {"queue": "emails", "max_attempts": 9}}}') as no_problems;
+select conveyor.check_config('[]') as not_an_object;
 select max_attempts from conveyor.tasks where name = 'emails.send';
 select count(*) as tasks from conveyor.tasks;
 

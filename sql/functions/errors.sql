@@ -17,6 +17,8 @@ values
     ('CV008', 'queue_in_use', 'drop_queue of a queue that tasks use or that holds unfinished runs'),
     ('CV009', 'duplicate_run', 'enqueue with an idempotency key that matches a run of the task, under on_duplicate = reject (nothing written)'),
     ('CV010', 'invalid_configuration', 'invalid configuration (every problem listed, nothing applied)'),
+    ('CV011', 'shard_unavailable', 'pg_conveyor_router: a shard did not answer (nothing changed there); also the warning of a view, count or claim that lacks a shard'),
+    ('CV012', 'cluster_misconfigured', 'pg_conveyor_router: conveyor.shards is not a whole cluster (numbers 0 to N-1, N a power of two) or a shard''s conveyor.partition disagrees'),
     ('22023', 'invalid_parameter_value', 'invalid argument: payload not an object, priority out of 0-9, run_at and delay both, bad duration, bad queue name or topic, a claim under a rate limit outside READ COMMITTED'),
     ('22P02', 'invalid_text_representation', 'text that is not a ULID (or a lease token that is not a UUID)'),
     ('42501', 'insufficient_privilege', 'a role calls a function it is not granted (raised by PostgreSQL; see SECURITY.md)');

@@ -565,9 +565,12 @@ comment on function conveyor.set_defaults is
 -- apply_config: apply a whole configuration {defaults, queues, tasks, services} (the shape of a
 -- supervisor's config file). Every entry is validated first; one bad entry and nothing is
 -- applied, with every problem listed. Tasks and queues it does not name are left as they are.
-create or replace function conveyor.apply_config(config jsonb)
-returns jsonb
+-- check_config: every problem of a configuration ({defaults, queues, tasks, services}), none
+-- when it is valid; changes nothing. apply_config refuses a configuration with any (CV010).
+create or replace function conveyor.check_config(config jsonb)
+returns text[]
 language plpgsql
+stable
 security definer
 set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
@@ -579,7 +582,7 @@ declare
     v_result jsonb;
 begin
     if config is null or jsonb_typeof(config) <> 'object' then
-        perform conveyor._raise_config(array['expected an object with sections defaults, queues, tasks, services']);
+        return array['expected an object with sections defaults, queues, tasks, services'];
     end if;
     for v_section in select jsonb_object_keys(config) loop
         if v_section not in ('defaults', 'queues', 'tasks', 'services') then
@@ -589,10 +592,8 @@ begin
         end if;
     end loop;
     if cardinality(v_problems) > 0 then
-        perform conveyor._raise_config(v_problems);
+        return v_problems;
     end if;
-
-    -- validate everything before changing anything
     if config ? 'defaults' then
         v_result := conveyor._check_options('defaults', '', config -> 'defaults');
         v_problems := v_problems || array(select jsonb_array_elements_text(v_result -> 'problems'));
@@ -607,10 +608,27 @@ begin
         v_result := conveyor._check_options(v_entry.kind, v_entry.key, v_entry.value);
         v_problems := v_problems || array(select jsonb_array_elements_text(v_result -> 'problems'));
     end loop;
+    return v_problems;
+end
+$$;
+
+comment on function conveyor.check_config is
+    'every problem of a {defaults, queues, tasks, services} configuration (empty: valid); changes nothing';
+
+create or replace function conveyor.apply_config(config jsonb)
+returns jsonb
+language plpgsql
+security definer
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_problems text[] := conveyor.check_config(config);
+begin
+    -- validate everything before changing anything
     if cardinality(v_problems) > 0 then
         perform conveyor._raise_config(v_problems);
     end if;
-
     if config ? 'defaults' then
         perform conveyor._set_defaults(config -> 'defaults');
     end if;

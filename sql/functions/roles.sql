@@ -38,6 +38,7 @@ grant execute on function
     conveyor.ulid_ge(conveyor.ulid, conveyor.ulid), conveyor.ulid_cmp(conveyor.ulid, conveyor.ulid),
     conveyor.ulid_hash(conveyor.ulid), conveyor.ulid_hash_extended(conveyor.ulid, bigint),
     conveyor.ulid_sortsupport(internal), conveyor.ulid_generate(), conveyor.ulid_timestamp(conveyor.ulid),
+    conveyor.ulid_partition(conveyor.ulid),
     conveyor.duration_in(cstring), conveyor.duration_out(conveyor.duration),
     conveyor.duration_recv(internal), conveyor.duration_send(conveyor.duration), conveyor.duration_from_interval(interval),
     conveyor._duration_text(interval), conveyor._is_failure(conveyor.attempt_outcome), conveyor._now(),
@@ -78,7 +79,7 @@ grant select on
     conveyor.key_limits
 to conveyor_reader;
 
-grant execute on function conveyor.metrics() to conveyor_reader;
+grant execute on function conveyor.metrics(), conveyor.view_rows(text) to conveyor_reader;
 
 grant select on all tables in schema conveyor to conveyor_admin;
 
@@ -89,7 +90,7 @@ grant execute on function
     conveyor.disable_task(text), conveyor.enable_task(text),
     conveyor.set_queue(text, integer, boolean, boolean, boolean, boolean, text, integer, text),
     conveyor.pause_queue(text), conveyor.resume_queue(text), conveyor.drop_queue(text),
-    conveyor.set_defaults(jsonb), conveyor.apply_config(jsonb),
+    conveyor.set_defaults(jsonb), conveyor.apply_config(jsonb), conveyor.check_config(jsonb),
     conveyor.cancel_run(conveyor.ulid), conveyor.cancel_runs(text, text, conveyor.run_status, integer),
     conveyor.retry_run(conveyor.ulid),
     conveyor.retry_runs(text, text, conveyor.run_status, timestamptz, integer),

@@ -9,6 +9,13 @@ create or replace function conveyor.ulid_generate() returns conveyor.ulid
 
 comment on function conveyor.ulid_generate() is 'a new ULID (time-ordered; increasing within a session)';
 
+-- ulid_partition: the logical partition (0-1023) a ULID was made in: the conveyor.partition of
+-- the database that made it (docs/scale-out.md); a router sends calls about a run to its shard.
+create or replace function conveyor.ulid_partition(conveyor.ulid) returns integer
+    immutable strict parallel safe language c as 'MODULE_PATHNAME', 'ulid_partition_wrapper';
+
+comment on function conveyor.ulid_partition(conveyor.ulid) is 'the logical partition (conveyor.partition of the database that made it) a ULID carries';
+
 -- ulid_timestamp: the creation time encoded in a ULID.
 create or replace function conveyor.ulid_timestamp(conveyor.ulid) returns timestamptz
     immutable strict parallel safe language c as 'MODULE_PATHNAME', 'ulid_timestamp_wrapper';

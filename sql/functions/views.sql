@@ -364,3 +364,24 @@ as $$
 $$;
 
 comment on function conveyor.metrics() is 'queue figures in Prometheus text exposition format (serve it from any HTTP endpoint)';
+
+-- view_rows: the rows of one of the views above as JSON, for pg_conveyor_router (router/router.sql),
+-- which gathers them from every shard into views of the same names. Runs with the caller's
+-- rights: whoever may read the view may read its rows this way, and no one else.
+create or replace function conveyor.view_rows(view text)
+returns setof jsonb
+language plpgsql
+stable
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    if view is null or view not in ('queue_stats', 'task_stats', 'recent_failures', 'throughput', 'run_history',
+                                    'counters', 'rate_limits', 'key_limits') then
+        perform conveyor._raise_invalid(format('view_rows: no view %s: expected queue_stats, task_stats, recent_failures, throughput, run_history, counters, rate_limits or key_limits',
+                                               coalesce(quote_literal(view), 'null')));
+    end if;
+    return query execute format('select to_jsonb(v) from conveyor.%I v', view);
+end
+$$;
+
+comment on function conveyor.view_rows(text) is 'the rows of a dashboard view as JSON (what pg_conveyor_router gathers from each shard)';
