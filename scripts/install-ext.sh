@@ -20,6 +20,11 @@ for f in sql/pg_conveyor--[0-9]*.sql; do
     case "$f" in *--*--*) continue ;; esac
     install -m 0644 "$f" "$root/usr/share/postgresql/15/extension/$(basename "$f")"
 done
+# the router extension (router/: pg_conveyor_router, docs/scale-out.md) ships beside it, using
+# the same library for its ulid type
+for f in router/pg_conveyor_router.control router/pg_conveyor_router--*.sql; do
+    install -m 0644 "$f" "$root/usr/share/postgresql/15/extension/$(basename "$f")"
+done
 sudo_if() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 (cd "$root" && find . -type f) | while read -r f; do
     dest=/${f#./}

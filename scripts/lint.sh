@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make lint (and the first step of make test): rustfmt, clippy with -D warnings, bash -n on the
-# shell scripts, and a check that the generated upgrade script is current. Needs what
+# shell scripts, and a check that the generated upgrade and router install scripts are current. Needs what
 # scripts/setup.sh installs (pgrx's config for pg15: clippy builds pgrx-pg-sys). Warm, it takes
 # seconds: clippy keeps its own fingerprints in target/, beside the other builds'.
 set -euo pipefail
@@ -30,3 +30,6 @@ done
 
 step "upgrade script"
 scripts/upgrade-script.sh --check
+
+step "router install script (scripts/router-script.sh)"
+scripts/router-script.sh --check

@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PGRX_VERSION=0.18.1
-PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang build-essential pkg-config libssl-dev sudo pgbouncer)
+PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-plproxy libclang-dev clang build-essential pkg-config libssl-dev sudo pgbouncer)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 

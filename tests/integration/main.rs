@@ -15,4 +15,5 @@ mod model;
 mod pooler;
 mod rate;
 mod rescue;
+mod router;
 mod security;

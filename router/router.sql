@@ -1,0 +1,905 @@
+-- router/router.sql: pg_conveyor_router, the PL/Proxy router in front of pg_conveyor shards
+-- (docs/scale-out.md). scripts/router-script.sh writes the install script from this file and
+-- the shards' own type definitions (sql/schema/types.sql and friends), so both sides share one
+-- definition of conveyor.ulid, conveyor.duration, the status enums and conveyor.claimed_run.
+--
+-- A shard is one database with pg_conveyor whose `conveyor.partition` is its number; the router
+-- database holds no runs, only the cluster definition (conveyor.shards) and functions with the
+-- signatures of pg_conveyor's that send each call to the shard it concerns:
+--   by run id      the partition in the id (conveyor.ulid_partition): finish, heartbeat, cancel...
+--   by enqueue     the queue's placement, else the concurrency key, else the idempotency key,
+--                  else any shard (conveyor._enqueue_partition)
+--   to all         claims visit the shards in turn from a random one until they have max;
+--                  counts, views and metrics gather from every shard and say which is missing;
+--                  configuration is applied to every shard.
+-- Each remote call is its own transaction on the shard (PL/Proxy runs in autocommit there).
+
+-- the cluster definition: shard number (= its conveyor.partition = its PL/Proxy partition) and
+-- how to reach it. Numbers run 0..N-1 with N a power of two; apply_cluster() writes them into
+-- the PL/Proxy cluster (SQL/MED server conveyor_cluster).
+create table conveyor.shards (
+    partition integer primary key,
+    connstr text not null,
+    added_at timestamptz not null default now(),
+    constraint shards_partition_range check (partition between 0 and 1023)
+);
+comment on table conveyor.shards is 'the cluster: one row per shard database (its conveyor.partition and connect string)';
+
+-- queues pinned to one shard: router enqueues go there and router claims visit only it
+create table conveyor.queue_placement (
+    queue text primary key,
+    partition integer not null references conveyor.shards on delete restrict
+);
+comment on table conveyor.queue_placement is 'queues pinned to one shard (router enqueues go there, router claims visit only it)';
+
+-- ---- errors (the codes are listed in conveyor.error_codes, above)
+
+create function conveyor._raise_shard_unavailable(p_partition integer, p_what text, p_error text)
+returns void language plpgsql as $$
+begin
+    raise exception using errcode = 'CV011',
+        message = format('shard %s is unavailable: %s', p_partition, p_error),
+        detail = p_what,
+        hint = 'the call changed nothing on that shard; retry once it is back (router calls are idempotent per shard, see docs/scale-out.md)';
+end $$;
+
+create function conveyor._raise_cluster(p_problem text)
+returns void language plpgsql as $$
+begin
+    raise exception using errcode = 'CV012', message = 'cluster definition: ' || p_problem,
+        hint = 'see conveyor.shards and docs/scale-out.md';
+end $$;
+
+create function conveyor._raise_invalid(p_message text)
+returns void language plpgsql as $$
+begin
+    raise exception using errcode = '22023', message = p_message;
+end $$;
+
+-- _unreachable: whether an error a PL/Proxy call raised is the shard not answering (a
+-- connection refused, lost or reset) rather than an error the shard raised. Remote errors keep
+-- their SQLSTATE and say REMOTE ERROR; PL/Proxy's own connection failures are XX000.
+create function conveyor._unreachable(p_sqlstate text, p_message text)
+returns boolean language sql immutable as $$
+    select p_sqlstate = 'XX000' and p_message like 'PL/Proxy function %' and p_message not like '%REMOTE ERROR%'
+        or p_sqlstate like '08%' or p_sqlstate in ('57P01', '57P02', '57P03')
+$$;
+
+-- ---- the cluster
+
+-- apply_cluster: write conveyor.shards into the PL/Proxy cluster and check every shard answers
+-- with the partition number it is listed under. One transaction: a shard that disagrees (or is
+-- down) leaves the previous definition in force. Returns the number of shards.
+create function conveyor.apply_cluster()
+returns integer
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    v_n integer;
+    v_max integer;
+    v_options text;
+    v_shard record;
+    v_seen integer;
+begin
+    select count(*), max(partition) into v_n, v_max from conveyor.shards;
+    if v_n = 0 then
+        perform conveyor._raise_cluster('no shards: conveyor.add_shard(partition, connstr) first');
+    end if;
+    if v_max <> v_n - 1 or (v_n & (v_n - 1)) <> 0 then
+        perform conveyor._raise_cluster(format('shards must be numbered 0 to N-1 with N a power of two (1, 2, 4, ...): have %s shards, highest %s',
+                                               v_n, v_max));
+    end if;
+    select string_agg(format('p%s %L', partition, connstr), ', ' order by partition) into v_options from conveyor.shards;
+    if exists (select from pg_foreign_server where srvname = 'conveyor_cluster') then
+        execute 'drop user mapping if exists for public server conveyor_cluster';
+        execute 'drop server conveyor_cluster';
+    end if;
+    execute format('create server conveyor_cluster foreign data wrapper plproxy options (connection_lifetime %L, %s)', '1800', v_options);
+    execute 'create user mapping for public server conveyor_cluster';
+    execute 'grant usage on foreign server conveyor_cluster to public';
+    for v_shard in select partition from conveyor.shards order by partition loop
+        begin
+            v_seen := conveyor._shard_partition(v_shard.partition);
+        exception when others then
+            perform conveyor._raise_cluster(format('shard %s did not answer: %s', v_shard.partition, sqlerrm));
+        end;
+        if v_seen is distinct from v_shard.partition then
+            perform conveyor._raise_cluster(format('shard listed as %s has conveyor.partition = %s: set it there (alter database ... set conveyor.partition = %s) or list it under its number',
+                                                   v_shard.partition, v_seen, v_shard.partition));
+        end if;
+    end loop;
+    perform conveyor._mirror_views();
+    return v_n;
+end $$;
+
+-- add_shard: list a shard (or move one: a new connect string for its number) and apply.
+create function conveyor.add_shard(partition integer, connstr text)
+returns integer
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    if add_shard.partition is null or add_shard.partition not between 0 and 1023 then
+        perform conveyor._raise_invalid(format('invalid shard number %s: expected 0 to 1023', add_shard.partition));
+    end if;
+    if add_shard.connstr is null or btrim(add_shard.connstr) = '' then
+        perform conveyor._raise_invalid('a shard needs a connect string (host=... port=... dbname=...)');
+    end if;
+    insert into conveyor.shards as s (partition, connstr) values (add_shard.partition, add_shard.connstr)
+    on conflict on constraint shards_pkey do update set connstr = excluded.connstr;
+    -- a cluster being listed one shard at a time is applied once its numbering is whole
+    if (select count(*) = max(s.partition) + 1 and (count(*) & (count(*) - 1)) = 0 from conveyor.shards s) then
+        return conveyor.apply_cluster();
+    end if;
+    return 0;
+end $$;
+
+-- place_queue: pin a queue to one shard (router enqueues and claims of it go there only), or
+-- unpin it (partition null). Runs already elsewhere stay where they are.
+create function conveyor.place_queue(queue text, partition integer)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    if place_queue.partition is null then
+        delete from conveyor.queue_placement p where p.queue = place_queue.queue;
+        return;
+    end if;
+    if not exists (select from conveyor.shards s where s.partition = place_queue.partition) then
+        perform conveyor._raise_invalid(format('no shard %s in conveyor.shards', place_queue.partition));
+    end if;
+    insert into conveyor.queue_placement as p (queue, partition) values (place_queue.queue, place_queue.partition)
+    on conflict on constraint queue_placement_pkey do update set partition = excluded.partition;
+end $$;
+
+-- ---- routing
+
+create function conveyor._shard_count()
+returns integer language sql stable as $$ select count(*)::integer from conveyor.shards $$;
+
+-- _run_partition: the shard of a run, from its id; an id naming a partition this cluster does
+-- not have is an unknown run (CV002), as it would be on a shard.
+create function conveyor._run_partition(run_id conveyor.ulid)
+returns integer
+language plpgsql stable
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    v_p integer := conveyor.ulid_partition(run_id);
+begin
+    if v_p >= conveyor._shard_count() then
+        raise exception using errcode = 'CV002', message = format('unknown run %s', run_id),
+            detail = format('its id names partition %s; this cluster has shards 0 to %s', v_p, conveyor._shard_count() - 1);
+    end if;
+    return v_p;
+end $$;
+
+-- _enqueue_partition: where a router enqueue goes. A child goes to its parent's shard (it must
+-- be enqueued where its parent runs); a placed queue to its shard; then the concurrency key
+-- (a key's runs on one shard: key limits hold exactly), the idempotency key (a key's duplicates
+-- meet on one shard), else any shard.
+create function conveyor._enqueue_partition(p_queue text, p_task text, p_key text, p_idempotency_key text, p_parent conveyor.ulid)
+returns integer
+language sql stable
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+    select case
+        when p_parent is not null then conveyor._run_partition(p_parent)
+        else coalesce(
+            (select p.partition from conveyor.queue_placement p where p.queue = coalesce(p_queue, p_task)),
+            (select p.partition from conveyor.queue_placement p where p.queue = p_queue),
+            case when p_key is not null then hashtext('key:' || p_key) end,
+            case when p_idempotency_key is not null then hashtext(p_task || ':' || p_idempotency_key) end,
+            (random() * 1023)::integer) & (conveyor._shard_count() - 1)
+    end
+$$;
+
+-- _claim_order: the shards a claim over these queues visits, from a random one: the shards of
+-- the queues if every one is placed, else all.
+create function conveyor._claim_order(p_queues text[])
+returns integer[]
+language sql volatile
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+    with placed as (
+        select array_agg(distinct p.partition) as parts,
+               count(*) = cardinality(p_queues) as all_placed
+        from conveyor.queue_placement p where p.queue = any (p_queues)
+    ),
+    parts as (
+        select unnest(case when (select all_placed from placed) then (select parts from placed)
+                           else array(select s.partition from conveyor.shards s) end) as part
+    ),
+    start as (select (random() * 1023)::integer as r)
+    select array_agg(part order by (part - (select r from start)) & 1023)
+    from parts
+$$;
+
+-- ---- calls on one shard (PL/Proxy): the partition number picks the shard
+
+create function conveyor._shard_partition(partition integer)
+returns integer language plproxy as $$
+    cluster 'conveyor_cluster'; run on partition;
+    select current_setting('conveyor.partition')::integer;
+$$;
+
+create function conveyor._claim_on(partition integer, queues text, worker text, max integer, lease conveyor.duration, tasks text[])
+returns setof conveyor.claimed_run language plproxy as $$
+    cluster 'conveyor_cluster'; run on partition;
+    select * from conveyor.claim_runs(queues, worker, max, lease, tasks, false);
+$$;
+
+create function conveyor._finish_on(partition integer, items jsonb)
+returns table (run_id conveyor.ulid, status conveyor.run_status) language plproxy as $$
+    cluster 'conveyor_cluster'; run on partition;
+    select * from conveyor.finish_runs(items);
+$$;
+
+-- _rows_on: the rows of one of the shard's views, as JSON (conveyor.view_rows there)
+create function conveyor._rows_on(partition integer, view text)
+returns setof jsonb language plproxy as $$
+    cluster 'conveyor_cluster'; run on partition;
+    select * from conveyor.view_rows(view);
+$$;
+
+create function conveyor._metrics_on(partition integer)
+returns text language plproxy as $$
+    cluster 'conveyor_cluster'; run on partition;
+    select conveyor.metrics();
+$$;
+
+create function conveyor._apply_config_on(partition integer, config jsonb)
+returns jsonb language plproxy as $$
+    cluster 'conveyor_cluster'; run on partition;
+    select conveyor.apply_config(config);
+$$;
+
+create function conveyor._pause_on(partition integer, name text)
+returns void language plproxy as $$
+    cluster 'conveyor_cluster'; run on partition;
+    select conveyor.pause_queue(name);
+$$;
+
+create function conveyor._resume_on(partition integer, name text)
+returns void language plproxy as $$
+    cluster 'conveyor_cluster'; run on partition;
+    select conveyor.resume_queue(name);
+$$;
+
+create function conveyor._cancel_runs_on(partition integer, queue text, task text, status conveyor.run_status, max integer)
+returns integer language plproxy as $$
+    cluster 'conveyor_cluster'; run on partition;
+    select conveyor.cancel_runs(queue, task, status, max);
+$$;
+
+create function conveyor._retry_runs_on(partition integer, queue text, task text, status conveyor.run_status, since timestamptz, max integer)
+returns integer language plproxy as $$
+    cluster 'conveyor_cluster'; run on partition;
+    select conveyor.retry_runs(queue, task, status, since, max);
+$$;
+
+create function conveyor._pending_on(partition integer, queues text)
+returns bigint language plproxy as $$
+    cluster 'conveyor_cluster'; run on partition;
+    select conveyor.pending(queues);
+$$;
+
+create function conveyor._rate_limited_until_on(partition integer, queues text)
+returns timestamptz language plproxy as $$
+    cluster 'conveyor_cluster'; run on partition;
+    select conveyor.rate_limited_until(queues);
+$$;
+
+-- _view_columns_on: the columns of one of the shard's views (name, type), for the router's
+-- mirror of it (conveyor._mirror_views)
+create function conveyor._view_columns_on(partition integer, view text)
+returns table (name text, type text) language plproxy as $$
+    cluster 'conveyor_cluster'; run on partition;
+    select a.attname::text as name, format_type(a.atttypid, a.atttypmod) as type
+    from pg_catalog.pg_attribute a
+    where a.attrelid = ('conveyor.' || quote_ident(view))::regclass and a.attnum > 0 and not a.attisdropped
+    order by a.attnum;
+$$;
+
+-- ---- every shard in turn
+
+-- _each: run a call on every shard (p_call: a query over $1, the shard's number), each shard's
+-- rows as one JSON array. A shard that does not answer is tried once more (a connection PL/Proxy
+-- kept from before the shard restarted fails once); still silent, it gets a row with the error
+-- and no result. An error the shard raised is raised here.
+create function conveyor._each(p_call text)
+returns table (partition integer, result jsonb, error text)
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    v_p integer;
+    v_try integer;
+    v_state text;
+    v_message text;
+begin
+    for v_p in select s.partition from conveyor.shards s order by s.partition loop
+        partition := v_p;
+        result := null;
+        error := null;
+        for v_try in 1..2 loop
+            begin
+                execute 'select coalesce(jsonb_agg(to_jsonb(x)), ''[]'') from (' || p_call || ') x' into result using v_p;
+                error := null;
+                exit;
+            exception when others then
+                get stacked diagnostics v_state = returned_sqlstate, v_message = message_text;
+                if not conveyor._unreachable(v_state, v_message) then
+                    raise;
+                end if;
+                error := v_message;
+            end;
+        end loop;
+        return next;
+    end loop;
+end $$;
+
+-- _missing: warn about the shards a gathering call could not reach (the result lacks them)
+create function conveyor._warn_missing(p_what text, p_missing integer[], p_errors text[])
+returns void language plpgsql as $$
+begin
+    if cardinality(p_missing) > 0 then
+        raise warning 'conveyor router: % lacks shard(s) %: unavailable', p_what, array_to_string(p_missing, ', ')
+            using detail = array_to_string(p_errors, E'\n'), errcode = 'CV011';
+    end if;
+end $$;
+
+-- ---- workers
+
+-- claim_runs: up to max runs from the shards holding these queues, visited in turn from a
+-- random one until max are in hand. Each shard's claim is its own transaction there: a shard
+-- that does not answer is skipped (tried once more first); the leases of a claim whose answer
+-- the caller never gets expire and the runs come back (docs/scale-out.md). bind_session cannot
+-- hold through a router (the shard sees the router's connection, not the worker's): refused.
+create function conveyor.claim_runs(
+    queues text,
+    worker text,
+    max integer default 10,
+    lease conveyor.duration default null,
+    tasks text[] default null,
+    bind_session boolean default null
+)
+returns setof conveyor.claimed_run
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    v_names text[] := array(select btrim(q) from unnest(string_to_array(claim_runs.queues, ',')) q where btrim(q) <> '');
+    v_p integer;
+    v_got integer := 0;
+    v_n integer;
+    v_try integer;
+    v_state text;
+    v_message text;
+begin
+    if claim_runs.bind_session then
+        perform conveyor._raise_invalid('bind_session cannot hold through the router: the shard sees the router''s connection, not yours; claim on the shard itself');
+    end if;
+    if claim_runs.max is null or claim_runs.max < 1 then
+        -- the shards' own check, before any shard is asked (nothing claimed that nobody receives)
+        return query select * from conveyor._claim_on(0, claim_runs.queues, claim_runs.worker, claim_runs.max, claim_runs.lease, claim_runs.tasks);
+        return;
+    end if;
+    foreach v_p in array coalesce(conveyor._claim_order(v_names), '{}') loop
+        for v_try in 1..2 loop
+            begin
+                return query select * from conveyor._claim_on(v_p, claim_runs.queues, claim_runs.worker, claim_runs.max - v_got,
+                                                               claim_runs.lease, claim_runs.tasks);
+                get diagnostics v_n = row_count;
+                v_got := v_got + v_n;
+                exit;
+            exception when others then
+                get stacked diagnostics v_state = returned_sqlstate, v_message = message_text;
+                if not conveyor._unreachable(v_state, v_message) then
+                    raise;
+                end if;
+                if v_try = 2 then
+                    raise warning 'conveyor router: claim skipped shard %: %', v_p, v_message using errcode = 'CV011';
+                end if;
+            end;
+        end loop;
+        exit when v_got >= claim_runs.max;
+    end loop;
+end $$;
+
+create function conveyor.claim_run(
+    queues text,
+    worker text,
+    lease conveyor.duration default null,
+    tasks text[] default null,
+    bind_session boolean default null
+)
+returns setof conveyor.claimed_run
+language sql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+    select * from conveyor.claim_runs(queues, worker, 1, lease, tasks, bind_session)
+$$;
+
+-- finish_runs: each item to the shard of its run (items whose run id is not a ULID to shard 0,
+-- which refuses them as it would). One call per shard, each whole on its shard; the rows come
+-- back in the items' order.
+create function conveyor.finish_runs(items jsonb)
+returns table (run_id conveyor.ulid, status conveyor.run_status)
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+#variable_conflict use_column
+declare
+    v_group record;
+begin
+    if items is null or jsonb_typeof(items) <> 'array' then
+        -- the shard's own refusal, word for word
+        return query select * from conveyor._finish_on(0, items);
+        return;
+    end if;
+    create temp table if not exists _router_finished (run_id conveyor.ulid, status conveyor.run_status) on commit drop;
+    truncate _router_finished;
+    for v_group in
+        select coalesce(case when jsonb_typeof(e -> 'run_id') = 'string'
+                             then conveyor.ulid_partition(conveyor._ulid_or_null(e ->> 'run_id')) end, 0)
+                   & (conveyor._shard_count() - 1) as p,
+               jsonb_agg(e order by n) as items
+        from jsonb_array_elements(items) with ordinality as x(e, n)
+        group by 1 order by 1
+    loop
+        insert into _router_finished select * from conveyor._finish_on(v_group.p, v_group.items);
+    end loop;
+    return query
+    select f.run_id, f.status
+    from _router_finished f
+    left join (select conveyor._ulid_or_null(x.e ->> 'run_id') as id, x.n
+               from jsonb_array_elements(items) with ordinality as x(e, n)) i on i.id = f.run_id
+    order by i.n nulls last;
+end $$;
+
+create function conveyor.finish_and_claim(
+    items jsonb,
+    queues text,
+    worker text,
+    max integer default 10,
+    lease conveyor.duration default null,
+    tasks text[] default null,
+    bind_session boolean default null
+)
+returns table (
+    kind text,
+    run_id conveyor.ulid,
+    status conveyor.run_status,
+    lease_token uuid,
+    task text,
+    queue text,
+    payload jsonb,
+    attempt integer,
+    failures integer,
+    releases integer,
+    attempt_id conveyor.ulid,
+    priority smallint,
+    parent_run_id conveyor.ulid,
+    lease_expires_at timestamptz,
+    timeout_at timestamptz
+)
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    -- through a router the finishes and the claim are separate transactions on the shards
+    if finish_and_claim.items is not null and finish_and_claim.items <> '[]'::jsonb then
+        return query
+        select 'finished'::text, f.run_id, f.status, null::uuid, null::text, null::text, null::jsonb, null::integer,
+               null::integer, null::integer, null::conveyor.ulid, null::smallint, null::conveyor.ulid,
+               null::timestamptz, null::timestamptz
+        from conveyor.finish_runs(finish_and_claim.items) f;
+    end if;
+    return query
+    select 'claimed'::text, c.run_id, 'running'::conveyor.run_status, c.lease_token, c.task, c.queue, c.payload,
+           c.attempt, c.failures, c.releases, c.attempt_id, c.priority, c.parent_run_id, c.lease_expires_at, c.timeout_at
+    from conveyor.claim_runs(finish_and_claim.queues, finish_and_claim.worker, finish_and_claim.max,
+                             finish_and_claim.lease, finish_and_claim.tasks, finish_and_claim.bind_session) c;
+end $$;
+
+-- one run: to the shard its id names
+create function conveyor.complete_run(run_id conveyor.ulid, lease_token uuid, result jsonb default null)
+returns conveyor.run_status language plproxy as $$
+    cluster 'conveyor_cluster'; run on conveyor._run_partition(run_id);
+$$;
+
+create function conveyor.fail_run(
+    run_id conveyor.ulid,
+    lease_token uuid,
+    message text,
+    meta jsonb default null,
+    retryable boolean default true
+)
+returns conveyor.run_status language plproxy as $$
+    cluster 'conveyor_cluster'; run on conveyor._run_partition(run_id);
+$$;
+
+create function conveyor.release_run(
+    run_id conveyor.ulid,
+    lease_token uuid,
+    delay text,
+    reason text default null,
+    meta jsonb default null
+)
+returns conveyor.run_status language plproxy as $$
+    cluster 'conveyor_cluster'; run on conveyor._run_partition(run_id);
+$$;
+
+create function conveyor.return_run(run_id conveyor.ulid, lease_token uuid)
+returns conveyor.run_status language plproxy as $$
+    cluster 'conveyor_cluster'; run on conveyor._run_partition(run_id);
+$$;
+
+create function conveyor.heartbeat(run_id conveyor.ulid, lease_token uuid, extend conveyor.duration default null)
+returns boolean language plproxy as $$
+    cluster 'conveyor_cluster'; run on conveyor._run_partition(run_id);
+$$;
+
+create function conveyor.append_log(run_id conveyor.ulid, lease_token uuid, text text)
+returns text language plproxy as $$
+    cluster 'conveyor_cluster'; run on conveyor._run_partition(run_id);
+$$;
+
+create function conveyor.lease_granted(lease conveyor.duration)
+returns interval language plproxy as $$
+    cluster 'conveyor_cluster'; run on 0;
+$$;
+
+-- ---- producers (autocommit on the shard: give an idempotency key, docs/scale-out.md)
+
+create function conveyor.enqueue(
+    task text,
+    payload jsonb default '{}',
+    run_at timestamptz default null,
+    delay conveyor.duration default null,
+    priority integer default null,
+    queue text default null,
+    idempotency_key text default null,
+    parent_run_id conveyor.ulid default null,
+    key text default null
+)
+returns conveyor.ulid language plproxy as $$
+    cluster 'conveyor_cluster';
+    run on conveyor._enqueue_partition(queue, task, key, idempotency_key, parent_run_id);
+$$;
+
+-- a batch goes to one shard (one transaction there: all or none), chosen by its first keys
+create function conveyor.enqueue_many(
+    task text,
+    payloads jsonb[],
+    run_at timestamptz default null,
+    delay conveyor.duration default null,
+    priority integer default null,
+    queue text default null,
+    idempotency_keys text[] default null,
+    parent_run_id conveyor.ulid default null,
+    keys text[] default null
+)
+returns setof conveyor.ulid language plproxy as $$
+    cluster 'conveyor_cluster';
+    run on conveyor._enqueue_partition(queue, task, keys[1], idempotency_keys[1], parent_run_id);
+$$;
+
+-- ---- operators
+
+create function conveyor.cancel_run(run_id conveyor.ulid)
+returns text language plproxy as $$
+    cluster 'conveyor_cluster'; run on conveyor._run_partition(run_id);
+$$;
+
+create function conveyor.retry_run(run_id conveyor.ulid)
+returns conveyor.run_status language plproxy as $$
+    cluster 'conveyor_cluster'; run on conveyor._run_partition(run_id);
+$$;
+
+-- cancel_runs / retry_runs: on every shard (max per shard); a shard not reached is named in a
+-- warning and left as it was
+create function conveyor.cancel_runs(
+    queue text default null,
+    task text default null,
+    status conveyor.run_status default null,
+    max integer default 1000
+)
+returns integer
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    v_total integer;
+    v_missing integer[];
+    v_errors text[];
+begin
+    select coalesce(sum((e.result -> 0 ->> 'n')::integer), 0), array_agg(e.partition) filter (where e.error is not null),
+           array_agg(e.error) filter (where e.error is not null)
+    into v_total, v_missing, v_errors
+    from conveyor._each(format('select conveyor._cancel_runs_on($1, %L, %L, %L, %L) as n', queue, task, status, max)) e;
+    perform conveyor._warn_missing('cancel_runs', v_missing, v_errors);
+    return v_total;
+end $$;
+
+create function conveyor.retry_runs(
+    queue text default null,
+    task text default null,
+    status conveyor.run_status default 'failed',
+    since timestamptz default null,
+    max integer default 1000
+)
+returns integer
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    v_total integer;
+    v_missing integer[];
+    v_errors text[];
+begin
+    select coalesce(sum((e.result -> 0 ->> 'n')::integer), 0), array_agg(e.partition) filter (where e.error is not null),
+           array_agg(e.error) filter (where e.error is not null)
+    into v_total, v_missing, v_errors
+    from conveyor._each(format('select conveyor._retry_runs_on($1, %L, %L, %L, %L, %L) as n', queue, task, status, since, max)) e;
+    perform conveyor._warn_missing('retry_runs', v_missing, v_errors);
+    return v_total;
+end $$;
+
+create function conveyor.pending(queues text)
+returns bigint
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    v_total bigint;
+    v_missing integer[];
+    v_errors text[];
+begin
+    select coalesce(sum((e.result -> 0 ->> 'n')::bigint), 0), array_agg(e.partition) filter (where e.error is not null),
+           array_agg(e.error) filter (where e.error is not null)
+    into v_total, v_missing, v_errors
+    from conveyor._each(format('select conveyor._pending_on($1, %L) as n', queues)) e;
+    perform conveyor._warn_missing('pending', v_missing, v_errors);
+    return v_total;
+end $$;
+
+create function conveyor.rate_limited_until(queues text)
+returns timestamptz
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    v_at timestamptz;
+    v_missing integer[];
+    v_errors text[];
+begin
+    -- the soonest time any shard may start one of these queues' runs again
+    select min((e.result -> 0 ->> 't')::timestamptz), array_agg(e.partition) filter (where e.error is not null),
+           array_agg(e.error) filter (where e.error is not null)
+    into v_at, v_missing, v_errors
+    from conveyor._each(format('select conveyor._rate_limited_until_on($1, %L) as t', queues)) e;
+    perform conveyor._warn_missing('rate_limited_until', v_missing, v_errors);
+    return v_at;
+end $$;
+
+-- _home_partition: the shard that keeps a task's schedule or a service's replicas, so that
+-- cron and services fire once in the cluster: the shard its queue is placed on, else shard 0.
+create function conveyor._home_partition(p_options jsonb, p_defaults jsonb)
+returns integer
+language sql stable
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+    select coalesce((select p.partition from conveyor.queue_placement p
+                     where p.queue = coalesce(p_options ->> 'queue', p_defaults ->> 'queue', 'default')), 0)
+$$;
+
+-- _config_for: what apply_config gives one shard: everything, except that a task's schedule
+-- (and its companions) stays on the task's home shard only, and a service goes to its home
+-- shard only. The other shards know the task, so runs of it enqueued there are valid.
+create function conveyor._config_for(p_config jsonb, p_partition integer)
+returns jsonb
+language sql stable
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+    select p_config
+        || case when jsonb_typeof(p_config -> 'tasks') = 'object' then jsonb_build_object('tasks', (
+               select coalesce(jsonb_object_agg(t.key,
+                          case when jsonb_typeof(t.value) = 'object' and t.value ? 'schedule'
+                                    and conveyor._home_partition(t.value, p_config -> 'defaults') <> p_partition
+                               then t.value - array['schedule', 'timezone', 'on_overlap', 'catch_up']
+                               else t.value end), '{}')
+               from jsonb_each(p_config -> 'tasks') t))
+           else '{}' end
+        || case when jsonb_typeof(p_config -> 'services') = 'object' then jsonb_build_object('services', (
+               select coalesce(jsonb_object_agg(v.key, v.value), '{}')
+               from jsonb_each(p_config -> 'services') v
+               where conveyor._home_partition(v.value, p_config -> 'defaults') = p_partition))
+           else '{}' end
+$$;
+
+create function conveyor._check_config_on(partition integer, config jsonb)
+returns text[] language plproxy as $$
+    cluster 'conveyor_cluster'; run on partition;
+    select conveyor.check_config(config);
+$$;
+
+-- apply_config: one configuration for the cluster. Shard 0 checks all of it first (a bad one
+-- is refused with the shard's own CV010, word for word, and applied nowhere); then each shard
+-- gets its part (conveyor._config_for: schedules and services on their home shard), in shard
+-- order. A shard not reached raises CV011 naming the shards that did apply it: apply it again
+-- once the shard is back (apply_config is idempotent). Returns shard 0's answer.
+create function conveyor.apply_config(config jsonb)
+returns jsonb
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    v_row record;
+    v_done integer[] := '{}';
+    v_first jsonb;
+    v_problems text[];
+    v_state text;
+    v_message text;
+begin
+    begin
+        v_problems := conveyor._check_config_on(0, config);
+    exception when others then
+        get stacked diagnostics v_state = returned_sqlstate, v_message = message_text;
+        if not conveyor._unreachable(v_state, v_message) then
+            raise;
+        end if;
+        perform conveyor._raise_shard_unavailable(0, 'apply_config: shard 0 checks the configuration first; nothing was applied', v_message);
+    end;
+    if cardinality(v_problems) > 0 then
+        return conveyor._apply_config_on(0, config); -- refuses it
+    end if;
+    for v_row in select * from conveyor._each(format('select conveyor._apply_config_on($1, conveyor._config_for(%L, $1)) as r', config)) loop
+        if v_row.error is not null then
+            perform conveyor._raise_shard_unavailable(v_row.partition,
+                format('apply_config reached shards {%s} before this one (and the shards after it were tried too: see conveyor.cluster_status)', array_to_string(v_done, ',')),
+                v_row.error);
+        end if;
+        v_done := v_done || v_row.partition;
+        v_first := coalesce(v_first, v_row.result -> 0 -> 'r');
+    end loop;
+    return v_first;
+end $$;
+
+create function conveyor.pause_queue(name text)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    v_row record;
+begin
+    for v_row in select * from conveyor._each(format('select conveyor._pause_on($1, %L)', name)) loop
+        if v_row.error is not null then
+            perform conveyor._raise_shard_unavailable(v_row.partition, 'pause_queue: the other shards paused the queue; pause it again once this one is back', v_row.error);
+        end if;
+    end loop;
+end $$;
+
+create function conveyor.resume_queue(name text)
+returns void
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    v_row record;
+begin
+    for v_row in select * from conveyor._each(format('select conveyor._resume_on($1, %L)', name)) loop
+        if v_row.error is not null then
+            perform conveyor._raise_shard_unavailable(v_row.partition, 'resume_queue: the other shards resumed the queue; resume it again once this one is back', v_row.error);
+        end if;
+    end loop;
+end $$;
+
+-- ---- dashboards
+
+-- cluster_status: each shard, whether it answers, and the error when it does not
+create function conveyor.cluster_status()
+returns table (partition integer, connstr text, up boolean, error text)
+language sql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+    select e.partition, s.connstr, e.error is null, e.error
+    from conveyor._each('select conveyor._shard_partition($1) as p') e
+    join conveyor.shards s using (partition)
+    order by e.partition
+$$;
+
+-- view_rows: the rows of a shard view from every shard, as JSON with the shard's number; the
+-- shards not reached are named in a warning (their rows are missing)
+create function conveyor.view_rows(view text)
+returns table (partition integer, item jsonb)
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    v_row record;
+    v_missing integer[] := '{}';
+    v_errors text[] := '{}';
+begin
+    for v_row in select * from conveyor._each(format('select r from conveyor._rows_on($1, %L) r', view_rows.view)) loop
+        if v_row.error is not null then
+            v_missing := v_missing || v_row.partition;
+            v_errors := v_errors || v_row.error;
+        else
+            return query select v_row.partition, x.value -> 'r' from jsonb_array_elements(v_row.result) x;
+        end if;
+    end loop;
+    perform conveyor._warn_missing(view_rows.view, v_missing, v_errors);
+end $$;
+
+-- _mirror_views: the shards' views on the router, with the same names and columns (read from
+-- shard 0) and one more, partition: each row is one shard's. apply_cluster calls it, so the
+-- router's views follow the shards' version.
+create function conveyor._mirror_views()
+returns integer
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    v_view text;
+    v_cols text;
+    v_n integer := 0;
+begin
+    foreach v_view in array array['queue_stats', 'task_stats', 'recent_failures', 'throughput', 'run_history',
+                                  'counters', 'rate_limits', 'key_limits'] loop
+        select string_agg(format('%I %s', c.name, c.type), ', ') into v_cols from conveyor._view_columns_on(0, v_view) c;
+        if to_regclass('conveyor.' || quote_ident(v_view)) is not null then
+            execute format('drop view conveyor.%I', v_view);
+        end if;
+        execute format('create view conveyor.%I as select r.*, v.partition from conveyor.view_rows(%L) v, jsonb_to_record(v.item) as r(%s)',
+                       v_view, v_view, v_cols);
+        execute format('comment on view conveyor.%I is %L', v_view,
+                       'the shards'' conveyor.' || v_view || ', one row per shard row (partition: the shard)');
+        v_n := v_n + 1;
+    end loop;
+    return v_n;
+end $$;
+
+-- metrics: every shard's metrics() with a partition label on each sample, each family once
+-- (its samples from all shards together, as the text format wants), and conveyor_router_shard_up
+-- per shard: 0 for a shard that did not answer (its samples are missing)
+create function conveyor.metrics()
+returns text
+language sql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+    with shard as (
+        select * from conveyor._each('select conveyor._metrics_on($1) as m')
+    ),
+    line as (
+        select s.partition, l.n, l.line, l.line like '# %' as meta,
+               case when l.line like '# %' then split_part(l.line, ' ', 3)
+                    else substring(l.line from '^[A-Za-z_:][A-Za-z0-9_:]*') end as family
+        from shard s
+        cross join lateral unnest(string_to_array(s.result -> 0 ->> 'm', E'\n')) with ordinality as l(line, n)
+        where s.error is null and l.line <> ''
+    ),
+    family as (
+        select l.family, min(l.n) as ord, min(l.partition) as first from line l group by l.family
+    ),
+    out as (
+        select f.ord, case when l.meta then 0 else 1 end as part, l.partition, l.n,
+               case when l.meta then l.line
+                    when l.line ~ '^[^ {]+\{' then regexp_replace(l.line, '\{', format('{partition="%s",', l.partition))
+                    else regexp_replace(l.line, '^([^ ]+) ', format('\1{partition="%s"} ', l.partition)) end as text
+        from line l join family f using (family)
+        where not l.meta or l.partition = f.first
+        union all
+        select 1e9::integer, 0, -1, 0, '# HELP conveyor_router_shard_up Whether the router reached the shard (0: its samples are missing).'
+        union all
+        select 1e9::integer, 0, -1, 1, '# TYPE conveyor_router_shard_up gauge'
+        union all
+        select 1e9::integer, 1, s.partition, 0, format('conveyor_router_shard_up{partition="%s"} %s', s.partition, case when s.error is null then 1 else 0 end)
+        from shard s
+    )
+    select string_agg(o.text, E'\n' order by o.ord, o.part, o.partition, o.n) || E'\n' from out o
+$$;

@@ -1,0 +1,563 @@
+//! Scale-out through pg_conveyor_router (docs/scale-out.md): two shard clusters and a router
+//! cluster on this machine, PL/Proxy between them. The core lifecycle runs through the router;
+//! workers claiming from a queue with runs on both shards get each run exactly once; an enqueue
+//! on a shard is part of the app's transaction there; and one shard stopped and restarted under
+//! load loses no run (every producer retries with an idempotency key until acknowledged).
+
+use crate::common::{reconnected, wait_for, Cluster};
+use postgres::Client;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Two shards (partitions 0 and 1, one database `app` each, ticked by their own background
+/// worker) and a router database in front of them.
+struct Sharded {
+    shards: Vec<Cluster>,
+    router: Cluster,
+}
+
+impl Sharded {
+    fn start(name: &str) -> Sharded {
+        let shards: Vec<Cluster> = (0..2)
+            .map(|p| {
+                let partition = format!("conveyor.partition = {p}");
+                let shard = Cluster::start(
+                    &format!("{name}-shard{p}"),
+                    &["conveyor.database = 'app'", "conveyor.tick_interval = '100ms'", &partition],
+                );
+                shard.connect("postgres").batch_execute("create database app").unwrap();
+                shard.connect("app").batch_execute("create extension pg_conveyor").unwrap();
+                shard
+            })
+            .collect();
+        let router = Cluster::start(&format!("{name}-router"), &[]);
+        router.connect("postgres").batch_execute("create database router").unwrap();
+        let mut r = router.connect("router");
+        r.batch_execute("create extension pg_conveyor_router cascade").unwrap();
+        for (p, shard) in shards.iter().enumerate() {
+            r.execute("select conveyor.add_shard($1, $2)", &[&(p as i32), &shard.config("app")]).unwrap();
+        }
+        Sharded { shards, router }
+    }
+
+    fn router(&self) -> Client {
+        self.router.connect("router")
+    }
+
+    fn shard(&self, p: usize) -> Client {
+        self.shards[p].connect("app")
+    }
+
+    /// Runs on each shard by status, read on the shards themselves.
+    fn counts(&self, task: &str) -> HashMap<(usize, String), i64> {
+        let mut out = HashMap::new();
+        for p in 0..self.shards.len() {
+            for row in self
+                .shard(p)
+                .query("select status::text, count(*) from conveyor.runs where task = $1 group by 1", &[&task])
+                .unwrap()
+            {
+                out.insert((p, row.get::<_, String>(0)), row.get::<_, i64>(1));
+            }
+        }
+        out
+    }
+}
+
+fn code(e: &postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
+
+#[test]
+fn the_lifecycle_runs_through_the_router() {
+    let cluster = Sharded::start("rt-life");
+    let mut r = cluster.router();
+    r.query_one(
+        "select conveyor.apply_config('{\"queues\": {\"work\": {}}, \"tasks\": {\"job\": {\"queue\": \"work\", \"max_attempts\": 2, \"delay\": \"0s\"}}}')",
+        &[],
+    )
+    .unwrap();
+    // the configuration reached both shards
+    for p in 0..2 {
+        let n: i64 =
+            cluster.shard(p).query_one("select count(*) from conveyor.tasks where name = 'job'", &[]).unwrap().get(0);
+        assert_eq!(n, 1, "task defined on shard {p}");
+    }
+
+    // enqueues routed by concurrency key land on both shards, each id naming its shard
+    let mut ids = Vec::new();
+    for k in 0..20 {
+        let row = r
+            .query_one(
+                "select id::text, conveyor.ulid_partition(id) from conveyor.enqueue('job', '{}', key => $1) id",
+                &[&format!("tenant-{k}")],
+            )
+            .unwrap();
+        ids.push((row.get::<_, String>(0), row.get::<_, i32>(1)));
+    }
+    let parts: HashSet<i32> = ids.iter().map(|(_, p)| *p).collect();
+    assert_eq!(parts, HashSet::from([0, 1]), "keys spread over both shards");
+    for (id, p) in &ids {
+        let n: i64 = cluster
+            .shard(*p as usize)
+            .query_one("select count(*) from conveyor.runs where id = $1::text::conveyor.ulid", &[id])
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "run {id} is on the shard its id names ({p})");
+    }
+    // the same key goes to the same shard (key limits hold exactly)
+    let again: i32 = r
+        .query_one("select conveyor.ulid_partition(conveyor.enqueue('job', '{}', key => 'tenant-0'))", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(again, ids[0].1);
+
+    // a claim gathers from both shards; finishing calls go to each run's shard
+    let claimed = r
+        .query("select run_id::text, lease_token, conveyor.ulid_partition(run_id) from conveyor.claim_runs('work', 'rt', 50)", &[])
+        .unwrap();
+    assert_eq!(claimed.len(), 21, "every queued run, from both shards");
+    let token = |i: usize| -> (String, uuid::Uuid) { (claimed[i].get(0), claimed[i].get(1)) };
+    let (a, ta) = token(0);
+    let (b, tb) = token(1);
+    let (c, tc) = token(2);
+    let (d, td) = token(3);
+    assert!(r.query_one("select conveyor.heartbeat($1::text, $2, '1m')", &[&a, &ta]).is_ok());
+    let s: String =
+        r.query_one("select conveyor.complete_run($1::text, $2, '{\"ok\": 1}')::text", &[&a, &ta]).unwrap().get(0);
+    assert_eq!(s, "succeeded");
+    let s: String = r.query_one("select conveyor.fail_run($1::text, $2, 'boom')::text", &[&b, &tb]).unwrap().get(0);
+    assert_eq!(s, "retrying");
+    let s: String =
+        r.query_one("select conveyor.release_run($1::text, $2, '1h', 'waiting')::text", &[&c, &tc]).unwrap().get(0);
+    assert_eq!(s, "released");
+    let s: String = r.query_one("select conveyor.cancel_run($1::text)", &[&d]).unwrap().get(0);
+    assert_eq!(s, "cancel_requested");
+    // a run asked to stop that ends other than in success ends cancelled
+    let s: String = r.query_one("select conveyor.fail_run($1::text, $2, 'stopped')::text", &[&d, &td]).unwrap().get(0);
+    assert_eq!(s, "cancelled");
+    let s: String = r.query_one("select conveyor.retry_run($1::text)::text", &[&d]).unwrap().get(0);
+    assert_eq!(s, "queued");
+
+    // the shards' errors keep their SQLSTATE through the router
+    let e = r.query_one("select conveyor.complete_run($1::text, $2)", &[&a, &ta]).unwrap_err();
+    assert_eq!(code(&e), "CV001", "stale lease: {e}");
+    let e = r.query_one("select conveyor.cancel_run('01ARZ3NDEKTSV4RRFFQ69G5FAV')", &[]).unwrap_err();
+    assert_eq!(code(&e), "CV002", "unknown run (its id names a partition the cluster lacks): {e}");
+    let e = r.query_one("select conveyor.enqueue('nope')", &[]).unwrap_err();
+    assert_eq!(code(&e), "CV003", "unknown task: {e}");
+    let e = r.query("select * from conveyor.claim_runs('work', 'rt', 1, bind_session => true)", &[]).unwrap_err();
+    assert_eq!(code(&e), "22023", "bind_session refused: {e}");
+
+    // the rest finish in one finish_runs call spanning both shards, answered in the items' order
+    let items: Vec<serde_json::Value> = (4..claimed.len())
+        .map(|i| {
+            let (id, t) = token(i);
+            serde_json::json!({"run_id": id, "lease_token": t.to_string(), "outcome": "succeeded"})
+        })
+        .collect();
+    let rows = r
+        .query(
+            "select run_id::text, status::text from conveyor.finish_runs($1::text::jsonb)",
+            &[&serde_json::Value::Array(items.clone()).to_string()],
+        )
+        .unwrap();
+    let got: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+    let want: Vec<String> = items.iter().map(|i| i["run_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(got, want);
+    let statuses: Vec<Option<String>> = rows.iter().map(|row| row.get(1)).collect();
+    assert!(statuses.iter().all(|s| s.as_deref() == Some("succeeded")), "{statuses:?}");
+
+    // views and metrics gather both shards' rows, each with its partition
+    let rows = r
+        .query("select partition, succeeded from conveyor.queue_stats where queue = 'work' order by partition", &[])
+        .unwrap();
+    let per_shard: Vec<(i32, i64)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    assert_eq!(per_shard.len(), 2);
+    assert_eq!(per_shard.iter().map(|(_, n)| n).sum::<i64>(), 18);
+    let metrics: String = r.query_one("select conveyor.metrics()", &[]).unwrap().get(0);
+    assert_eq!(metrics.matches("# TYPE conveyor_runs gauge").count(), 1, "one family header");
+    assert!(metrics.contains("conveyor_runs{partition=\"0\",queue=\"work\",status=\"succeeded\"}"), "{metrics}");
+    assert!(metrics.contains("conveyor_runs{partition=\"1\",queue=\"work\",status=\"succeeded\"}"), "{metrics}");
+    assert!(metrics.contains("conveyor_router_shard_up{partition=\"1\"} 1"), "{metrics}");
+
+    // a shard listed under a number that is not its conveyor.partition is refused, the old
+    // definition stays
+    let e = r.query_one("select conveyor.add_shard(1, $1)", &[&cluster.shards[0].config("app")]).unwrap_err();
+    assert_eq!(code(&e), "CV012", "{e}");
+    let up: i64 = r.query_one("select count(*) from conveyor.cluster_status() where up", &[]).unwrap().get(0);
+    assert_eq!(up, 2);
+}
+
+#[test]
+fn schedules_and_services_fire_on_their_home_shard_only() {
+    let cluster = Sharded::start("rt-cron");
+    let mut r = cluster.router();
+    r.execute("select conveyor.place_queue('reports', 1)", &[]).unwrap();
+    r.query_one(
+        r#"select conveyor.apply_config('{"queues": {"reports": {}},
+             "tasks": {"report": {"queue": "reports", "schedule": "*/5 * * * *", "on_overlap": "skip"},
+                       "digest": {"schedule": "0 * * * *"}},
+             "services": {"watch": {}}}')"#,
+        &[],
+    )
+    .unwrap();
+    // every shard knows every task; the schedule and the service live on the home shard only
+    // (the shard its queue is placed on, else shard 0)
+    let defined = |p: usize| -> Vec<(String, bool)> {
+        cluster
+            .shard(p)
+            .query("select name, schedule is not null from conveyor.tasks order by name", &[])
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect()
+    };
+    let s = |n: &str, sched: bool| (n.to_string(), sched);
+    assert_eq!(defined(0), vec![s("digest", true), s("report", false), s("watch", false)]);
+    assert_eq!(defined(1), vec![s("digest", false), s("report", true)]);
+
+    // two hours on, a tick on each shard fires each schedule once in the cluster
+    let mut fired = HashMap::new();
+    for p in 0..2 {
+        let mut c = cluster.shard(p);
+        let later: String = c.query_one("select (now() + interval '2 hours')::text", &[]).unwrap().get(0);
+        c.batch_execute(&format!("set conveyor.test_clock = '{later}'; select conveyor.tick();")).unwrap();
+        for row in c
+            .query("select task, count(*) from conveyor.runs where task in ('report', 'digest') group by task", &[])
+            .unwrap()
+        {
+            fired.insert((p, row.get::<_, String>(0)), row.get::<_, i64>(1));
+        }
+    }
+    assert!(
+        fired.contains_key(&(1, "report".to_string())) && fired.contains_key(&(0, "digest".to_string())),
+        "{fired:?}"
+    );
+    assert_eq!(fired.len(), 2, "no schedule fired away from its home shard: {fired:?}");
+    // the service's replica runs on shard 0 (its worker ticks it), none on shard 1
+    wait_for(10.0, "the service's replica on shard 0", || {
+        let n: i64 =
+            cluster.shard(0).query_one("select count(*) from conveyor.runs where task = 'watch'", &[]).unwrap().get(0);
+        (n > 0).then_some(())
+    });
+    let n: i64 =
+        cluster.shard(1).query_one("select count(*) from conveyor.runs where task = 'watch'", &[]).unwrap().get(0);
+    assert_eq!(n, 0);
+
+    // a bad configuration is refused with the shards' CV010 and applied nowhere, even where the
+    // problem is in a part only another shard would get
+    let e = r
+        .query_one(r#"select conveyor.apply_config('{"tasks": {"fresh": {}, "report": {"queue": "reports", "schedule": "61 * * * *"}}}')"#, &[])
+        .unwrap_err();
+    assert_eq!(code(&e), "CV010", "{e}");
+    for p in 0..2 {
+        let n: i64 =
+            cluster.shard(p).query_one("select count(*) from conveyor.tasks where name = 'fresh'", &[]).unwrap().get(0);
+        assert_eq!(n, 0, "nothing applied on shard {p}");
+    }
+}
+
+#[test]
+fn a_run_on_either_shard_is_claimed_exactly_once() {
+    let cluster = Sharded::start("rt-once");
+    let mut r = cluster.router();
+    r.query_one(
+        "select conveyor.apply_config('{\"queues\": {\"once\": {}}, \"tasks\": {\"once\": {\"queue\": \"once\", \"delay\": \"0s\"}}}')",
+        &[],
+    )
+    .unwrap();
+    const RUNS: usize = 400;
+    // half enqueued through the router (spread by key), half on the shards directly
+    for n in 0..RUNS / 2 {
+        r.query_one(
+            "select conveyor.enqueue('once', jsonb_build_object('n', $1::int), key => $2)",
+            &[&(n as i32), &format!("k{n}")],
+        )
+        .unwrap();
+    }
+    for p in 0..2 {
+        cluster
+            .shard(p)
+            .query_one(
+                "select count(*) from conveyor.enqueue_many('once', array(select jsonb_build_object('n', g) from generate_series(1, $1) g))",
+                &[&((RUNS / 4) as i32)],
+            )
+            .unwrap();
+    }
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let config = cluster.router.config("router");
+            let seen = seen.clone();
+            thread::spawn(move || {
+                let mut c = Client::connect(&config, postgres::NoTls).unwrap();
+                let mut empty = 0;
+                while empty < 20 {
+                    let rows = c
+                        .query(
+                            "select run_id::text, lease_token from conveyor.claim_runs('once', $1, 7, '1m')",
+                            &[&format!("w{w}")],
+                        )
+                        .unwrap();
+                    if rows.is_empty() {
+                        empty += 1;
+                        thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                    empty = 0;
+                    let items: Vec<serde_json::Value> = rows
+                        .iter()
+                        .map(|row| {
+                            let (id, t): (String, uuid::Uuid) = (row.get(0), row.get(1));
+                            serde_json::json!({"run_id": id, "lease_token": t.to_string(), "outcome": "succeeded"})
+                        })
+                        .collect();
+                    c.query(
+                        "select * from conveyor.finish_runs($1::text::jsonb)",
+                        &[&serde_json::Value::Array(items).to_string()],
+                    )
+                    .unwrap();
+                    seen.lock().unwrap().extend(rows.iter().map(|row| row.get::<_, String>(0)));
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(seen.len(), RUNS, "claims handed out {} runs for {RUNS}", seen.len());
+    assert_eq!(unique.len(), RUNS, "a run was handed out twice");
+    let counts = cluster.counts("once");
+    let succeeded: i64 = counts.iter().filter(|((_, s), _)| s == "succeeded").map(|(_, n)| n).sum();
+    assert_eq!(succeeded, RUNS as i64, "{counts:?}");
+    assert!(
+        counts.get(&(0, "succeeded".into())).copied().unwrap_or(0) > 0
+            && counts.get(&(1, "succeeded".into())).copied().unwrap_or(0) > 0
+    );
+    for p in 0..2 {
+        let extra: i64 = cluster
+            .shard(p)
+            .query_one("select count(*) from conveyor.runs r where r.task = 'once' and (select count(*) from conveyor.attempts a where a.run_id = r.id) <> 1", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(extra, 0, "every run on shard {p} had exactly one attempt");
+    }
+}
+
+#[test]
+fn an_enqueue_on_a_shard_is_part_of_the_apps_transaction() {
+    let cluster = Sharded::start("rt-tx");
+    let mut r = cluster.router();
+    r.query_one(
+        "select conveyor.apply_config('{\"queues\": {\"mail\": {}}, \"tasks\": {\"mail\": {\"queue\": \"mail\"}}}')",
+        &[],
+    )
+    .unwrap();
+    // the app's database is shard 1: its write and its enqueue commit or roll back together
+    let mut app = cluster.shard(1);
+    app.batch_execute("create table orders (id int primary key)").unwrap();
+    let mut tx = app.transaction().unwrap();
+    tx.execute("insert into orders values (1)", &[]).unwrap();
+    tx.query_one("select conveyor.enqueue('mail', '{\"order\": 1}')", &[]).unwrap();
+    tx.rollback().unwrap();
+    let mut tx = app.transaction().unwrap();
+    tx.execute("insert into orders values (2)", &[]).unwrap();
+    let id: String = tx.query_one("select conveyor.enqueue('mail', '{\"order\": 2}')::text", &[]).unwrap().get(0);
+    tx.commit().unwrap();
+    let runs: i64 = app.query_one("select count(*) from conveyor.runs where task = 'mail'", &[]).unwrap().get(0);
+    assert_eq!(runs, 1, "the rolled-back enqueue left nothing");
+    let orders: i64 = app.query_one("select count(*) from orders", &[]).unwrap().get(0);
+    assert_eq!(orders, 1);
+    // and a worker on the router finds it, and finishes it on its shard
+    let row = r.query_one("select run_id::text, lease_token, conveyor.ulid_partition(run_id) from conveyor.claim_runs('mail', 'rt', 10)", &[]).unwrap();
+    assert_eq!(row.get::<_, String>(0), id);
+    assert_eq!(row.get::<_, i32>(2), 1);
+    let t: uuid::Uuid = row.get(1);
+    let s: String = r.query_one("select conveyor.complete_run($1::text, $2)::text", &[&id, &t]).unwrap().get(0);
+    assert_eq!(s, "succeeded");
+}
+
+#[test]
+fn a_shard_stopped_and_restarted_under_load_loses_no_run() {
+    let cluster = Sharded::start("rt-restart");
+    let mut r = cluster.router();
+    r.query_one(
+        "select conveyor.apply_config('{\"queues\": {\"load\": {}}, \"tasks\": {\"load\": {\"queue\": \"load\", \"delay\": \"0s\", \"max_attempts\": 50}}}')",
+        &[],
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(HashSet::<String>::new()));
+    let produce_errors = Arc::new(AtomicUsize::new(0));
+    let claim_errors = Arc::new(AtomicUsize::new(0));
+    let completed = Arc::new(AtomicUsize::new(0));
+    let config = cluster.router.config("router");
+    // producers: a key not acknowledged (its shard is down) is put aside and retried later, until
+    // the router acknowledges it: autocommit on the shard, the idempotency key makes a retry of
+    // an enqueue that did commit return the same run
+    let producers: Vec<_> = (0..2)
+        .map(|p| {
+            let (config, stop, acked, errors) = (config.clone(), stop.clone(), acked.clone(), produce_errors.clone());
+            thread::spawn(move || {
+                let mut client: Option<Client> = None;
+                let mut pending: Vec<String> = Vec::new();
+                let mut n = 0;
+                for turn in 0.. {
+                    let stopping = stop.load(Ordering::SeqCst);
+                    let key = if !pending.is_empty() && (stopping || turn % 5 == 0) {
+                        pending.remove(0)
+                    } else if !stopping {
+                        n += 1;
+                        format!("p{p}-{n}")
+                    } else {
+                        break;
+                    };
+                    let Some(c) = reconnected(&mut client, &config) else {
+                        pending.push(key);
+                        continue;
+                    };
+                    match c.query_one("select conveyor.enqueue('load', '{}', idempotency_key => $1)", &[&key]) {
+                        Ok(_) => {
+                            acked.lock().unwrap().insert(key);
+                        }
+                        Err(e) => {
+                            errors.fetch_add(1, Ordering::SeqCst);
+                            pending.push(key);
+                            if e.code().is_none() {
+                                client = None;
+                            }
+                            thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let workers_stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..3)
+        .map(|w| {
+            let (config, stop, errors, completed) =
+                (config.clone(), workers_stop.clone(), claim_errors.clone(), completed.clone());
+            thread::spawn(move || {
+                let mut client: Option<Client> = None;
+                while !stop.load(Ordering::SeqCst) {
+                    let Some(c) = reconnected(&mut client, &config) else { continue };
+                    let rows = match c.query(
+                        "select run_id::text, lease_token from conveyor.claim_runs('load', $1, 5, '2s')",
+                        &[&format!("w{w}")],
+                    ) {
+                        Ok(rows) => rows,
+                        Err(e) => {
+                            errors.fetch_add(1, Ordering::SeqCst);
+                            if e.code().is_none() {
+                                client = None;
+                            }
+                            thread::sleep(Duration::from_millis(20));
+                            continue;
+                        }
+                    };
+                    if rows.is_empty() {
+                        thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                    for row in rows {
+                        let (id, t): (String, uuid::Uuid) = (row.get(0), row.get(1));
+                        // a completion lost with its shard: the lease runs out and the run comes back
+                        if c.query_one("select conveyor.complete_run($1::text, $2)", &[&id, &t]).is_ok() {
+                            completed.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    thread::sleep(Duration::from_secs(2));
+    let before = acked.lock().unwrap().len();
+    let out = cluster.shards[1].pg_ctl(&["stop", "-m", "fast"]);
+    assert!(out.status.success(), "stop shard 1: {}", String::from_utf8_lossy(&out.stderr));
+    let down_at = Instant::now();
+    // while shard 1 is down, shard 0 keeps taking enqueues and claims through the router
+    let during_start = acked.lock().unwrap().len();
+    let completed_start = completed.load(Ordering::SeqCst);
+    thread::sleep(Duration::from_secs(2));
+    let during = acked.lock().unwrap().len() - during_start;
+    let completed_during = completed.load(Ordering::SeqCst) - completed_start;
+    let status = r.query("select partition, up from conveyor.cluster_status() order by partition", &[]).unwrap();
+    let up: Vec<bool> = status.iter().map(|row| row.get(1)).collect();
+    assert_eq!(up, vec![true, false], "cluster_status sees shard 1 down");
+    let stats = r.query("select partition from conveyor.queue_stats where queue = 'load'", &[]).unwrap();
+    assert_eq!(stats.len(), 1, "queue_stats returns shard 0's rows while shard 1 is down");
+    let out = cluster.shards[1].pg_ctl(&["start"]);
+    assert!(out.status.success(), "start shard 1: {}", String::from_utf8_lossy(&out.stderr));
+    let downtime = down_at.elapsed().as_secs_f64();
+    // the first enqueue routed to shard 1 after its restart: how long after the stop it succeeds
+    let key: String = r
+        .query_one(
+            "select k from generate_series(1, 1000) g, lateral (select 'after-restart-' || g as k) x
+             where conveyor._enqueue_partition('load', 'load', null, k, null) = 1 limit 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let recovered = wait_for(30.0, "an enqueue on shard 1 after its restart", || {
+        let mut c = Client::connect(&config, postgres::NoTls).ok()?;
+        c.query_one("select conveyor.enqueue('load', '{}', idempotency_key => $1)", &[&key]).ok()?;
+        Some(down_at.elapsed().as_secs_f64())
+    });
+    acked.lock().unwrap().insert(key);
+    thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::SeqCst);
+    for t in producers {
+        t.join().unwrap();
+    }
+    // the workers run until every run is done (a claim whose answer was lost with the shard
+    // comes back when its 2 s lease runs out)
+    let total = acked.lock().unwrap().len() as i64;
+    wait_for(60.0, "every run to succeed", || {
+        let counts = cluster.counts("load");
+        let done: i64 = counts.iter().filter(|((_, s), _)| s == "succeeded").map(|(_, n)| n).sum();
+        (done >= total).then_some(())
+    });
+    workers_stop.store(true, Ordering::SeqCst);
+    for t in workers {
+        t.join().unwrap();
+    }
+    let acked = acked.lock().unwrap();
+    // every acknowledged key has exactly one run, on some shard, and it succeeded
+    let mut keys: HashMap<String, Vec<String>> = HashMap::new();
+    for p in 0..2 {
+        for row in cluster
+            .shard(p)
+            .query("select idempotency_key, status::text from conveyor.runs where task = 'load'", &[])
+            .unwrap()
+        {
+            keys.entry(row.get(0)).or_default().push(row.get(1));
+        }
+    }
+    let lost: Vec<&String> = acked.iter().filter(|k| !keys.contains_key(*k)).collect();
+    let twice: Vec<(&String, &Vec<String>)> = keys.iter().filter(|(_, v)| v.len() > 1).collect();
+    let unfinished: Vec<(&String, &Vec<String>)> =
+        keys.iter().filter(|(_, v)| v.iter().any(|s| s != "succeeded")).collect();
+    println!(
+        "router restart: {} runs acknowledged ({before} before the stop, {during} and {completed_during} completions in 2 s with shard 1 down), \
+         shard 1 down {downtime:.1} s, first enqueue on it {recovered:.1} s after the stop; errors seen: {} enqueue, {} claim; \
+         runs lost: {}, duplicated: {}, unfinished: {}",
+        acked.len(),
+        produce_errors.load(Ordering::SeqCst),
+        claim_errors.load(Ordering::SeqCst),
+        lost.len(),
+        twice.len(),
+        unfinished.len()
+    );
+    assert!(during > 0 && completed_during > 0, "shard 0 kept working while shard 1 was down");
+    assert!(lost.is_empty(), "acknowledged enqueues without a run: {lost:?}");
+    assert!(twice.is_empty(), "keys with two runs: {twice:?}");
+    assert!(unfinished.is_empty(), "runs not finished: {:?}", &unfinished[..unfinished.len().min(5)]);
+}
