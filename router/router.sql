@@ -30,6 +30,14 @@ create table conveyor.queue_placement (
     queue text primary key,
     partition integer not null references conveyor.shards on delete restrict
 );
+-- the queue of each task and service, as the router's apply_config last gave it: a router
+-- enqueue that names only the task goes to that queue's placement
+create table conveyor.task_queue (
+    task text primary key,
+    queue text not null
+);
+comment on table conveyor.task_queue is 'each task''s queue, as the router''s last apply_config gave it (for placing enqueues that name only the task)';
+
 comment on table conveyor.queue_placement is 'queues pinned to one shard (router enqueues go there, router claims visit only it)';
 
 -- ---- errors (the codes are listed in conveyor.error_codes, above)
@@ -188,8 +196,8 @@ as $$
     select case
         when p_parent is not null then conveyor._run_partition(p_parent)
         else coalesce(
-            (select p.partition from conveyor.queue_placement p where p.queue = coalesce(p_queue, p_task)),
-            (select p.partition from conveyor.queue_placement p where p.queue = p_queue),
+            (select p.partition from conveyor.queue_placement p
+             where p.queue = coalesce(p_queue, (select t.queue from conveyor.task_queue t where t.task = p_task))),
             case when p_key is not null then hashtext('key:' || p_key) end,
             case when p_idempotency_key is not null then hashtext(p_task || ':' || p_idempotency_key) end,
             (random() * 1023)::integer) & (conveyor._shard_count() - 1)
@@ -209,11 +217,14 @@ as $$
         from conveyor.queue_placement p where p.queue = any (p_queues)
     ),
     parts as (
-        select unnest(case when (select all_placed from placed) then (select parts from placed)
-                           else array(select s.partition from conveyor.shards s) end) as part
+        select p.part, p.i, count(*) over () as n
+        from unnest(case when (select all_placed from placed) then (select parts from placed)
+                         else array(select s.partition from conveyor.shards s order by s.partition) end)
+             with ordinality as p(part, i)
     ),
-    start as (select (random() * 1023)::integer as r)
-    select array_agg(part order by (part - (select r from start)) & 1023)
+    start as (select random() as r)
+    -- the list rotated to start at a random member: each shard leads equally often
+    select array_agg(part order by (i - 1 + n - floor((select r from start) * n)::integer) % n)
     from parts
 $$;
 
@@ -424,8 +435,9 @@ as $$
 $$;
 
 -- finish_runs: each item to the shard of its run (items whose run id is not a ULID to shard 0,
--- which refuses them as it would). One call per shard, each whole on its shard; the rows come
--- back in the items' order.
+-- which refuses them as it would). One call per shard, each whole on its shard; a shard answers
+-- one row per item in its items' order, so the rows come back in the items' order, duplicates
+-- and bad ids included, as one shard would answer.
 create function conveyor.finish_runs(items jsonb)
 returns table (run_id conveyor.ulid, status conveyor.run_status)
 language plpgsql
@@ -440,24 +452,22 @@ begin
         return query select * from conveyor._finish_on(0, items);
         return;
     end if;
-    create temp table if not exists _router_finished (run_id conveyor.ulid, status conveyor.run_status) on commit drop;
+    create temp table if not exists _router_finished (n bigint, run_id conveyor.ulid, status conveyor.run_status) on commit drop;
     truncate _router_finished;
     for v_group in
         select coalesce(case when jsonb_typeof(e -> 'run_id') = 'string'
                              then conveyor.ulid_partition(conveyor._ulid_or_null(e ->> 'run_id')) end, 0)
                    & (conveyor._shard_count() - 1) as p,
-               jsonb_agg(e order by n) as items
+               jsonb_agg(e order by n) as items,
+               array_agg(n order by n) as positions
         from jsonb_array_elements(items) with ordinality as x(e, n)
         group by 1 order by 1
     loop
-        insert into _router_finished select * from conveyor._finish_on(v_group.p, v_group.items);
+        insert into _router_finished
+        select v_group.positions[f.i], f.run_id, f.status
+        from conveyor._finish_on(v_group.p, v_group.items) with ordinality as f(run_id, status, i);
     end loop;
-    return query
-    select f.run_id, f.status
-    from _router_finished f
-    left join (select conveyor._ulid_or_null(x.e ->> 'run_id') as id, x.n
-               from jsonb_array_elements(items) with ordinality as x(e, n)) i on i.id = f.run_id
-    order by i.n nulls last;
+    return query select f.run_id, f.status from _router_finished f order by f.n;
 end $$;
 
 create function conveyor.finish_and_claim(
@@ -757,6 +767,10 @@ begin
     if cardinality(v_problems) > 0 then
         return conveyor._apply_config_on(0, config); -- refuses it
     end if;
+    insert into conveyor.task_queue as t (task, queue)
+    select e.key, coalesce(e.value ->> 'queue', config -> 'defaults' ->> 'queue', 'default')
+    from jsonb_each(coalesce(config -> 'tasks', '{}') || coalesce(config -> 'services', '{}')) e
+    on conflict on constraint task_queue_pkey do update set queue = excluded.queue;
     for v_row in select * from conveyor._each(format('select conveyor._apply_config_on($1, conveyor._config_for(%L, $1)) as r', config)) loop
         if v_row.error is not null then
             perform conveyor._raise_shard_unavailable(v_row.partition,

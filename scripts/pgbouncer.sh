@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A throwaway PgBouncer (Debian's package, scripts/setup.sh installs it) in transaction mode in
 # front of a cluster, run by the postgres user (PgBouncer refuses root), trust auth.
-#   pgbouncer.sh start DIR PORT SERVER_HOST SERVER_PORT [POOL_SIZE]   (default pool size 4)
+#   pgbouncer.sh start DIR PORT SERVER_HOST SERVER_PORT [POOL_SIZE] [QUERY_TIMEOUT]
+#     (default pool size 4; QUERY_TIMEOUT seconds, 0 = none: a query, a server connect or a wait
+#     for a server connection that takes longer fails, e.g. in front of a shard that hangs)
 #   pgbouncer.sh stop DIR
 # It listens on 127.0.0.1:PORT and on a Unix socket in DIR, for every database of the server
 # (`* =`); each database and user pair gets POOL_SIZE server connections, shared by any number
@@ -21,6 +23,13 @@ start)
     server_host=${4:?server host or socket directory}
     server_port=${5:?server port}
     pool=${6:-4}
+    timeout=${7:-0}
+    timeouts=""
+    if [ "$timeout" != 0 ]; then
+        timeouts="query_timeout = $timeout
+server_connect_timeout = $timeout
+query_wait_timeout = $timeout"
+    fi
     mkdir -p "$dir"
     [ "$(id -u)" = 0 ] && chown postgres "$dir"
     if [ -f "$dir/pgbouncer.pid" ] && as_pg kill -0 "$(cat "$dir/pgbouncer.pid")" 2>/dev/null; then
@@ -45,6 +54,7 @@ max_client_conn = 500
 ignore_startup_parameters = extra_float_digits,options
 logfile = $dir/pgbouncer.log
 pidfile = $dir/pgbouncer.pid
+$timeouts
 INI
     as_pg /usr/sbin/pgbouncer -d -q "$dir/pgbouncer.ini"
     for _ in $(seq 1 100); do
@@ -64,7 +74,7 @@ stop)
     fi
     ;;
 *)
-    echo "usage: $0 start DIR PORT SERVER_HOST SERVER_PORT [POOL_SIZE] | stop DIR" >&2
+    echo "usage: $0 start DIR PORT SERVER_HOST SERVER_PORT [POOL_SIZE] [QUERY_TIMEOUT] | stop DIR" >&2
     exit 2
     ;;
 esac

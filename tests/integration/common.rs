@@ -217,12 +217,18 @@ pub struct Pooler {
 
 impl Pooler {
     pub fn start(name: &str, pool: u32) -> Pooler {
+        Pooler::start_for(name, &env("CONVEYOR_TEST_HOST"), &env("CONVEYOR_TEST_PORT"), pool, 0)
+    }
+
+    /// A PgBouncer in front of the server at `host` (socket directory) and `server_port`;
+    /// `query_timeout` seconds (0: none) bound each query, server connect and wait for a
+    /// server connection.
+    pub fn start_for(name: &str, host: &str, server_port: &str, pool: u32, query_timeout: u32) -> Pooler {
         let port = 6440 + NEXT_POOLER_PORT.fetch_add(1, Ordering::SeqCst) as u16;
         let dir = format!("/tmp/pgc-{name}-{port}");
         let _ = std::fs::remove_dir_all(&dir);
-        let (host, server_port) = (env("CONVEYOR_TEST_HOST"), env("CONVEYOR_TEST_PORT"));
         let status = std::process::Command::new(repo().join("scripts/pgbouncer.sh"))
-            .args(["start", &dir, &port.to_string(), &host, &server_port, &pool.to_string()])
+            .args(["start", &dir, &port.to_string(), host, server_port, &pool.to_string(), &query_timeout.to_string()])
             .status()
             .expect("run scripts/pgbouncer.sh");
         assert!(status.success(), "scripts/pgbouncer.sh start failed");

@@ -4,7 +4,7 @@
 //! on a shard is part of the app's transaction there; and one shard stopped and restarted under
 //! load loses no run (every producer retries with an idempotency key until acknowledged).
 
-use crate::common::{reconnected, wait_for, Cluster};
+use crate::common::{reconnected, wait_for, Cluster, Pooler};
 use postgres::Client;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,10 +17,18 @@ use std::time::{Duration, Instant};
 struct Sharded {
     shards: Vec<Cluster>,
     router: Cluster,
+    /// PgBouncers the router reaches shards through (Sharded::start_pooled)
+    _poolers: Vec<Pooler>,
 }
 
 impl Sharded {
     fn start(name: &str) -> Sharded {
+        Sharded::start_pooled(name, 0)
+    }
+
+    /// With `query_timeout` > 0, the router reaches each shard through a PgBouncer whose
+    /// query_timeout is that many seconds (docs/scale-out.md: a shard that hangs).
+    fn start_pooled(name: &str, query_timeout: u32) -> Sharded {
         let shards: Vec<Cluster> = (0..2)
             .map(|p| {
                 let partition = format!("conveyor.partition = {p}");
@@ -33,14 +41,26 @@ impl Sharded {
                 shard
             })
             .collect();
+        let poolers: Vec<Pooler> = if query_timeout > 0 {
+            shards
+                .iter()
+                .enumerate()
+                .map(|(p, s)| {
+                    Pooler::start_for(&format!("{name}-pool{p}"), &s.dir, &s.port.to_string(), 4, query_timeout)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let router = Cluster::start(&format!("{name}-router"), &[]);
         router.connect("postgres").batch_execute("create database router").unwrap();
         let mut r = router.connect("router");
         r.batch_execute("create extension pg_conveyor_router cascade").unwrap();
         for (p, shard) in shards.iter().enumerate() {
-            r.execute("select conveyor.add_shard($1, $2)", &[&(p as i32), &shard.config("app")]).unwrap();
+            let connstr = poolers.get(p).map(|b| b.config("app")).unwrap_or_else(|| shard.config("app"));
+            r.execute("select conveyor.add_shard($1, $2)", &[&(p as i32), &connstr]).unwrap();
         }
-        Sharded { shards, router }
+        Sharded { shards, router, _poolers: poolers }
     }
 
     fn router(&self) -> Client {
@@ -170,6 +190,23 @@ fn the_lifecycle_runs_through_the_router() {
     assert_eq!(got, want);
     let statuses: Vec<Option<String>> = rows.iter().map(|row| row.get(1)).collect();
     assert!(statuses.iter().all(|s| s.as_deref() == Some("succeeded")), "{statuses:?}");
+
+    // the same stale item twice: one row per item, as a shard answers (status null: stale)
+    let twice = serde_json::Value::Array(vec![items[0].clone(), items[0].clone()]).to_string();
+    let rows =
+        r.query("select run_id::text, status::text from conveyor.finish_runs($1::text::jsonb)", &[&twice]).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|row| row.get::<_, Option<String>>(1).is_none()));
+
+    // claims start at a random shard: each leads about as often
+    let leads: i64 = r
+        .query_one(
+            "select count(*) filter (where (conveyor._claim_order(array['work']))[1] = 1) from generate_series(1, 400)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!((120..=280).contains(&leads), "shard 1 led {leads} of 400 claims");
 
     // views and metrics gather both shards' rows, each with its partition
     let rows = r
@@ -560,4 +597,93 @@ fn a_shard_stopped_and_restarted_under_load_loses_no_run() {
     assert!(lost.is_empty(), "acknowledged enqueues without a run: {lost:?}");
     assert!(twice.is_empty(), "keys with two runs: {twice:?}");
     assert!(unfinished.is_empty(), "runs not finished: {:?}", &unfinished[..unfinished.len().min(5)]);
+}
+
+/// SIGSTOP or SIGCONT to a cluster's postmaster and every process it started (as root, or as
+/// the postgres user that runs them).
+fn signal_cluster(cluster: &Cluster, signal: &str) {
+    let pid_file = std::fs::read_to_string(format!("{}/data/postmaster.pid", cluster.dir)).unwrap();
+    let postmaster = pid_file.lines().next().unwrap().trim().to_string();
+    let mut pids = vec![postmaster.clone()];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) {
+            let after = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().nth(1).unwrap_or("").to_string());
+            if after.as_deref() == Some(postmaster.as_str()) {
+                pids.push(entry.file_name().to_string_lossy().to_string());
+            }
+        }
+    }
+    let status = crate::common::as_postgres("/bin/kill").arg(format!("-{signal}")).args(&pids).status().unwrap();
+    assert!(status.success(), "kill -{signal} {pids:?}");
+}
+
+/// A hung shard in the test: resumed when dropped, so that its cluster can be stopped.
+struct Stopped<'a>(&'a Cluster);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        signal_cluster(self.0, "CONT");
+    }
+}
+
+#[test]
+fn a_hung_shard_behind_a_pooler_with_query_timeout_is_skipped() {
+    // PL/Proxy has no timeout that fires on a shard that stops answering (SIGSTOP): its
+    // connect_timeout is not a server option, libpq's connect_timeout is not enforced on its
+    // asynchronous connects, and query_timeout does not fire. A PgBouncer between router and
+    // shard with query_timeout does: the call fails, the claim skips the shard.
+    let cluster = Sharded::start_pooled("rt-hang", 2);
+    let mut r = cluster.router();
+    r.batch_execute("set statement_timeout = '60s'").unwrap(); // a regression fails, not hangs
+                                                               // (attempts to spare: a lease nobody received expires as a failed attempt)
+    r.query_one(r#"select conveyor.apply_config('{"tasks": {"job": {"max_attempts": 5, "delay": "0s"}}}')"#, &[])
+        .unwrap();
+    for p in 0..2 {
+        cluster.shard(p).batch_execute("select conveyor.enqueue('job') from generate_series(1, 5)").unwrap();
+    }
+    let one: i64 = r.query_one("select count(*) from conveyor.claim_runs('default', 'w', 1)", &[]).unwrap().get(0);
+    assert_eq!(one, 1, "the router reaches the shards through their poolers");
+
+    let hung = Stopped(&cluster.shards[1]);
+    signal_cluster(hung.0, "STOP");
+    let started = Instant::now();
+    // (a short lease: the claim PgBouncer gave up on reaches the shard when it resumes and
+    // commits there, leasing runs nobody received; they come back when the lease expires)
+    let rows = r
+        .query(
+            "select conveyor.ulid_partition(run_id) from conveyor.claim_runs('default', 'w', 20, lease => '3s')",
+            &[],
+        )
+        .unwrap();
+    let waited = started.elapsed();
+    let parts: HashSet<i32> = rows.iter().map(|row| row.get(0)).collect();
+    assert_eq!(parts, HashSet::from([0]), "shard 0's runs, shard 1 skipped");
+    assert!(rows.len() >= 4, "shard 0's runs: {}", rows.len());
+    eprintln!("claim with shard 1 hung: {} runs from shard 0 in {:.1}s", rows.len(), waited.as_secs_f64());
+    let down: Vec<i32> = r
+        .query("select partition from conveyor.cluster_status() where not up", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(down, vec![1], "cluster_status names the hung shard");
+    // configuration reaches shard 0 and says shard 1 did not get it; shard 0's queues go on
+    r.execute("select conveyor.place_queue('zero', 0)", &[]).unwrap();
+    let e = r
+        .query_one(
+            r#"select conveyor.apply_config('{"queues": {"zero": {}}, "tasks": {"zjob": {"queue": "zero"}}}')"#,
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(code(&e), "CV011", "{e}");
+    let p: i32 = r.query_one("select conveyor.ulid_partition(conveyor.enqueue('zjob'))", &[]).unwrap().get(0);
+    assert_eq!(p, 0, "an enqueue to shard 0 while shard 1 hangs");
+    drop(hung);
+    // back: its runs are claimed again (the pooler reconnects)
+    let got = wait_for(60.0, "shard 1's runs once it answers again", || {
+        let rows =
+            r.query("select conveyor.ulid_partition(run_id) from conveyor.claim_runs('default', 'w', 20)", &[]).ok()?;
+        rows.iter().any(|row| row.get::<_, i32>(0) == 1).then_some(rows.len())
+    });
+    assert!(got >= 1);
 }
