@@ -839,6 +839,29 @@ returns conveyor.run_status language plproxy as $$
     cluster 'conveyor_cluster'; run on conveyor._run_partition(run_id);
 $$;
 
+-- _gather: a call's one value (column v) from every shard, as text, with a warning naming the
+-- shards not reached (their values are missing)
+create function conveyor._gather(p_what text, p_call text)
+returns setof text
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    v_row record;
+    v_missing integer[] := '{}';
+    v_errors text[] := '{}';
+begin
+    for v_row in select * from conveyor._each(p_call) loop
+        if v_row.error is not null then
+            v_missing := v_missing || v_row.partition;
+            v_errors := v_errors || v_row.error;
+        else
+            return next v_row.result -> 0 ->> 'v';
+        end if;
+    end loop;
+    perform conveyor._warn_missing(p_what, v_missing, v_errors);
+end $$;
+
 -- cancel_runs / retry_runs: on every shard (max per shard); a shard not reached is named in a
 -- warning and left as it was
 create function conveyor.cancel_runs(
@@ -848,21 +871,12 @@ create function conveyor.cancel_runs(
     max integer default 1000
 )
 returns integer
-language plpgsql
+language sql
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
-declare
-    v_total integer;
-    v_missing integer[];
-    v_errors text[];
-begin
-    select coalesce(sum((e.result -> 0 ->> 'n')::integer), 0), array_agg(e.partition) filter (where e.error is not null),
-           array_agg(e.error) filter (where e.error is not null)
-    into v_total, v_missing, v_errors
-    from conveyor._each(format('select conveyor._cancel_runs_on($1, %L, %L, %L, %L) as n', queue, task, status, max)) e;
-    perform conveyor._warn_missing('cancel_runs', v_missing, v_errors);
-    return v_total;
-end $$;
+    select coalesce(sum(v::integer), 0)::integer
+    from conveyor._gather('cancel_runs', format('select conveyor._cancel_runs_on($1, %L, %L, %L, %L) as v', queue, task, status, max)) v
+$$;
 
 create function conveyor.retry_runs(
     queue text default null,
@@ -872,58 +886,31 @@ create function conveyor.retry_runs(
     max integer default 1000
 )
 returns integer
-language plpgsql
+language sql
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
-declare
-    v_total integer;
-    v_missing integer[];
-    v_errors text[];
-begin
-    select coalesce(sum((e.result -> 0 ->> 'n')::integer), 0), array_agg(e.partition) filter (where e.error is not null),
-           array_agg(e.error) filter (where e.error is not null)
-    into v_total, v_missing, v_errors
-    from conveyor._each(format('select conveyor._retry_runs_on($1, %L, %L, %L, %L, %L) as n', queue, task, status, since, max)) e;
-    perform conveyor._warn_missing('retry_runs', v_missing, v_errors);
-    return v_total;
-end $$;
+    select coalesce(sum(v::integer), 0)::integer
+    from conveyor._gather('retry_runs', format('select conveyor._retry_runs_on($1, %L, %L, %L, %L, %L) as v', queue, task, status, since, max)) v
+$$;
 
 create function conveyor.pending(queues text)
 returns bigint
-language plpgsql
+language sql
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
-declare
-    v_total bigint;
-    v_missing integer[];
-    v_errors text[];
-begin
-    select coalesce(sum((e.result -> 0 ->> 'n')::bigint), 0), array_agg(e.partition) filter (where e.error is not null),
-           array_agg(e.error) filter (where e.error is not null)
-    into v_total, v_missing, v_errors
-    from conveyor._each(format('select conveyor._pending_on($1, %L) as n', queues)) e;
-    perform conveyor._warn_missing('pending', v_missing, v_errors);
-    return v_total;
-end $$;
+    select coalesce(sum(v::bigint), 0)::bigint
+    from conveyor._gather('pending', format('select conveyor._pending_on($1, %L) as v', queues)) v
+$$;
 
+-- rate_limited_until: the soonest time any shard may start one of these queues' runs again
 create function conveyor.rate_limited_until(queues text)
 returns timestamptz
-language plpgsql
+language sql
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
-declare
-    v_at timestamptz;
-    v_missing integer[];
-    v_errors text[];
-begin
-    -- the soonest time any shard may start one of these queues' runs again
-    select min((e.result -> 0 ->> 't')::timestamptz), array_agg(e.partition) filter (where e.error is not null),
-           array_agg(e.error) filter (where e.error is not null)
-    into v_at, v_missing, v_errors
-    from conveyor._each(format('select conveyor._rate_limited_until_on($1, %L) as t', queues)) e;
-    perform conveyor._warn_missing('rate_limited_until', v_missing, v_errors);
-    return v_at;
-end $$;
+    select min(v::timestamptz)
+    from conveyor._gather('rate_limited_until', format('select conveyor._rate_limited_until_on($1, %L) as v', queues)) v
+$$;
 
 -- _home_partition: the shard that keeps a task's schedule or a service's replicas, so that
 -- cron and services fire once in the cluster: the shard its queue is placed on, else shard 0.
@@ -1012,7 +999,8 @@ begin
     return v_first;
 end $$;
 
-create function conveyor.pause_queue(name text)
+-- _on_every_shard: a call on every shard; a shard not reached raises CV011 (the others did it)
+create function conveyor._on_every_shard(p_call text, p_what text)
 returns void
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
@@ -1020,27 +1008,30 @@ as $$
 declare
     v_row record;
 begin
-    for v_row in select * from conveyor._each(format('select conveyor._pause_on($1, %L)', name)) loop
+    for v_row in select * from conveyor._each(p_call) loop
         if v_row.error is not null then
-            perform conveyor._raise_shard_unavailable(v_row.partition, 'pause_queue: the other shards paused the queue; pause it again once this one is back', v_row.error);
+            perform conveyor._raise_shard_unavailable(v_row.partition, p_what, v_row.error);
         end if;
     end loop;
 end $$;
 
-create function conveyor.resume_queue(name text)
+create function conveyor.pause_queue(name text)
 returns void
-language plpgsql
+language sql
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
-declare
-    v_row record;
-begin
-    for v_row in select * from conveyor._each(format('select conveyor._resume_on($1, %L)', name)) loop
-        if v_row.error is not null then
-            perform conveyor._raise_shard_unavailable(v_row.partition, 'resume_queue: the other shards resumed the queue; resume it again once this one is back', v_row.error);
-        end if;
-    end loop;
-end $$;
+    select conveyor._on_every_shard(format('select conveyor._pause_on($1, %L)', name),
+                                    'pause_queue: the other shards paused the queue; pause it again once this one is back')
+$$;
+
+create function conveyor.resume_queue(name text)
+returns void
+language sql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+    select conveyor._on_every_shard(format('select conveyor._resume_on($1, %L)', name),
+                                    'resume_queue: the other shards resumed the queue; resume it again once this one is back')
+$$;
 
 -- ---- dashboards
 

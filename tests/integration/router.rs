@@ -676,7 +676,9 @@ fn a_hung_shard_behind_a_pooler_with_query_timeout_is_skipped() {
         )
         .unwrap_err();
     assert_eq!(code(&e), "CV011", "{e}");
-    let p: i32 = r.query_one("select conveyor.ulid_partition(conveyor.enqueue('zjob'))", &[]).unwrap().get(0);
+    // (queue named: the router learns a task's queue only from an apply_config that succeeds)
+    let p: i32 =
+        r.query_one("select conveyor.ulid_partition(conveyor.enqueue('zjob', queue => 'zero'))", &[]).unwrap().get(0);
     assert_eq!(p, 0, "an enqueue to shard 0 while shard 1 hangs");
     drop(hung);
     // back: its runs are claimed again (the pooler reconnects)
