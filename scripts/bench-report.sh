@@ -110,6 +110,16 @@ if wal_rows:
     for r in wal_rows:
         label = r["workload"] + "".join(f", {k} {r[k]}" for k in ("batch", "clients", "hold") if k in r)
         print(f"| {label} | {int(r['runs']):,} | {int(r['wal_per_run']):,} | {r['commits_per_run']} |")
+routed = [r for r in rows if r.get("system") == "pg_conveyor" and r.get("workload") == "routed"]
+if routed:
+    print()
+    print("Scale-out (docs/scale-out.md): the same no-op runs, 8 workers, on one shard directly, through the router with one shard, and through the router with two shards. All three clusters share this machine's cores, so a second shard adds no cores here; the CPU time per run (the servers' processes, from /proc) says what a shard and the router each spend:")
+    print()
+    print("| batch | via | shards | runs | runs/s | vs direct | shards' CPU per run | router's CPU per run |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in routed:
+        base = next((num(d, "per_second") for d in routed if d["via"] == "direct" and d["batch"] == r["batch"]), None)
+        print(f"| {r['batch']} | {r['via']} | {r['shards']} | {int(r['runs']):,} | {fmt(num(r, 'per_second'))} | {ratio(num(r, 'per_second'), base)} | {r['shard_cpu_us_per_run']} µs | {r['router_cpu_us_per_run']} µs |")
 print()
 print("Targets (printed, not enforced): end to end with batched claims ≥ 10,000 runs/s and ≥ 2× every per-job peer.")
 print()

@@ -89,6 +89,9 @@ run bench_manual counter-cost --cycles 5000
 run bench size --runs "$BIG" --workers 8 --batch 50
 run bench growth --runs $((BIG * 3)) --workers 8 --batch 50
 
+log "scale-out: one shard directly, through the router, two shards (scripts/bench-scale-out.sh)"
+scripts/bench-scale-out.sh "$OUT/results" "$RUNS" "${CONF[@]}"
+
 log "the limit: pgbench, 8 clients, the least SQL per job (insert, update, update)"
 psql -d bench_pgbench -c "create table bench_jobs (id bigserial primary key, status text not null default 'queued', payload jsonb not null)"
 cat >"$OUT/single.sql" <<'SQL'

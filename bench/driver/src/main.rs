@@ -21,6 +21,11 @@
 //!                   them with finish_and_claim (batch 10); --hold 1: a session holds a REPEATABLE
 //!                   READ snapshot all the while (a long report, a stuck transaction). Prints
 //!                   throughput, enqueue -> start p50/p99 and the dead tuples of the queue tables
+//!   routed          process over the shards of a sharded cluster (docs/scale-out.md): the
+//!                   backlog split evenly over the shards (CONVEYOR_BENCH_SHARDS, connect strings
+//!                   separated by `;`), W workers through the router (CONVEYOR_BENCH_ROUTER), or
+//!                   on the one shard itself with --direct 1. Prints throughput and the CPU time
+//!                   per run of the shards' servers and of the router's
 
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
@@ -39,15 +44,24 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Where workers connect when it is not PGHOST/PGPORT/PGUSER/PGDATABASE (workload routed).
+static TARGET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn connect() -> Client {
-    let cfg = format!(
-        "host={} port={} user={} dbname={}",
-        std::env::var("PGHOST").unwrap_or_else(|_| "/tmp".into()),
-        std::env::var("PGPORT").unwrap_or_else(|_| "5432".into()),
-        std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()),
-        std::env::var("PGDATABASE").unwrap_or_else(|_| "bench".into()),
-    );
-    Client::connect(&cfg, NoTls).unwrap_or_else(|e| panic!("connect ({cfg}): {e}"))
+    let cfg = TARGET.get().cloned().unwrap_or_else(|| {
+        format!(
+            "host={} port={} user={} dbname={}",
+            std::env::var("PGHOST").unwrap_or_else(|_| "/tmp".into()),
+            std::env::var("PGPORT").unwrap_or_else(|_| "5432".into()),
+            std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()),
+            std::env::var("PGDATABASE").unwrap_or_else(|_| "bench".into()),
+        )
+    });
+    connect_to(&cfg)
+}
+
+fn connect_to(cfg: &str) -> Client {
+    Client::connect(cfg, NoTls).unwrap_or_else(|e| panic!("connect ({cfg}): {e}"))
 }
 
 /// A clean slate: the extension recreated, one no-op task in queue `bench`.
@@ -944,11 +958,97 @@ fn sustained(rate: u64, seconds: u64, hold: bool) {
     );
 }
 
+/// CPU seconds a server has used so far: its postmaster's own and its reaped children's
+/// (backends that exited), plus the live children's (/proc, Linux; clock ticks of 10 ms).
+fn server_cpu_seconds(c: &mut Client) -> f64 {
+    let data: String = c.query_one("select setting from pg_settings where name = 'data_directory'", &[]).unwrap().get(0);
+    let pid_file = std::fs::read_to_string(format!("{data}/postmaster.pid")).expect("read postmaster.pid");
+    let postmaster: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+    // fields after the command (which may hold spaces): state ppid ... utime(14) stime cutime cstime
+    let fields = |stat: &str| -> Vec<String> {
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().map(str::to_string).collect()).unwrap_or_default()
+    };
+    let ticks = |f: &[String], from: usize, n: usize| -> f64 { f[from..from + n].iter().map(|v| v.parse::<f64>().unwrap()).sum() };
+    let own = fields(&std::fs::read_to_string(format!("/proc/{postmaster}/stat")).unwrap());
+    let mut total = ticks(&own, 11, 4); // utime stime cutime cstime (fields 14-17, 0-based 11 after the command)
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) {
+            let f = fields(&stat);
+            if f.len() > 14 && f[1] == postmaster.to_string() {
+                total += ticks(&f, 11, 2);
+            }
+        }
+    }
+    total / 100.0
+}
+
+/// The routed workload (see the top of this file). The backlog is enqueued on each shard
+/// directly (the same split a router's random placement gives), then drained through the
+/// router or, with `direct`, on the only shard.
+fn routed(runs: u64, workers: u64, batch: u64, direct: bool) {
+    let shards: Vec<String> = std::env::var("CONVEYOR_BENCH_SHARDS")
+        .expect("CONVEYOR_BENCH_SHARDS: the shards' connect strings, separated by ;")
+        .split(';')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let router = std::env::var("CONVEYOR_BENCH_ROUTER").ok();
+    assert!(!direct || shards.len() == 1, "--direct 1 works on one shard");
+    let target = if direct { shards[0].clone() } else { router.clone().expect("CONVEYOR_BENCH_ROUTER: the router's connect string") };
+    let mut per_shard = Vec::new();
+    for (i, shard) in shards.iter().enumerate() {
+        let mut c = connect_to(shard);
+        reset(&mut c, "");
+        let n = runs / shards.len() as u64 + u64::from((i as u64) < runs % shards.len() as u64);
+        enqueue_backlog(&mut c, n, "");
+        per_shard.push(c);
+    }
+    let mut router_client = (!direct).then(|| connect_to(&target));
+    let shard_cpu = |cs: &mut Vec<Client>| -> f64 { cs.iter_mut().map(server_cpu_seconds).sum() };
+    let cpu0 = (shard_cpu(&mut per_shard), router_client.as_mut().map(server_cpu_seconds).unwrap_or(0.0));
+    TARGET.set(target).unwrap();
+    let (seconds, finished) = run_workers(workers, batch);
+    // the workers' backends have exited (and been reaped): their CPU is in the postmasters' now
+    thread::sleep(Duration::from_millis(300));
+    let cpu1 = (shard_cpu(&mut per_shard), router_client.as_mut().map(server_cpu_seconds).unwrap_or(0.0));
+    let succeeded: i64 = per_shard
+        .iter_mut()
+        .map(|c| c.query_one("select count(*) from conveyor.runs where status = 'succeeded'", &[]).unwrap().get::<_, i64>(0))
+        .sum();
+    assert_eq!((succeeded as u64, finished), (runs, runs), "every run succeeded once");
+    let rate = runs as f64 / seconds;
+    let us = |cpu: f64| format!("{:.0}", cpu * 1e6 / runs as f64);
+    let via = if direct { "direct" } else { "router" };
+    eprintln!(
+        "routed: {runs} runs on {} shard(s), {workers} workers via {via}, batch {batch}: {seconds:.2}s, {rate:.0} runs/s; CPU per run: shards {} us, router {} us",
+        shards.len(),
+        us(cpu1.0 - cpu0.0),
+        us(cpu1.1 - cpu0.1)
+    );
+    result(
+        "routed",
+        &[
+            ("via", via.to_string()),
+            ("shards", shards.len().to_string()),
+            ("runs", runs.to_string()),
+            ("workers", workers.to_string()),
+            ("batch", batch.to_string()),
+            ("seconds", format!("{seconds:.2}")),
+            ("per_second", format!("{rate:.0}")),
+            ("shard_cpu_us_per_run", us(cpu1.0 - cpu0.0)),
+            ("router_cpu_us_per_run", us(cpu1.1 - cpu0.1)),
+            ("verified", succeeded.to_string()),
+        ],
+    );
+}
+
 fn main() {
     let workload = std::env::args().nth(1).unwrap_or_default();
     // (the workload's own setup, a reset of the extension and the backlog, counts too: a workload
     // that reports runs divides by them; the report says which figures are per run)
-    let _ = BEGAN.set(wal_and_commits(&mut connect()));
+    if workload != "routed" {
+        let _ = BEGAN.set(wal_and_commits(&mut connect()));
+    }
     match workload.as_str() {
         "enqueue-single" => enqueue_single(arg("clients", 8), arg("seconds", 10)),
         "enqueue-batch" => enqueue_batch(arg("clients", 8), arg("batch", 50), arg("seconds", 10)),
@@ -976,8 +1076,9 @@ fn main() {
         "growth" => growth(arg("runs", 3_000_000), arg("workers", 8), arg("batch", 50)),
         "size" => size_after(arg("runs", 1_000_000), arg("workers", 8), arg("batch", 50)),
         "sustained" => sustained(arg("rate", 2000), arg("seconds", 300), arg("hold", 0) == 1),
+        "routed" => routed(arg("runs", 100_000), arg("workers", 8), arg("batch", 50), arg("direct", 0) == 1),
         other => {
-            eprintln!("unknown workload {other:?}: enqueue-single, enqueue-batch, process, process-mix, fairness, latency, claim-cost, tick-cost, counter-cost, growth, size, sustained");
+            eprintln!("unknown workload {other:?}: enqueue-single, enqueue-batch, process, process-mix, fairness, latency, claim-cost, tick-cost, counter-cost, growth, size, sustained, routed");
             std::process::exit(2);
         }
     }
