@@ -254,6 +254,16 @@ create table conveyor.shards (
 );
 comment on table conveyor.shards is 'the cluster: one row per shard database (its conveyor.partition and connect string)';
 
+-- the cluster in force: the number of shards apply_cluster last wrote into PL/Proxy. Routing
+-- counts these, not the rows of conveyor.shards (a row listed while the numbering is not
+-- whole changes nothing until the cluster is applied)
+create table conveyor.applied_cluster (
+    one boolean primary key default true check (one),
+    shards integer not null,
+    applied_at timestamptz not null default now()
+);
+comment on table conveyor.applied_cluster is 'the number of shards in force (written by apply_cluster); routing uses it';
+
 -- queues pinned to one shard: router enqueues go there and router claims visit only it
 create table conveyor.queue_placement (
     queue text primary key,
@@ -346,6 +356,8 @@ begin
                                                    v_shard.partition, v_seen, v_shard.partition));
         end if;
     end loop;
+    insert into conveyor.applied_cluster as a (one, shards) values (true, v_n)
+    on conflict on constraint applied_cluster_pkey do update set shards = excluded.shards, applied_at = now();
     perform conveyor._mirror_views();
     return v_n;
 end $$;
@@ -369,6 +381,8 @@ begin
     if (select count(*) = max(s.partition) + 1 and (count(*) & (count(*) - 1)) = 0 from conveyor.shards s) then
         return conveyor.apply_cluster();
     end if;
+    raise warning 'conveyor router: shard % listed, not applied: conveyor.shards is not numbered 0 to N-1 with N a power of two', add_shard.partition
+        using errcode = 'CV012', hint = 'the cluster in force is unchanged (conveyor.applied_cluster); list the missing shards, or delete the stray rows';
     return 0;
 end $$;
 
@@ -384,8 +398,8 @@ begin
         delete from conveyor.queue_placement p where p.queue = place_queue.queue;
         return;
     end if;
-    if not exists (select from conveyor.shards s where s.partition = place_queue.partition) then
-        perform conveyor._raise_invalid(format('no shard %s in conveyor.shards', place_queue.partition));
+    if place_queue.partition not between 0 and conveyor._shard_count() - 1 then
+        perform conveyor._raise_invalid(format('no shard %s in the cluster (shards 0 to %s)', place_queue.partition, conveyor._shard_count() - 1));
     end if;
     insert into conveyor.queue_placement as p (queue, partition) values (place_queue.queue, place_queue.partition)
     on conflict on constraint queue_placement_pkey do update set partition = excluded.partition;
@@ -394,7 +408,18 @@ end $$;
 -- ---- routing
 
 create function conveyor._shard_count()
-returns integer language sql stable as $$ select count(*)::integer from conveyor.shards $$;
+returns integer
+language plpgsql stable
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    v_n integer := (select a.shards from conveyor.applied_cluster a);
+begin
+    if v_n is null then
+        perform conveyor._raise_cluster('no cluster applied yet: conveyor.add_shard(partition, connstr) for shards 0 to N-1');
+    end if;
+    return v_n;
+end $$;
 
 -- _run_partition: the shard of a run, from its id; an id naming a partition this cluster does
 -- not have is an unknown run (CV002), as it would be on a shard.
@@ -448,7 +473,7 @@ as $$
     parts as (
         select p.part, p.i, count(*) over () as n
         from unnest(case when (select all_placed from placed) then (select parts from placed)
-                         else array(select s.partition from conveyor.shards s order by s.partition) end)
+                         else array(select generate_series(0, conveyor._shard_count() - 1)) end)
              with ordinality as p(part, i)
     ),
     start as (select random() as r)
@@ -560,7 +585,7 @@ declare
     v_state text;
     v_message text;
 begin
-    for v_p in select s.partition from conveyor.shards s order by s.partition loop
+    for v_p in select generate_series(0, conveyor._shard_count() - 1) loop
         partition := v_p;
         result := null;
         error := null;

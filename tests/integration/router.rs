@@ -227,6 +227,21 @@ fn the_lifecycle_runs_through_the_router() {
     assert_eq!(code(&e), "CV012", "{e}");
     let up: i64 = r.query_one("select count(*) from conveyor.cluster_status() where up", &[]).unwrap().get(0);
     assert_eq!(up, 2);
+    // a stray third shard is listed, not applied: routing keeps to the cluster in force
+    let n: i32 = r.query_one("select conveyor.add_shard(2, $1)", &[&cluster.shards[0].config("app")]).unwrap().get(0);
+    assert_eq!(n, 0);
+    let shards: i64 = r.query_one("select count(*) from conveyor.cluster_status()", &[]).unwrap().get(0);
+    assert_eq!(shards, 2, "gathering calls visit each applied shard once");
+    let waiting: i64 = r.query_one("select conveyor.pending('work')", &[]).unwrap().get(0);
+    let on_shards: i64 = (0..2)
+        .map(|p| cluster.shard(p).query_one("select conveyor.pending('work')", &[]).unwrap().get::<_, i64>(0))
+        .sum();
+    assert_eq!(waiting, on_shards, "pending counts each shard once");
+    let p: i32 = r
+        .query_one("select conveyor.ulid_partition(conveyor.enqueue('job', '{}', key => 'tenant-0'))", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(p, ids[0].1, "the key still maps to its shard");
 }
 
 #[test]
