@@ -557,6 +557,13 @@ returns timestamptz language plproxy as $$
     select conveyor.rate_limited_until(queues);
 $$;
 
+-- _view_names_on: the shard's dashboard views (the ones its view_rows serves)
+create function conveyor._view_names_on(partition integer)
+returns setof text language plproxy as $$
+    cluster 'conveyor_cluster'; run on partition;
+    select unnest(conveyor._dashboard_views());
+$$;
+
 -- _view_columns_on: the columns of one of the shard's views (name, type), for the router's
 -- mirror of it (conveyor._mirror_views)
 create function conveyor._view_columns_on(partition integer, view text)
@@ -1108,8 +1115,7 @@ declare
     v_cols text;
     v_n integer := 0;
 begin
-    foreach v_view in array array['queue_stats', 'task_stats', 'recent_failures', 'throughput', 'run_history',
-                                  'counters', 'rate_limits', 'key_limits'] loop
+    for v_view in select * from conveyor._view_names_on(0) loop
         select string_agg(format('%I %s', c.name, c.type), ', ') into v_cols from conveyor._view_columns_on(0, v_view) c;
         if to_regclass('conveyor.' || quote_ident(v_view)) is not null then
             execute format('drop view conveyor.%I', v_view);

@@ -79,7 +79,7 @@ grant select on
     conveyor.key_limits
 to conveyor_reader;
 
-grant execute on function conveyor.metrics(), conveyor.view_rows(text) to conveyor_reader;
+grant execute on function conveyor.metrics(), conveyor.view_rows(text), conveyor._dashboard_views() to conveyor_reader;
 
 grant select on all tables in schema conveyor to conveyor_admin;
 

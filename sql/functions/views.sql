@@ -365,6 +365,17 @@ $$;
 
 comment on function conveyor.metrics() is 'queue figures in Prometheus text exposition format (serve it from any HTTP endpoint)';
 
+-- _dashboard_views: the views above that view_rows serves; pg_conveyor_router mirrors the same
+-- list (it asks a shard for it), so a view added here reaches the router's mirror too.
+create or replace function conveyor._dashboard_views()
+returns text[]
+language sql
+immutable
+as $$
+    select array['queue_stats', 'task_stats', 'recent_failures', 'throughput', 'run_history',
+                 'counters', 'rate_limits', 'key_limits']
+$$;
+
 -- view_rows: the rows of one of the views above as JSON, for pg_conveyor_router (router/router.sql),
 -- which gathers them from every shard into views of the same names. Runs with the caller's
 -- rights: whoever may read the view may read its rows this way, and no one else.
@@ -375,10 +386,9 @@ stable
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
 begin
-    if view is null or view not in ('queue_stats', 'task_stats', 'recent_failures', 'throughput', 'run_history',
-                                    'counters', 'rate_limits', 'key_limits') then
-        perform conveyor._raise_invalid(format('view_rows: no view %s: expected queue_stats, task_stats, recent_failures, throughput, run_history, counters, rate_limits or key_limits',
-                                               coalesce(quote_literal(view), 'null')));
+    if view is null or not (view = any (conveyor._dashboard_views())) then
+        perform conveyor._raise_invalid(format('view_rows: no view %s: expected one of %s',
+                                               coalesce(quote_literal(view), 'null'), array_to_string(conveyor._dashboard_views(), ', ')));
     end if;
     return query execute format('select to_jsonb(v) from conveyor.%I v', view);
 end
