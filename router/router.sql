@@ -85,9 +85,12 @@ $$;
 
 -- ---- the cluster
 
--- apply_cluster: write conveyor.shards into the PL/Proxy cluster and check every shard answers
--- with the partition number it is listed under. One transaction: a shard that disagrees (or is
--- down) leaves the previous definition in force. Returns the number of shards.
+-- apply_cluster: write conveyor.shards into the PL/Proxy cluster and check that every shard
+-- that is new or has a new connect string answers with the partition number it is listed under
+-- (the others answered when they were applied: a move needs only the moved shard up). The
+-- SQL/MED server is altered in place, so user mappings (a router role's shard user and
+-- password) stay. One transaction: a shard that disagrees (or is down) leaves the previous
+-- definition in force. Returns the number of shards.
 create function conveyor.apply_cluster()
 returns integer
 language plpgsql
@@ -96,9 +99,12 @@ as $$
 declare
     v_n integer;
     v_max integer;
-    v_options text;
+    v_in_force text[];
+    v_changes text;
     v_shard record;
     v_seen integer;
+    v_state text;
+    v_message text;
 begin
     select count(*), max(partition) into v_n, v_max from conveyor.shards;
     if v_n = 0 then
@@ -108,15 +114,37 @@ begin
         perform conveyor._raise_cluster(format('shards must be numbered 0 to N-1 with N a power of two (1, 2, 4, ...): have %s shards, highest %s',
                                                v_n, v_max));
     end if;
-    select string_agg(format('p%s %L', partition, connstr), ', ' order by partition) into v_options from conveyor.shards;
-    if exists (select from pg_foreign_server where srvname = 'conveyor_cluster') then
-        execute 'drop user mapping if exists for public server conveyor_cluster';
-        execute 'drop server conveyor_cluster';
+    perform conveyor._check_connstr(s.connstr) from conveyor.shards s;
+    select srvoptions into v_in_force from pg_foreign_server where srvname = 'conveyor_cluster';
+    if not found then
+        select string_agg(format('p%s %L', partition, connstr), ', ' order by partition) into v_changes from conveyor.shards;
+        execute format('create server conveyor_cluster foreign data wrapper plproxy options (connection_lifetime %L, %s)', '1800', v_changes);
+        -- a router role without a mapping of its own reaches the shards as itself
+        execute 'create user mapping for public server conveyor_cluster';
+        execute 'grant usage on foreign server conveyor_cluster to conveyor_admin, conveyor_producer, conveyor_worker, conveyor_reader';
+        v_in_force := '{}';
+    else
+        -- the partitions that are new, moved (a new connect string) or gone
+        select string_agg(c.change, ', ') into v_changes from (
+            select format('%s p%s %L', case when o.connstr is null then 'add' else 'set' end, s.partition, s.connstr) as change
+            from conveyor.shards s
+            left join (select substring(opt from '^p(\d+)=')::integer as partition, substring(opt from '^p\d+=(.*)$') as connstr
+                       from unnest(v_in_force) opt where opt ~ '^p\d+=') o using (partition)
+            where o.connstr is distinct from s.connstr
+            union all
+            select format('drop p%s', substring(opt from '^p(\d+)='))
+            from unnest(v_in_force) opt
+            where opt ~ '^p\d+=' and substring(opt from '^p(\d+)=')::integer > v_max
+        ) c;
+        if v_changes is not null then
+            execute format('alter server conveyor_cluster options (%s)', v_changes);
+        end if;
     end if;
-    execute format('create server conveyor_cluster foreign data wrapper plproxy options (connection_lifetime %L, %s)', '1800', v_options);
-    execute 'create user mapping for public server conveyor_cluster';
-    execute 'grant usage on foreign server conveyor_cluster to public';
-    for v_shard in select partition from conveyor.shards order by partition loop
+    for v_shard in
+        select s.partition from conveyor.shards s
+        where not exists (select from unnest(v_in_force) opt where opt = format('p%s=%s', s.partition, s.connstr))
+        order by s.partition
+    loop
         begin
             v_seen := conveyor._shard_partition(v_shard.partition);
         exception when others then
@@ -129,8 +157,38 @@ begin
     end loop;
     insert into conveyor.applied_cluster as a (one, shards) values (true, v_n)
     on conflict on constraint applied_cluster_pkey do update set shards = excluded.shards, applied_at = now();
-    perform conveyor._mirror_views();
+    -- the views follow shard 0's version; a move while shard 0 is down keeps the views it has
+    begin
+        perform conveyor._mirror_views();
+    exception when others then
+        get stacked diagnostics v_state = returned_sqlstate, v_message = message_text;
+        if not conveyor._unreachable(v_state, v_message) or to_regclass('conveyor.queue_stats') is null then
+            raise;
+        end if;
+        raise warning 'conveyor router: shard 0 did not answer, the mirrored views are unchanged: %', v_message
+            using errcode = 'CV011', hint = 'run conveyor.apply_cluster() again once it is back (after upgrading the shards, too)';
+    end;
     return v_n;
+end $$;
+
+-- _check_connstr: a connect string names where a shard is, not who connects: a router role
+-- reaches the shards as itself, or as the user of its user mapping (docs/scale-out.md, Roles).
+-- With user= in it, PL/Proxy would connect every router role as that one user; a password in
+-- it would show in conveyor.shards and cluster_status().
+create function conveyor._check_connstr(p_connstr text)
+returns void
+language plpgsql immutable
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+begin
+    if p_connstr is null or btrim(p_connstr) = '' then
+        perform conveyor._raise_invalid('a shard needs a connect string (host=... port=... dbname=...)');
+    end if;
+    if p_connstr ~* '(^|\s)(user|password)\s*=' or p_connstr ~* '^postgres(ql)?://[^/]*@' then
+        raise exception using errcode = '22023',
+            message = format('a shard''s connect string must not name a user or password: %s', regexp_replace(p_connstr, '(?i)(password\s*=\s*)\S+', '\1***', 'g')),
+            hint = 'router roles reach the shards as themselves; give a role another shard user or a password with create user mapping for ROLE server conveyor_cluster options (user ..., password ...)';
+    end if;
 end $$;
 
 -- add_shard: list a shard (or move one: a new connect string for its number) and apply.
@@ -143,9 +201,7 @@ begin
     if add_shard.partition is null or add_shard.partition not between 0 and 1023 then
         perform conveyor._raise_invalid(format('invalid shard number %s: expected 0 to 1023', add_shard.partition));
     end if;
-    if add_shard.connstr is null or btrim(add_shard.connstr) = '' then
-        perform conveyor._raise_invalid('a shard needs a connect string (host=... port=... dbname=...)');
-    end if;
+    perform conveyor._check_connstr(add_shard.connstr);
     insert into conveyor.shards as s (partition, connstr) values (add_shard.partition, add_shard.connstr)
     on conflict on constraint shards_pkey do update set connstr = excluded.connstr;
     -- a cluster being listed one shard at a time is applied once its numbering is whole
@@ -161,7 +217,7 @@ end $$;
 -- unpin it (partition null). Runs already elsewhere stay where they are.
 create function conveyor.place_queue(queue text, partition integer)
 returns void
-language plpgsql
+language plpgsql security definer
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
 begin
@@ -180,7 +236,7 @@ end $$;
 
 create function conveyor._shard_count()
 returns integer
-language plpgsql stable
+language plpgsql stable security definer
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
 declare
@@ -196,7 +252,7 @@ end $$;
 -- not have is an unknown run (CV002), as it would be on a shard.
 create function conveyor._run_partition(run_id conveyor.ulid)
 returns integer
-language plpgsql stable
+language plpgsql stable security definer
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
 declare
@@ -215,7 +271,7 @@ end $$;
 -- meet on one shard), else any shard.
 create function conveyor._enqueue_partition(p_queue text, p_task text, p_key text, p_idempotency_key text, p_parent conveyor.ulid)
 returns integer
-language sql stable
+language sql stable security definer
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
     select case
@@ -233,7 +289,7 @@ $$;
 -- the queues if every one is placed, else all.
 create function conveyor._claim_order(p_queues text[])
 returns integer[]
-language sql volatile
+language sql volatile security definer
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
     with placed as (
@@ -715,11 +771,24 @@ as $$
     from conveyor._gather('rate_limited_until', format('select conveyor._rate_limited_until_on($1, %L) as v', queues)) v
 $$;
 
+-- _learn_task_queues: keep each task's and service's queue from a configuration (router
+-- enqueues that name only the task go to that queue's placement)
+create function conveyor._learn_task_queues(p_config jsonb)
+returns void
+language sql security definer
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+    insert into conveyor.task_queue as t (task, queue)
+    select e.key, coalesce(e.value ->> 'queue', p_config -> 'defaults' ->> 'queue', 'default')
+    from jsonb_each(coalesce(p_config -> 'tasks', '{}') || coalesce(p_config -> 'services', '{}')) e
+    on conflict on constraint task_queue_pkey do update set queue = excluded.queue
+$$;
+
 -- _home_partition: the shard that keeps a task's schedule or a service's replicas, so that
 -- cron and services fire once in the cluster: the shard its queue is placed on, else shard 0.
 create function conveyor._home_partition(p_options jsonb, p_defaults jsonb)
 returns integer
-language sql stable
+language sql stable security definer
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
     select coalesce((select p.partition from conveyor.queue_placement p
@@ -786,10 +855,7 @@ begin
     if cardinality(v_problems) > 0 then
         return conveyor._apply_config_on(0, config); -- refuses it
     end if;
-    insert into conveyor.task_queue as t (task, queue)
-    select e.key, coalesce(e.value ->> 'queue', config -> 'defaults' ->> 'queue', 'default')
-    from jsonb_each(coalesce(config -> 'tasks', '{}') || coalesce(config -> 'services', '{}')) e
-    on conflict on constraint task_queue_pkey do update set queue = excluded.queue;
+    perform conveyor._learn_task_queues(config);
     for v_row in select * from conveyor._each(format('select conveyor._apply_config_on($1, conveyor._config_for(%L, $1)) as r', config)) loop
         if v_row.error is not null then
             perform conveyor._raise_shard_unavailable(v_row.partition,
@@ -895,6 +961,7 @@ begin
                        v_view, v_view, v_cols);
         execute format('comment on view conveyor.%I is %L', v_view,
                        'the shards'' conveyor.' || v_view || ', one row per shard row (partition: the shard)');
+        execute format('grant select on conveyor.%I to conveyor_reader', v_view);
         v_n := v_n + 1;
     end loop;
     return v_n;
@@ -939,3 +1006,58 @@ as $$
     )
     select string_agg(o.text, E'\n' order by o.ord, o.part, o.partition, o.n) || E'\n' from out o
 $$;
+
+-- ---- roles: the shards' four roles (created above, as sql/functions/roles.sql creates them),
+-- each granted the router functions of its job, as on a shard. A router role reaches each shard
+-- as itself (the same role names exist on every shard, granted there as here: the shard checks
+-- again) or as the shard user of its user mapping. The cluster (apply_cluster, add_shard) is
+-- the router database owner's: it decides which servers the router connects to.
+
+revoke all on all tables in schema conveyor from public;
+
+revoke execute on all functions in schema conveyor from public;
+
+grant usage on schema conveyor to conveyor_admin, conveyor_producer, conveyor_worker, conveyor_reader;
+
+-- the types' own functions, as on a shard
+grant execute on function
+    conveyor.ulid_in, conveyor.ulid_out, conveyor.ulid_recv, conveyor.ulid_send, conveyor.ulid_eq, conveyor.ulid_ne,
+    conveyor.ulid_lt, conveyor.ulid_le, conveyor.ulid_gt, conveyor.ulid_ge, conveyor.ulid_cmp, conveyor.ulid_hash,
+    conveyor.ulid_hash_extended, conveyor.ulid_sortsupport, conveyor.ulid_partition, conveyor._ulid_or_null,
+    conveyor.duration_in, conveyor.duration_out, conveyor.duration_recv, conveyor.duration_send,
+    conveyor.duration_from_interval
+to public;
+
+-- routing and gathering: each runs only what its caller may (invoker), or reads the router's
+-- tables for the caller (security definer, no writes)
+grant execute on function
+    conveyor._raise_shard_unavailable, conveyor._raise_cluster, conveyor._raise_invalid, conveyor._unreachable,
+    conveyor._shard_count, conveyor._run_partition, conveyor._each, conveyor._warn_missing, conveyor._gather
+to conveyor_admin, conveyor_producer, conveyor_worker, conveyor_reader;
+
+grant execute on function
+    conveyor.enqueue, conveyor.enqueue_many, conveyor._enqueue_partition
+to conveyor_producer;
+
+grant execute on function
+    conveyor.claim_run, conveyor.claim_runs, conveyor.pending, conveyor.rate_limited_until, conveyor.lease_granted,
+    conveyor.complete_run, conveyor.fail_run, conveyor.release_run, conveyor.return_run, conveyor.finish_runs,
+    conveyor.finish_and_claim, conveyor.heartbeat, conveyor.append_log,
+    conveyor._claim_order, conveyor._claim_on, conveyor._finish_on, conveyor._pending_on, conveyor._rate_limited_until_on
+to conveyor_worker;
+
+grant select on conveyor.shards, conveyor.applied_cluster, conveyor.queue_placement, conveyor.task_queue, conveyor.error_codes
+to conveyor_reader;
+
+grant execute on function
+    conveyor.metrics, conveyor.view_rows, conveyor.cluster_status,
+    conveyor._metrics_on, conveyor._rows_on, conveyor._shard_partition
+to conveyor_reader;
+
+grant execute on function
+    conveyor.apply_config, conveyor.pause_queue, conveyor.resume_queue, conveyor.place_queue,
+    conveyor.cancel_run, conveyor.cancel_runs, conveyor.retry_run, conveyor.retry_runs,
+    conveyor._apply_config_on, conveyor._check_config_on, conveyor._config_for, conveyor._home_partition,
+    conveyor._learn_task_queues, conveyor._on_every_shard, conveyor._pause_on, conveyor._resume_on,
+    conveyor._cancel_runs_on, conveyor._retry_runs_on
+to conveyor_admin;

@@ -18,6 +18,8 @@ BASE=/tmp/pgc-bench-shard
 PORT0=${CONVEYOR_BENCH_SHARD_PORT:-54510}
 psql() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
 conn() { echo "host=$BASE$1 port=$((PORT0 + $1)) user=postgres dbname=$2"; }
+# where a shard is, as the router lists it: no user (router roles connect as themselves)
+where_is() { echo "host=$BASE$1 port=$((PORT0 + $1)) dbname=$2"; }
 
 stop_all() { for i in 0 1 2; do scripts/cluster.sh stop "$BASE$i"; done; }
 stop_all
@@ -35,7 +37,7 @@ for n in 1 2; do
     psql -h "${BASE}2" -p $((PORT0 + 2)) -U postgres -d postgres -c "create database router$n"
     psql -h "${BASE}2" -p $((PORT0 + 2)) -U postgres -d "router$n" -c "create extension pg_conveyor_router cascade"
     for p in $(seq 0 $((n - 1))); do
-        psql -h "${BASE}2" -p $((PORT0 + 2)) -U postgres -d "router$n" -c "select conveyor.add_shard($p, '$(conn "$p" shard)')" >/dev/null
+        psql -h "${BASE}2" -p $((PORT0 + 2)) -U postgres -d "router$n" -c "select conveyor.add_shard($p, '$(where_is "$p" shard)')" >/dev/null
     done
 done
 

@@ -57,7 +57,10 @@ impl Sharded {
         let mut r = router.connect("router");
         r.batch_execute("create extension pg_conveyor_router cascade").unwrap();
         for (p, shard) in shards.iter().enumerate() {
-            let connstr = poolers.get(p).map(|b| b.config("app")).unwrap_or_else(|| shard.config("app"));
+            let connstr = match poolers.get(p) {
+                Some(b) => where_is(&b.dir, b.port),
+                None => where_is(&shard.dir, shard.port),
+            };
             r.execute("select conveyor.add_shard($1, $2)", &[&(p as i32), &connstr]).unwrap();
         }
         Sharded { shards, router, _poolers: poolers }
@@ -65,6 +68,17 @@ impl Sharded {
 
     fn router(&self) -> Client {
         self.router.connect("router")
+    }
+
+    /// The router database as `user`.
+    fn router_as(&self, user: &str) -> Client {
+        let config = format!("host={} port={} user={user} dbname=router", self.router.dir, self.router.port);
+        Client::connect(&config, postgres::NoTls).unwrap_or_else(|e| panic!("connect to the router as {user}: {e}"))
+    }
+
+    /// Where shard `p` is, as the router lists it (no user: router roles connect as themselves).
+    fn shard_connstr(&self, p: usize) -> String {
+        where_is(&self.shards[p].dir, self.shards[p].port)
     }
 
     fn shard(&self, p: usize) -> Client {
@@ -85,6 +99,11 @@ impl Sharded {
         }
         out
     }
+}
+
+/// A shard's connect string for conveyor.add_shard: where it is, not who connects.
+fn where_is(dir: &str, port: u16) -> String {
+    format!("host={dir} port={port} dbname=app")
 }
 
 fn code(e: &postgres::Error) -> String {
@@ -223,12 +242,12 @@ fn the_lifecycle_runs_through_the_router() {
 
     // a shard listed under a number that is not its conveyor.partition is refused, the old
     // definition stays
-    let e = r.query_one("select conveyor.add_shard(1, $1)", &[&cluster.shards[0].config("app")]).unwrap_err();
+    let e = r.query_one("select conveyor.add_shard(1, $1)", &[&cluster.shard_connstr(0)]).unwrap_err();
     assert_eq!(code(&e), "CV012", "{e}");
     let up: i64 = r.query_one("select count(*) from conveyor.cluster_status() where up", &[]).unwrap().get(0);
     assert_eq!(up, 2);
     // a stray third shard is listed, not applied: routing keeps to the cluster in force
-    let n: i32 = r.query_one("select conveyor.add_shard(2, $1)", &[&cluster.shards[0].config("app")]).unwrap().get(0);
+    let n: i32 = r.query_one("select conveyor.add_shard(2, $1)", &[&cluster.shard_connstr(0)]).unwrap().get(0);
     assert_eq!(n, 0);
     let shards: i64 = r.query_one("select count(*) from conveyor.cluster_status()", &[]).unwrap().get(0);
     assert_eq!(shards, 2, "gathering calls visit each applied shard once");
@@ -703,4 +722,218 @@ fn a_hung_shard_behind_a_pooler_with_query_timeout_is_skipped() {
         rows.iter().any(|row| row.get::<_, i32>(0) == 1).then_some(rows.len())
     });
     assert!(got >= 1);
+}
+
+/// Router roles (docs/scale-out.md, Roles): each of the four roles does its job through the
+/// router and nothing else, refused on the router (42501) before any shard is asked; a router
+/// role reaches the shards as itself, so the shard checks its rights again, or as the shard
+/// user of its user mapping; the router grants each function as the shard grants it; and the
+/// cluster is the router owner's. A shard moved while another is down keeps the mappings.
+#[test]
+fn router_roles_do_their_job_and_reach_the_shards_as_themselves() {
+    let cluster = Sharded::start("rt-roles");
+    let users = [
+        ("rt_producer", "conveyor_producer"),
+        ("rt_worker", "conveyor_worker"),
+        ("rt_reader", "conveyor_reader"),
+        ("rt_admin", "conveyor_admin"),
+    ];
+    let mut everywhere = String::from("create role rt_nobody login;");
+    for (user, role) in users {
+        everywhere.push_str(&format!("create role {user} login in role {role};"));
+    }
+    cluster.router().batch_execute(&everywhere).unwrap();
+    for p in 0..2 {
+        let mut s = cluster.shard(p);
+        s.batch_execute(&everywhere).unwrap();
+        // on the shards: a worker for mapped router roles, and rt_sneaky with no rights at all
+        s.batch_execute("create role shard_worker login in role conveyor_worker; create role rt_sneaky login").unwrap();
+    }
+    // on the router: rt_sneaky is a worker (the shards say otherwise), rt_mapped is a worker
+    // that reaches the shards as shard_worker (it does not exist there)
+    cluster
+        .router()
+        .batch_execute(
+            "create role rt_sneaky login in role conveyor_worker;
+             create role rt_mapped login in role conveyor_worker;
+             create user mapping for rt_mapped server conveyor_cluster options (user 'shard_worker')",
+        )
+        .unwrap();
+
+    let mut admin = cluster.router_as("rt_admin");
+    admin
+        .query_one(
+            "select conveyor.apply_config('{\"queues\": {\"work\": {}}, \"tasks\": {\"job\": {\"queue\": \"work\", \"delay\": \"0s\"}}}')",
+            &[],
+        )
+        .unwrap();
+    let refused = |c: &mut Client, sql: &str, who: &str| {
+        let e = c.batch_execute(sql).unwrap_err();
+        assert_eq!(code(&e), "42501", "{who}: {sql}: {e}");
+    };
+
+    let mut producer = cluster.router_as("rt_producer");
+    let mut parts = HashSet::new();
+    for k in 0..8 {
+        let p: i32 = producer
+            .query_one("select conveyor.ulid_partition(conveyor.enqueue('job', '{}', key => $1))", &[&format!("t{k}")])
+            .unwrap()
+            .get(0);
+        parts.insert(p);
+    }
+    assert_eq!(parts, HashSet::from([0, 1]), "the producer's runs are on both shards");
+    for sql in [
+        "select conveyor.claim_runs('work', 'p', 10)",
+        "select conveyor.cancel_runs('work')",
+        "select * from conveyor.queue_stats",
+        "select conveyor._claim_on(0, 'work', 'p', 10, null, null)",
+    ] {
+        refused(&mut producer, sql, "producer");
+    }
+
+    let mut worker = cluster.router_as("rt_worker");
+    // all 8: the claim visits both shards
+    let claimed =
+        worker.query("select run_id::text, lease_token from conveyor.claim_runs('work', 'w', 10)", &[]).unwrap();
+    assert_eq!(claimed.len(), 8);
+    let (id, token): (String, uuid::Uuid) = (claimed[0].get(0), claimed[0].get(1));
+    let s: String =
+        worker.query_one("select conveyor.complete_run($1::text, $2)::text", &[&id, &token]).unwrap().get(0);
+    assert_eq!(s, "succeeded");
+    for sql in [
+        "select conveyor.enqueue('job')",
+        "select conveyor.apply_config('{}')",
+        "select conveyor.metrics()",
+        "select * from conveyor.queue_stats",
+        "select conveyor._apply_config_on(0, '{}')",
+        "select conveyor.place_queue('work', 1)",
+    ] {
+        refused(&mut worker, sql, "worker");
+    }
+    // the shards saw rt_worker itself (PL/Proxy connects as the calling role)
+    for p in 0..2 {
+        let n: i64 = cluster
+            .shard(p)
+            .query_one("select count(*) from pg_stat_activity where usename = 'rt_worker' and datname = 'app'", &[])
+            .unwrap()
+            .get(0);
+        assert!(n >= 1, "shard {p} has the router's connection as rt_worker");
+    }
+
+    // a router worker the shards do not grant is refused by the shard
+    let mut sneaky = cluster.router_as("rt_sneaky");
+    let e = sneaky.query("select * from conveyor.claim_runs('work', 's', 10)", &[]).unwrap_err();
+    assert_eq!(code(&e), "42501", "the shard refuses rt_sneaky: {e}");
+    // a mapped role works as its shard user
+    for _ in 0..2 {
+        producer.query_one("select conveyor.enqueue('job')", &[]).unwrap();
+    }
+    let mut mapped = cluster.router_as("rt_mapped");
+    let n = mapped.query("select * from conveyor.claim_runs('work', 'm', 1)", &[]).unwrap().len();
+    assert_eq!(n, 1);
+
+    let mut reader = cluster.router_as("rt_reader");
+    let queued: i64 = reader
+        .query_one("select coalesce(sum(queued), 0)::bigint from conveyor.queue_stats where queue = 'work'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 1, "10 enqueued, 9 claimed");
+    let metrics: String = reader.query_one("select conveyor.metrics()", &[]).unwrap().get(0);
+    assert!(metrics.contains("conveyor_router_shard_up{partition=\"1\"} 1"), "{metrics}");
+    let up: i64 = reader.query_one("select count(*) from conveyor.cluster_status() where up", &[]).unwrap().get(0);
+    assert_eq!(up, 2);
+    for sql in ["select conveyor.claim_runs('work', 'r', 1)", "select conveyor.enqueue('job')"] {
+        refused(&mut reader, sql, "reader");
+    }
+
+    let mut nobody = cluster.router_as("rt_nobody");
+    for sql in [
+        "select conveyor.enqueue('job')",
+        "select conveyor.claim_runs('work', 'n', 1)",
+        "select * from conveyor.queue_stats",
+        "select conveyor.metrics()",
+        "select * from conveyor.shards",
+    ] {
+        refused(&mut nobody, sql, "nobody");
+    }
+
+    // the cluster is the owner's: admins cancel and place queues, they do not add shards
+    let n: i32 = admin.query_one("select conveyor.cancel_runs('work')", &[]).unwrap().get(0);
+    assert_eq!(n, 9, "1 queued and 8 running (one of the 10 succeeded)");
+    admin.batch_execute("select conveyor.place_queue('work', 1)").unwrap();
+    refused(&mut admin, &format!("select conveyor.add_shard(1, '{}')", cluster.shard_connstr(1)), "admin");
+    refused(&mut admin, "select conveyor.apply_cluster()", "admin");
+
+    // the router grants each function of the shards' API as the shards do
+    let mut r = cluster.router();
+    let roles = ["conveyor_producer", "conveyor_worker", "conveyor_reader", "conveyor_admin", "rt_nobody"];
+    let grants = r
+        .query(
+            "select p.oid::regprocedure::text, r, has_function_privilege(r, p.oid, 'execute')
+             from pg_proc p cross join unnest($1::text[]) r
+             where p.pronamespace = 'conveyor'::regnamespace and p.proname !~ '^_' and p.prokind = 'f'",
+            &[&&roles[..]],
+        )
+        .unwrap();
+    let mut shard = cluster.shard(0);
+    let mut compared = 0;
+    for g in &grants {
+        let (sig, role, on_router): (String, String, bool) = (g.get(0), g.get(1), g.get(2));
+        let on_shard: Option<bool> = shard
+            .query_one(
+                "select has_function_privilege($2, to_regprocedure($1), 'execute') where to_regprocedure($1) is not null",
+                &[&sig, &role],
+            )
+            .ok()
+            .map(|row| row.get(0));
+        if let Some(on_shard) = on_shard {
+            assert_eq!(on_router, on_shard, "{role} on {sig}: router {on_router}, shard {on_shard}");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 25 * roles.len(), "compared {compared} grants");
+
+    // connect strings name no user or password: each role connects as itself
+    for bad in [
+        format!("{} user=postgres", cluster.shard_connstr(1)),
+        format!("{} password=secret", cluster.shard_connstr(1)),
+        "postgresql://postgres:secret@localhost/app".to_string(),
+    ] {
+        let e = r.query_one("select conveyor.add_shard(1, $1)", &[&bad]).unwrap_err();
+        assert_eq!(code(&e), "22023", "{bad}: {e}");
+        assert!(!e.to_string().contains("secret"), "the password is not echoed: {e}");
+    }
+
+    // a move of shard 1 while shard 0 is down: only the moved shard must answer, and the user
+    // mappings stay (the SQL/MED server is altered, not recreated)
+    let out = cluster.shards[0].pg_ctl(&["stop", "-m", "fast"]);
+    assert!(out.status.success(), "stop shard 0: {}", String::from_utf8_lossy(&out.stderr));
+    let moved = format!("{} application_name=moved", cluster.shard_connstr(1));
+    let n: i32 = r.query_one("select conveyor.add_shard(1, $1)", &[&moved]).unwrap().get(0);
+    assert_eq!(n, 2);
+    let out = cluster.shards[0].pg_ctl(&["start"]);
+    assert!(out.status.success(), "start shard 0: {}", String::from_utf8_lossy(&out.stderr));
+    let mappings: i64 = r
+        .query_one(
+            "select count(*) from pg_user_mappings where srvname = 'conveyor_cluster' and usename = 'rt_mapped'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(mappings, 1, "the user mapping survived the move");
+    producer.query_one("select conveyor.enqueue('job', '{}', queue => 'work')", &[]).unwrap();
+    let mut mapped = cluster.router_as("rt_mapped");
+    let got =
+        mapped.query("select conveyor.ulid_partition(run_id) from conveyor.claim_runs('work', 'm', 1)", &[]).unwrap();
+    assert_eq!(got.len(), 1, "the mapped role claims from the moved shard");
+    assert_eq!(got[0].get::<_, i32>(0), 1);
+    let app: i64 = cluster
+        .shard(1)
+        .query_one(
+            "select count(*) from pg_stat_activity where usename = 'shard_worker' and application_name = 'moved'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(app >= 1, "the router reached shard 1 by its new connect string, as shard_worker");
 }
