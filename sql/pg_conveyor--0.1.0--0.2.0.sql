@@ -318,6 +318,27 @@ drop function conveyor.enqueue(text, jsonb, timestamptz, conveyor.duration, inte
 drop function conveyor.enqueue_many(text, jsonb[], timestamptz, conveyor.duration, integer, text, text[], conveyor.ulid);
 drop function conveyor._enqueue(text, jsonb[], timestamptz, interval, integer, text, text[], conveyor.ulid);
 
+-- (0.2.0) Claim hints. A snapshot held open (a long report, a transaction left idle) keeps
+-- vacuum from removing the runs_claimable entries of the runs claimed since it began, and no
+-- index scan may skip them: every claim would walk all of them from the head of its queue.
+-- While one is older than 2 s, each tick (step hint) publishes each queue's first claimable
+-- key, found by one such walk, and claims start their index scan there. Insert
+-- only (claims read the newest row of their queue, its older and dead rows lie behind it),
+-- unlogged (a hint lost in a crash only costs a walk), pruned after a minute.
+create unlogged table conveyor._claim_hints (
+    queue text not null,
+    made_at timestamptz not null,
+    -- the key claims start at (runs_claimable's order after the queue)
+    priority smallint not null,
+    fair_rank bigint not null,
+    run_at timestamptz not null,
+    id conveyor.ulid not null
+);
+comment on table conveyor._claim_hints is 'where claims of each queue start reading while an old snapshot holds vacuum back (written by tick step hint)';
+create index claim_hints_newest on conveyor._claim_hints (queue, made_at desc);
+-- a run's place in its queue's claim order (runs_claimable's columns after the queue)
+create type conveyor._claim_key as (priority smallint, fair_rank bigint, run_at timestamptz, id conveyor.ulid);
+
 -- ============================================================================================
 -- sql/functions/rust.sql
 
@@ -812,6 +833,9 @@ returns void
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
+-- (called from _runs_updated, whose enable_nestloop = off prices the wakeup's lateral index
+-- read, a nested loop by nature, past jit_above_cost: compiling it took 2 s a statement)
+set jit = off
 as $$
 declare
     v_now timestamptz := conveyor._now();
@@ -856,14 +880,17 @@ begin
     -- global lock through the commit, so a busy queue that notified on every enqueue would
     -- serialize its producers' commits; measured: 2,200-2,800 vs 3,700-3,800 enqueues/s)
     -- (the queue had nothing claimable if it now holds no more claimable runs than this change
-    -- added: a count that stops after n + 1 index entries, whatever the backlog)
+    -- added: a count that stops after n + 1 index entries, whatever the backlog; from the
+    -- queue's claim hint on, as claims read, under an old snapshot: tick_hint.sql)
     perform pg_notify('conveyor.' || q.name, '')
     from (select c.queue, count(*) as n from unnest(changes) c where c.to_status = 'queued' group by c.queue) added
     join conveyor.queues q on q.name = added.queue
     where q.notify
-      and (select count(*) from (select from conveyor.runs r
-                                 where r.queue = added.queue and r.status = 'queued'
-                                 limit added.n + 1) claimable) <= added.n;
+      and (select count(*) from conveyor._claim_floor(added.queue, v_now) f
+           cross join lateral (select from conveyor.runs r
+                               where r.queue = added.queue and r.status = 'queued'
+                                 and (r.priority, r.fair_rank, r.run_at, r.id) >= (f.priority, f.fair_rank, f.run_at, f.id)
+                               limit added.n + 1) claimable) <= added.n;
 
     insert into conveyor.outbox (id, topic, payload, created_at, deliver_at)
     select conveyor.ulid_generate(), 'conveyor.delivery',
@@ -2305,14 +2332,20 @@ begin
                 -- leave out the statement does not ask, with some it asks a function, which it
                 -- does not estimate that way)
                 if cardinality(v_full_tasks) = 0 and cardinality(v_full_keys) = 0 then
+                    -- (from the queue's claim hint on, the index range's start: tick_hint.sql)
                     v_cand := v_cand || array(
-                        select row(p.id, p.task, p.priority, p.run_at, p.queue, p.concurrency_key, p.fair_rank)::conveyor._candidate
-                        from conveyor.runs p
-                        where p.status = 'queued' and p.queue = v_queue
-                          and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
-                        order by p.priority, p.fair_rank, p.run_at, p.id
-                        limit v_take
-                        for no key update skip locked);
+                        select x.c from conveyor._claim_floor(v_queue, v_now) f
+                        cross join lateral (
+                            select row(p.id, p.task, p.priority, p.run_at, p.queue, p.concurrency_key, p.fair_rank)::conveyor._candidate as c,
+                                   p.priority, p.fair_rank, p.run_at, p.id
+                            from conveyor.runs p
+                            where p.status = 'queued' and p.queue = v_queue
+                              and (p.priority, p.fair_rank, p.run_at, p.id) >= (f.priority, f.fair_rank, f.run_at, f.id)
+                              and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
+                            order by p.priority, p.fair_rank, p.run_at, p.id
+                            limit v_take
+                            for no key update skip locked) x
+                        order by x.priority, x.fair_rank, x.run_at, x.id);
                 else
                     -- keys at their limit (or tasks without room) to look past: by key, when the
                     -- queue's queued runs have few keys (the runs of the keys at their limit are
@@ -2321,14 +2354,19 @@ begin
                         conveyor._candidates_by_key(v_queue, claim_runs.tasks, v_full_tasks, v_full_keys, v_take) end;
                     if v_part is null then
                         v_part := array(
-                            select row(p.id, p.task, p.priority, p.run_at, p.queue, p.concurrency_key, p.fair_rank)::conveyor._candidate
-                            from conveyor.runs p
-                            where p.status = 'queued' and p.queue = v_queue
-                              and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
-                              and not conveyor._held_back(p.queue, p.task, p.concurrency_key, v_full_tasks, v_full_keys)
-                            order by p.priority, p.fair_rank, p.run_at, p.id
-                            limit v_take
-                            for no key update skip locked);
+                            select x.c from conveyor._claim_floor(v_queue, v_now) f
+                            cross join lateral (
+                                select row(p.id, p.task, p.priority, p.run_at, p.queue, p.concurrency_key, p.fair_rank)::conveyor._candidate as c,
+                                       p.priority, p.fair_rank, p.run_at, p.id
+                                from conveyor.runs p
+                                where p.status = 'queued' and p.queue = v_queue
+                                  and (p.priority, p.fair_rank, p.run_at, p.id) >= (f.priority, f.fair_rank, f.run_at, f.id)
+                                  and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
+                                  and not conveyor._held_back(p.queue, p.task, p.concurrency_key, v_full_tasks, v_full_keys)
+                                order by p.priority, p.fair_rank, p.run_at, p.id
+                                limit v_take
+                                for no key update skip locked) x
+                            order by x.priority, x.fair_rank, x.run_at, x.id);
                     end if;
                     v_cand := v_cand || v_part;
                 end if;
@@ -2514,9 +2552,11 @@ begin
                 join (
                     select c.id, c.priority, c.fair_rank - min(c.fair_rank) over (partition by c.queue, c.priority) as turn, c.run_at
                     from unnest(v_open) as q(name)
+                    cross join lateral conveyor._claim_floor(q.name, v_now) f
                     cross join lateral (
                         select r2.id, r2.queue, r2.priority, r2.fair_rank, r2.run_at from conveyor.runs r2
                         where r2.status = 'queued' and r2.queue = q.name
+                          and (r2.priority, r2.fair_rank, r2.run_at, r2.id) >= (f.priority, f.fair_rank, f.run_at, f.id)
                           and (claim_runs.tasks is null or r2.task = any(claim_runs.tasks))
                         order by r2.priority, r2.fair_rank, r2.run_at, r2.id
                         limit v_want * 2
@@ -2555,12 +2595,16 @@ begin
               and r.id = any(coalesce(v_ids, array(
                   -- one queue: pick and lock in index order, in this same statement (an array, so the
                   -- generic plan looks the rows up by primary key whatever max is)
-                  select p.id from conveyor.runs p
-                  where p.status = 'queued' and p.queue = v_open[1]
-                    and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
-                  order by p.priority, p.fair_rank, p.run_at, p.id
-                  limit v_want
-                  for no key update skip locked)))
+                  -- (from the queue's claim hint on, the index range's start: tick_hint.sql)
+                  select x.id from conveyor._claim_floor(v_open[1], v_now) f
+                  cross join lateral (
+                      select p.id from conveyor.runs p
+                      where p.status = 'queued' and p.queue = v_open[1]
+                        and (p.priority, p.fair_rank, p.run_at, p.id) >= (f.priority, f.fair_rank, f.run_at, f.id)
+                        and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
+                      order by p.priority, p.fair_rank, p.run_at, p.id
+                      limit v_want
+                      for no key update skip locked) x)))
             returning r.id, r.lease_token, r.task, r.queue, r.payload, r.attempts + 1 as attempt, r.failures, r.releases,
                       r.attempt_id, r.priority, r.parent_run_id, r.lease_expires_at, r.timeout_at, r.run_at, c.enabled,
                       r.session_pid is not null as bound, r.fair_rank, r.concurrency_key, r.queue_key_shard, r.task_key_shard
@@ -4451,6 +4495,108 @@ end
 $$;
 
 -- ============================================================================================
+-- sql/functions/tick_hint.sql
+
+-- functions/tick_hint.sql: tick step `hint`: where claims start reading while an old snapshot
+-- holds vacuum back (conveyor._claim_hints, sql/schema/tables.sql; docs/guarantees.md).
+
+-- _old_snapshot_held: whether something keeps vacuum from removing this database's dead rows
+-- for longer than a claim should pay for: a session's snapshot (a transaction, a long query)
+-- or a prepared transaction older than 2 s, or a standby's feedback or a replication slot
+-- 10,000 transactions behind. Autovacuum's own snapshot holds nothing back. Real time, not
+-- conveyor._now(): a snapshot ages in real time.
+create or replace function conveyor._old_snapshot_held()
+returns boolean
+language sql
+stable
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+    select exists (select from pg_catalog.pg_stat_activity a
+                   where a.datname = current_database() and a.backend_xmin is not null
+                     and a.pid <> pg_backend_pid() and a.backend_type <> 'autovacuum worker'
+                     and coalesce(a.xact_start, a.query_start) < clock_timestamp() - interval '2 s')
+        or exists (select from pg_catalog.pg_prepared_xacts p
+                   where p.database = current_database() and p.prepared < clock_timestamp() - interval '2 s')
+        or exists (select from pg_catalog.pg_stat_activity a
+                   where a.backend_type = 'walsender' and age(a.backend_xmin) > 10000)
+        or exists (select from pg_catalog.pg_replication_slots s
+                   where (s.database is null or s.database = current_database()) and age(s.xmin) > 10000)
+$$;
+
+-- _publish_claim_hints: while an old snapshot is held, the open queues get a new hint each
+-- tick (the 100 whose hints are oldest, when there are more). A hint is the lower of two keys,
+-- both as committed now:
+--   * the first claimable run's, found by one walk of runs_claimable from the queue's head (the
+--     walk every claim would otherwise make); with none, priority 0, no turn, due 100 ms ago;
+--   * priority 0, no turn, the earliest due time of the queue's waiting runs: tick delivers
+--     them with that due time, whenever room or their time comes (a bounded queue's backlog).
+-- So nothing claimable now is behind the hint, nor anything tick will deliver. A run queued
+-- later behind it (a higher priority, an earlier due time, a producer's transaction that
+-- began before the walk) is found by the next tick's walk, which starts at the head: it waits
+-- up to a tick interval more, and only while the snapshot is held (as a retry due at once
+-- waits for tick's delivery). Without an old snapshot no hint is made and claims read from
+-- the head, as always. Hints older than a minute go.
+create or replace function conveyor._publish_claim_hints(p_now timestamptz)
+returns integer
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+    v_n integer;
+begin
+    delete from conveyor._claim_hints h where h.made_at < p_now - interval '1 minute';
+    if not conveyor._old_snapshot_held() then
+        return 0;
+    end if;
+    insert into conveyor._claim_hints (queue, made_at, priority, fair_rank, run_at, id)
+    select q.name, p_now, (k.key).priority, (k.key).fair_rank, (k.key).run_at, (k.key).id
+    from (select q.name from conveyor.queues q
+          left join lateral (select h.made_at from conveyor._claim_hints h
+                             where h.queue = q.name order by h.made_at desc limit 1) h on true
+          where not q.paused
+          order by h.made_at nulls first, q.name
+          limit 100) q
+    left join lateral (
+        select r.priority, r.fair_rank, r.run_at, r.id from conveyor.runs r
+        where r.status = 'queued' and r.queue = q.name
+        order by r.priority, r.fair_rank, r.run_at, r.id
+        limit 1) f on true
+    left join lateral (
+        select r.run_at from conveyor.runs r
+        where r.queue = q.name and r.status in ('scheduled', 'retrying', 'released')
+        order by r.run_at
+        limit 1) w on true
+    cross join lateral (
+        select least(case when f.id is null
+                          then row(0, 0, p_now - interval '100 ms', '00000000000000000000000000')::conveyor._claim_key
+                          else row(f.priority, f.fair_rank, f.run_at, f.id)::conveyor._claim_key end,
+                     row(0, 0, coalesce(w.run_at, 'infinity'), '00000000000000000000000000')::conveyor._claim_key) as key) k;
+    get diagnostics v_n = row_count;
+    return v_n;
+end
+$$;
+
+-- _claim_floor: the key a claim of this queue starts reading at: the queue's newest hint of
+-- the last 3 s, else the lowest key there is (the head of the queue). A hint made at a time
+-- ahead of the claim's (a clock set back, a test clock) is not one of the last 3 s. A
+-- set-returning SQL function, inlined into the claim's statement.
+create or replace function conveyor._claim_floor(p_queue text, p_now timestamptz)
+returns table (priority smallint, fair_rank bigint, run_at timestamptz, id conveyor.ulid)
+language sql
+stable
+as $$
+    select coalesce(h.priority, (-32768)::smallint), coalesce(h.fair_rank, (-9223372036854775808)::bigint),
+           coalesce(h.run_at, '-infinity'::timestamptz), coalesce(h.id, '00000000000000000000000000'::conveyor.ulid)
+    from (select) one
+    left join lateral (
+        select h.priority, h.fair_rank, h.run_at, h.id from conveyor._claim_hints h
+        where h.queue = p_queue and h.made_at between p_now - interval '3 s' and p_now + interval '1 s'
+        order by h.made_at desc
+        limit 1) h on true
+$$;
+
+-- ============================================================================================
 -- sql/functions/tick_prune.sql
 
 -- functions/tick_prune.sql: tick step `prune`: retention.
@@ -4903,12 +5049,14 @@ $$;
 
 -- tick_steps: the steps of a tick, in order (the background worker runs each in its own
 -- transaction): expire first to free capacity, then create runs, then check
--- the capacity counters, then deliver; last, fold the counters (conveyor.counters).
+-- the capacity counters, then deliver; last, fold the counters (conveyor.counters). The claim
+-- hints (while an old snapshot is held) come first: that step takes no lock, so in tick()'s
+-- one transaction no lock a later step takes is held while it walks the queues.
 create or replace function conveyor.tick_steps()
 returns text[]
 language sql
 immutable
-as $$ select array['expire', 'schedule', 'restart', 'repair', 'deliver', 'flush', 'prune', 'count'] $$;
+as $$ select array['hint', 'expire', 'schedule', 'restart', 'repair', 'deliver', 'flush', 'prune', 'count'] $$;
 
 comment on function conveyor.tick_steps is 'the steps of a tick, in the order tick runs them';
 
@@ -4927,6 +5075,7 @@ begin
         when 'schedule' then conveyor._fire_schedules(v_now, p_limit)
         when 'restart' then conveyor._restart_services(v_now, p_limit)
         when 'repair' then conveyor._repair_counters(v_now)
+        when 'hint' then conveyor._publish_claim_hints(v_now)
         when 'deliver' then conveyor._deliver_due(v_now, p_limit)
         when 'flush' then conveyor._flush_outbox(v_now, p_limit)
         when 'prune' then conveyor._prune(v_now, p_limit)
@@ -4971,6 +5120,7 @@ comment on function conveyor.tick_step is 'run one tick step by name (errors bec
 -- tick: one pass of maintenance, in the caller's transaction; returns what each step did.
 -- Call it by hand, from pg_cron, or from any client where the background worker is not loaded.
 create or replace function conveyor.tick(
+    out hinted integer,
     out crashed integer,
     out timed_out integer,
     out stopped integer,
@@ -4994,6 +5144,8 @@ declare
     v_now timestamptz := conveyor._now();
     v_limit integer := coalesce(current_setting('conveyor.tick_batch', true)::integer, 1000);
 begin
+    hinted := conveyor._publish_claim_hints(v_now);
+    perform conveyor._tick_note('hint', p_runs => 1, p_changed => hinted);
     select e.crashed, e.timed_out, e.stopped into crashed, timed_out, stopped
     from conveyor._expire_leases(v_now, v_limit) e;
     perform conveyor._tick_note('expire', p_runs => 1, p_changed => crashed + timed_out + stopped);
@@ -5022,7 +5174,7 @@ end
 $$;
 
 comment on function conveyor.tick is
-    'one pass of maintenance: expire leases and timeouts, fire schedules, restart services, repair capacity counters, deliver due runs, flush the outbox, prune, fold counter deltas; returns counts';
+    'one pass of maintenance: hint claims while an old snapshot is held, expire leases and timeouts, fire schedules, restart services, repair capacity counters, deliver due runs, flush the outbox, prune, fold counter deltas; returns counts';
 
 -- every step's counter rows, one per source, exist before the first tick: _tick_note only
 -- updates them (SKIP LOCKED), so no tick waits on another's row

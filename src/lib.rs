@@ -42,6 +42,7 @@ extension_sql_file!("../sql/functions/tick_expire.sql", name = "tick_expire", re
 extension_sql_file!("../sql/functions/tick_schedules.sql", name = "tick_schedules", requires = ["operators"]);
 extension_sql_file!("../sql/functions/tick_services.sql", name = "tick_services", requires = ["operators"]);
 extension_sql_file!("../sql/functions/tick_deliver.sql", name = "tick_deliver", requires = ["state_machine"]);
+extension_sql_file!("../sql/functions/tick_hint.sql", name = "tick_hint", requires = ["state_machine"]);
 extension_sql_file!("../sql/functions/tick_prune.sql", name = "tick_prune", requires = ["state_machine"]);
 extension_sql_file!("../sql/functions/tick_repair.sql", name = "tick_repair", requires = ["state_machine"]);
 extension_sql_file!("../sql/functions/tick_count.sql", name = "tick_count", requires = ["state_machine"]);
@@ -55,6 +56,7 @@ extension_sql_file!(
         "tick_services",
         "tick_repair",
         "tick_deliver",
+        "tick_hint",
         "tick_prune",
         "tick_count",
         "outbox"

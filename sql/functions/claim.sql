@@ -199,14 +199,20 @@ begin
                 -- leave out the statement does not ask, with some it asks a function, which it
                 -- does not estimate that way)
                 if cardinality(v_full_tasks) = 0 and cardinality(v_full_keys) = 0 then
+                    -- (from the queue's claim hint on, the index range's start: tick_hint.sql)
                     v_cand := v_cand || array(
-                        select row(p.id, p.task, p.priority, p.run_at, p.queue, p.concurrency_key, p.fair_rank)::conveyor._candidate
-                        from conveyor.runs p
-                        where p.status = 'queued' and p.queue = v_queue
-                          and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
-                        order by p.priority, p.fair_rank, p.run_at, p.id
-                        limit v_take
-                        for no key update skip locked);
+                        select x.c from conveyor._claim_floor(v_queue, v_now) f
+                        cross join lateral (
+                            select row(p.id, p.task, p.priority, p.run_at, p.queue, p.concurrency_key, p.fair_rank)::conveyor._candidate as c,
+                                   p.priority, p.fair_rank, p.run_at, p.id
+                            from conveyor.runs p
+                            where p.status = 'queued' and p.queue = v_queue
+                              and (p.priority, p.fair_rank, p.run_at, p.id) >= (f.priority, f.fair_rank, f.run_at, f.id)
+                              and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
+                            order by p.priority, p.fair_rank, p.run_at, p.id
+                            limit v_take
+                            for no key update skip locked) x
+                        order by x.priority, x.fair_rank, x.run_at, x.id);
                 else
                     -- keys at their limit (or tasks without room) to look past: by key, when the
                     -- queue's queued runs have few keys (the runs of the keys at their limit are
@@ -215,14 +221,19 @@ begin
                         conveyor._candidates_by_key(v_queue, claim_runs.tasks, v_full_tasks, v_full_keys, v_take) end;
                     if v_part is null then
                         v_part := array(
-                            select row(p.id, p.task, p.priority, p.run_at, p.queue, p.concurrency_key, p.fair_rank)::conveyor._candidate
-                            from conveyor.runs p
-                            where p.status = 'queued' and p.queue = v_queue
-                              and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
-                              and not conveyor._held_back(p.queue, p.task, p.concurrency_key, v_full_tasks, v_full_keys)
-                            order by p.priority, p.fair_rank, p.run_at, p.id
-                            limit v_take
-                            for no key update skip locked);
+                            select x.c from conveyor._claim_floor(v_queue, v_now) f
+                            cross join lateral (
+                                select row(p.id, p.task, p.priority, p.run_at, p.queue, p.concurrency_key, p.fair_rank)::conveyor._candidate as c,
+                                       p.priority, p.fair_rank, p.run_at, p.id
+                                from conveyor.runs p
+                                where p.status = 'queued' and p.queue = v_queue
+                                  and (p.priority, p.fair_rank, p.run_at, p.id) >= (f.priority, f.fair_rank, f.run_at, f.id)
+                                  and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
+                                  and not conveyor._held_back(p.queue, p.task, p.concurrency_key, v_full_tasks, v_full_keys)
+                                order by p.priority, p.fair_rank, p.run_at, p.id
+                                limit v_take
+                                for no key update skip locked) x
+                            order by x.priority, x.fair_rank, x.run_at, x.id);
                     end if;
                     v_cand := v_cand || v_part;
                 end if;
@@ -408,9 +419,11 @@ begin
                 join (
                     select c.id, c.priority, c.fair_rank - min(c.fair_rank) over (partition by c.queue, c.priority) as turn, c.run_at
                     from unnest(v_open) as q(name)
+                    cross join lateral conveyor._claim_floor(q.name, v_now) f
                     cross join lateral (
                         select r2.id, r2.queue, r2.priority, r2.fair_rank, r2.run_at from conveyor.runs r2
                         where r2.status = 'queued' and r2.queue = q.name
+                          and (r2.priority, r2.fair_rank, r2.run_at, r2.id) >= (f.priority, f.fair_rank, f.run_at, f.id)
                           and (claim_runs.tasks is null or r2.task = any(claim_runs.tasks))
                         order by r2.priority, r2.fair_rank, r2.run_at, r2.id
                         limit v_want * 2
@@ -449,12 +462,16 @@ begin
               and r.id = any(coalesce(v_ids, array(
                   -- one queue: pick and lock in index order, in this same statement (an array, so the
                   -- generic plan looks the rows up by primary key whatever max is)
-                  select p.id from conveyor.runs p
-                  where p.status = 'queued' and p.queue = v_open[1]
-                    and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
-                  order by p.priority, p.fair_rank, p.run_at, p.id
-                  limit v_want
-                  for no key update skip locked)))
+                  -- (from the queue's claim hint on, the index range's start: tick_hint.sql)
+                  select x.id from conveyor._claim_floor(v_open[1], v_now) f
+                  cross join lateral (
+                      select p.id from conveyor.runs p
+                      where p.status = 'queued' and p.queue = v_open[1]
+                        and (p.priority, p.fair_rank, p.run_at, p.id) >= (f.priority, f.fair_rank, f.run_at, f.id)
+                        and (claim_runs.tasks is null or p.task = any(claim_runs.tasks))
+                      order by p.priority, p.fair_rank, p.run_at, p.id
+                      limit v_want
+                      for no key update skip locked) x)))
             returning r.id, r.lease_token, r.task, r.queue, r.payload, r.attempts + 1 as attempt, r.failures, r.releases,
                       r.attempt_id, r.priority, r.parent_run_id, r.lease_expires_at, r.timeout_at, r.run_at, c.enabled,
                       r.session_pid is not null as bound, r.fair_rank, r.concurrency_key, r.queue_key_shard, r.task_key_shard

@@ -185,6 +185,9 @@ returns void
 language plpgsql
 set search_path = pg_catalog, conveyor, pg_temp
 set plan_cache_mode = force_generic_plan
+-- (called from _runs_updated, whose enable_nestloop = off prices the wakeup's lateral index
+-- read, a nested loop by nature, past jit_above_cost: compiling it took 2 s a statement)
+set jit = off
 as $$
 declare
     v_now timestamptz := conveyor._now();
@@ -229,14 +232,17 @@ begin
     -- global lock through the commit, so a busy queue that notified on every enqueue would
     -- serialize its producers' commits; measured: 2,200-2,800 vs 3,700-3,800 enqueues/s)
     -- (the queue had nothing claimable if it now holds no more claimable runs than this change
-    -- added: a count that stops after n + 1 index entries, whatever the backlog)
+    -- added: a count that stops after n + 1 index entries, whatever the backlog; from the
+    -- queue's claim hint on, as claims read, under an old snapshot: tick_hint.sql)
     perform pg_notify('conveyor.' || q.name, '')
     from (select c.queue, count(*) as n from unnest(changes) c where c.to_status = 'queued' group by c.queue) added
     join conveyor.queues q on q.name = added.queue
     where q.notify
-      and (select count(*) from (select from conveyor.runs r
-                                 where r.queue = added.queue and r.status = 'queued'
-                                 limit added.n + 1) claimable) <= added.n;
+      and (select count(*) from conveyor._claim_floor(added.queue, v_now) f
+           cross join lateral (select from conveyor.runs r
+                               where r.queue = added.queue and r.status = 'queued'
+                                 and (r.priority, r.fair_rank, r.run_at, r.id) >= (f.priority, f.fair_rank, f.run_at, f.id)
+                               limit added.n + 1) claimable) <= added.n;
 
     insert into conveyor.outbox (id, topic, payload, created_at, deliver_at)
     select conveyor.ulid_generate(), 'conveyor.delivery',

@@ -96,12 +96,14 @@ $$;
 
 -- tick_steps: the steps of a tick, in order (the background worker runs each in its own
 -- transaction): expire first to free capacity, then create runs, then check
--- the capacity counters, then deliver; last, fold the counters (conveyor.counters).
+-- the capacity counters, then deliver; last, fold the counters (conveyor.counters). The claim
+-- hints (while an old snapshot is held) come first: that step takes no lock, so in tick()'s
+-- one transaction no lock a later step takes is held while it walks the queues.
 create or replace function conveyor.tick_steps()
 returns text[]
 language sql
 immutable
-as $$ select array['expire', 'schedule', 'restart', 'repair', 'deliver', 'flush', 'prune', 'count'] $$;
+as $$ select array['hint', 'expire', 'schedule', 'restart', 'repair', 'deliver', 'flush', 'prune', 'count'] $$;
 
 comment on function conveyor.tick_steps is 'the steps of a tick, in the order tick runs them';
 
@@ -120,6 +122,7 @@ begin
         when 'schedule' then conveyor._fire_schedules(v_now, p_limit)
         when 'restart' then conveyor._restart_services(v_now, p_limit)
         when 'repair' then conveyor._repair_counters(v_now)
+        when 'hint' then conveyor._publish_claim_hints(v_now)
         when 'deliver' then conveyor._deliver_due(v_now, p_limit)
         when 'flush' then conveyor._flush_outbox(v_now, p_limit)
         when 'prune' then conveyor._prune(v_now, p_limit)
@@ -164,6 +167,7 @@ comment on function conveyor.tick_step is 'run one tick step by name (errors bec
 -- tick: one pass of maintenance, in the caller's transaction; returns what each step did.
 -- Call it by hand, from pg_cron, or from any client where the background worker is not loaded.
 create or replace function conveyor.tick(
+    out hinted integer,
     out crashed integer,
     out timed_out integer,
     out stopped integer,
@@ -187,6 +191,8 @@ declare
     v_now timestamptz := conveyor._now();
     v_limit integer := coalesce(current_setting('conveyor.tick_batch', true)::integer, 1000);
 begin
+    hinted := conveyor._publish_claim_hints(v_now);
+    perform conveyor._tick_note('hint', p_runs => 1, p_changed => hinted);
     select e.crashed, e.timed_out, e.stopped into crashed, timed_out, stopped
     from conveyor._expire_leases(v_now, v_limit) e;
     perform conveyor._tick_note('expire', p_runs => 1, p_changed => crashed + timed_out + stopped);
@@ -215,7 +221,7 @@ end
 $$;
 
 comment on function conveyor.tick is
-    'one pass of maintenance: expire leases and timeouts, fire schedules, restart services, repair capacity counters, deliver due runs, flush the outbox, prune, fold counter deltas; returns counts';
+    'one pass of maintenance: hint claims while an old snapshot is held, expire leases and timeouts, fire schedules, restart services, repair capacity counters, deliver due runs, flush the outbox, prune, fold counter deltas; returns counts';
 
 -- every step's counter rows, one per source, exist before the first tick: _tick_note only
 -- updates them (SKIP LOCKED), so no tick waits on another's row

@@ -464,6 +464,27 @@ create index rate_starts_key_window on conveyor._rate_starts (scope, name, key, 
 -- no key of its own: prune's deletes carry the whole row (a FOR ALL TABLES publication needs it)
 alter table conveyor._rate_starts replica identity full;
 
+-- (0.2.0) Claim hints. A snapshot held open (a long report, a transaction left idle) keeps
+-- vacuum from removing the runs_claimable entries of the runs claimed since it began, and no
+-- index scan may skip them: every claim would walk all of them from the head of its queue.
+-- While one is older than 2 s, each tick (step hint) publishes each queue's first claimable
+-- key, found by one such walk, and claims start their index scan there. Insert
+-- only (claims read the newest row of their queue, its older and dead rows lie behind it),
+-- unlogged (a hint lost in a crash only costs a walk), pruned after a minute.
+create unlogged table conveyor._claim_hints (
+    queue text not null,
+    made_at timestamptz not null,
+    -- the key claims start at (runs_claimable's order after the queue)
+    priority smallint not null,
+    fair_rank bigint not null,
+    run_at timestamptz not null,
+    id conveyor.ulid not null
+);
+comment on table conveyor._claim_hints is 'where claims of each queue start reading while an old snapshot holds vacuum back (written by tick step hint)';
+create index claim_hints_newest on conveyor._claim_hints (queue, made_at desc);
+-- a run's place in its queue's claim order (runs_claimable's columns after the queue)
+create type conveyor._claim_key as (priority smallint, fair_rank bigint, run_at timestamptz, id conveyor.ulid);
+
 -- a run a claim under rate or key limits has locked and may take (claim_runs)
 create type conveyor._candidate as (
     id conveyor.ulid,

@@ -492,3 +492,100 @@ fn the_worker_stays_idle_on_a_standby_until_it_is_promoted() {
         (s == "queued").then_some(())
     });
 }
+
+/// Heap blocks of conveyor.runs and index blocks of runs_claimable that one claim of 1 from
+/// queue hs reads (this transaction's own counts, pg_stat_get_xact_blocks_fetched; rolled back).
+fn claim_blocks(c: &mut postgres::Client) -> i64 {
+    let count = "select (pg_stat_get_xact_blocks_fetched('conveyor.runs'::regclass)
+                      + pg_stat_get_xact_blocks_fetched('conveyor.runs_claimable'::regclass))::bigint";
+    let mut t = c.transaction().unwrap();
+    let before: i64 = t.query_one(count, &[]).unwrap().get(0);
+    t.batch_execute("select conveyor.claim_runs('hs', 'w', 1)").unwrap();
+    let after: i64 = t.query_one(count, &[]).unwrap().get(0);
+    t.rollback().unwrap();
+    after - before
+}
+
+/// A snapshot held open keeps vacuum from removing the claimable-index entries of every run
+/// claimed since, and a claim would walk all of them from the head of its queue. While one is
+/// older than 2 s, tick publishes each queue's first claimable key (conveyor._claim_hints) and
+/// claims start there: a claim behind 6,000 such entries reads a few blocks, not hundreds. A
+/// run queued ahead of the hint waits for the next tick's hint; once the snapshot ends, no hint
+/// is made and claims read from the head again.
+#[test]
+fn under_an_old_snapshot_claims_start_at_the_queues_hint_and_miss_no_run() {
+    let (db, mut c) = fresh_db("it_hint");
+    c.batch_execute("select conveyor.define_task('hs.job', queue => 'hs')").unwrap();
+    let mut holder = connect_to(&db);
+    holder.batch_execute("begin isolation level repeatable read; select count(*) from conveyor.runs").unwrap();
+    // 6,000 runs claimed and finished under the snapshot: their entries stay at the queue's head
+    c.batch_execute(
+        "select conveyor.enqueue_many('hs.job', array_fill('{}'::jsonb, array[6000]));
+         select conveyor.finish_runs(jsonb_agg(jsonb_build_object('run_id', run_id, 'lease_token', lease_token, 'outcome', 'succeeded')))
+         from conveyor.claim_runs('hs', 'w', 6000)",
+    )
+    .unwrap();
+    let waiting: Vec<String> = c
+        .query("select conveyor.enqueue('hs.job', jsonb_build_object('n', n))::text from generate_series(1, 5) n", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let hinted =
+        |c: &mut postgres::Client| -> i32 { c.query_one("select hinted from conveyor.tick()", &[]).unwrap().get(0) };
+    // not old yet: no hint, and a claim walks the dead entries
+    assert_eq!(hinted(&mut c), 0, "a snapshot younger than 2 s makes no hint");
+    let from_head = claim_blocks(&mut c);
+    thread::sleep(Duration::from_millis(2100));
+    assert_eq!(hinted(&mut c), 1, "the held snapshot is older than 2 s: queue hs gets a hint");
+    let hint: String = c
+        .query_one("select id::text from conveyor._claim_hints where queue = 'hs' order by made_at desc limit 1", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(hint, waiting[0], "the hint is the first claimable run");
+    let from_hint = claim_blocks(&mut c);
+    println!("a claim of 1 behind 6,000 dead entries read {from_head} blocks from the head, {from_hint} from the hint");
+    // (6,000 entries point into about 150 heap pages, each read once as the walk goes)
+    assert!(from_head > 100, "from the head the claim walks the dead entries: {from_head} blocks");
+    assert!(from_hint * 4 < from_head, "from the hint it does not: {from_hint} blocks");
+
+    // a run queued ahead of the hint (due an hour ago) waits for the next tick's hint
+    let early: String = c
+        .query_one("select conveyor.enqueue('hs.job', run_at => now() - interval '1 hour')::text", &[])
+        .unwrap()
+        .get(0);
+    let got: Vec<String> = c
+        .query("select run_id::text from conveyor.claim_runs('hs', 'w', 10)", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(got, waiting, "the runs from the hint on, in claim order");
+    assert_eq!(hinted(&mut c), 1);
+    let got: Vec<String> = c
+        .query("select run_id::text from conveyor.claim_runs('hs', 'w', 10)", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(got, vec![early.clone()], "the next hint starts at the early run");
+    assert_eq!(status_of(&mut c, &early), "running");
+
+    // the snapshot ends: no more hints, and once the last one is stale a run queued ahead of it
+    // is claimed at once
+    holder.batch_execute("commit").unwrap();
+    assert_eq!(hinted(&mut c), 0, "no old snapshot, no hint");
+    c.batch_execute("set conveyor.test_clock = '2099-01-01 00:00:00+00'").unwrap();
+    let late: String =
+        c.query_one("select conveyor.enqueue('hs.job', run_at => '2098-01-01 00:00:00+00')::text", &[]).unwrap().get(0);
+    let got: Vec<String> = c
+        .query("select run_id::text from conveyor.claim_runs('hs', 'w', 10)", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(got, vec![late]);
+    drop(holder);
+    drop(c);
+    drop_db(&db);
+}
