@@ -323,10 +323,13 @@ end $$;
 -- _unreachable: whether an error a PL/Proxy call raised is the shard not answering (a
 -- connection refused, lost or reset) rather than an error the shard raised. Remote errors keep
 -- their SQLSTATE and say REMOTE ERROR; PL/Proxy's own connection failures are XX000.
+-- A shard that refuses the login (the calling role has no login, password or pg_hba entry
+-- there) answered: that is the caller's error, raised, not a shard down.
 create function conveyor._unreachable(p_sqlstate text, p_message text)
 returns boolean language sql immutable as $$
-    select p_sqlstate = 'XX000' and p_message like 'PL/Proxy function %' and p_message not like '%REMOTE ERROR%'
-        or p_sqlstate like '08%' or p_sqlstate in ('57P01', '57P02', '57P03')
+    select (p_sqlstate = 'XX000' and p_message like 'PL/Proxy function %' and p_message not like '%REMOTE ERROR%'
+            or p_sqlstate like '08%' or p_sqlstate in ('57P01', '57P02', '57P03'))
+        and p_message !~* 'authentication failed|role "[^"]*" does not exist|not permitted to log in|no pg_hba\.conf entry|permission denied|password is required|password supplied'
 $$;
 
 -- ---- the cluster
@@ -352,6 +355,8 @@ declare
     v_state text;
     v_message text;
 begin
+    -- one apply at a time (two would write the same server options from the same old ones)
+    perform pg_advisory_xact_lock(hashtext('conveyor_router.apply_cluster'));
     select count(*), max(partition) into v_n, v_max from conveyor.shards;
     if v_n = 0 then
         perform conveyor._raise_cluster('no shards: conveyor.add_shard(partition, connstr) first');
@@ -419,8 +424,9 @@ end $$;
 
 -- _check_connstr: a connect string names where a shard is, not who connects: a router role
 -- reaches the shards as itself, or as the user of its user mapping (docs/scale-out.md, Roles).
--- With user= in it, PL/Proxy would connect every router role as that one user; a password in
--- it would show in conveyor.shards and cluster_status().
+-- PL/Proxy uses a connect string holding "user=" anywhere as it is, for every role; a password
+-- (or a service or password file that may hold one) would show in conveyor.shards and
+-- cluster_status(). The string is never echoed.
 create function conveyor._check_connstr(p_connstr text)
 returns void
 language plpgsql immutable
@@ -430,9 +436,9 @@ begin
     if p_connstr is null or btrim(p_connstr) = '' then
         perform conveyor._raise_invalid('a shard needs a connect string (host=... port=... dbname=...)');
     end if;
-    if p_connstr ~* '(^|\s)(user|password)\s*=' or p_connstr ~* '^postgres(ql)?://[^/]*@' then
+    if p_connstr ~* '(user|password|service|passfile)\s*=' or p_connstr ~* '^postgres(ql)?://[^/?#]*@' then
         raise exception using errcode = '22023',
-            message = format('a shard''s connect string must not name a user or password: %s', regexp_replace(p_connstr, '(?i)(password\s*=\s*)\S+', '\1***', 'g')),
+            message = 'a shard''s connect string must not name a user, password, service or password file',
             hint = 'router roles reach the shards as themselves; give a role another shard user or a password with create user mapping for ROLE server conveyor_cluster options (user ..., password ...)';
     end if;
 end $$;
@@ -915,7 +921,30 @@ returns conveyor.ulid language plproxy as $$
     run on conveyor._enqueue_partition(queue, task, key, idempotency_key, parent_run_id);
 $$;
 
--- a batch goes to one shard (one transaction there: all or none), chosen by its first keys
+create function conveyor._enqueue_many_on(
+    partition integer,
+    task text,
+    payloads jsonb[],
+    run_at timestamptz,
+    delay conveyor.duration,
+    priority integer,
+    queue text,
+    idempotency_keys text[],
+    parent_run_id conveyor.ulid,
+    keys text[]
+)
+returns setof conveyor.ulid language plproxy as $$
+    cluster 'conveyor_cluster'; run on partition;
+    select * from conveyor.enqueue_many(task, payloads, run_at, delay, priority, queue, idempotency_keys, parent_run_id, keys);
+$$;
+
+-- enqueue_many: each run to the shard a single enqueue of it would go to (its queue's placement,
+-- else its concurrency key, else its idempotency key), so that key limits and deduplication
+-- hold as for single enqueues. Runs with no key go together to one shard. A batch on one shard
+-- is one transaction there: all or none. A batch split over several shards is one transaction
+-- per shard, so it needs an idempotency key per run (22023 without): if a shard fails after
+-- others committed, the same batch sent again returns the runs already made. Ids come back in
+-- the payloads' order.
 create function conveyor.enqueue_many(
     task text,
     payloads jsonb[],
@@ -927,10 +956,81 @@ create function conveyor.enqueue_many(
     parent_run_id conveyor.ulid default null,
     keys text[] default null
 )
-returns setof conveyor.ulid language plproxy as $$
-    cluster 'conveyor_cluster';
-    run on conveyor._enqueue_partition(queue, task, keys[1], idempotency_keys[1], parent_run_id);
-$$;
+returns setof conveyor.ulid
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    v_n integer := coalesce(cardinality(enqueue_many.payloads), 0);
+    v_anywhere integer;
+    v_parts integer[];
+    v_group record;
+    v_done integer[] := '{}';
+    v_state text;
+    v_message text;
+begin
+    -- one shard, as before: no keys to route by, or arrays that do not line up (the shard
+    -- refuses those, word for word)
+    if v_n = 0 or enqueue_many.parent_run_id is not null
+       or (enqueue_many.keys is null and enqueue_many.idempotency_keys is null)
+       or (enqueue_many.keys is not null and cardinality(enqueue_many.keys) <> v_n)
+       or (enqueue_many.idempotency_keys is not null and cardinality(enqueue_many.idempotency_keys) <> v_n) then
+        return query select * from conveyor._enqueue_many_on(
+            conveyor._enqueue_partition(enqueue_many.queue, enqueue_many.task, enqueue_many.keys[1],
+                                        enqueue_many.idempotency_keys[1], enqueue_many.parent_run_id),
+            enqueue_many.task, enqueue_many.payloads, enqueue_many.run_at, enqueue_many.delay, enqueue_many.priority,
+            enqueue_many.queue, enqueue_many.idempotency_keys, enqueue_many.parent_run_id, enqueue_many.keys);
+        return;
+    end if;
+    -- the runs without a key go to one shard together
+    v_anywhere := conveyor._enqueue_partition(enqueue_many.queue, enqueue_many.task, null, null, null);
+    v_parts := array(
+        select case when enqueue_many.keys[i] is null and enqueue_many.idempotency_keys[i] is null then v_anywhere
+                    else conveyor._enqueue_partition(enqueue_many.queue, enqueue_many.task, enqueue_many.keys[i],
+                                                     enqueue_many.idempotency_keys[i], null) end
+        from generate_series(1, v_n) as i order by i);
+    if (select count(distinct p) from unnest(v_parts) p) = 1 then
+        return query select * from conveyor._enqueue_many_on(v_parts[1], enqueue_many.task, enqueue_many.payloads,
+            enqueue_many.run_at, enqueue_many.delay, enqueue_many.priority, enqueue_many.queue,
+            enqueue_many.idempotency_keys, null, enqueue_many.keys);
+        return;
+    end if;
+    if enqueue_many.idempotency_keys is null or array_position(enqueue_many.idempotency_keys, null) is not null then
+        perform conveyor._raise_invalid(format(
+            'this batch''s keys send its runs to %s shards, one transaction each: give every run an idempotency key (a retry after a partial failure then returns the runs made), or send one batch per key',
+            (select count(distinct p) from unnest(v_parts) p)));
+    end if;
+    create temp table if not exists _router_enqueued (n integer, id conveyor.ulid) on commit drop;
+    truncate _router_enqueued;
+    for v_group in
+        select x.p, array_agg(x.i order by x.i) as positions
+        from unnest(v_parts) with ordinality as x(p, i)
+        group by x.p order by x.p
+    loop
+        begin
+            insert into _router_enqueued
+            select v_group.positions[e.k::integer], e.id
+            from conveyor._enqueue_many_on(v_group.p, enqueue_many.task,
+                     array(select enqueue_many.payloads[i] from unnest(v_group.positions) i),
+                     enqueue_many.run_at, enqueue_many.delay, enqueue_many.priority, enqueue_many.queue,
+                     array(select enqueue_many.idempotency_keys[i] from unnest(v_group.positions) i), null,
+                     case when enqueue_many.keys is not null
+                          then array(select enqueue_many.keys[i] from unnest(v_group.positions) i) end)
+                 with ordinality as e(id, k);
+        exception when others then
+            get stacked diagnostics v_state = returned_sqlstate, v_message = message_text;
+            if cardinality(v_done) = 0 then
+                raise;
+            end if;
+            raise exception using errcode = v_state, message = v_message,
+                detail = format('shards {%s} had already enqueued their runs of this batch (each shard''s part is its own transaction)',
+                                array_to_string(v_done, ',')),
+                hint = 'send the same batch again: its idempotency keys return the runs already made';
+        end;
+        v_done := v_done || v_group.p;
+    end loop;
+    return query select e.id from _router_enqueued e order by e.n;
+end $$;
 
 -- ---- operators
 
@@ -1253,6 +1353,33 @@ as $$
     select string_agg(o.text, E'\n' order by o.ord, o.part, o.partition, o.n) || E'\n' from out o
 $$;
 
+-- ---- user mappings of the cluster are the owner's: USAGE on the server (which every router
+-- role needs, PL/Proxy checks it) would let a role create or alter its own mapping, and so
+-- pick the shard user it connects as
+create function conveyor._guard_user_mappings()
+returns event_trigger
+language plpgsql
+set search_path = pg_catalog, conveyor, pg_temp
+as $$
+declare
+    v_owner oid := (select s.srvowner from pg_catalog.pg_foreign_server s where s.srvname = 'conveyor_cluster');
+begin
+    if v_owner is null or pg_has_role(v_owner, 'MEMBER') then
+        return;
+    end if;
+    if exists (select from pg_event_trigger_ddl_commands() c
+               join pg_catalog.pg_user_mappings m on m.umid = c.objid
+               where c.object_type = 'user mapping' and m.srvname = 'conveyor_cluster') then
+        raise exception using errcode = '42501',
+            message = 'only the owner of server conveyor_cluster (the router database''s owner) may create or alter its user mappings',
+            hint = 'a user mapping decides which shard user a router role connects as';
+    end if;
+end $$;
+
+create event trigger conveyor_guard_user_mappings on ddl_command_end
+    when tag in ('CREATE USER MAPPING', 'ALTER USER MAPPING')
+    execute function conveyor._guard_user_mappings();
+
 -- ---- roles: the shards' four roles (created above, as sql/functions/roles.sql creates them),
 -- each granted the router functions of its job, as on a shard. A router role reaches each shard
 -- as itself (the same role names exist on every shard, granted there as here: the shard checks
@@ -1275,14 +1402,15 @@ grant execute on function
 to public;
 
 -- routing and gathering: each runs only what its caller may (invoker), or reads the router's
--- tables for the caller (security definer, no writes)
+-- tables for the caller (security definer, no remote call; place_queue and
+-- _learn_task_queues, granted to admins only, write them)
 grant execute on function
     conveyor._raise_shard_unavailable, conveyor._raise_cluster, conveyor._raise_invalid, conveyor._unreachable,
     conveyor._shard_count, conveyor._run_partition, conveyor._each, conveyor._warn_missing, conveyor._gather
 to conveyor_admin, conveyor_producer, conveyor_worker, conveyor_reader;
 
 grant execute on function
-    conveyor.enqueue, conveyor.enqueue_many, conveyor._enqueue_partition
+    conveyor.enqueue, conveyor.enqueue_many, conveyor._enqueue_partition, conveyor._enqueue_many_on
 to conveyor_producer;
 
 grant execute on function

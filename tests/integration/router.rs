@@ -101,6 +101,11 @@ impl Sharded {
     }
 }
 
+/// rt_mapped on the router (its user mapping was made by the owner).
+fn mapped_before(cluster: &Sharded) -> Client {
+    cluster.router_as("rt_mapped")
+}
+
 /// A shard's connect string for conveyor.add_shard: where it is, not who connects.
 fn where_is(dir: &str, port: u16) -> String {
     format!("host={dir} port={port} dbname=app")
@@ -261,6 +266,39 @@ fn the_lifecycle_runs_through_the_router() {
         .unwrap()
         .get(0);
     assert_eq!(p, ids[0].1, "the key still maps to its shard");
+
+    // enqueue_many sends each run where a single enqueue of it goes: by its key, split over
+    // both shards (one transaction per shard: every run needs an idempotency key), answered in
+    // the payloads' order; the same batch again returns the same runs
+    let keys: Vec<String> = (0..20).map(|k| format!("tenant-{k}")).collect();
+    let idem: Vec<String> = (0..20).map(|k| format!("batch-{k}")).collect();
+    let batch = "select id::text, conveyor.ulid_partition(id)
+                 from conveyor.enqueue_many('job', array_fill('{}'::jsonb, array[20]), keys => $1, idempotency_keys => $2) id";
+    let rows = r.query(batch, &[&keys, &idem]).unwrap();
+    let got: Vec<i32> = rows.iter().map(|row| row.get(1)).collect();
+    let want: Vec<i32> = ids.iter().map(|(_, p)| *p).collect();
+    assert_eq!(got, want, "each run on its key's shard, in the payloads' order");
+    let again: Vec<String> = r.query(batch, &[&keys, &idem]).unwrap().iter().map(|row| row.get(0)).collect();
+    let first: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+    assert_eq!(again, first, "the same batch again returns the same runs");
+    let e = r
+        .query("select conveyor.enqueue_many('job', array_fill('{}'::jsonb, array[20]), keys => $1)", &[&keys])
+        .unwrap_err();
+    assert_eq!(code(&e), "22023", "a batch split over shards without idempotency keys: {e}");
+    // keys of one shard need none: one transaction there
+    let one_shard: Vec<String> =
+        ids.iter().enumerate().filter(|(_, (_, p))| *p == 0).map(|(k, _)| keys[k].clone()).collect();
+    let n = one_shard.len() as i32;
+    let parts: Vec<i32> = r
+        .query(
+            "select conveyor.ulid_partition(id) from conveyor.enqueue_many('job', array_fill('{}'::jsonb, array[$2::int]), keys => $1) id",
+            &[&one_shard, &n],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(parts, vec![0; one_shard.len()]);
 }
 
 #[test]
@@ -824,6 +862,20 @@ fn router_roles_do_their_job_and_reach_the_shards_as_themselves() {
     let mut sneaky = cluster.router_as("rt_sneaky");
     let e = sneaky.query("select * from conveyor.claim_runs('work', 's', 10)", &[]).unwrap_err();
     assert_eq!(code(&e), "42501", "the shard refuses rt_sneaky: {e}");
+    let message = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+    assert!(message.contains("REMOTE ERROR"), "refused by the shard, not the router: {message}");
+    // nor may a role pick the shard user it connects as (USAGE on the server would allow its own
+    // user mapping)
+    refused(
+        &mut sneaky,
+        "create user mapping for current_user server conveyor_cluster options (user 'postgres')",
+        "sneaky",
+    );
+    refused(
+        &mut mapped_before(&cluster),
+        "alter user mapping for current_user server conveyor_cluster options (set user 'postgres')",
+        "mapped",
+    );
     // a mapped role works as its shard user
     for _ in 0..2 {
         producer.query_one("select conveyor.enqueue('job')", &[]).unwrap();
@@ -897,11 +949,17 @@ fn router_roles_do_their_job_and_reach_the_shards_as_themselves() {
     for bad in [
         format!("{} user=postgres", cluster.shard_connstr(1)),
         format!("{} password=secret", cluster.shard_connstr(1)),
+        format!("{} password='a secret'", cluster.shard_connstr(1)),
         "postgresql://postgres:secret@localhost/app".to_string(),
+        "postgresql:///app?host=/tmp&user=postgres&password=secret".to_string(),
+        "dbname='app'user=postgres".to_string(),
+        format!("{} service=secret", cluster.shard_connstr(1)),
     ] {
         let e = r.query_one("select conveyor.add_shard(1, $1)", &[&bad]).unwrap_err();
         assert_eq!(code(&e), "22023", "{bad}: {e}");
-        assert!(!e.to_string().contains("secret"), "the password is not echoed: {e}");
+        let db = e.as_db_error().unwrap();
+        let said = format!("{} {:?} {:?}", db.message(), db.detail(), db.hint());
+        assert!(!said.contains("secret"), "the connect string is not echoed: {said}");
     }
 
     // a move of shard 1 while shard 0 is down: only the moved shard must answer, and the user
