@@ -321,7 +321,7 @@ drop function conveyor._enqueue(text, jsonb[], timestamptz, interval, integer, t
 -- (0.2.0) Claim hints. A snapshot held open (a long report, a transaction left idle) keeps
 -- vacuum from removing the runs_claimable entries of the runs claimed since it began, and no
 -- index scan may skip them: every claim would walk all of them from the head of its queue.
--- While one is older than 2 s, each tick (step hint) publishes each queue's first claimable
+-- While one is 1,000 transactions old, each tick (step hint) publishes each queue's first claimable
 -- key, found by one such walk, and claims start their index scan there. Insert
 -- only (claims read the newest row of their queue, its older and dead rows lie behind it),
 -- unlogged (a hint lost in a crash only costs a walk), pruned after a minute.
@@ -4501,10 +4501,10 @@ $$;
 -- holds vacuum back (conveyor._claim_hints, sql/schema/tables.sql; docs/guarantees.md).
 
 -- _old_snapshot_held: whether something keeps vacuum from removing this database's dead rows
--- for longer than a claim should pay for: a session's snapshot (a transaction, a long query)
--- or a prepared transaction older than 2 s, or a standby's feedback or a replication slot
--- 10,000 transactions behind. Autovacuum's own snapshot holds nothing back. Real time, not
--- conveyor._now(): a snapshot ages in real time.
+-- while many transactions have run since (the dead entries a claim would walk come from
+-- them): a session's snapshot or its own transaction (one idle in transaction after a write
+-- holds vacuum back too), a prepared transaction, a standby's feedback or a replication slot,
+-- 1,000 transactions old or more. Autovacuum's own snapshot holds nothing back.
 create or replace function conveyor._old_snapshot_held()
 returns boolean
 language sql
@@ -4512,15 +4512,13 @@ stable
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
     select exists (select from pg_catalog.pg_stat_activity a
-                   where a.datname = current_database() and a.backend_xmin is not null
+                   where (a.datname = current_database() or a.backend_type = 'walsender')
                      and a.pid <> pg_backend_pid() and a.backend_type <> 'autovacuum worker'
-                     and coalesce(a.xact_start, a.query_start) < clock_timestamp() - interval '2 s')
+                     and greatest(age(a.backend_xmin), age(a.backend_xid)) >= 1000)
         or exists (select from pg_catalog.pg_prepared_xacts p
-                   where p.database = current_database() and p.prepared < clock_timestamp() - interval '2 s')
-        or exists (select from pg_catalog.pg_stat_activity a
-                   where a.backend_type = 'walsender' and age(a.backend_xmin) > 10000)
+                   where p.database = current_database() and age(p.transaction) >= 1000)
         or exists (select from pg_catalog.pg_replication_slots s
-                   where (s.database is null or s.database = current_database()) and age(s.xmin) > 10000)
+                   where (s.database is null or s.database = current_database()) and age(s.xmin) >= 1000)
 $$;
 
 -- _publish_claim_hints: while an old snapshot is held, the open queues get a new hint each
@@ -4531,11 +4529,14 @@ $$;
 --   * priority 0, no turn, the earliest due time of the queue's waiting runs: tick delivers
 --     them with that due time, whenever room or their time comes (a bounded queue's backlog).
 -- So nothing claimable now is behind the hint, nor anything tick will deliver. A run queued
--- later behind it (a higher priority, an earlier due time, a producer's transaction that
--- began before the walk) is found by the next tick's walk, which starts at the head: it waits
--- up to a tick interval more, and only while the snapshot is held (as a retry due at once
--- waits for tick's delivery). Without an old snapshot no hint is made and claims read from
--- the head, as always. Hints older than a minute go.
+-- later behind it (a higher priority, an earlier due time, an unkeyed run where keyed ones
+-- lead, a returned run, a producer's transaction that began before the walk) is found by the
+-- next tick's walk, which starts at the head: it waits up to a tick interval more, and only
+-- while the snapshot is held (as a retry due at once waits for tick's delivery). A queue whose
+-- new hint is lower than its last one had such a run: its listeners are woken (the wakeup
+-- its enqueue sent found nothing to claim). Without an old snapshot no hint is made and claims
+-- read from the head, as always. Hints older than a minute, or made by a clock ahead of this
+-- one, go (SKIP LOCKED: another tick's delete is not waited for).
 create or replace function conveyor._publish_claim_hints(p_now timestamptz)
 returns integer
 language plpgsql
@@ -4545,34 +4546,50 @@ as $$
 declare
     v_n integer;
 begin
-    delete from conveyor._claim_hints h where h.made_at < p_now - interval '1 minute';
+    delete from conveyor._claim_hints h
+    where h.ctid = any(array(
+        select x.ctid from conveyor._claim_hints x
+        where x.made_at < p_now - interval '1 minute' or x.made_at > p_now + interval '1 s'
+        for update skip locked));
     if not conveyor._old_snapshot_held() then
         return 0;
     end if;
-    insert into conveyor._claim_hints (queue, made_at, priority, fair_rank, run_at, id)
-    select q.name, p_now, (k.key).priority, (k.key).fair_rank, (k.key).run_at, (k.key).id
-    from (select q.name from conveyor.queues q
-          left join lateral (select h.made_at from conveyor._claim_hints h
-                             where h.queue = q.name order by h.made_at desc limit 1) h on true
-          where not q.paused
-          order by h.made_at nulls first, q.name
-          limit 100) q
-    left join lateral (
-        select r.priority, r.fair_rank, r.run_at, r.id from conveyor.runs r
-        where r.status = 'queued' and r.queue = q.name
-        order by r.priority, r.fair_rank, r.run_at, r.id
-        limit 1) f on true
-    left join lateral (
-        select r.run_at from conveyor.runs r
-        where r.queue = q.name and r.status in ('scheduled', 'retrying', 'released')
-        order by r.run_at
-        limit 1) w on true
-    cross join lateral (
-        select least(case when f.id is null
-                          then row(0, 0, p_now - interval '100 ms', '00000000000000000000000000')::conveyor._claim_key
-                          else row(f.priority, f.fair_rank, f.run_at, f.id)::conveyor._claim_key end,
-                     row(0, 0, coalesce(w.run_at, 'infinity'), '00000000000000000000000000')::conveyor._claim_key) as key) k;
-    get diagnostics v_n = row_count;
+    with hint as (
+        select q.name, q.notify, (k.key).priority, (k.key).fair_rank, (k.key).run_at, (k.key).id,
+               k.key < row(q.priority, q.fair_rank, q.run_at, q.id)::conveyor._claim_key as lower
+        from (select q.name, q.notify, h.priority, h.fair_rank, h.run_at, h.id
+              from conveyor.queues q
+              left join lateral (select h.made_at, h.priority, h.fair_rank, h.run_at, h.id from conveyor._claim_hints h
+                                 where h.queue = q.name and h.made_at <= p_now + interval '1 s'
+                                 order by h.made_at desc limit 1) h on true
+              where not q.paused
+              order by h.made_at nulls first, q.name
+              limit 100) q
+        left join lateral (
+            select r.priority, r.fair_rank, r.run_at, r.id from conveyor.runs r
+            where r.status = 'queued' and r.queue = q.name
+            order by r.priority, r.fair_rank, r.run_at, r.id
+            limit 1) f on true
+        left join lateral (
+            select r.run_at from conveyor.runs r
+            where r.queue = q.name and r.status in ('scheduled', 'retrying', 'released')
+            order by r.run_at
+            limit 1) w on true
+        cross join lateral (
+            select least(case when f.id is null
+                              then row(0, 0, p_now - interval '100 ms', '00000000000000000000000000')::conveyor._claim_key
+                              else row(f.priority, f.fair_rank, f.run_at, f.id)::conveyor._claim_key end,
+                         row(0, 0, coalesce(w.run_at, 'infinity'), '00000000000000000000000000')::conveyor._claim_key) as key) k
+    ),
+    made as (
+        insert into conveyor._claim_hints (queue, made_at, priority, fair_rank, run_at, id)
+        select h.name, p_now, h.priority, h.fair_rank, h.run_at, h.id from hint h
+        returning 1
+    ),
+    woken as (
+        select pg_notify('conveyor.' || h.name, '') from hint h where h.lower and h.notify
+    )
+    select (select count(*) from made) + 0 * (select count(*) from woken) into v_n;
     return v_n;
 end
 $$;
@@ -5050,8 +5067,9 @@ $$;
 -- tick_steps: the steps of a tick, in order (the background worker runs each in its own
 -- transaction): expire first to free capacity, then create runs, then check
 -- the capacity counters, then deliver; last, fold the counters (conveyor.counters). The claim
--- hints (while an old snapshot is held) come first: that step takes no lock, so in tick()'s
--- one transaction no lock a later step takes is held while it walks the queues.
+-- hints (while an old snapshot is held) come first: that step takes no lock a client can hold
+-- (it inserts, and deletes old hints SKIP LOCKED), so in tick()'s one transaction no lock a
+-- later step takes is held while it walks the queues.
 create or replace function conveyor.tick_steps()
 returns text[]
 language sql

@@ -97,8 +97,9 @@ $$;
 -- tick_steps: the steps of a tick, in order (the background worker runs each in its own
 -- transaction): expire first to free capacity, then create runs, then check
 -- the capacity counters, then deliver; last, fold the counters (conveyor.counters). The claim
--- hints (while an old snapshot is held) come first: that step takes no lock, so in tick()'s
--- one transaction no lock a later step takes is held while it walks the queues.
+-- hints (while an old snapshot is held) come first: that step takes no lock a client can hold
+-- (it inserts, and deletes old hints SKIP LOCKED), so in tick()'s one transaction no lock a
+-- later step takes is held while it walks the queues.
 create or replace function conveyor.tick_steps()
 returns text[]
 language sql

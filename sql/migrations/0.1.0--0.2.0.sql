@@ -308,7 +308,7 @@ drop function conveyor._enqueue(text, jsonb[], timestamptz, interval, integer, t
 -- (0.2.0) Claim hints. A snapshot held open (a long report, a transaction left idle) keeps
 -- vacuum from removing the runs_claimable entries of the runs claimed since it began, and no
 -- index scan may skip them: every claim would walk all of them from the head of its queue.
--- While one is older than 2 s, each tick (step hint) publishes each queue's first claimable
+-- While one is 1,000 transactions old, each tick (step hint) publishes each queue's first claimable
 -- key, found by one such walk, and claims start their index scan there. Insert
 -- only (claims read the newest row of their queue, its older and dead rows lie behind it),
 -- unlogged (a hint lost in a crash only costs a walk), pruned after a minute.

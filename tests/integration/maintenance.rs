@@ -533,11 +533,13 @@ fn under_an_old_snapshot_claims_start_at_the_queues_hint_and_miss_no_run() {
         .collect();
     let hinted =
         |c: &mut postgres::Client| -> i32 { c.query_one("select hinted from conveyor.tick()", &[]).unwrap().get(0) };
-    // not old yet: no hint, and a claim walks the dead entries
-    assert_eq!(hinted(&mut c), 0, "a snapshot younger than 2 s makes no hint");
+    // not old yet (a handful of transactions since): no hint, and a claim walks the dead entries
+    assert_eq!(hinted(&mut c), 0, "a snapshot only a few transactions old makes no hint");
     let from_head = claim_blocks(&mut c);
-    thread::sleep(Duration::from_millis(2100));
-    assert_eq!(hinted(&mut c), 1, "the held snapshot is older than 2 s: queue hs gets a hint");
+    for _ in 0..1000 {
+        c.batch_execute("select pg_current_xact_id()").unwrap();
+    }
+    assert_eq!(hinted(&mut c), 1, "the held snapshot is 1,000 transactions old: queue hs gets a hint");
     let hint: String = c
         .query_one("select id::text from conveyor._claim_hints where queue = 'hs' order by made_at desc limit 1", &[])
         .unwrap()
@@ -571,20 +573,35 @@ fn under_an_old_snapshot_claims_start_at_the_queues_hint_and_miss_no_run() {
     assert_eq!(got, vec![early.clone()], "the next hint starts at the early run");
     assert_eq!(status_of(&mut c, &early), "running");
 
-    // the snapshot ends: no more hints, and once the last one is stale a run queued ahead of it
-    // is claimed at once
+    // a listener is woken when a hint comes down to a run its enqueue's wakeup could not show
+    let mut listener = connect_to(&db);
+    listener.batch_execute("listen \"conveyor.hs\"").unwrap();
+    let behind: String = c
+        .query_one("select conveyor.enqueue('hs.job', run_at => now() - interval '2 hours')::text", &[])
+        .unwrap()
+        .get(0);
+    while listener.notifications().timeout_iter(Duration::from_millis(200)).next().unwrap().is_some() {}
+    assert_eq!(hinted(&mut c), 1);
+    let woken = listener.notifications().timeout_iter(Duration::from_secs(5)).next().unwrap();
+    assert!(woken.is_some(), "the hint step woke the queue's listeners");
+
+    // the snapshot ends: no more hints, and once the last one is stale (3 s) a run queued behind
+    // it is claimed at once
     holder.batch_execute("commit").unwrap();
     assert_eq!(hinted(&mut c), 0, "no old snapshot, no hint");
-    c.batch_execute("set conveyor.test_clock = '2099-01-01 00:00:00+00'").unwrap();
-    let late: String =
-        c.query_one("select conveyor.enqueue('hs.job', run_at => '2098-01-01 00:00:00+00')::text", &[]).unwrap().get(0);
+    thread::sleep(Duration::from_millis(3100));
+    let late: String = c
+        .query_one("select conveyor.enqueue('hs.job', run_at => now() - interval '3 hours')::text", &[])
+        .unwrap()
+        .get(0);
     let got: Vec<String> = c
         .query("select run_id::text from conveyor.claim_runs('hs', 'w', 10)", &[])
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(got, vec![late]);
+    assert_eq!(got, vec![late, behind], "from the head again, in claim order");
+    drop(listener);
     drop(holder);
     drop(c);
     drop_db(&db);
