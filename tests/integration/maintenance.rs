@@ -506,6 +506,15 @@ fn claim_blocks(c: &mut postgres::Client) -> i64 {
     after - before
 }
 
+/// The ids of up to 10 runs claimed from queue hs, in claim order.
+fn claim_ten(c: &mut postgres::Client) -> Vec<String> {
+    c.query("select run_id::text from conveyor.claim_runs('hs', 'w', 10)", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// A snapshot held open keeps vacuum from removing the claimable-index entries of every run
 /// claimed since, and a claim would walk all of them from the head of its queue. While one is
 /// older than 2 s, tick publishes each queue's first claimable key (conveyor._claim_hints) and
@@ -556,20 +565,10 @@ fn under_an_old_snapshot_claims_start_at_the_queues_hint_and_miss_no_run() {
         .query_one("select conveyor.enqueue('hs.job', run_at => now() - interval '1 hour')::text", &[])
         .unwrap()
         .get(0);
-    let got: Vec<String> = c
-        .query("select run_id::text from conveyor.claim_runs('hs', 'w', 10)", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let got: Vec<String> = claim_ten(&mut c);
     assert_eq!(got, waiting, "the runs from the hint on, in claim order");
     assert_eq!(hinted(&mut c), 1);
-    let got: Vec<String> = c
-        .query("select run_id::text from conveyor.claim_runs('hs', 'w', 10)", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let got: Vec<String> = claim_ten(&mut c);
     assert_eq!(got, vec![early.clone()], "the next hint starts at the early run");
     assert_eq!(status_of(&mut c, &early), "running");
 
@@ -594,12 +593,7 @@ fn under_an_old_snapshot_claims_start_at_the_queues_hint_and_miss_no_run() {
         .query_one("select conveyor.enqueue('hs.job', run_at => now() - interval '3 hours')::text", &[])
         .unwrap()
         .get(0);
-    let got: Vec<String> = c
-        .query("select run_id::text from conveyor.claim_runs('hs', 'w', 10)", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let got: Vec<String> = claim_ten(&mut c);
     assert_eq!(got, vec![late, behind], "from the head again, in claim order");
     drop(listener);
     drop(holder);
