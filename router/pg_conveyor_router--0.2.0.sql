@@ -1025,7 +1025,7 @@ begin
             raise exception using errcode = v_state, message = v_message,
                 detail = format('shards {%s} had already enqueued their runs of this batch (each shard''s part is its own transaction)',
                                 array_to_string(v_done, ',')),
-                hint = 'send the same batch again: its idempotency keys return the runs already made';
+                hint = 'send the same batch again: its idempotency keys return the runs already made (with on_duplicate return, the default, while they are unfinished or within unique_for)';
         end;
         v_done := v_done || v_group.p;
     end loop;

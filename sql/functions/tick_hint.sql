@@ -13,7 +13,7 @@ stable
 set search_path = pg_catalog, conveyor, pg_temp
 as $$
     select exists (select from pg_catalog.pg_stat_activity a
-                   where (a.datname = current_database() or a.backend_type = 'walsender')
+                   where (a.datname = current_database() or a.backend_type = 'walsender' and a.datname is null)
                      and a.pid <> pg_backend_pid() and a.backend_type <> 'autovacuum worker'
                      and greatest(age(a.backend_xmin), age(a.backend_xid)) >= 1000)
         or exists (select from pg_catalog.pg_prepared_xacts p
@@ -57,8 +57,9 @@ begin
     end if;
     with hint as (
         select q.name, q.notify, (k.key).priority, (k.key).fair_rank, (k.key).run_at, (k.key).id,
-               k.key < row(q.priority, q.fair_rank, q.run_at, q.id)::conveyor._claim_key as lower
-        from (select q.name, q.notify, h.priority, h.fair_rank, h.run_at, h.id
+               q.made_at >= p_now - interval '3 s'
+                   and k.key < row(q.priority, q.fair_rank, q.run_at, q.id)::conveyor._claim_key as lower
+        from (select q.name, q.notify, h.made_at, h.priority, h.fair_rank, h.run_at, h.id
               from conveyor.queues q
               left join lateral (select h.made_at, h.priority, h.fair_rank, h.run_at, h.id from conveyor._claim_hints h
                                  where h.queue = q.name and h.made_at <= p_now + interval '1 s'
