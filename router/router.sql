@@ -104,6 +104,7 @@ declare
     v_max integer;
     v_in_force text[];
     v_changes text;
+    v_moved integer[];
     v_shard record;
     v_seen integer;
     v_state text;
@@ -127,29 +128,31 @@ begin
         -- a router role without a mapping of its own reaches the shards as itself
         execute 'create user mapping for public server conveyor_cluster';
         execute 'grant usage on foreign server conveyor_cluster to conveyor_admin, conveyor_producer, conveyor_worker, conveyor_reader';
-        v_in_force := '{}';
+        v_moved := array(select s.partition from conveyor.shards s order by s.partition);
     else
-        -- the partitions that are new, moved (a new connect string) or gone
-        select string_agg(c.change, ', ') into v_changes from (
-            select format('%s p%s %L', case when o.connstr is null then 'add' else 'set' end, s.partition, s.connstr) as change
-            from conveyor.shards s
-            left join (select substring(opt from '^p(\d+)=')::integer as partition, substring(opt from '^p\d+=(.*)$') as connstr
-                       from unnest(v_in_force) opt where opt ~ '^p\d+=') o using (partition)
+        -- the partitions in force ('p0=host=...'), and those new, moved (a new connect string)
+        -- or gone
+        with in_force as (
+            select substring(opt from '^p(\d+)=')::integer as partition, substring(opt from '^p\d+=(.*)$') as connstr
+            from unnest(v_in_force) opt where opt ~ '^p\d+='
+        ),
+        moved as (
+            select s.partition, s.connstr, o.partition is null as new
+            from conveyor.shards s left join in_force o using (partition)
             where o.connstr is distinct from s.connstr
-            union all
-            select format('drop p%s', substring(opt from '^p(\d+)='))
-            from unnest(v_in_force) opt
-            where opt ~ '^p\d+=' and substring(opt from '^p(\d+)=')::integer > v_max
-        ) c;
+        )
+        select (select string_agg(c.change, ', ') from (
+                    select format('%s p%s %L', case when m.new then 'add' else 'set' end, m.partition, m.connstr) as change
+                    from moved m
+                    union all
+                    select format('drop p%s', o.partition) from in_force o where o.partition > v_max) c),
+               array(select m.partition from moved m order by m.partition)
+        into v_changes, v_moved;
         if v_changes is not null then
             execute format('alter server conveyor_cluster options (%s)', v_changes);
         end if;
     end if;
-    for v_shard in
-        select s.partition from conveyor.shards s
-        where not exists (select from unnest(v_in_force) opt where opt = format('p%s=%s', s.partition, s.connstr))
-        order by s.partition
-    loop
+    for v_shard in select unnest(v_moved) as partition loop
         begin
             v_seen := conveyor._shard_partition(v_shard.partition);
         exception when others then
@@ -718,41 +721,41 @@ declare
     v_n integer := coalesce(cardinality(enqueue_many.payloads), 0);
     v_anywhere integer;
     v_parts integer[];
+    v_shards integer;
     v_group record;
     v_done integer[] := '{}';
     v_state text;
     v_message text;
 begin
-    -- one shard, as before: no keys to route by, or arrays that do not line up (the shard
-    -- refuses those, word for word)
     if v_n = 0 or enqueue_many.parent_run_id is not null
        or (enqueue_many.keys is null and enqueue_many.idempotency_keys is null)
        or (enqueue_many.keys is not null and cardinality(enqueue_many.keys) <> v_n)
        or (enqueue_many.idempotency_keys is not null and cardinality(enqueue_many.idempotency_keys) <> v_n) then
-        return query select * from conveyor._enqueue_many_on(
-            conveyor._enqueue_partition(enqueue_many.queue, enqueue_many.task, enqueue_many.keys[1],
-                                        enqueue_many.idempotency_keys[1], enqueue_many.parent_run_id),
-            enqueue_many.task, enqueue_many.payloads, enqueue_many.run_at, enqueue_many.delay, enqueue_many.priority,
-            enqueue_many.queue, enqueue_many.idempotency_keys, enqueue_many.parent_run_id, enqueue_many.keys);
-        return;
+        -- the whole batch where its first run goes: no keys to route by (a child goes to its
+        -- parent's shard), or arrays that do not line up (the shard refuses those, word for word)
+        v_parts := array[conveyor._enqueue_partition(enqueue_many.queue, enqueue_many.task, enqueue_many.keys[1],
+                                                     enqueue_many.idempotency_keys[1], enqueue_many.parent_run_id)];
+    else
+        -- each run where a single enqueue of it goes; the runs without a key to one shard together
+        v_anywhere := conveyor._enqueue_partition(enqueue_many.queue, enqueue_many.task, null, null, null);
+        v_parts := array(
+            select case when enqueue_many.keys[i] is null and enqueue_many.idempotency_keys[i] is null then v_anywhere
+                        else conveyor._enqueue_partition(enqueue_many.queue, enqueue_many.task, enqueue_many.keys[i],
+                                                         enqueue_many.idempotency_keys[i], null) end
+            from generate_series(1, v_n) as i order by i);
     end if;
-    -- the runs without a key go to one shard together
-    v_anywhere := conveyor._enqueue_partition(enqueue_many.queue, enqueue_many.task, null, null, null);
-    v_parts := array(
-        select case when enqueue_many.keys[i] is null and enqueue_many.idempotency_keys[i] is null then v_anywhere
-                    else conveyor._enqueue_partition(enqueue_many.queue, enqueue_many.task, enqueue_many.keys[i],
-                                                     enqueue_many.idempotency_keys[i], null) end
-        from generate_series(1, v_n) as i order by i);
-    if (select count(distinct p) from unnest(v_parts) p) = 1 then
+    v_shards := (select count(distinct p) from unnest(v_parts) p);
+    if v_shards = 1 then
+        -- one shard, one transaction there: all or none
         return query select * from conveyor._enqueue_many_on(v_parts[1], enqueue_many.task, enqueue_many.payloads,
             enqueue_many.run_at, enqueue_many.delay, enqueue_many.priority, enqueue_many.queue,
-            enqueue_many.idempotency_keys, null, enqueue_many.keys);
+            enqueue_many.idempotency_keys, enqueue_many.parent_run_id, enqueue_many.keys);
         return;
     end if;
     if enqueue_many.idempotency_keys is null or array_position(enqueue_many.idempotency_keys, null) is not null then
         perform conveyor._raise_invalid(format(
             'this batch''s keys send its runs to %s shards, one transaction each: give every run an idempotency key (a retry after a partial failure then returns the runs made), or send one batch per key',
-            (select count(distinct p) from unnest(v_parts) p)));
+            v_shards));
     end if;
     create temp table if not exists _router_enqueued (n integer, id conveyor.ulid) on commit drop;
     truncate _router_enqueued;

@@ -4556,11 +4556,11 @@ begin
     end if;
     with hint as (
         select q.name, q.notify, (k.key).priority, (k.key).fair_rank, (k.key).run_at, (k.key).id,
-               q.made_at >= p_now - interval '3 s'
-                   and k.key < row(q.priority, q.fair_rank, q.run_at, q.id)::conveyor._claim_key as lower
-        from (select q.name, q.notify, h.made_at, h.priority, h.fair_rank, h.run_at, h.id
+               -- (lower than the hint in force, the one claims read; none: the lowest key)
+               k.key < (select row(c.*)::conveyor._claim_key from conveyor._claim_floor(q.name, p_now) c) as lower
+        from (select q.name, q.notify
               from conveyor.queues q
-              left join lateral (select h.made_at, h.priority, h.fair_rank, h.run_at, h.id from conveyor._claim_hints h
+              left join lateral (select h.made_at from conveyor._claim_hints h
                                  where h.queue = q.name and h.made_at <= p_now + interval '1 s'
                                  order by h.made_at desc limit 1) h on true
               where not q.paused
