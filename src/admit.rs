@@ -234,6 +234,196 @@ fn _key_pick(
     TableIterator::new(rows)
 }
 
+/// A key limit a claim's candidates fall under: its concurrency and its rate (starts per
+/// window), either absent, and the shards it is split into.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limit {
+    pub conc: Option<i32>,
+    pub rate: Option<i32>,
+    pub shards: i32,
+}
+
+/// A shard's share of a limit of `n` split into `shards` (the first `n % shards` shards take
+/// one more), as `conveyor._key_share`.
+pub fn share(n: i32, shards: i32, shard: i16) -> i64 {
+    (n / shards + i32::from((shard as i32) < n % shards)) as i64
+}
+
+/// What a key holds against one measure (running runs, or starts of the rate window) of a
+/// limit: per shard of the split, and under none of them (shard -1: taken before the limit
+/// was set or split otherwise).
+#[derive(Default)]
+struct Held {
+    by_shard: HashMap<i16, i64>,
+    nowhere: i64,
+}
+
+impl Held {
+    fn add(&mut self, shard: i16, n: i64) {
+        if shard < 0 {
+            self.nowhere += n;
+        } else {
+            *self.by_shard.entry(shard).or_default() += n;
+        }
+    }
+
+    /// The room under `shard` of a measure limited to `n`: its share, less what the key holds
+    /// under it, under no shard, and over their shares under the other shards (a limit
+    /// lowered: they borrowed it from this one). So the shards together never let the key past
+    /// the limit, whatever the split its runs were started under.
+    fn room(&self, n: i32, shards: i32, shard: i16) -> i64 {
+        let here = self.by_shard.get(&shard).copied().unwrap_or(0);
+        let borrowed: i64 = self
+            .by_shard
+            .iter()
+            .filter(|&(&s, _)| s != shard)
+            .map(|(&s, &held)| (held - share(n, shards, s)).max(0))
+            .sum();
+        share(n, shards, shard) - here - self.nowhere - borrowed
+    }
+}
+
+/// The room of each gate (a key limit's scope, name, the key, and the shard the claim holds,
+/// None: none, room 0): under each of the limit's measures the room of the shard (Held::room;
+/// `want` for a measure the limit does not have), the least of them, and never below 0. `running` and `started`
+/// are (scope, name, key, shard, n): the key's running runs and its starts of the rate window.
+pub fn rooms(
+    gates: &[(GateOf, Option<i16>)],
+    limits: &HashMap<(Scope, &str), Limit>,
+    running: &[(GateOf, i16, i64)],
+    started: &[(GateOf, i16, i64)],
+    want: i32,
+) -> Vec<i32> {
+    fn tally<'a>(rows: &[(GateOf<'a>, i16, i64)]) -> HashMap<GateOf<'a>, Held> {
+        let mut held: HashMap<GateOf, Held> = HashMap::new();
+        for &(of, shard, n) in rows {
+            held.entry(of).or_default().add(shard, n);
+        }
+        held
+    }
+    let (running, started) = (tally(running), tally(started));
+    let none = Held::default();
+    gates
+        .iter()
+        .map(|&(of @ (scope, name, _), shard)| {
+            let Some(shard) = shard else { return 0 };
+            let limit = limits
+                .get(&(scope, name))
+                .unwrap_or_else(|| panic!("a key gate of {scope:?} {name:?} under no key limit"));
+            let room = |n: Option<i32>, held: &HashMap<GateOf, Held>| match n {
+                None => want as i64,
+                Some(n) => held.get(&of).unwrap_or(&none).room(n, limit.shards, shard),
+            };
+            room(limit.conc, &running).min(room(limit.rate, &started)).clamp(0, i32::MAX as i64) as i32
+        })
+        .collect()
+}
+
+fn scope_of(scope: Option<&str>) -> Scope {
+    match scope {
+        Some("queue") => Scope::Queue,
+        Some("task") => Scope::Task,
+        other => panic!("unknown key limit scope {other:?}"),
+    }
+}
+
+/// SQL: conveyor._key_rooms, the rooms above (parallel arrays: the gates; the key limits; the
+/// keys' running runs and starts per shard, as _key_room counts them).
+#[allow(clippy::too_many_arguments, reason = "SQL passes gates, limits and counts as parallel arrays")]
+#[pg_extern(immutable, parallel_safe, sql = false)]
+fn _key_rooms(
+    gate_scopes: Array<&str>,
+    gate_names: Array<&str>,
+    gate_keys: Array<&str>,
+    gate_shards: Array<i16>,
+    limit_scopes: Array<&str>,
+    limit_names: Array<&str>,
+    limit_conc: Array<i32>,
+    limit_rate: Array<i32>,
+    limit_shards: Array<i32>,
+    use_scopes: Option<Array<&str>>,
+    use_names: Option<Array<&str>>,
+    use_keys: Option<Array<&str>>,
+    use_shards: Option<Array<i16>>,
+    use_n: Option<Array<i64>>,
+    start_scopes: Option<Array<&str>>,
+    start_names: Option<Array<&str>>,
+    start_keys: Option<Array<&str>>,
+    start_shards: Option<Array<i16>>,
+    start_n: Option<Array<i64>>,
+    want: i32,
+) -> Vec<i32> {
+    let absent = || -> ! { panic!("a key room input has a null field") };
+    let n = gate_scopes.len();
+    assert!(
+        [gate_names.len(), gate_keys.len(), gate_shards.len()].iter().all(|&l| l == n),
+        "a claim's key gate arrays differ in length"
+    );
+    let gates: Vec<(GateOf, Option<i16>)> = gate_scopes
+        .iter()
+        .zip(gate_names.iter())
+        .zip(gate_keys.iter())
+        .zip(gate_shards.iter())
+        .map(|(((scope, name), key), shard)| {
+            ((scope_of(scope), name.unwrap_or_else(|| absent()), key.unwrap_or_else(|| absent())), shard)
+        })
+        .collect();
+    let l = limit_scopes.len();
+    assert!(
+        [limit_names.len(), limit_conc.len(), limit_rate.len(), limit_shards.len()].iter().all(|&x| x == l),
+        "a claim's key limit arrays differ in length"
+    );
+    let limits: HashMap<(Scope, &str), Limit> = limit_scopes
+        .iter()
+        .zip(limit_names.iter())
+        .zip(limit_conc.iter())
+        .zip(limit_rate.iter())
+        .zip(limit_shards.iter())
+        .map(|((((scope, name), conc), rate), shards)| {
+            let shards = shards.unwrap_or_else(|| absent());
+            assert!(shards > 0, "a key limit split into {shards} shards");
+            ((scope_of(scope), name.unwrap_or_else(|| absent())), Limit { conc, rate, shards })
+        })
+        .collect();
+    fn counts<'b>(
+        scopes: &'b Option<Array<'_, &str>>,
+        names: &'b Option<Array<'_, &str>>,
+        keys: &'b Option<Array<'_, &str>>,
+        shards: &Option<Array<'_, i16>>,
+        ns: &Option<Array<'_, i64>>,
+    ) -> Vec<(GateOf<'b>, i16, i64)> {
+        let absent = || -> ! { panic!("a key room input has a null field") };
+        match (scopes, names, keys, shards, ns) {
+            (Some(scopes), Some(names), Some(keys), Some(shards), Some(ns)) => {
+                let m = scopes.len();
+                assert!(
+                    [names.len(), keys.len(), shards.len(), ns.len()].iter().all(|&x| x == m),
+                    "a key count's arrays differ in length"
+                );
+                scopes
+                    .iter()
+                    .zip(names.iter())
+                    .zip(keys.iter())
+                    .zip(shards.iter())
+                    .zip(ns.iter())
+                    .map(|((((scope, name), key), shard), n)| {
+                        (
+                            (scope_of(scope), name.unwrap_or_else(|| absent()), key.unwrap_or_else(|| absent())),
+                            shard.unwrap_or_else(|| absent()),
+                            n.unwrap_or_else(|| absent()),
+                        )
+                    })
+                    .collect()
+            }
+            (None, None, None, None, None) => Vec::new(),
+            _ => panic!("a key count's arrays are partly null"),
+        }
+    }
+    let running = counts(&use_scopes, &use_names, &use_keys, &use_shards, &use_n);
+    let started = counts(&start_scopes, &start_names, &start_keys, &start_shards, &start_n);
+    rooms(&gates, &limits, &running, &started, want)
+}
+
 #[cfg(test)]
 mod unit {
     use super::*;
@@ -314,5 +504,50 @@ mod unit {
         let g = vec![gate(Scope::Queue, "q1", "k", Some(0), 1)];
         let picks = pick(&c, &g, &HashMap::new(), 10);
         assert_eq!(indexes(&picks), vec![0, 2]);
+    }
+
+    fn limits(conc: Option<i32>, rate: Option<i32>, shards: i32) -> HashMap<(Scope, &'static str), Limit> {
+        HashMap::from([((Scope::Queue, "q"), Limit { conc, rate, shards })])
+    }
+
+    const K: GateOf<'static> = (Scope::Queue, "q", "k");
+
+    #[test]
+    fn a_shard_has_its_share_of_the_limit_less_the_runs_under_it() {
+        // 10 split in 4: shares 3, 3, 2, 2
+        assert_eq!((0..4).map(|s| share(10, 4, s)).collect::<Vec<_>>(), vec![3, 3, 2, 2]);
+        let l = limits(Some(10), None, 4);
+        let gates = [(K, Some(0)), (K, Some(2)), (K, None)];
+        assert_eq!(rooms(&gates, &l, &[], &[], 50), vec![3, 2, 0]);
+        assert_eq!(rooms(&gates, &l, &[(K, 0, 2), (K, 2, 2)], &[], 50), vec![1, 0, 0]);
+        // another key's runs take nothing from this one
+        assert_eq!(rooms(&gates, &l, &[((Scope::Queue, "q", "other"), 0, 3)], &[], 50), vec![3, 2, 0]);
+    }
+
+    #[test]
+    fn runs_under_no_shard_and_over_their_share_elsewhere_count_against_every_shard() {
+        let l = limits(Some(10), None, 4);
+        let gates = [(K, Some(0)), (K, Some(1))];
+        // 2 started before the split: both shards lose them
+        assert_eq!(rooms(&gates, &l, &[(K, -1, 2)], &[], 50), vec![1, 1]);
+        // shard 3 holds 5 against a share of 2 (the limit was lowered): 3 borrowed from each other
+        assert_eq!(rooms(&gates, &l, &[(K, 3, 5)], &[], 50), vec![0, 0]);
+        assert_eq!(rooms(&[(K, Some(2))], &limits(Some(20), None, 4), &[(K, 3, 6), (K, 2, 1)], &[], 50), vec![3]);
+    }
+
+    #[test]
+    fn the_least_room_of_concurrency_and_rate_wins_and_a_missing_measure_allows_want() {
+        let gates = [(K, Some(0))];
+        let both = limits(Some(8), Some(4), 2);
+        assert_eq!(rooms(&gates, &both, &[(K, 0, 1)], &[(K, 0, 1)], 50), vec![1]);
+        assert_eq!(rooms(&gates, &both, &[(K, 0, 4)], &[], 50), vec![0]);
+        assert_eq!(rooms(&gates, &limits(None, Some(4), 2), &[(K, 0, 9)], &[], 7), vec![2]);
+        assert_eq!(rooms(&gates, &limits(Some(4), None, 2), &[], &[(K, 0, 9)], 7), vec![2]);
+    }
+
+    #[test]
+    #[should_panic(expected = "under no key limit")]
+    fn a_gate_under_no_limit_is_refused() {
+        rooms(&[((Scope::Task, "t", "k"), Some(0))], &limits(Some(1), None, 1), &[], &[], 1);
     }
 }

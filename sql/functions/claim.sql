@@ -859,25 +859,41 @@ language sql
 immutable
 as $$ select p_n / p_shards + (p_shard < p_n % p_shards)::integer $$;
 
--- _key_use: the running runs of these keys under each of these key limits (scope, name, and
--- its number of shards), per shard of the limit: -1 for those under none of its shards (claimed
--- before it was set or changed; they count against every shard). One read of the keys' running
--- runs (runs_running_by_key).
-create or replace function conveyor._key_use(p_keys text[], p_scopes text[], p_names text[], p_shards integer[])
-returns table (scope text, name text, key text, shard smallint, n bigint)
+-- _key_running: the running runs of these keys under each of these key limits (scope, name,
+-- and its number of shards), a row each, with the shard of the limit it started under: -1 for
+-- those under none of its shards (claimed before it was set or changed; they count against
+-- every shard). One read of the keys' running runs (runs_running_by_key).
+create or replace function conveyor._key_running(p_keys text[], p_scopes text[], p_names text[], p_shards integer[])
+returns table (scope text, name text, key text, shard smallint)
 language sql
 stable
 -- (no settings of its own: inlined where it is used, a claim under the claim's search_path)
 as $$
     select l.scope, l.name, r.concurrency_key,
-           case when x.s between 0 and l.shards - 1 then x.s else -1 end::smallint, count(*)
-    from (select r.concurrency_key, r.queue, r.task, r.queue_key_shard, r.task_key_shard
-          from conveyor.runs r
-          where r.status = 'running' and r.concurrency_key = any(p_keys)
+           case when x.s between 0 and l.shards - 1 then x.s else -1 end::smallint
+    -- (key by key, each an index range: read as "= any(p_keys)" the planner, which seldom has
+    -- statistics of running runs, scanned every running run and filtered them by key)
+    from (select k.key as concurrency_key, x.queue, x.task, x.queue_key_shard, x.task_key_shard
+          from unnest(p_keys) as k(key)
+          cross join lateral (
+              select r.queue, r.task, r.queue_key_shard, r.task_key_shard
+              from conveyor.runs r
+              where r.status = 'running' and r.concurrency_key = k.key
+              offset 0) x
           offset 0) r
     join unnest(p_scopes, p_names, p_shards) as l(scope, name, shards)
       on l.name = case l.scope when 'queue' then r.queue else r.task end
     cross join lateral (select case l.scope when 'queue' then r.queue_key_shard else r.task_key_shard end as s) x
+$$;
+
+-- _key_use: _key_running counted per limit, key and shard.
+create or replace function conveyor._key_use(p_keys text[], p_scopes text[], p_names text[], p_shards integer[])
+returns table (scope text, name text, key text, shard smallint, n bigint)
+language sql
+stable
+as $$
+    select r.scope, r.name, r.key, r.shard, count(*)
+    from conveyor._key_running(p_keys, p_scopes, p_names, p_shards) r
     group by 1, 2, 3, 4
 $$;
 
@@ -902,60 +918,44 @@ as $$
 begin
     return (
     with l as (
-        select x.* from unnest(p_scopes, p_names, p_conc, p_rate_n, p_rate_p, p_shards) as x(scope, name, conc, rate_n, rate_p, shards)
+        select x.* from unnest(p_scopes, p_names, p_rate_n, p_rate_p, p_shards) as x(scope, name, rate_n, rate_p, shards)
     ),
     -- running runs per shard (-1: under none of the split's)
-    used as materialized (
-        select * from conveyor._key_use(p_keys, p_scopes, p_names, p_shards)
+    -- (a row each: the sums are made in Rust)
+    used as (
+        select array_agg(u.scope) as scopes, array_agg(u.name) as names, array_agg(u.key) as keys,
+               array_agg(u.shard) as shards, array_agg(1::bigint) as ns
+        from conveyor._key_running(p_keys, p_scopes, p_names, p_shards) u
     ),
     -- starts of the rate window per shard (-1: none of the split's), this claim's earlier ones too
-    started as materialized (
-        select x.scope, x.name, x.key, case when x.shard between 0 and l.shards - 1 then x.shard else -1 end::smallint as shard,
-               sum(x.n) as n
-        from (select l.scope, s.name, s.key, s.shard, s.n, s.at
-              from l
-              join conveyor._rate_starts s
-                on s.scope = l.scope || '_key' and s.name = l.name and s.key = any(p_keys) and s.at > p_since - l.rate_p
-              where l.rate_n is not null
-              union all
-              select case when t.shard_scope = 'queue' then 'queue' else 'task' end,
-                     case when t.shard_scope = 'queue' then t.queue else t.task end, t.key, t.shard, 1, p_since
-              from unnest(p_st_queues, p_st_tasks, p_st_keys, p_st_qshards, p_st_tshards) as st(queue, task, key, qshard, tshard)
-              cross join lateral (values ('queue', st.queue, st.task, st.key, st.qshard), ('task', st.queue, st.task, st.key, st.tshard))
-                   as t(shard_scope, queue, task, key, shard)
-              where t.key is not null and t.shard is not null) x
-        join l on (l.scope, l.name) = (x.scope, x.name)
-        where l.rate_n is not null and x.at > p_since - l.rate_p
-        group by 1, 2, 3, 4
-    ),
-    -- per key: what is under no shard, and what the shards hold over their share
-    spill as (
-        select u.kind, u.scope, u.name, u.key,
-               coalesce(sum(u.n) filter (where u.shard = -1), 0) as unassigned,
-               coalesce(sum(greatest(u.n - conveyor._key_share(u.n_limit, l.shards, u.shard), 0)) filter (where u.shard >= 0), 0) as excess
-        from (select 'conc' as kind, u.*, l.conc as n_limit from used u join l on (l.scope, l.name) = (u.scope, u.name)
-              where l.conc is not null
-              union all
-              select 'rate', s.*, l.rate_n from started s join l on (l.scope, l.name) = (s.scope, s.name)) u
-        join l on (l.scope, l.name) = (u.scope, u.name)
-        group by 1, 2, 3, 4
+    started as (
+        select array_agg(s.scope) as scopes, array_agg(s.name) as names, array_agg(s.key) as keys,
+               array_agg(s.shard) as shards, array_agg(s.n) as ns
+        from (select x.scope, x.name, x.key, case when x.shard between 0 and l.shards - 1 then x.shard else -1 end::smallint as shard,
+                     sum(x.n)::bigint as n
+              from (select l.scope, s.name, s.key, s.shard, s.n, s.at
+                    from l
+                    join conveyor._rate_starts s
+                      on s.scope = l.scope || '_key' and s.name = l.name and s.key = any(p_keys) and s.at > p_since - l.rate_p
+                    where l.rate_n is not null
+                    union all
+                    select case when t.shard_scope = 'queue' then 'queue' else 'task' end,
+                           case when t.shard_scope = 'queue' then t.queue else t.task end, t.key, t.shard, 1, p_since
+                    from unnest(p_st_queues, p_st_tasks, p_st_keys, p_st_qshards, p_st_tshards) as st(queue, task, key, qshard, tshard)
+                    cross join lateral (values ('queue', st.queue, st.task, st.key, st.qshard), ('task', st.queue, st.task, st.key, st.tshard))
+                         as t(shard_scope, queue, task, key, shard)
+                    where t.key is not null and t.shard is not null) x
+              join l on (l.scope, l.name) = (x.scope, x.name)
+              where l.rate_n is not null and x.at > p_since - l.rate_p
+              group by 1, 2, 3, 4) s
     )
-    select array(
-        select case when g.shard is null then 0 else greatest(least(
-            case when l.conc is null then p_want
-                 else conveyor._key_share(l.conc, l.shards, g.shard) - coalesce(u.n, 0) - coalesce(cs.unassigned, 0)
-                      - (coalesce(cs.excess, 0) - greatest(coalesce(u.n, 0) - conveyor._key_share(l.conc, l.shards, g.shard), 0)) end,
-            case when l.rate_n is null then p_want
-                 else conveyor._key_share(l.rate_n, l.shards, g.shard) - coalesce(s.n, 0) - coalesce(rs.unassigned, 0)
-                      - (coalesce(rs.excess, 0) - greatest(coalesce(s.n, 0) - conveyor._key_share(l.rate_n, l.shards, g.shard), 0)) end),
-            0)::integer end
-        from unnest(p_g_scopes, p_g_names, p_g_keys, p_g_shards) with ordinality as g(scope, name, key, shard, i)
-        join l on (l.scope, l.name) = (g.scope, g.name)
-        left join used u on (u.scope, u.name, u.key, u.shard) = (g.scope, g.name, g.key, g.shard)
-        left join started s on (s.scope, s.name, s.key, s.shard) = (g.scope, g.name, g.key, g.shard)
-        left join spill cs on (cs.kind, cs.scope, cs.name, cs.key) = ('conc', g.scope, g.name, g.key)
-        left join spill rs on (rs.kind, rs.scope, rs.name, rs.key) = ('rate', g.scope, g.name, g.key)
-        order by g.i));
+    -- (the sums, in Rust: joined here, each gate met every count, in a time that grew with the
+    -- square of the keys)
+    select conveyor._key_rooms(p_g_scopes, p_g_names, p_g_keys, p_g_shards,
+                               p_scopes, p_names, p_conc, p_rate_n, p_shards,
+                               u.scopes, u.names, u.keys, u.shards, u.ns,
+                               s.scopes, s.names, s.keys, s.shards, s.ns, p_want)
+    from used u, started s);
 end
 $$;
 

@@ -90,6 +90,17 @@ create or replace function conveyor._session_started_at() returns timestamptz
 create or replace function conveyor._in_background_worker() returns boolean
     stable parallel restricted language c as 'MODULE_PATHNAME', '_in_background_worker_wrapper';
 
+-- _key_rooms: the room of each key under each shard of a key limit a claim holds (src/admit.rs),
+-- from the keys' running runs and starts of the rate window per shard as _key_room counts them.
+create or replace function conveyor._key_rooms(
+    gate_scopes text[], gate_names text[], gate_keys text[], gate_shards smallint[],
+    limit_scopes text[], limit_names text[], limit_conc integer[], limit_rate integer[], limit_shards integer[],
+    use_scopes text[], use_names text[], use_keys text[], use_shards smallint[], use_n bigint[],
+    start_scopes text[], start_names text[], start_keys text[], start_shards smallint[], start_n bigint[],
+    want integer)
+returns integer[]
+    immutable parallel safe language c as 'MODULE_PATHNAME', '_key_rooms_wrapper';
+
 -- _key_pick: which of a claim's candidates start under key limits and task rate-limit caps
 -- (src/admit.rs): the ids of those chosen in claim order, with the shard of the queue's and
 -- the task's key limit each starts under. The candidates come as parallel arrays.

@@ -10,7 +10,9 @@
 //!   process         R no-op runs pre-enqueued, W workers claim batches of B and finish them
 //!                   until the queue is empty (B = 1: complete_run each; B > 1: finish_runs);
 //!                   with --combined 1, one finish_and_claim call per cycle (one commit) instead
-//!                   (workload process_combined)
+//!                   (workload process_combined); --keys K spreads the runs over K concurrency
+//!                   keys under a key_concurrency that never binds (process_key_limited), with
+//!                   --key-limit 0 under none (process_keyed)
 //!   process-mix     process with a realistic mix: a tenth of the runs fail once and a tenth
 //!                   are released once (retried and due again at once, delivered by tick)
 //!   latency         a LISTENing worker; enqueue commit -> claimed, p50/p99 over K samples
@@ -403,15 +405,16 @@ fn process_mix(runs: u64, workers: u64, batch: u64) {
 /// `limits`: give the queue and the task rate limits that never bind (10^6 starts a second), to
 /// measure what a claim under limits costs. `keys` > 0: spread the runs over that many
 /// concurrency keys, under a key_concurrency on the queue that never binds (100,000 running per
-/// key), to measure what a claim under key limits costs.
-fn process(runs: u64, workers: u64, batch: u64, combined: bool, limits: bool, keys: u64) {
+/// key), to measure what a claim under key limits costs; with `key_limit` false the same keyed
+/// runs under no limit (what the limit itself costs, apart from the keys' fair turns).
+fn process(runs: u64, workers: u64, batch: u64, combined: bool, limits: bool, keys: u64, key_limit: bool) {
     let mut client = connect();
     reset(
         &mut client,
         if limits {
             "select conveyor.set_queue('bench', rate_limit => '1000000/1s');
              select conveyor.define_task('bench.noop', queue => 'bench', rate_limit => '1000000/1s');"
-        } else if keys > 0 {
+        } else if keys > 0 && key_limit {
             "select conveyor.set_queue('bench', key_concurrency => 100000);"
         } else {
             ""
@@ -439,7 +442,8 @@ fn process(runs: u64, workers: u64, batch: u64, combined: bool, limits: bool, ke
     let rate = runs as f64 / seconds;
     let workload = match (combined, limits, keys > 0) {
         (_, true, _) => "process_rate_limited",
-        (_, false, true) => "process_key_limited",
+        (_, false, true) if key_limit => "process_key_limited",
+        (_, false, true) => "process_keyed",
         (true, false, false) => "process_combined",
         (false, false, false) => "process",
     };
@@ -1059,6 +1063,7 @@ fn main() {
             arg("combined", 0) == 1,
             arg("limits", 0) == 1,
             arg("keys", 0),
+            arg("key-limit", 1) == 1,
         ),
         "process-mix" => process_mix(arg("runs", 100_000), arg("workers", 8), arg("batch", 50)),
         "fairness" => fairness(
