@@ -65,6 +65,9 @@ kl = find("pg_conveyor", "process_key_limited", batch=50)
 if kl:
     plain = num(find("pg_conveyor", "process", batch=50), "per_second")
     print(f"| end to end, {kl['runs']} no-op runs over 100 concurrency keys, 8 workers, batch 50, under a key_concurrency that never binds | {fmt(num(kl, 'per_second'))} runs/s | without limits: {fmt(plain)} runs/s (target ≥ 0.9×) | {ratio(num(kl, 'per_second'), plain)} |")
+    kd = find("pg_conveyor", "process_keyed", batch=50)
+    if kd:
+        print(f"| the same keyed runs under no limit | {fmt(num(kd, 'per_second'))} runs/s | key-limited: {fmt(num(kl, 'per_second'))} runs/s | {ratio(num(kl, 'per_second'), num(kd, 'per_second'))} (the limit alone) |")
 mx = find("pg_conveyor", "process_mix", batch=50)
 if mx:
     plain = num(find("pg_conveyor", "process", batch=50), "per_second")

@@ -65,6 +65,8 @@ run bench process --runs "$RUNS" --workers 8 --batch 50 --combined 1
 run bench process --runs "$RUNS" --workers 8 --batch 50 --limits 1
 # and under a key_concurrency that never binds, the runs spread over 100 keys
 run bench process --runs "$RUNS" --workers 8 --batch 50 --keys 100
+# the same keyed runs under no limit: what the limit costs, apart from the keys' fair turns
+run bench process --runs "$RUNS" --workers 8 --batch 50 --keys 100 --key-limit 0
 # a realistic mix: a tenth of the runs fail once, a tenth are released once
 run bench process-mix --runs "$RUNS" --workers 8 --batch 50
 # fairness: 10 runs of a small key behind 10,000 of a flooded one, first in first out (no keys),
