@@ -207,11 +207,7 @@ fn _key_pick(
             .zip(shards.iter())
             .zip(rooms.iter())
             .map(|((((scope, name), key), shard), room)| Gate {
-                scope: match scope {
-                    Some("queue") => Scope::Queue,
-                    Some("task") => Scope::Task,
-                    other => panic!("unknown key limit scope {other:?}"),
-                },
+                scope: scope_of(scope),
                 name: name.unwrap_or_else(|| absent()),
                 key: key.unwrap_or_else(|| absent()),
                 shard,
