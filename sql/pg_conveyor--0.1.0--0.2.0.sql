@@ -434,6 +434,27 @@ create or replace function conveyor._session_started_at() returns timestamptz
 create or replace function conveyor._in_background_worker() returns boolean
     stable parallel restricted language c as 'MODULE_PATHNAME', '_in_background_worker_wrapper';
 
+-- _try_key_shard: take the lock of one shard of a key limit for this transaction if no other
+-- transaction holds it (never waits; src/admit.rs): advisory lock ('pgck', the hashtext of the
+-- shard's name, _key_ref(scope, name, key) || E'\x1f' || shard). Two shards of one hash share a
+-- lock, so a claim of one may pass the other over while it runs, and never admits more than a
+-- limit.
+create or replace function conveyor._try_key_shard(p_scope text, p_name text, p_key text, p_shard smallint)
+returns boolean
+    volatile strict language c as 'MODULE_PATHNAME', '_try_key_shard_wrapper';
+
+-- _key_gates: the keys under a key limit among a claim's candidates (queue, task and key as
+-- parallel arrays) and the shard each takes (src/admit.rs): one whose candidates a shard's share
+-- covers takes the first shard from its start (by key and session) whose lock _try_key_shard
+-- takes; one with more candidates takes none here (claim_runs then takes the shards with room
+-- it needs). With each key's number of candidates and start shard.
+create or replace function conveyor._key_gates(
+    queues text[], tasks text[], keys text[],
+    limit_scopes text[], limit_names text[], limit_conc integer[], limit_rate integer[], limit_shards integer[],
+    pid integer)
+returns table (scope text, name text, key text, shard smallint, want integer, start smallint)
+    volatile strict rows 50 language c as 'MODULE_PATHNAME', '_key_gates_wrapper';
+
 -- _key_rooms: the room of each key under each shard of a key limit a claim holds (src/admit.rs),
 -- from the keys' running runs and starts of the rate window per shard as _key_room counts them.
 create or replace function conveyor._key_rooms(
@@ -2240,7 +2261,9 @@ declare
     v_gate_shards smallint[];
     v_gate_allowed integer[];
     -- (and the candidates each key has under each limit)
-    v_gate_want bigint[];
+    v_gate_want integer[];
+    -- (and the shard each key tries first: _key_gates)
+    v_gate_start smallint[];
     -- the shards the runs chosen start under (aligned with v_ids)
     v_id_qshards smallint[];
     v_id_tshards smallint[];
@@ -2389,81 +2412,25 @@ begin
             v_gate_shards := null;
             v_gate_allowed := null;
             v_gate_want := null;
+            v_gate_start := null;
             if v_keyed then
-                v_keys := array(select distinct c.concurrency_key from unnest(v_cand) c where c.concurrency_key is not null);
-            end if;
-            if v_keyed and cardinality(v_keys) > 0 then
-                -- each key under a limit among the candidates takes shards of that limit for this
-                -- transaction (_key_shards: up to 8, whose shares add up to the limit): an
-                -- advisory lock per shard, tried and never waited for. A key that gets none is
-                -- left for now. Claims of one shard take turns, so the next statement, which
-                -- counts the shard's running runs and starts, sees every one committed before.
-                -- (the shards tried: from one that depends on the session and the key, so that
-                -- concurrent claims of a key start at different shards, as many as the key's
-                -- candidates need at each shard's full share; one whose lock another claim holds
-                -- is passed over, for the next one when one shard would do)
-                with k as (
-                    select l.scope, l.name, c.concurrency_key as key, l.conc, l.rate_n,
-                           conveyor._key_shards(l.conc, l.rate_n) as shards, count(*) as want
-                    from unnest(v_cand) c
-                    join unnest(v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n) as l(scope, name, conc, rate_n)
-                      on l.name = case l.scope when 'queue' then c.queue else c.task end
-                    where c.concurrency_key is not null
-                    group by l.scope, l.name, c.concurrency_key, l.conc, l.rate_n
-                ),
-                k2 as (
-                    select k.*,
-                           least(coalesce(conveyor._key_share(k.conc, k.shards, 0), k.want),
-                                 coalesce(conveyor._key_share(k.rate_n, k.shards, 0), k.want)) as share,
-                           (abs(hashtext(k.key)::bigint) + v_pid) % k.shards as start
-                    from k
-                ),
-                -- the keys' running runs per shard (-1: under none of the split's), for the keys
-                -- whose candidates need more than a shard's share
-                used as materialized (
-                    select u.* from conveyor._key_use(v_keys, v_kl_scopes, v_kl_names, v_kl_shards) u
-                ),
-                tried as (
-                    -- a shard's share does not cover the key's candidates: the shards with room as
-                    -- committed (a hint: the count that decides is the next statement's), the most
-                    -- room first, as many as cover them
-                    select x.scope, x.name, x.key, x.shard, x.before as ord
-                    from (select k.scope, k.name, k.key, k.want, sh.shard::smallint as shard, h.hint,
-                                 coalesce(sum(h.hint) over (partition by k.scope, k.name, k.key
-                                                            order by h.hint desc, (sh.shard - k.start + k.shards) % k.shards
-                                                            rows between unbounded preceding and 1 preceding), 0) as before
-                          from k2 k
-                          cross join lateral generate_series(0, k.shards - 1) as sh(shard)
-                          left join used u on (u.scope, u.name, u.key, u.shard) = (k.scope, k.name, k.key, sh.shard)
-                          left join used w on (w.scope, w.name, w.key, w.shard) = (k.scope, k.name, k.key, -1)
-                          cross join lateral (
-                              select least(coalesce(conveyor._key_share(k.conc, k.shards, sh.shard) - coalesce(u.n, 0) - coalesce(w.n, 0), k.want),
-                                           coalesce(conveyor._key_share(k.rate_n, k.shards, sh.shard), k.want)) as hint) h
-                          where k.share < k.want) x
-                    where x.hint > 0 and x.before < x.want
-                    offset 0
-                ),
-                locked as (
-                    -- a shard's share covers the key's candidates: one shard, the first free one
-                    -- from the key's start, in turn (concurrent claims of a key take different ones)
-                    select k.scope, k.name, k.key, f.shard
-                    from k2 k
-                    cross join lateral (
-                        select s.shard
-                        from generate_series(0, k.shards - 1) as i
-                        cross join lateral (select ((k.start + i) % k.shards)::smallint as shard) s
-                        where conveyor._try_key_shard(k.scope, k.name, k.key, s.shard)
-                        limit 1) f
-                    where k.share >= k.want
-                    union all
-                    select t.scope, t.name, t.key, t.shard
-                    from (select t.* from tried t order by t.scope, t.name, t.key, t.ord offset 0) t
-                    where conveyor._try_key_shard(t.scope, t.name, t.key, t.shard)
-                )
-                select array_agg(k.scope), array_agg(k.name), array_agg(k.key), array_agg(x.shard), array_agg(k.want)
-                into v_gate_scopes, v_gate_names, v_gate_keys, v_gate_shards, v_gate_want
-                from k
-                left join locked x on (x.scope, x.name, x.key) = (k.scope, k.name, k.key);
+                -- each key under a limit among the candidates takes a shard of that limit for
+                -- this transaction (_key_shards: up to 8, whose shares add up to the limit): an
+                -- advisory lock per shard, tried and never waited for (_key_gates). A key that
+                -- gets none is left for now. Claims of one shard take turns, so the next
+                -- statement, which counts the shard's running runs and starts, sees every one
+                -- committed before. (A key whose candidates one shard's full share covers tries
+                -- its shards in turn from one that depends on the session and the key, so that
+                -- concurrent claims of a key take different ones; a key with more candidates
+                -- takes none there, and below as many of its shards with room as it needs.)
+                select array_agg(g.scope), array_agg(g.name), array_agg(g.key), array_agg(g.shard),
+                       array_agg(g.want), array_agg(g.start), array_agg(distinct g.key)
+                into v_gate_scopes, v_gate_names, v_gate_keys, v_gate_shards, v_gate_want, v_gate_start, v_keys
+                from (select array_agg(c.queue) as queues, array_agg(c.task) as tasks,
+                             array_agg(c.concurrency_key) as keys
+                      from unnest(v_cand) c) c
+                cross join lateral conveyor._key_gates(c.queues, c.tasks, c.keys, v_kl_scopes, v_kl_names,
+                                                       v_kl_conc, v_kl_rate_n, v_kl_shards, v_pid) g;
             end if;
             if v_gate_scopes is not null then
                 if current_setting('transaction_isolation') <> 'read committed' then
@@ -2478,7 +2445,8 @@ begin
                     v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n, v_kl_rate_p, v_kl_shards, v_keys, v_since, v_want,
                     v_started_queues, v_started_tasks, v_started_keys, v_started_qshards, v_started_tshards);
                 -- a key whose shards held have less room than it has candidates tries its other
-                -- shards (the first ones depend on the session, not on where the room is)
+                -- shards (the first ones depend on the session, not on where the room is), and so
+                -- does a key with more candidates than a shard's share, which took none yet
                 v_more_scopes := null;
                 if exists (select from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_allowed, v_gate_want)
                                        as g(scope, name, key, allowed, want)
@@ -2500,20 +2468,22 @@ begin
                                     from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_shards, v_gate_allowed)
                                          as g(scope, name, key, shard, allowed)
                                     group by g.scope, g.name, g.key) d
-                              join (select l.scope, l.name, c.concurrency_key as key, max(l.shards) as shards, count(*) as want,
-                                           max(l.conc) as conc, max(l.rate_n) as rate_n,
-                                           (abs(hashtext(c.concurrency_key)::bigint) + v_pid) % max(l.shards) as start
-                                    from unnest(v_cand) c
+                              join (select g.scope, g.name, g.key, g.want, g.start, l.shards, l.conc, l.rate_n
+                                    from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_want, v_gate_start)
+                                         as g(scope, name, key, want, start)
                                     join unnest(v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n, v_kl_shards)
                                          as l(scope, name, conc, rate_n, shards)
-                                      on l.name = case l.scope when 'queue' then c.queue else c.task end
-                                    where c.concurrency_key is not null
-                                    group by 1, 2, 3) w on (w.scope, w.name, w.key) = (d.scope, d.name, d.key)
+                                      on (l.scope, l.name) = (g.scope, g.name)) w
+                                on (w.scope, w.name, w.key) = (d.scope, d.name, d.key)
+                              -- (the key's running runs under this limit, read once: the shard of each)
+                              cross join lateral (
+                                  select coalesce(array_agg(r.shard), '{}') as shards
+                                  from conveyor._key_running(array[d.key], array[d.scope], array[d.name], array[w.shards]) r
+                                  where d.room < w.want and d.held < w.shards) r
                               cross join lateral generate_series(0, w.shards - 1) as sh(shard)
-                              left join lateral (
-                                  select coalesce(sum(u.n) filter (where u.shard = sh.shard), 0) as here,
-                                         coalesce(sum(u.n) filter (where u.shard = -1), 0) as nowhere
-                                  from conveyor._key_use(array[d.key], array[d.scope], array[d.name], array[w.shards]) u) u on true
+                              cross join lateral (
+                                  select count(*) filter (where s = sh.shard) as here, count(*) filter (where s = -1) as nowhere
+                                  from unnest(r.shards) s) u
                               cross join lateral (
                                   select least(coalesce(conveyor._key_share(w.conc, w.shards, sh.shard) - u.here - u.nowhere, w.want),
                                                coalesce(conveyor._key_share(w.rate_n, w.shards, sh.shard), w.want)) as hint) h
@@ -2978,16 +2948,6 @@ language sql
 immutable
 as $$ select p_scope || E'\x1f' || p_name || E'\x1f' || p_key $$;
 
--- _try_key_shard: take the lock of one shard of a key limit for this transaction if no other
--- transaction holds it (never waits). Advisory lock ('pgck', hashtext of the shard's _key_ref):
--- two shards of one hash share a lock, so a claim of one may pass the other over while it runs,
--- and never admits more than a limit.
-create or replace function conveyor._try_key_shard(p_scope text, p_name text, p_key text, p_shard smallint)
-returns boolean
-language sql
-volatile
-as $$ select pg_try_advisory_xact_lock(1885823851, hashtext(conveyor._key_ref(p_scope, p_name, p_key) || E'\x1f' || p_shard)) $$;
-
 -- _key_shards: how many shards a key limit is split into (up to 8, none with a share of 0 of
 -- its concurrency or its rate), so that as many claims of one key can go at once.
 create or replace function conveyor._key_shards(p_conc integer, p_rate integer)
@@ -3028,17 +2988,6 @@ as $$
     join unnest(p_scopes, p_names, p_shards) as l(scope, name, shards)
       on l.name = case l.scope when 'queue' then r.queue else r.task end
     cross join lateral (select case l.scope when 'queue' then r.queue_key_shard else r.task_key_shard end as s) x
-$$;
-
--- _key_use: _key_running counted per limit, key and shard.
-create or replace function conveyor._key_use(p_keys text[], p_scopes text[], p_names text[], p_shards integer[])
-returns table (scope text, name text, key text, shard smallint, n bigint)
-language sql
-stable
-as $$
-    select r.scope, r.name, r.key, r.shard, count(*)
-    from conveyor._key_running(p_keys, p_scopes, p_names, p_shards) r
-    group by 1, 2, 3, 4
 $$;
 
 -- _key_room: the room of each key under each shard of a key limit a claim holds (p_g_*: scope,

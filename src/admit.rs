@@ -34,6 +34,16 @@ pub enum Scope {
     Task,
 }
 
+impl Scope {
+    /// The scope as SQL names it (scope_of reads it back).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Queue => "queue",
+            Scope::Task => "task",
+        }
+    }
+}
+
 /// A shard of a key limit a claim holds for one key, with the runs the key may still start
 /// under it (a key under the limit that holds no shard has one gate with `shard: None`).
 #[derive(Clone, Debug, PartialEq)]
@@ -323,6 +333,175 @@ fn scope_of(scope: Option<&str>) -> Scope {
     }
 }
 
+/// A claim's key limits (parallel arrays: scope, name, concurrency, rate, shards) by limit.
+fn limits_of<'a>(
+    scopes: &'a Array<&str>,
+    names: &'a Array<&str>,
+    conc: &Array<i32>,
+    rate: &Array<i32>,
+    shards: &Array<i32>,
+) -> HashMap<(Scope, &'a str), Limit> {
+    let l = scopes.len();
+    assert!(
+        [names.len(), conc.len(), rate.len(), shards.len()].iter().all(|&x| x == l),
+        "a claim's key limit arrays differ in length"
+    );
+    scopes
+        .iter()
+        .zip(names.iter())
+        .zip(conc.iter())
+        .zip(rate.iter())
+        .zip(shards.iter())
+        .map(|((((scope, name), conc), rate), shards)| {
+            let shards = shards.unwrap_or_else(|| panic!("a key limit has a null field"));
+            assert!(shards > 0, "a key limit split into {shards} shards");
+            (
+                (scope_of(scope), name.unwrap_or_else(|| panic!("a key limit has a null field"))),
+                Limit { conc, rate, shards },
+            )
+        })
+        .collect()
+}
+
+/// A key under a key limit among a claim's candidates: how many candidates it has under the
+/// limit, the shard it tries first (`start`, from the key and the session, so that concurrent
+/// claims of one key start at different shards), and the shard taken (None: none yet).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyGate<'a> {
+    pub of: GateOf<'a>,
+    pub want: i32,
+    pub start: i16,
+    pub shard: Option<i16>,
+}
+
+/// The shard a key's claims of one session try first: (|hashtext(key)| + pid) mod shards.
+pub fn start_shard(key_hash: i32, pid: i32, shards: i32) -> i16 {
+    ((key_hash as i64).abs() + pid as i64).rem_euclid(shards as i64) as i16
+}
+
+/// The gates of a claim's candidates (queue, task, key): one per key under each key limit its
+/// runs fall under, in the order the candidates first name them. A key whose candidates one
+/// shard's share covers takes one shard: the first from its start, in turn, whose lock
+/// `try_lock` takes (one another claim holds is passed over). A key with more candidates than a
+/// shard's share takes none here: the claim then takes as many of its shards with room as
+/// committed as its candidates need (claim_runs), which takes counting its running runs first.
+pub fn key_gates<'a>(
+    candidates: &[(&'a str, &'a str, Option<&'a str>)],
+    limits: &HashMap<(Scope, &'a str), Limit>,
+    key_hash: impl Fn(&str) -> i32,
+    pid: i32,
+    mut try_lock: impl FnMut(GateOf<'a>, i16) -> bool,
+) -> Vec<KeyGate<'a>> {
+    let mut order: Vec<GateOf> = Vec::new();
+    let mut want: HashMap<GateOf, i32> = HashMap::new();
+    for &(queue, task, key) in candidates {
+        let Some(key) = key else { continue };
+        for of in [(Scope::Queue, queue, key), (Scope::Task, task, key)] {
+            if limits.contains_key(&(of.0, of.1)) {
+                let n = want.entry(of).or_insert_with(|| {
+                    order.push(of);
+                    0
+                });
+                *n += 1;
+            }
+        }
+    }
+    order
+        .into_iter()
+        .map(|of| {
+            let limit = limits[&(of.0, of.1)];
+            let want = want[&of];
+            let start = start_shard(key_hash(of.2), pid, limit.shards);
+            // (shard 0 has the largest share)
+            let share = |n: Option<i32>| n.map_or(want as i64, |n| share(n, limit.shards, 0));
+            let shard = if share(limit.conc).min(share(limit.rate)) >= want as i64 {
+                (0..limit.shards).map(|i| ((start as i32 + i) % limit.shards) as i16).find(|&shard| try_lock(of, shard))
+            } else {
+                None
+            };
+            KeyGate { of, want, start, shard }
+        })
+        .collect()
+}
+
+/// hashtext() of a text, as PostgreSQL computes it under a deterministic collation (the
+/// database's default always is one): hash_any over its bytes.
+fn hashtext(s: &str) -> i32 {
+    unsafe extern "C-unwind" {
+        // (src/common/hashfn.c; never raises an error)
+        fn hash_bytes(k: *const u8, keylen: std::ffi::c_int) -> u32;
+    }
+    let len = std::ffi::c_int::try_from(s.len()).expect("a key limit's lock name over 2 GB");
+    // SAFETY: the pointer and length are those of a live &str; hash_bytes only reads them
+    (unsafe { hash_bytes(s.as_ptr(), len) }) as i32
+}
+
+/// Take the advisory lock of one shard of a key limit for this transaction if no other
+/// transaction holds it (never waits): class 'pgck' (1885823851), and the hashtext of the
+/// shard's name, conveyor._key_ref(scope, name, key) || E'\x1f' || shard. Two shards of one
+/// hash share a lock, so a claim of one may pass the other over while it runs, and never
+/// admits more than a limit.
+fn try_shard_lock((scope, name, key): GateOf, shard: i16) -> bool {
+    let lock = hashtext(&format!("{}\x1f{name}\x1f{key}\x1f{shard}", scope.as_str()));
+    // SAFETY: a built-in of two int4 arguments, given two non-null int4 datums; it reads neither
+    // flinfo nor the collation (a lock it cannot take returns false, it never waits)
+    unsafe {
+        pgrx::direct_function_call::<bool>(
+            pg_sys::pg_try_advisory_xact_lock_int4,
+            &[Some(pg_sys::Datum::from(1885823851_i32)), Some(pg_sys::Datum::from(lock))],
+        )
+    }
+    .expect("pg_try_advisory_xact_lock returned null")
+}
+
+/// SQL: conveyor._try_key_shard, try_shard_lock above.
+#[pg_extern(sql = false)]
+fn _try_key_shard(scope: &str, name: &str, key: &str, shard: i16) -> bool {
+    try_shard_lock((scope_of(Some(scope)), name, key), shard)
+}
+
+/// SQL: conveyor._key_gates, key_gates above over a claim's candidates (parallel arrays:
+/// queue, task, key) and its key limits, taking the shards' locks.
+#[allow(clippy::too_many_arguments, reason = "SQL passes candidates and limits as parallel arrays")]
+#[pg_extern(sql = false)]
+fn _key_gates(
+    queues: Array<&str>,
+    tasks: Array<&str>,
+    keys: Array<&str>,
+    limit_scopes: Array<&str>,
+    limit_names: Array<&str>,
+    limit_conc: Array<i32>,
+    limit_rate: Array<i32>,
+    limit_shards: Array<i32>,
+    pid: i32,
+) -> TableIterator<
+    'static,
+    (
+        name!(scope, String),
+        name!(name, String),
+        name!(key, String),
+        name!(shard, Option<i16>),
+        name!(want, i32),
+        name!(start, i16),
+    ),
+> {
+    let absent = || -> ! { panic!("a claim's candidate has a null field") };
+    let n = queues.len();
+    assert!([tasks.len(), keys.len()].iter().all(|&l| l == n), "a claim's candidate arrays differ in length");
+    let candidates: Vec<(&str, &str, Option<&str>)> = queues
+        .iter()
+        .zip(tasks.iter())
+        .zip(keys.iter())
+        .map(|((queue, task), key)| (queue.unwrap_or_else(|| absent()), task.unwrap_or_else(|| absent()), key))
+        .collect();
+    let limits = limits_of(&limit_scopes, &limit_names, &limit_conc, &limit_rate, &limit_shards);
+    let rows: Vec<_> = key_gates(&candidates, &limits, hashtext, pid, try_shard_lock)
+        .into_iter()
+        .map(|g| (g.of.0.as_str().to_owned(), g.of.1.to_owned(), g.of.2.to_owned(), g.shard, g.want, g.start))
+        .collect();
+    TableIterator::new(rows)
+}
+
 /// SQL: conveyor._key_rooms, the rooms above (parallel arrays: the gates; the key limits; the
 /// keys' running runs and starts per shard, as _key_room counts them).
 #[allow(clippy::too_many_arguments, reason = "SQL passes gates, limits and counts as parallel arrays")]
@@ -364,23 +543,7 @@ fn _key_rooms(
             ((scope_of(scope), name.unwrap_or_else(|| absent()), key.unwrap_or_else(|| absent())), shard)
         })
         .collect();
-    let l = limit_scopes.len();
-    assert!(
-        [limit_names.len(), limit_conc.len(), limit_rate.len(), limit_shards.len()].iter().all(|&x| x == l),
-        "a claim's key limit arrays differ in length"
-    );
-    let limits: HashMap<(Scope, &str), Limit> = limit_scopes
-        .iter()
-        .zip(limit_names.iter())
-        .zip(limit_conc.iter())
-        .zip(limit_rate.iter())
-        .zip(limit_shards.iter())
-        .map(|((((scope, name), conc), rate), shards)| {
-            let shards = shards.unwrap_or_else(|| absent());
-            assert!(shards > 0, "a key limit split into {shards} shards");
-            ((scope_of(scope), name.unwrap_or_else(|| absent())), Limit { conc, rate, shards })
-        })
-        .collect();
+    let limits = limits_of(&limit_scopes, &limit_names, &limit_conc, &limit_rate, &limit_shards);
     fn counts<'b>(
         scopes: &'b Option<Array<'_, &str>>,
         names: &'b Option<Array<'_, &str>>,
@@ -545,5 +708,81 @@ mod unit {
     #[should_panic(expected = "under no key limit")]
     fn a_gate_under_no_limit_is_refused() {
         rooms(&[((Scope::Task, "t", "k"), Some(0))], &limits(Some(1), None, 1), &[], &[], 1);
+    }
+
+    #[test]
+    fn a_keys_start_shard_is_its_hash_made_positive_plus_the_session_mod_shards() {
+        assert_eq!(start_shard(-5, 3, 4), 0);
+        assert_eq!(start_shard(5, 3, 4), 0);
+        assert_eq!(start_shard(6, 3, 4), 1);
+        // (no overflow at the hash's extremes: the SQL computes it in bigint)
+        assert_eq!(start_shard(i32::MIN, i32::MAX, 8), ((1i64 << 31) + i32::MAX as i64).rem_euclid(8) as i16);
+    }
+
+    #[test]
+    fn gates_count_each_keys_candidates_under_each_limit_in_the_order_they_are_named() {
+        let limits = limits(Some(8), None, 4);
+        let mut both = limits.clone();
+        both.insert((Scope::Task, "t"), Limit { conc: Some(8), rate: None, shards: 4 });
+        let cands = [("q", "t", Some("b")), ("q", "t", None), ("q", "u", Some("a")), ("q", "t", Some("b"))];
+        let mut tried = Vec::new();
+        let gates = key_gates(
+            &cands,
+            &both,
+            |_| 0,
+            1,
+            |of, shard| {
+                tried.push((of, shard));
+                true
+            },
+        );
+        let summary: Vec<_> = gates.iter().map(|g| (g.of, g.want, g.start, g.shard)).collect();
+        assert_eq!(
+            summary,
+            [
+                ((Scope::Queue, "q", "b"), 2, 1, Some(1)),
+                ((Scope::Task, "t", "b"), 2, 1, Some(1)),
+                ((Scope::Queue, "q", "a"), 1, 1, Some(1)),
+            ]
+        );
+        assert_eq!(tried.len(), 3);
+        // (a limit of another queue does not gate these)
+        let other: HashMap<_, _> = [((Scope::Queue, "p"), Limit { conc: Some(1), rate: None, shards: 1 })].into();
+        assert!(key_gates(&cands, &other, |_| 0, 1, |_, _| true).is_empty());
+    }
+
+    #[test]
+    fn a_key_one_share_covers_takes_the_first_free_shard_from_its_start_in_turn() {
+        let limits = limits(Some(8), None, 4);
+        let cands = [("q", "t", Some("k"))];
+        let mut tried = Vec::new();
+        // start (2 + 1) % 4 = 3; 3 and 0 held by other claims
+        let gates = key_gates(
+            &cands,
+            &limits,
+            |_| 2,
+            1,
+            |_, shard| {
+                tried.push(shard);
+                shard == 1
+            },
+        );
+        assert_eq!(tried, [3, 0, 1]);
+        assert_eq!(gates[0].shard, Some(1));
+        // every shard held: the key takes none
+        let gates = key_gates(&cands, &limits, |_| 2, 1, |_, _| false);
+        assert_eq!(gates[0].shard, None);
+    }
+
+    #[test]
+    fn a_key_with_more_candidates_than_a_shards_share_takes_no_shard_here() {
+        // concurrency 8 over 4 shards: a share of 2; rate 8 over 4 shards likewise
+        for limits in [limits(Some(8), None, 4), limits(None, Some(8), 4)] {
+            let cands = [("q", "t", Some("k")); 3];
+            let gates = key_gates(&cands, &limits, |_| 0, 0, |_, _| panic!("no lock is tried"));
+            assert_eq!((gates[0].want, gates[0].shard), (3, None));
+            let gates = key_gates(&cands[..2], &limits, |_| 0, 0, |_, _| true);
+            assert_eq!((gates[0].want, gates[0].shard), (2, Some(0)));
+        }
     }
 }

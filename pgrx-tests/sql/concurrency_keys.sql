@@ -167,6 +167,20 @@ select conveyor.enqueue('k.rr', key => 'x') is not null;
 select regress.try($$select count(*) from conveyor.claim_runs('kq3', 'w', 1)$$);
 rollback;
 
+-- the lock of a key limit's shard (taken in Rust: _key_gates, _try_key_shard) is the advisory
+-- lock ('pgck', hashtext of the shard's _key_ref) that SQL names, for keys of any characters
+
+begin;
+select conveyor._try_key_shard('queue', 'kq', k, 3::smallint)
+from unnest(array['tenant-42', 'ünï cödé ✓', '']) k;
+select k, exists (select from pg_locks l
+                  where l.locktype = 'advisory' and l.pid = pg_backend_pid() and l.objsubid = 2
+                    and l.classid = 1885823851
+                    and l.objid = (hashtext(conveyor._key_ref('queue', 'kq', k) || E'\x1f' || 3) & 4294967295)::bigint::oid)
+from unnest(array['tenant-42', 'ünï cödé ✓', '']) k;
+select count(*) from pg_locks where locktype = 'advisory' and pid = pg_backend_pid() and classid = 1885823851;
+rollback;
+
 -- bad values are refused with CV010 or 22023, nothing stored
 begin;
 select regress.try($$select conveyor.set_queue('kq2', key_concurrency => 0)$$);

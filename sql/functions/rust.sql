@@ -90,6 +90,27 @@ create or replace function conveyor._session_started_at() returns timestamptz
 create or replace function conveyor._in_background_worker() returns boolean
     stable parallel restricted language c as 'MODULE_PATHNAME', '_in_background_worker_wrapper';
 
+-- _try_key_shard: take the lock of one shard of a key limit for this transaction if no other
+-- transaction holds it (never waits; src/admit.rs): advisory lock ('pgck', the hashtext of the
+-- shard's name, _key_ref(scope, name, key) || E'\x1f' || shard). Two shards of one hash share a
+-- lock, so a claim of one may pass the other over while it runs, and never admits more than a
+-- limit.
+create or replace function conveyor._try_key_shard(p_scope text, p_name text, p_key text, p_shard smallint)
+returns boolean
+    volatile strict language c as 'MODULE_PATHNAME', '_try_key_shard_wrapper';
+
+-- _key_gates: the keys under a key limit among a claim's candidates (queue, task and key as
+-- parallel arrays) and the shard each takes (src/admit.rs): one whose candidates a shard's share
+-- covers takes the first shard from its start (by key and session) whose lock _try_key_shard
+-- takes; one with more candidates takes none here (claim_runs then takes the shards with room
+-- it needs). With each key's number of candidates and start shard.
+create or replace function conveyor._key_gates(
+    queues text[], tasks text[], keys text[],
+    limit_scopes text[], limit_names text[], limit_conc integer[], limit_rate integer[], limit_shards integer[],
+    pid integer)
+returns table (scope text, name text, key text, shard smallint, want integer, start smallint)
+    volatile strict rows 50 language c as 'MODULE_PATHNAME', '_key_gates_wrapper';
+
 -- _key_rooms: the room of each key under each shard of a key limit a claim holds (src/admit.rs),
 -- from the keys' running runs and starts of the rate window per shard as _key_room counts them.
 create or replace function conveyor._key_rooms(
