@@ -424,6 +424,27 @@ pub fn key_gates<'a>(
         .collect()
 }
 
+/// Of the further shards of keys short of room (the key, the shard, its room as committed and
+/// what the key still misses, in the order to try them), those a claim takes: in turn, each
+/// whose lock `try_lock` takes, until the rooms taken cover what the key misses. A shard another
+/// claim holds is passed over for the next, so a key short of room takes what it needs when it
+/// can, and never more shards than it can use.
+pub fn more_shards<'a>(
+    tries: &[(GateOf<'a>, i16, i64, i64)],
+    mut try_lock: impl FnMut(GateOf<'a>, i16) -> bool,
+) -> Vec<(GateOf<'a>, i16)> {
+    let mut covered: HashMap<GateOf, i64> = HashMap::new();
+    let mut taken = Vec::new();
+    for &(of, shard, room, missing) in tries {
+        let got = covered.entry(of).or_default();
+        if *got < missing && room > 0 && try_lock(of, shard) {
+            *got += room;
+            taken.push((of, shard));
+        }
+    }
+    taken
+}
+
 /// hashtext() of a text, as PostgreSQL computes it under a deterministic collation (the
 /// database's default always is one): hash_any over its bytes.
 fn hashtext(s: &str) -> i32 {
@@ -458,6 +479,45 @@ fn try_shard_lock((scope, name, key): GateOf, shard: i16) -> bool {
 #[pg_extern(sql = false)]
 fn _try_key_shard(scope: &str, name: &str, key: &str, shard: i16) -> bool {
     try_shard_lock((scope_of(Some(scope)), name, key), shard)
+}
+
+/// SQL: conveyor._key_more, more_shards above (parallel arrays), taking the shards' locks.
+#[pg_extern(sql = false)]
+fn _key_more(
+    scopes: Array<&str>,
+    names: Array<&str>,
+    keys: Array<&str>,
+    shards: Array<i16>,
+    rooms: Array<i64>,
+    missing: Array<i64>,
+) -> TableIterator<'static, (name!(scope, String), name!(name, String), name!(key, String), name!(shard, i16))> {
+    let absent = || -> ! { panic!("a key shard to try has a null field") };
+    let n = scopes.len();
+    assert!(
+        [names.len(), keys.len(), shards.len(), rooms.len(), missing.len()].iter().all(|&l| l == n),
+        "a claim's key shard arrays differ in length"
+    );
+    let tries: Vec<(GateOf, i16, i64, i64)> = scopes
+        .iter()
+        .zip(names.iter())
+        .zip(keys.iter())
+        .zip(shards.iter())
+        .zip(rooms.iter())
+        .zip(missing.iter())
+        .map(|(((((scope, name), key), shard), room), missing)| {
+            (
+                (scope_of(scope), name.unwrap_or_else(|| absent()), key.unwrap_or_else(|| absent())),
+                shard.unwrap_or_else(|| absent()),
+                room.unwrap_or_else(|| absent()),
+                missing.unwrap_or_else(|| absent()),
+            )
+        })
+        .collect();
+    let rows: Vec<_> = more_shards(&tries, try_shard_lock)
+        .into_iter()
+        .map(|((scope, name, key), shard)| (scope.as_str().to_owned(), name.to_owned(), key.to_owned(), shard))
+        .collect();
+    TableIterator::new(rows)
 }
 
 /// SQL: conveyor._key_gates, key_gates above over a claim's candidates (parallel arrays:
@@ -784,5 +844,23 @@ mod unit {
             let gates = key_gates(&cands[..2], &limits, |_| 0, 0, |_, _| true);
             assert_eq!((gates[0].want, gates[0].shard), (2, Some(0)));
         }
+    }
+
+    #[test]
+    fn a_key_short_of_room_takes_further_shards_in_turn_until_covered_passing_held_ones() {
+        let k = (Scope::Queue, "q", "k");
+        let j = (Scope::Task, "t", "j");
+        // k misses 3: shard 5 (room 2) is held by another claim, 6 (1) and 7 (2) are taken, 0 is
+        // not needed; j misses 1 and takes its first shard
+        let tries = [(k, 5, 2, 3), (k, 6, 1, 3), (k, 7, 2, 3), (k, 0, 2, 3), (j, 1, 1, 1), (j, 2, 1, 1)];
+        let mut tried = Vec::new();
+        let taken = more_shards(&tries, |of, shard| {
+            tried.push((of.2, shard));
+            shard != 5
+        });
+        assert_eq!(taken, [(k, 6), (k, 7), (j, 1)]);
+        assert_eq!(tried, [("k", 5), ("k", 6), ("k", 7), ("j", 1)]);
+        // a shard without room is never locked
+        assert!(more_shards(&[(k, 1, 0, 3)], |_, _| panic!("no lock is tried")).is_empty());
     }
 }

@@ -111,6 +111,15 @@ create or replace function conveyor._key_gates(
 returns table (scope text, name text, key text, shard smallint, want integer, start smallint)
     volatile strict rows 50 language c as 'MODULE_PATHNAME', '_key_gates_wrapper';
 
+-- _key_more: of the further shards of keys short of room (scope, name, key, shard, in the order
+-- to try them, with each shard's room as committed and what its key still misses), those taken
+-- (src/admit.rs): in turn, each whose lock _try_key_shard takes, until the rooms taken cover
+-- what the key misses.
+create or replace function conveyor._key_more(
+    scopes text[], names text[], keys text[], shards smallint[], hints bigint[], missing bigint[])
+returns table (scope text, name text, key text, shard smallint)
+    volatile strict language c as 'MODULE_PATHNAME', '_key_more_wrapper';
+
 -- _key_rooms: the room of each key under each shard of a key limit a claim holds (src/admit.rs),
 -- from the keys' running runs and starts of the rate window per shard as _key_room counts them.
 create or replace function conveyor._key_rooms(
