@@ -789,14 +789,17 @@ as $$
 #variable_conflict use_column
 declare
     v_group record;
+    -- the shards' rows so far: each item's position, its run, its status (arrays, not a temporary
+    -- table: a router finishing thousands of batches a second would churn the catalog)
+    v_ns bigint[] := '{}';
+    v_ids conveyor.ulid[] := '{}';
+    v_statuses conveyor.run_status[] := '{}';
 begin
     if items is null or jsonb_typeof(items) <> 'array' then
         -- the shard's own refusal, word for word
         return query select * from conveyor._finish_on(0, items);
         return;
     end if;
-    create temp table if not exists _router_finished (n bigint, run_id conveyor.ulid, status conveyor.run_status) on commit drop;
-    truncate _router_finished;
     for v_group in
         select coalesce(case when jsonb_typeof(e -> 'run_id') = 'string'
                              then conveyor.ulid_partition(conveyor._ulid_or_null(e ->> 'run_id')) end, 0)
@@ -806,11 +809,13 @@ begin
         from jsonb_array_elements(items) with ordinality as x(e, n)
         group by 1 order by 1
     loop
-        insert into _router_finished
-        select v_group.positions[f.i], f.run_id, f.status
+        select v_ns || coalesce(array_agg(v_group.positions[f.i] order by f.i), '{}'),
+               v_ids || coalesce(array_agg(f.run_id order by f.i), '{}'),
+               v_statuses || coalesce(array_agg(f.status order by f.i), '{}')
+        into v_ns, v_ids, v_statuses
         from conveyor._finish_on(v_group.p, v_group.items) with ordinality as f(run_id, status, i);
     end loop;
-    return query select f.run_id, f.status from _router_finished f order by f.n;
+    return query select f.run_id, f.status from unnest(v_ns, v_ids, v_statuses) as f(n, run_id, status) order by f.n;
 end $$;
 
 create function conveyor.finish_and_claim(
@@ -972,6 +977,9 @@ declare
     v_done integer[] := '{}';
     v_state text;
     v_message text;
+    -- the ids made so far and each one's position in the batch (arrays, not a temporary table)
+    v_ns integer[] := '{}';
+    v_ids conveyor.ulid[] := '{}';
 begin
     if v_n = 0 or enqueue_many.parent_run_id is not null
        or (enqueue_many.keys is null and enqueue_many.idempotency_keys is null)
@@ -1003,16 +1011,15 @@ begin
             'this batch''s keys send its runs to %s shards, one transaction each: give every run an idempotency key (a retry after a partial failure then returns the runs made), or send one batch per key',
             v_shards));
     end if;
-    create temp table if not exists _router_enqueued (n integer, id conveyor.ulid) on commit drop;
-    truncate _router_enqueued;
     for v_group in
         select x.p, array_agg(x.i order by x.i) as positions
         from unnest(v_parts) with ordinality as x(p, i)
         group by x.p order by x.p
     loop
         begin
-            insert into _router_enqueued
-            select v_group.positions[e.k::integer], e.id
+            select v_ns || coalesce(array_agg(v_group.positions[e.k::integer] order by e.k), '{}'),
+                   v_ids || coalesce(array_agg(e.id order by e.k), '{}')
+            into v_ns, v_ids
             from conveyor._enqueue_many_on(v_group.p, enqueue_many.task,
                      array(select enqueue_many.payloads[i] from unnest(v_group.positions) i),
                      enqueue_many.run_at, enqueue_many.delay, enqueue_many.priority, enqueue_many.queue,
@@ -1032,7 +1039,7 @@ begin
         end;
         v_done := v_done || v_group.p;
     end loop;
-    return query select e.id from _router_enqueued e order by e.n;
+    return query select e.id from unnest(v_ns, v_ids) as e(n, id) order by e.n;
 end $$;
 
 -- ---- operators
