@@ -475,12 +475,6 @@ fn try_shard_lock((scope, name, key): GateOf, shard: i16) -> bool {
     .expect("pg_try_advisory_xact_lock returned null")
 }
 
-/// SQL: conveyor._try_key_shard, try_shard_lock above.
-#[pg_extern(sql = false)]
-fn _try_key_shard(scope: &str, name: &str, key: &str, shard: i16) -> bool {
-    try_shard_lock((scope_of(Some(scope)), name, key), shard)
-}
-
 /// SQL: conveyor._key_more, more_shards above (parallel arrays), taking the shards' locks.
 #[pg_extern(sql = false)]
 fn _key_more(

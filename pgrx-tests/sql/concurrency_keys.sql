@@ -167,12 +167,13 @@ select conveyor.enqueue('k.rr', key => 'x') is not null;
 select regress.try($$select count(*) from conveyor.claim_runs('kq3', 'w', 1)$$);
 rollback;
 
--- the lock of a key limit's shard (taken in Rust: _key_gates, _try_key_shard) is the advisory
--- lock ('pgck', hashtext of the shard's _key_ref) that SQL names, for keys of any characters
+-- the lock of a key limit's shard (taken in Rust: _key_gates, _key_more) is the advisory lock
+-- ('pgck', hashtext of the shard's _key_ref) that SQL names, for keys of any characters
 
 begin;
-select conveyor._try_key_shard('queue', 'kq', k, 3::smallint)
-from unnest(array['tenant-42', 'ünï cödé ✓', '']) k;
+select * from conveyor._key_more(array['queue', 'queue', 'queue'], array['kq', 'kq', 'kq'],
+                                 array['tenant-42', 'ünï cödé ✓', ''], array[3, 3, 3]::smallint[],
+                                 array[1, 1, 1]::bigint[], array[1, 1, 1]::bigint[]);
 select k, exists (select from pg_locks l
                   where l.locktype = 'advisory' and l.pid = pg_backend_pid() and l.objsubid = 2
                     and l.classid = 1885823851

@@ -90,19 +90,16 @@ create or replace function conveyor._session_started_at() returns timestamptz
 create or replace function conveyor._in_background_worker() returns boolean
     stable parallel restricted language c as 'MODULE_PATHNAME', '_in_background_worker_wrapper';
 
--- _try_key_shard: take the lock of one shard of a key limit for this transaction if no other
--- transaction holds it (never waits; src/admit.rs): advisory lock ('pgck', the hashtext of the
--- shard's name, _key_ref(scope, name, key) || E'\x1f' || shard). Two shards of one hash share a
--- lock, so a claim of one may pass the other over while it runs, and never admits more than a
--- limit.
-create or replace function conveyor._try_key_shard(p_scope text, p_name text, p_key text, p_shard smallint)
-returns boolean
-    volatile strict language c as 'MODULE_PATHNAME', '_try_key_shard_wrapper';
+-- The lock of a shard of a key limit, which _key_gates and _key_more take for the transaction
+-- when no other transaction holds it (never waiting; src/admit.rs): the advisory lock ('pgck',
+-- the hashtext of the shard's name, _key_ref(scope, name, key) || E'\x1f' || shard). Two shards
+-- of one hash share a lock, so a claim of one may pass the other over while it runs, and never
+-- admits more than a limit.
 
 -- _key_gates: the keys under a key limit among a claim's candidates (queue, task and key as
 -- parallel arrays) and the shard each takes (src/admit.rs): one whose candidates a shard's share
--- covers takes the first shard from its start (by key and session) whose lock _try_key_shard
--- takes; one with more candidates takes none here (claim_runs then takes the shards with room
+-- covers takes the first shard from its start (by key and session) whose lock it takes
+-- (above); one with more candidates takes none here (claim_runs then takes the shards with room
 -- it needs). With each key's number of candidates and start shard.
 create or replace function conveyor._key_gates(
     queues text[], tasks text[], keys text[],
@@ -113,7 +110,7 @@ returns table (scope text, name text, key text, shard smallint, want integer, st
 
 -- _key_more: of the further shards of keys short of room (scope, name, key, shard, in the order
 -- to try them, with each shard's room as committed and what its key still misses), those taken
--- (src/admit.rs): in turn, each whose lock _try_key_shard takes, until the rooms taken cover
+-- (src/admit.rs): in turn, each whose lock it takes, until the rooms taken cover
 -- what the key misses.
 create or replace function conveyor._key_more(
     scopes text[], names text[], keys text[], shards smallint[], hints bigint[], missing bigint[])
