@@ -15,11 +15,31 @@ for line in open(path):
     fields = dict(kv.split("=", 1) for kv in line.split()[1:])
     rows.append(fields)
 
-def find(system, workload, **match):
-    for r in rows:
-        if r.get("system") == system and r.get("workload") == workload and all(r.get(k) == str(v) for k, v in match.items()):
-            return r
-    return None
+def matching(system, workload, passes=False, **match):
+    """A workload's rows in the order they ran: the first pass's (its rounds), or with passes
+    the rows of the pass after the peers too."""
+    return [r for r in rows
+            if r.get("system") == system and r.get("workload") == workload and (passes or "pass" not in r)
+            and all(r.get(k) == str(v) for k, v in match.items())]
+
+def find(system, workload, passes=False, **match):
+    """The row of a workload; of several (rounds, passes), the one with the median per_second
+    (of an even number, the lower)."""
+    found = matching(system, workload, passes, **match)
+    if len(found) > 1 and all("per_second" in r for r in found):
+        found.sort(key=lambda r: float(r["per_second"]))
+        return found[(len(found) - 1) // 2]
+    return found[0] if found else None
+
+def round_ratio(a, b):
+    """The median of a / b over the rounds (the rows of each, paired in the order they ran):
+    a round's two workloads ran minutes apart, two rounds' may not have."""
+    ra, rb = [num(r, "per_second") for r in a], [num(r, "per_second") for r in b]
+    rs = sorted(x / y for x, y in zip(ra, rb) if x is not None and y)
+    if not rs:
+        return "–"
+    note = f" (median of {len(rs)} rounds)" if len(rs) > 1 else ""
+    return f"{rs[(len(rs) - 1) // 2]:.2f}×{note}"
 
 def num(r, key):
     try:
@@ -34,6 +54,9 @@ mem = os.popen("free -g | awk '/Mem:/ {print $2}'").read().strip()
 pg = subprocess.run(["/usr/bin/pg_config", "--version"], capture_output=True, text=True).stdout.strip()
 print(f"Machine: {os.cpu_count()} cores, {mem} GiB memory, {platform.platform()}; {pg}.")
 print("Cluster settings: " + ", ".join(f"`{s}`" for s in settings) + ".")
+rounds = len([r for r in rows if r.get("system") == "pg_conveyor" and r.get("workload") == "process_keyed"])
+if rounds > 1:
+    print(f"pg_conveyor's batch-50 process workloads: the median of {rounds} interleaved rounds each.")
 print()
 
 single = num(find("pgbench", "limit_single"), "per_second")
@@ -56,18 +79,18 @@ for b in (1, 50):
     pc = find("pg_conveyor", "process_combined", batch=b)
     two = num(find("pg_conveyor", "process", batch=b), "per_second")
     if pc:
-        print(f"| end to end, {pc['runs']} no-op runs, 8 workers, batch {b}, finish_and_claim (one call per cycle) | {fmt(num(pc, 'per_second'))} runs/s | claim + finish, two calls: {fmt(two)} runs/s | {ratio(num(pc, 'per_second'), two)} |")
+        print(f"| end to end, {pc['runs']} no-op runs, 8 workers, batch {b}, finish_and_claim (one call per cycle) | {fmt(num(pc, 'per_second'))} runs/s | claim + finish, two calls: {fmt(two)} runs/s | {round_ratio(matching('pg_conveyor', 'process_combined', batch=b), matching('pg_conveyor', 'process', batch=b))} |")
 rl = find("pg_conveyor", "process_rate_limited", batch=50)
 if rl:
     plain = num(find("pg_conveyor", "process", batch=50), "per_second")
-    print(f"| end to end, {rl['runs']} no-op runs, 8 workers, batch 50, under rate limits on the queue and the task that never bind | {fmt(num(rl, 'per_second'))} runs/s | without limits: {fmt(plain)} runs/s (target ≥ 0.9×) | {ratio(num(rl, 'per_second'), plain)} |")
+    print(f"| end to end, {rl['runs']} no-op runs, 8 workers, batch 50, under rate limits on the queue and the task that never bind | {fmt(num(rl, 'per_second'))} runs/s | without limits: {fmt(plain)} runs/s (target ≥ 0.9×) | {round_ratio(matching('pg_conveyor', 'process_rate_limited', batch=50), matching('pg_conveyor', 'process', batch=50))} |")
 kl = find("pg_conveyor", "process_key_limited", batch=50)
 if kl:
     plain = num(find("pg_conveyor", "process", batch=50), "per_second")
-    print(f"| end to end, {kl['runs']} no-op runs over 100 concurrency keys, 8 workers, batch 50, under a key_concurrency that never binds | {fmt(num(kl, 'per_second'))} runs/s | without limits: {fmt(plain)} runs/s (target ≥ 0.9×) | {ratio(num(kl, 'per_second'), plain)} |")
+    print(f"| end to end, {kl['runs']} no-op runs over 100 concurrency keys, 8 workers, batch 50, under a key_concurrency that never binds | {fmt(num(kl, 'per_second'))} runs/s | without limits: {fmt(plain)} runs/s (target ≥ 0.9×) | {round_ratio(matching('pg_conveyor', 'process_key_limited', batch=50), matching('pg_conveyor', 'process', batch=50))} |")
     kd = find("pg_conveyor", "process_keyed", batch=50)
     if kd:
-        print(f"| the same keyed runs under no limit | {fmt(num(kd, 'per_second'))} runs/s | key-limited: {fmt(num(kl, 'per_second'))} runs/s | {ratio(num(kl, 'per_second'), num(kd, 'per_second'))} (the limit alone) |")
+        print(f"| the same keyed runs under no limit | {fmt(num(kd, 'per_second'))} runs/s | key-limited: {fmt(num(kl, 'per_second'))} runs/s | {round_ratio(matching('pg_conveyor', 'process_key_limited', batch=50), matching('pg_conveyor', 'process_keyed', batch=50))} (the limit alone) |")
 mx = find("pg_conveyor", "process_mix", batch=50)
 if mx:
     plain = num(find("pg_conveyor", "process", batch=50), "per_second")
@@ -75,12 +98,16 @@ if mx:
 for f in [r for r in rows if r.get("workload") == "fairness"]:
     fifo = find("pg_conveyor", "fairness", mode="fifo")
     print(f"| fairness ({f['mode']}): {f['small']} runs of a small key behind {int(f['flood']):,} of a flooded one, 8 workers, batch {f['batch']} | the small key's last run started {f['small_waited_s']} s after the first start, after {int(f['flood_before']):,} flood runs | {fmt(num(f, 'per_second'))} runs/s | {ratio(num(f, 'per_second'), num(fifo, 'per_second'))} of fifo |")
+top = find("pg_conveyor", "sustained", rate="1000000")
 sus = [r for r in rows if r.get("workload") == "sustained" and r.get("rate") != "1000000"]
-free = next((r for r in sus if r.get("hold") == "0"), None)
 held = next((r for r in sus if r.get("hold") == "1"), None)
-if free and held:
-    for label, r in (("no snapshot held", free), ("a REPEATABLE READ snapshot held all the while", held)):
-        print(f"| sustained {r['rate']} runs/s offered for {r['seconds']} s, {label} | {fmt(num(r, 'per_second'))} runs/s, start p50 {r['p50_ms']} ms / p99 {r['p99_ms']} ms | dead tuples: runs {int(r['dead_runs']):,}, events {int(r['dead_events']):,}; runs table {r['runs_mb']} MB | {ratio(num(r, 'per_second'), num(free, 'per_second'))} |")
+# the run without a snapshot at the held run's rate (half the maximum), and any other rate (90%)
+free = next((r for r in sus if r.get("hold") == "0" and held and r.get("rate") == held.get("rate")), None)
+for r in sus:
+    share = f" ({100 * num(r, 'rate') / num(top, 'per_second'):.0f}% of the maximum)" if top and num(top, "per_second") else ""
+    label = "a REPEATABLE READ snapshot held all the while" if r.get("hold") == "1" else "no snapshot held"
+    versus = ratio(num(r, 'per_second'), num(free, 'per_second')) if r is held and free else ""
+    print(f"| sustained {r['rate']} runs/s offered{share} for {r['seconds']} s, {label} | {fmt(num(r, 'per_second'))} runs/s, start p50 {r['p50_ms']} ms / p99 {r['p99_ms']} ms | dead tuples: runs {int(r['dead_runs']):,}, events {int(r['dead_events']):,}; runs table {r['runs_mb']} MB | {versus} |")
 lat = find("pg_conveyor", "latency")
 if lat:
     print(f"| latency enqueue commit → claimed (LISTENing worker), {lat['samples']} samples | p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms | | |")
@@ -110,8 +137,12 @@ if wal_rows:
     print()
     print("| workload | runs | WAL bytes per run | commits per run |")
     print("|---|---|---|---|")
+    shown = set()
     for r in wal_rows:
         label = r["workload"] + "".join(f", {k} {r[k]}" for k in ("batch", "clients", "hold") if k in r)
+        if label in shown:
+            continue  # (a workload of several rounds: its first)
+        shown.add(label)
         print(f"| {label} | {int(r['runs']):,} | {int(r['wal_per_run']):,} | {r['commits_per_run']} |")
 routed = [r for r in rows if r.get("system") == "pg_conveyor" and r.get("workload") == "routed"]
 if routed:
@@ -133,10 +164,19 @@ for r in rows:
         key = r["workload"] if r["workload"] != "process" else f"process_batch{r.get('batch', '1')}"
         peers[r["system"]][key] = r
 if peers:
-    ours = {"enqueue_single": es, "enqueue_batch": eb, "process_batch1": r1, "process_batch50": r50}
+    def samples(workload, **match):
+        return ", ".join(fmt(num(r, "per_second")) for r in matching("pg_conveyor", workload, passes=True, **match))
+    print("pg_conveyor's samples in the order they ran (this table takes the median of all of them, of an even number the lower; the peers ran between "
+          f"the first pass and the last): enqueue single {samples('enqueue_single')}; enqueue batch "
+          f"{samples('enqueue_batch')}; process batch 1 {samples('process', batch=1)}; process batch 50 "
+          f"{samples('process', batch=50)}.")
+    print()
+    both = lambda workload, **m: num(find("pg_conveyor", workload, passes=True, **m), "per_second")
+    ours = {"enqueue_single": both("enqueue_single"), "enqueue_batch": both("enqueue_batch"),
+            "process_batch1": both("process", batch=1), "process_batch50": both("process", batch=50)}
     print("| system | enqueue single (jobs/s) | enqueue batch (jobs/s) | process, batch 1 (jobs/s) | process, batch 50 (jobs/s) |")
     print("|---|---|---|---|---|")
-    print(f"| pg_conveyor | {fmt(es)} | {fmt(eb)} | {fmt(r1)} | {fmt(r50)} |")
+    print("| pg_conveyor | " + " | ".join(fmt(ours[k]) for k in ("enqueue_single", "enqueue_batch", "process_batch1", "process_batch50")) + " |")
     for name, w in sorted(peers.items()):
         cells = []
         for key in ("enqueue_single", "enqueue_batch", "process_batch1", "process_batch50"):
