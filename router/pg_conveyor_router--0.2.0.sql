@@ -978,7 +978,7 @@ declare
     v_state text;
     v_message text;
     -- the ids made so far and each one's position in the batch (arrays, not a temporary table)
-    v_ns integer[] := '{}';
+    v_ns bigint[] := '{}';
     v_ids conveyor.ulid[] := '{}';
 begin
     if v_n = 0 or enqueue_many.parent_run_id is not null

@@ -457,7 +457,7 @@ returns table (scope text, name text, key text, shard smallint, want integer, st
 -- (src/admit.rs): in turn, each whose lock it takes, until the rooms taken cover
 -- what the key misses.
 create or replace function conveyor._key_more(
-    scopes text[], names text[], keys text[], shards smallint[], hints bigint[], missing bigint[])
+    scopes text[], names text[], keys text[], shards smallint[], rooms bigint[], missing bigint[])
 returns table (scope text, name text, key text, shard smallint)
     volatile strict language c as 'MODULE_PATHNAME', '_key_more_wrapper';
 
@@ -2259,6 +2259,13 @@ declare
     v_more_names text[];
     v_more_keys text[];
     v_more_shards smallint[];
+    -- (the untried shards of keys short of room: scope, name, key, shard, what the key misses, room)
+    v_try_scopes text[];
+    v_try_names text[];
+    v_try_keys text[];
+    v_try_shards smallint[];
+    v_try_missing bigint[];
+    v_try_rooms integer[];
     -- this round's keys under a limit (scope, name, key), the shard of the limit taken for each
     -- (null: none free with room) and the runs each may still start under it
     v_gate_scopes text[];
@@ -2458,48 +2465,45 @@ begin
                                        as g(scope, name, key, allowed, want)
                            group by g.scope, g.name, g.key
                            having sum(g.allowed) < max(g.want)) then
-                    -- (the untried shards with room as committed, in turn from the first, taken
-                    -- while the missing room is not covered: a claim never takes more of a key's
-                    -- shards than it can use, which would keep other claims of the key waiting for
-                    -- a round; one another claim holds is passed over for the next: _key_more)
-                    select array_agg(t.scope), array_agg(t.name), array_agg(t.key), array_agg(t.shard)
-                    into v_more_scopes, v_more_names, v_more_keys, v_more_shards
-                    from (select array_agg(x.scope order by x.scope, x.name, x.key, x.ord) as scopes,
-                                 array_agg(x.name order by x.scope, x.name, x.key, x.ord) as names,
-                                 array_agg(x.key order by x.scope, x.name, x.key, x.ord) as keys,
-                                 array_agg(x.shard order by x.scope, x.name, x.key, x.ord) as shards,
-                                 array_agg(x.hint order by x.scope, x.name, x.key, x.ord) as hints,
-                                 array_agg(x.missing order by x.scope, x.name, x.key, x.ord) as missing
-                          from (select d.scope, d.name, d.key, sh.shard::smallint as shard, w.want - d.room as missing, h.hint,
-                                       (sh.shard - w.start + w.shards) % w.shards as ord
-                                from (select g.scope, g.name, g.key, sum(g.allowed) as room, count(g.shard) as held,
-                                             array_agg(g.shard) filter (where g.shard is not null) as tried
-                                      from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_shards, v_gate_allowed)
-                                           as g(scope, name, key, shard, allowed)
-                                      group by g.scope, g.name, g.key) d
-                                -- (_key_gates gave each key one gate: one row of w per key)
-                                join (select g.scope, g.name, g.key, g.want, g.start, l.shards, l.conc, l.rate_n
-                                      from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_want, v_gate_start)
-                                           as g(scope, name, key, want, start)
-                                      join unnest(v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n, v_kl_shards)
-                                           as l(scope, name, conc, rate_n, shards)
-                                        on (l.scope, l.name) = (g.scope, g.name)) w
-                                  on (w.scope, w.name, w.key) = (d.scope, d.name, d.key)
-                                -- (the key's running runs under this limit, read once: the shard of each)
-                                cross join lateral (
-                                    select coalesce(array_agg(r.shard), '{}') as shards
-                                    from conveyor._key_running(array[d.key], array[d.scope], array[d.name], array[w.shards]) r
-                                    where d.room < w.want and d.held < w.shards) r
-                                cross join lateral generate_series(0, w.shards - 1) as sh(shard)
-                                cross join lateral (
-                                    select count(*) filter (where s = sh.shard) as here, count(*) filter (where s = -1) as nowhere
-                                    from unnest(r.shards) s) u
-                                cross join lateral (
-                                    select least(coalesce(conveyor._key_share(w.conc, w.shards, sh.shard) - u.here - u.nowhere, w.want),
-                                                 coalesce(conveyor._key_share(w.rate_n, w.shards, sh.shard), w.want)) as hint) h
-                                where d.room < w.want and d.held < w.shards and sh.shard <> all(coalesce(d.tried, '{}'))) x
-                          where x.hint > 0) a
-                    cross join lateral conveyor._key_more(a.scopes, a.names, a.keys, a.shards, a.hints, a.missing) t;
+                    -- the untried shards of those keys, in turn from each key's first, with what
+                    -- the key still misses and each shard's room as committed (_key_room, which
+                    -- counts the rate window's starts and what other shards borrowed too); those
+                    -- with room taken while the missing room is not covered: a claim never takes
+                    -- more of a key's shards than it can use, which would keep other claims of the
+                    -- key waiting for a round, and one another claim holds is passed over for the
+                    -- next (_key_more). Their room is counted again once they are held, below.
+                    select array_agg(x.scope order by x.scope, x.name, x.key, x.ord),
+                           array_agg(x.name order by x.scope, x.name, x.key, x.ord),
+                           array_agg(x.key order by x.scope, x.name, x.key, x.ord),
+                           array_agg(x.shard order by x.scope, x.name, x.key, x.ord),
+                           array_agg(x.missing order by x.scope, x.name, x.key, x.ord)
+                    into v_try_scopes, v_try_names, v_try_keys, v_try_shards, v_try_missing
+                    from (select d.scope, d.name, d.key, sh.shard::smallint as shard, w.want - d.room as missing,
+                                 (sh.shard - w.start + w.shards) % w.shards as ord
+                          from (select g.scope, g.name, g.key, sum(g.allowed) as room, count(g.shard) as held,
+                                       array_agg(g.shard) filter (where g.shard is not null) as tried
+                                from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_shards, v_gate_allowed)
+                                     as g(scope, name, key, shard, allowed)
+                                group by g.scope, g.name, g.key) d
+                          -- (_key_gates gave each key one gate: one row of w per key)
+                          join (select g.scope, g.name, g.key, g.want, g.start, l.shards
+                                from unnest(v_gate_scopes, v_gate_names, v_gate_keys, v_gate_want, v_gate_start)
+                                     as g(scope, name, key, want, start)
+                                join unnest(v_kl_scopes, v_kl_names, v_kl_shards) as l(scope, name, shards)
+                                  on (l.scope, l.name) = (g.scope, g.name)) w
+                            on (w.scope, w.name, w.key) = (d.scope, d.name, d.key)
+                          cross join lateral generate_series(0, w.shards - 1) as sh(shard)
+                          where d.room < w.want and d.held < w.shards and sh.shard <> all(coalesce(d.tried, '{}'))) x;
+                    if v_try_scopes is not null then
+                        v_try_rooms := conveyor._key_room(v_try_scopes, v_try_names, v_try_keys, v_try_shards,
+                            v_kl_scopes, v_kl_names, v_kl_conc, v_kl_rate_n, v_kl_rate_p, v_kl_shards,
+                            array(select distinct k from unnest(v_try_keys) k), v_since, v_want,
+                            v_started_queues, v_started_tasks, v_started_keys, v_started_qshards, v_started_tshards);
+                        select array_agg(t.scope), array_agg(t.name), array_agg(t.key), array_agg(t.shard)
+                        into v_more_scopes, v_more_names, v_more_keys, v_more_shards
+                        from conveyor._key_more(v_try_scopes, v_try_names, v_try_keys, v_try_shards,
+                                                v_try_rooms::bigint[], v_try_missing) t;
+                    end if;
                 end if;
                 if v_more_scopes is not null then
                     v_gate_scopes := v_gate_scopes || v_more_scopes;
@@ -2963,13 +2967,6 @@ returns integer
 language sql
 immutable
 as $$ select least(8, coalesce(p_conc, 8), coalesce(p_rate, 8)) $$;
-
--- _key_share: a shard's share of a key limit of N split into p_shards (null: no such limit).
-create or replace function conveyor._key_share(p_n integer, p_shards integer, p_shard integer)
-returns integer
-language sql
-immutable
-as $$ select p_n / p_shards + (p_shard < p_n % p_shards)::integer $$;
 
 -- _key_running: the running runs of these keys under each of these key limits (scope, name,
 -- and its number of shards), a row each, with the shard of the limit it started under: -1 for

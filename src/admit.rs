@@ -250,7 +250,7 @@ pub struct Limit {
 }
 
 /// A shard's share of a limit of `n` split into `shards` (the first `n % shards` shards take
-/// one more), as `conveyor._key_share`.
+/// one more): the one definition, which the gates and the rooms use.
 pub fn share(n: i32, shards: i32, shard: i16) -> i64 {
     (n / shards + i32::from((shard as i32) < n % shards)) as i64
 }

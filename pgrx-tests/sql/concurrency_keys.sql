@@ -107,6 +107,16 @@ from conveyor.claim_runs('kw', 'w', 9) c join conveyor.runs r on r.id = c.run_id
 select key, sum(n) <= 5 as within_limit from conveyor._rate_starts s
 where s.scope = 'queue_key' and s.name = 'kw' group by 1 order by 1;
 
+-- a key short of room takes the shards with room left in the rate window, passing those its
+-- earlier starts used up: 4 shards of one start each, the first claim used the one this session
+-- tries first, the next claim of 3 takes the other 3 (and the window is then full)
+select conveyor.set_queue('kw2', key_rate_limit => '4/1m');
+select conveyor.define_task('k.w2', queue => 'kw2');
+select count(*) from conveyor.enqueue_many('k.w2', array_fill('{}'::jsonb, array[5]), keys => array_fill('x'::text, array[5]));
+select count(*) from conveyor.claim_runs('kw2', 'w', 1);
+select count(*) from conveyor.claim_runs('kw2', 'w', 3);
+select count(*) from conveyor.claim_runs('kw2', 'w', 3);
+
 -- a claim of one run looks past every key at its limit, however many: 12 keys each running
 -- one run (key_concurrency 1) with another queued in front of a free key's run
 select conveyor.set_queue('kl', key_concurrency => 1);

@@ -113,7 +113,7 @@ returns table (scope text, name text, key text, shard smallint, want integer, st
 -- (src/admit.rs): in turn, each whose lock it takes, until the rooms taken cover
 -- what the key misses.
 create or replace function conveyor._key_more(
-    scopes text[], names text[], keys text[], shards smallint[], hints bigint[], missing bigint[])
+    scopes text[], names text[], keys text[], shards smallint[], rooms bigint[], missing bigint[])
 returns table (scope text, name text, key text, shard smallint)
     volatile strict language c as 'MODULE_PATHNAME', '_key_more_wrapper';
 
