@@ -26,8 +26,8 @@ def find(system, workload, passes=False, **match):
     """The row of a workload; of several (rounds, passes), the one with the median per_second
     (of an even number, the lower)."""
     found = matching(system, workload, passes, **match)
-    if len(found) > 1 and all("per_second" in r for r in found):
-        found.sort(key=lambda r: float(r["per_second"]))
+    if len(found) > 1 and all(num(r, "per_second") is not None for r in found):
+        found.sort(key=lambda r: num(r, "per_second"))
         return found[(len(found) - 1) // 2]
     return found[0] if found else None
 
@@ -130,7 +130,7 @@ if gr:
     first, second = int(gr.get('first_half_peak_mb', 0)), int(gr['second_half_peak_mb'])
     change = f"{(second - first) * 100 / first:+.0f}% from the first half to the second" if first else ""
     print(f"| sustained load, {int(gr['runs']):,} runs, retention 10s | runs table + indexes: peak {first} MB in the first half, {second} MB in the second | no unbounded growth | {change} |")
-wal_rows = [r for r in rows if r.get("system") == "pg_conveyor" and r.get("wal_per_run")]
+wal_rows = [r for r in rows if r.get("system") == "pg_conveyor" and r.get("wal_per_run") and "pass" not in r]
 if wal_rows:
     print()
     print("WAL bytes and commits per run (enqueue to finish, the workload's setup included; from pg_current_wal_lsn and pg_stat_database.xact_commit before and after, the background worker's ticks too):")
@@ -141,7 +141,7 @@ if wal_rows:
     for r in wal_rows:
         label = r["workload"] + "".join(f", {k} {r[k]}" for k in ("batch", "clients", "hold") if k in r)
         if label in shown:
-            continue  # (a workload of several rounds: its first)
+            continue  # (a workload of several rounds: its first round)
         shown.add(label)
         print(f"| {label} | {int(r['runs']):,} | {int(r['wal_per_run']):,} | {r['commits_per_run']} |")
 routed = [r for r in rows if r.get("system") == "pg_conveyor" and r.get("workload") == "routed"]

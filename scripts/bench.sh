@@ -50,8 +50,9 @@ psql() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
 for db in bench bench_manual bench_pgbench; do psql -d postgres -c "create database $db"; done
 
 run() { # run DB ARGS...: the driver's RESULT line into the results file
-    PGDATABASE=$1 "$DRIVER" "${@:2}" | sed "${PASS:+s/^RESULT /RESULT pass=$PASS /}" | tee -a "$OUT/results"
+    PGDATABASE=$1 "$DRIVER" "${@:2}" | sed "${pass:+s/^RESULT /RESULT pass=$pass /}" | tee -a "$OUT/results"
 }
+pass=  # the pass the rows belong to: empty for the first, 2 for the one after the peers
 
 log "pg_conveyor"
 run bench enqueue-single --clients 8 --seconds "$SECONDS_EACH"
@@ -128,13 +129,15 @@ if [ "${BENCH_PEERS:-1}" = 1 ] && [ -x bench/peers/run.sh ]; then
         done
     done
     # pg_conveyor's four headline workloads once more, after the peers (rows tagged pass=2): this
-    # VM's speed drifts within minutes, so the report compares the peers with the median of both
-    # passes and prints each pass; pg_conveyor's own ratios use the first pass only
+    # VM's speed drifts within minutes, so the report compares the peers with the median of all
+    # the samples and prints each; pg_conveyor's own ratios use the first pass only
     log "pg_conveyor again, after the peers"
-    PASS=2 run bench enqueue-single --clients 8 --seconds "$SECONDS_EACH"
-    PASS=2 run bench enqueue-batch --clients 8 --batch 50 --seconds "$SECONDS_EACH"
-    PASS=2 run bench process --runs "$RUNS" --workers 8 --batch 1
-    PASS=2 run bench process --runs "$RUNS" --workers 8 --batch 50
+    pass=2
+    run bench enqueue-single --clients 8 --seconds "$SECONDS_EACH"
+    run bench enqueue-batch --clients 8 --batch 50 --seconds "$SECONDS_EACH"
+    run bench process --runs "$RUNS" --workers 8 --batch 1
+    run bench process --runs "$RUNS" --workers 8 --batch 50
+    pass=
 fi
 
 log "report"
