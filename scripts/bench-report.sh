@@ -99,7 +99,7 @@ for f in [r for r in rows if r.get("workload") == "fairness"]:
     fifo = find("pg_conveyor", "fairness", mode="fifo")
     print(f"| fairness ({f['mode']}): {f['small']} runs of a small key behind {int(f['flood']):,} of a flooded one, 8 workers, batch {f['batch']} | the small key's last run started {f['small_waited_s']} s after the first start, after {int(f['flood_before']):,} flood runs | {fmt(num(f, 'per_second'))} runs/s | {ratio(num(f, 'per_second'), num(fifo, 'per_second'))} of fifo |")
 top = find("pg_conveyor", "sustained", rate="1000000")
-sus = [r for r in rows if r.get("workload") == "sustained" and r.get("rate") != "1000000"]
+sus = [r for r in rows if r.get("system") == "pg_conveyor" and r.get("workload") == "sustained" and r.get("rate") != "1000000"]
 held = next((r for r in sus if r.get("hold") == "1"), None)
 # the run without a snapshot at the held run's rate (half the maximum), and any other rate (90%)
 free = next((r for r in sus if r.get("hold") == "0" and held and r.get("rate") == held.get("rate")), None)
@@ -187,6 +187,20 @@ if peers:
         version = next((w[k].get("version") for k in w if w[k].get("version")), None)
         label = name + (f" {version}" if version else "") + (f" ({note.replace('_', ' ')})" if note else "")
         print(f"| {label} | " + " | ".join(cells) + " |")
+    held_rows = [r for r in rows if r.get("workload") == "sustained" and r.get("system") not in ("pg_conveyor", "pgbench")]
+    if held_rows:
+        print()
+        print("Held snapshot, the peers that can run it: the same offered rate as pg_conveyor's, without and with a REPEATABLE READ snapshot held all the while (processed jobs/s, enqueue → start, dead tuples at the end: pg_conveyor's `runs`, the peers' tables together):")
+        print()
+        print("| system | snapshot | offered | processed | vs without | start p50 / p99 | dead tuples |")
+        print("|---|---|---|---|---|---|---|")
+        ours_sus = [r for r in rows if r.get("system") == "pg_conveyor" and r.get("workload") == "sustained" and r.get("rate") != "1000000"]
+        peers_held = sorted(held_rows, key=lambda x: (x.get("system"), x.get("hold")))
+        for r in [x for x in ours_sus if x.get("rate") == held_rows[0].get("rate")] + peers_held:
+            free_r = next((x for x in rows if x.get("system") == r.get("system") and x.get("workload") == "sustained"
+                           and x.get("hold") == "0" and x.get("rate") == r.get("rate")), None)
+            dead_cell = r.get("dead_total") or r.get("dead_runs")
+            print(f"| {r['system']} | {'held' if r.get('hold') == '1' else 'none'} | {r['rate']}/s for {r['seconds']} s | {fmt(num(r, 'per_second'))} | {ratio(num(r, 'per_second'), num(free_r, 'per_second')) if r.get('hold') == '1' else ''} | {r['p50_ms']} / {r['p99_ms']} ms | {int(dead_cell or 0):,} |")
     print()
     print("Peers' knobs (what made their batches and concurrency):")
     for name, w in sorted(peers.items()):

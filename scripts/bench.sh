@@ -128,6 +128,14 @@ if [ "${BENCH_PEERS:-1}" = 1 ] && [ -x bench/peers/run.sh ]; then
                 2> >(sed "s/^/  [$peer] /" >&2) | grep '^RESULT' | tee -a "$OUT/results" || true
         done
     done
+    # the held snapshot for the peers that can run it, at pg_conveyor's offered rate (half its
+    # sustained maximum), without and with the snapshot held
+    for peer in pgboss graphile-worker; do
+        for hold in 0 1; do
+            PGDATABASE=bench_$peer bench/peers/run.sh "$peer" sustained --rate "$half" --seconds "$HOLD_SECONDS" --hold "$hold" \
+                2> >(sed "s/^/  [$peer] /" >&2) | grep '^RESULT' | tee -a "$OUT/results" || true
+        done
+    done
     # pg_conveyor's four headline workloads once more, after the peers (rows tagged pass=2): this
     # VM's speed drifts within minutes, so the report compares the peers with the median of all
     # the samples and prints each; pg_conveyor's own ratios use the first pass only

@@ -3,7 +3,8 @@
 #   bench/peers/run.sh <peer> <workload> [--jobs N] [--workers W] [--batch B]
 #   bench/peers/run.sh --list          (the peer names, one a line)
 #   peers:     pgboss graphile-worker procrastinate pgqueuer pgq
-#   workloads: enqueue_single enqueue_batch process, and process_batch<B> = process --batch B
+#   workloads: enqueue_single enqueue_batch process, process_batch<B> = process --batch B, and
+#              sustained --rate R --seconds S --hold 0|1 (pg-boss and graphile-worker: the held snapshot)
 # Connects with PGHOST/PGPORT/PGUSER (defaults: /tmp/pgc-peers, 55300, postgres). The database is
 # PGDATABASE (default bench_<peer>): it is DROPPED and recreated, empty, before every run.
 # Prints one line "RESULT peer=... workload=... jobs=... seconds=... per_second=..." on stdout;
@@ -18,7 +19,7 @@ if [ "${1:-}" = --list ]; then printf '%s\n' "${peers[@]}"; exit 0; fi
 peer=$1
 workload=$2
 shift 2
-case "$workload" in enqueue_single | enqueue_batch | process | process_batch[1-9]*) ;; *) usage ;; esac
+case "$workload" in enqueue_single | enqueue_batch | process | process_batch[1-9]* | sustained) ;; *) usage ;; esac
 
 export PGHOST=${PGHOST:-/tmp/pgc-peers}
 export PGPORT=${PGPORT:-55300}

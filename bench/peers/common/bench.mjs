@@ -1,7 +1,7 @@
 // Shared helpers for the Node.js peer drivers (pg-boss, graphile-worker).
 // No dependencies of its own: each driver passes in what it imported.
 
-export const WORKLOADS = ['enqueue_single', 'enqueue_batch', 'process'];
+export const WORKLOADS = ['enqueue_single', 'enqueue_batch', 'process', 'sustained'];
 
 export function parseArgs(argv, peer) {
   const [label, ...rest] = argv;
@@ -9,14 +9,23 @@ export function parseArgs(argv, peer) {
   const alias = /^process_batch([1-9][0-9]*)$/.exec(label || '');
   const workload = alias ? 'process' : label;
   if (!WORKLOADS.includes(workload)) {
-    die(`usage: ${peer} <${WORKLOADS.join('|')}|process_batch<B>> [--jobs N] [--workers W] [--batch B]`);
+    die(`usage: ${peer} <${WORKLOADS.join('|')}|process_batch<B>> [--jobs N] [--workers W] [--batch B] [--rate R --seconds S --hold 0|1]`);
   }
-  const opts = { workload, label, jobs: null, workers: 8, batch: alias ? Number(alias[1]) : null };
+  const opts = {
+    workload, label, jobs: null, workers: 8, batch: alias ? Number(alias[1]) : null, rate: 100, seconds: 60, hold: false,
+  };
   for (let i = 0; i < rest.length; i++) {
     const key = rest[i];
     const value = Number(rest[++i]);
+    if (key === '--hold') {
+      if (value !== 0 && value !== 1) die('--hold needs 0 or 1');
+      opts.hold = value === 1;
+      continue;
+    }
     if (!Number.isInteger(value) || value < 1) die(`${key} needs a positive integer`);
     if (key === '--jobs') opts.jobs = value;
+    else if (key === '--rate') opts.rate = value;
+    else if (key === '--seconds') opts.seconds = value;
     else if (key === '--workers') opts.workers = value;
     else if (key === '--batch') {
       if (alias && value !== opts.batch) die(`${label} and --batch ${value} disagree`);
@@ -26,7 +35,7 @@ export function parseArgs(argv, peer) {
   }
   opts.jobs ??= workload === 'enqueue_single' ? 20000 : 100000;
   if (workload === 'enqueue_single') opts.batch = 1;
-  opts.batch ??= workload === 'enqueue_batch' ? 50 : 1;
+  opts.batch ??= workload === 'enqueue_batch' ? 50 : workload === 'sustained' ? 10 : 1;
   return opts;
 }
 
@@ -115,4 +124,75 @@ export function result(fields, seconds) {
   const parts = Object.entries({ system: fields.peer, ...fields, seconds: seconds.toFixed(2), per_second: perSecond })
     .map(([k, v]) => `${k}=${String(v).replace(/\s+/g, '')}`);
   process.stdout.write(`RESULT ${parts.join(' ')}\n`);
+}
+
+// Microseconds since the epoch, to carry in a payload from producer to handler.
+export const epochMicros = () => Math.round((performance.timeOrigin + performance.now()) * 1000);
+
+function percentile(sorted, p) {
+  return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] : 0;
+}
+
+// The held-snapshot workload, as pg_conveyor's `sustained` (bench/driver): 4 producers offer
+// `opts.rate` jobs a second for `opts.seconds`, each job carrying its enqueue time (payload
+// {t}); the peer's workers run meanwhile and each handler call records enqueue -> start. With
+// `opts.hold` a REPEATABLE READ transaction (`holdQuery` takes its snapshot) is open from before
+// the load to after the figures. Prints processed jobs/s, p50/p99 and the dead tuples of the
+// peer's tables (those of `schema` that have any, and their total) at the end.
+//   enqueue(payload): one job, resolves when committed
+//   startWorkers(onJob): starts the peer's workers; each handler calls onJob(payload)
+//   stopWorkers(): stops them
+export async function sustained({ opts, base, pg, enqueue, startWorkers, stopWorkers, holdQuery, schema, knob }) {
+  const holder = new pg.Client(pgConfig());
+  await holder.connect();
+  try {
+    if (opts.hold) await holder.query(`begin isolation level repeatable read; ${holdQuery}`);
+    const latencies = [];
+    let processed = 0;
+    await startWorkers((payload) => {
+      processed++;
+      if (payload && Number.isFinite(payload.t)) latencies.push((epochMicros() - payload.t) / 1000);
+    });
+    let stop = false;
+    let offered = 0;
+    const perProducer = opts.rate / 4;
+    const t0 = now();
+    const producers = Array.from({ length: 4 }, async () => {
+      for (let n = 0; !stop; n++) {
+        const wait = t0 + n / perProducer - now();
+        if (wait > 0) await sleep(wait * 1000);
+        if (stop) break;
+        await enqueue({ t: epochMicros() });
+        offered++;
+      }
+    });
+    await sleep(opts.seconds * 1000);
+    stop = true;
+    const counted = processed;
+    await Promise.all(producers);
+    await stopWorkers();
+    latencies.sort((a, b) => a - b);
+    await sleep(1500); // statistics are flushed about once a second
+    const dead = (await holder.query(
+      `select relname::text as name, n_dead_tup::bigint as dead, pg_total_relation_size(relid) / 1024 / 1024 as mb
+         from pg_stat_user_tables where schemaname = $1 and n_dead_tup > 0 order by relname`, [schema])).rows;
+    if (opts.hold) await holder.query('commit');
+    const perSecond = Math.round(counted / opts.seconds);
+    const fields = {
+      system: base.peer, ...base, hold: opts.hold ? 1 : 0, rate: opts.rate, seconds: opts.seconds, per_second: perSecond,
+      offered, p50_ms: percentile(latencies, 0.5).toFixed(1), p99_ms: percentile(latencies, 0.99).toFixed(1),
+      dead_total: dead.reduce((sum, d) => sum + Number(d.dead), 0),
+      ...Object.fromEntries(dead.map((d) => [`dead_${d.name}`, d.dead])),
+      ...Object.fromEntries(dead.map((d) => [`mb_${d.name}`, d.mb])),
+      knob,
+    };
+    delete fields.jobs;
+    process.stderr.write(`${base.peer} sustained (${opts.hold ? 'a REPEATABLE READ snapshot held' : 'no snapshot held'}): `
+      + `offered ${opts.rate} jobs/s for ${opts.seconds}s (${offered} enqueued), processed ${perSecond} jobs/s, `
+      + `p50 ${fields.p50_ms} ms, p99 ${fields.p99_ms} ms; dead tuples ${dead.map((d) => `${d.name} ${d.dead}`).join(', ')}\n`);
+    const parts = Object.entries(fields).map(([k, v]) => `${k}=${String(v).replace(/\s+/g, '')}`);
+    process.stdout.write(`RESULT ${parts.join(' ')}\n`);
+  } finally {
+    await holder.end().catch(() => {});
+  }
 }

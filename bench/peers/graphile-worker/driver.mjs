@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import { Logger, makeWorkerUtils, run } from 'graphile-worker';
 import pg from 'pg';
 import {
-  parseArgs, pgConfig, connectionString, die, now, produce, Ledger, waitUntil, result,
+  parseArgs, pgConfig, connectionString, die, now, produce, Ledger, waitUntil, result, sustained,
 } from '../common/bench.mjs';
 
 const VERSION = JSON.parse(readFileSync(new URL('./node_modules/graphile-worker/package.json', import.meta.url))).version;
@@ -47,6 +47,28 @@ try {
     const queued = await countJobs();
     if (queued !== opts.jobs) throw new Error(`graphile_worker has ${queued} jobs, expected ${opts.jobs}`);
     result({ ...base, batch: opts.batch, knob: `WorkerUtils.addJobs(${opts.batch}_jobs)`, verified: `queued=${queued}` }, seconds);
+  } else if (opts.workload === 'sustained') {
+    // The held-snapshot workload (common/bench.mjs): addJob() per job at a fixed rate, the
+    // workers on graphile-worker's defaults (LISTEN for new jobs, one job per fetch)
+    let failures = 0;
+    await sustained({
+      opts, base, pg,
+      enqueue: (payload) => utils.addJob(TASK, payload),
+      startWorkers: async (onJob) => {
+        runner = await run({
+          ...shared,
+          concurrency: opts.workers,
+          noHandleSignals: true,
+          taskList: { [TASK]: async (payload) => { onJob(payload); } },
+        });
+        runner.events.on('job:failed', () => { failures++; });
+      },
+      stopWorkers: async () => { await runner.stop(); runner = null; },
+      holdQuery: 'select count(*) from graphile_worker._private_jobs',
+      schema: 'graphile_worker',
+      knob: `WorkerUtils.addJob()_per_job,run(concurrency=${opts.workers})`,
+    });
+    if (failures) throw new Error(`${failures} jobs failed`);
   } else {
     // Pre-enqueue (not timed) with the bulk API.
     await produce(opts.jobs, 4, 1000,

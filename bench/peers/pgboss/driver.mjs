@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import { PgBoss } from 'pg-boss';
 import pg from 'pg';
 import {
-  parseArgs, pgConfig, die, now, produce, Ledger, waitUntil, result,
+  parseArgs, pgConfig, die, now, produce, Ledger, waitUntil, result, sustained,
 } from '../common/bench.mjs';
 
 const VERSION = JSON.parse(readFileSync(new URL('./node_modules/pg-boss/package.json', import.meta.url))).version;
@@ -18,7 +18,9 @@ const boss = new PgBoss({ ...pgConfig(), max: opts.workers + 4 });
 let bossErrors = 0;
 boss.on('error', (err) => { bossErrors++; process.stderr.write(`pg-boss error: ${err.message}\n`); });
 await boss.start();
-await boss.createQueue(QUEUE); // pg-boss >= 10 requires the queue to exist (default policy 'standard')
+// pg-boss >= 10 requires the queue to exist (default policy 'standard'). sustained measures
+// latency: its queue has pg-boss 12's notify on (workers woken by LISTEN/NOTIFY, not only polls)
+await boss.createQueue(QUEUE, opts.workload === 'sustained' ? { notify: true } : undefined);
 
 let workerBoss = null;
 const sql = new pg.Client(pgConfig());
@@ -44,6 +46,22 @@ try {
     const created = await countState('created');
     if (created !== opts.jobs) throw new Error(`pgboss.job has ${created} created jobs, expected ${opts.jobs}`);
     result({ ...base, batch: opts.batch, knob: `insert(${opts.batch}_jobs)`, verified: `created=${created}` }, seconds);
+  } else if (opts.workload === 'sustained') {
+    // The held-snapshot workload (common/bench.mjs): send() per job at a fixed rate, workers on
+    // their own pg-boss instance, fetching up to --batch (10, as pg_conveyor's) jobs a call
+    workerBoss = new PgBoss({ ...pgConfig(), max: opts.workers + 4 });
+    workerBoss.on('error', (err) => { bossErrors++; process.stderr.write(`pg-boss worker error: ${err.message}\n`); });
+    await workerBoss.start();
+    const workOptions = { batchSize: opts.batch, localConcurrency: opts.workers, pollingIntervalSeconds: 0.5, burstWhenBatchFull: true };
+    await sustained({
+      opts, base, pg,
+      enqueue: (payload) => boss.send(QUEUE, payload),
+      startWorkers: (onJob) => workerBoss.work(QUEUE, workOptions, async (jobs) => { for (const job of jobs) onJob(job.data); }),
+      stopWorkers: () => workerBoss.offWork(QUEUE),
+      holdQuery: 'select count(*) from pgboss.job',
+      schema: 'pgboss',
+      knob: `createQueue(notify),send()_per_job,work(batchSize=${opts.batch},localConcurrency=${opts.workers},pollingIntervalSeconds=0.5,burstWhenBatchFull)`,
+    });
   } else {
     // Pre-enqueue (not timed) with the bulk API.
     await produce(opts.jobs, 4, 1000,
