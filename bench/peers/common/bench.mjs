@@ -157,7 +157,7 @@ export async function sustained({ opts, base, pg, enqueue, startWorkers, stopWor
     let offered = 0;
     const perProducer = opts.rate / 4;
     const t0 = now();
-    const producers = Array.from({ length: 4 }, async () => {
+    const producers = Promise.all(Array.from({ length: 4 }, async () => {
       for (let n = 0; !stop; n++) {
         const wait = t0 + n / perProducer - now();
         if (wait > 0) await sleep(wait * 1000);
@@ -165,11 +165,12 @@ export async function sustained({ opts, base, pg, enqueue, startWorkers, stopWor
         await enqueue({ t: epochMicros() });
         offered++;
       }
-    });
-    await sleep(opts.seconds * 1000);
+    })).catch((err) => { stop = true; throw err; });
+    // (a producer's failure ends the window at once, and the run with it)
+    for (const end = now() + opts.seconds; !stop && now() < end;) await sleep(Math.min(200, (end - now()) * 1000));
     stop = true;
     const counted = processed;
-    await Promise.all(producers);
+    await producers;
     await stopWorkers();
     latencies.sort((a, b) => a - b);
     await sleep(1500); // statistics are flushed about once a second

@@ -49,7 +49,8 @@ try {
   } else if (opts.workload === 'sustained') {
     // The held-snapshot workload (common/bench.mjs): send() per job at a fixed rate, workers on
     // their own pg-boss instance, fetching up to --batch (10, as pg_conveyor's) jobs a call
-    workerBoss = new PgBoss({ ...pgConfig(), max: opts.workers + 4 });
+    // (useListenNotify: the instance listens, so the queue's notify wakes its workers)
+    workerBoss = new PgBoss({ ...pgConfig(), max: opts.workers + 4, useListenNotify: true });
     workerBoss.on('error', (err) => { bossErrors++; process.stderr.write(`pg-boss worker error: ${err.message}\n`); });
     await workerBoss.start();
     const workOptions = { batchSize: opts.batch, localConcurrency: opts.workers, pollingIntervalSeconds: 0.5, burstWhenBatchFull: true };
@@ -60,7 +61,7 @@ try {
       stopWorkers: () => workerBoss.offWork(QUEUE),
       holdQuery: 'select count(*) from pgboss.job',
       schema: 'pgboss',
-      knob: `createQueue(notify),send()_per_job,work(batchSize=${opts.batch},localConcurrency=${opts.workers},pollingIntervalSeconds=0.5,burstWhenBatchFull)`,
+      knob: `createQueue(notify),useListenNotify,send()_per_job,work(batchSize=${opts.batch},localConcurrency=${opts.workers},pollingIntervalSeconds=0.5,burstWhenBatchFull)`,
     });
   } else {
     // Pre-enqueue (not timed) with the bulk API.
