@@ -4,7 +4,7 @@ set -euo pipefail
 results=$1
 shift
 exec python3 - "$results" "$@" <<'PY'
-import os, platform, subprocess, sys
+import os, platform, statistics, subprocess, sys
 from collections import defaultdict
 
 path, settings = sys.argv[1], sys.argv[2:]
@@ -27,19 +27,19 @@ def find(system, workload, passes=False, **match):
     (of an even number, the lower)."""
     found = matching(system, workload, passes, **match)
     if len(found) > 1 and all(num(r, "per_second") is not None for r in found):
-        found.sort(key=lambda r: num(r, "per_second"))
-        return found[(len(found) - 1) // 2]
+        middle = statistics.median_low([num(r, "per_second") for r in found])
+        return next(r for r in found if num(r, "per_second") == middle)
     return found[0] if found else None
 
 def round_ratio(a, b):
     """The median of a / b over the rounds (the rows of each, paired in the order they ran):
     a round's two workloads ran minutes apart, two rounds' may not have."""
     ra, rb = [num(r, "per_second") for r in a], [num(r, "per_second") for r in b]
-    rs = sorted(x / y for x, y in zip(ra, rb) if x is not None and y)
+    rs = [x / y for x, y in zip(ra, rb) if x is not None and y]
     if not rs:
         return "–"
     note = f" (median of {len(rs)} rounds)" if len(rs) > 1 else ""
-    return f"{rs[(len(rs) - 1) // 2]:.2f}×{note}"
+    return f"{statistics.median_low(rs):.2f}×{note}"
 
 def num(r, key):
     try:
@@ -194,11 +194,9 @@ if peers:
         print()
         print("| system | snapshot | offered | processed | vs without | start p50 / p99 | dead tuples |")
         print("|---|---|---|---|---|---|---|")
-        ours_sus = [r for r in rows if r.get("system") == "pg_conveyor" and r.get("workload") == "sustained" and r.get("rate") != "1000000"]
         peers_held = sorted(held_rows, key=lambda x: (x.get("system"), x.get("hold")))
-        for r in [x for x in ours_sus if x.get("rate") == held_rows[0].get("rate")] + peers_held:
-            free_r = next((x for x in rows if x.get("system") == r.get("system") and x.get("workload") == "sustained"
-                           and x.get("hold") == "0" and x.get("rate") == r.get("rate")), None)
+        for r in [x for x in sus if x.get("rate") == held_rows[0].get("rate")] + peers_held:
+            free_r = find(r["system"], "sustained", hold=0, rate=r["rate"])
             dead_cell = r.get("dead_total") or r.get("dead_runs")
             print(f"| {r['system']} | {'held' if r.get('hold') == '1' else 'none'} | {r['rate']}/s for {r['seconds']} s | {fmt(num(r, 'per_second'))} | {ratio(num(r, 'per_second'), num(free_r, 'per_second')) if r.get('hold') == '1' else ''} | {r['p50_ms']} / {r['p99_ms']} ms | {int(dead_cell or 0):,} |")
     print()

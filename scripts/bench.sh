@@ -120,20 +120,21 @@ for kind in single batch; do
     echo "RESULT system=pgbench workload=limit_$kind per_second=$per" | tee -a "$OUT/results"
 done
 
+peer_run() { # peer_run PEER WORKLOAD ARGS...: a peer's RESULT line into the results file (a failure is logged, not fatal)
+    PGDATABASE=bench_$1 bench/peers/run.sh "$@" 2> >(sed "s/^/  [$1] /" >&2) | grep '^RESULT' | tee -a "$OUT/results" || true
+}
 if [ "${BENCH_PEERS:-1}" = 1 ] && [ -x bench/peers/run.sh ]; then
     log "peers"
     for peer in $(bench/peers/run.sh --list); do
         for workload in enqueue_single enqueue_batch process_batch1 process_batch50; do
-            PGDATABASE=bench_$peer bench/peers/run.sh "$peer" "$workload" --jobs "$PEER_JOBS" --workers 8 \
-                2> >(sed "s/^/  [$peer] /" >&2) | grep '^RESULT' | tee -a "$OUT/results" || true
+            peer_run "$peer" "$workload" --jobs "$PEER_JOBS" --workers 8
         done
     done
     # the held snapshot for the peers that can run it, at pg_conveyor's offered rate (half its
     # sustained maximum), without and with the snapshot held
     for peer in pgboss graphile-worker; do
         for hold in 0 1; do
-            PGDATABASE=bench_$peer bench/peers/run.sh "$peer" sustained --rate "$half" --seconds "$HOLD_SECONDS" --hold "$hold" \
-                2> >(sed "s/^/  [$peer] /" >&2) | grep '^RESULT' | tee -a "$OUT/results" || true
+            peer_run "$peer" sustained --rate "$half" --seconds "$HOLD_SECONDS" --hold "$hold"
         done
     done
     # pg_conveyor's four headline workloads once more, after the peers (rows tagged pass=2): this

@@ -118,12 +118,15 @@ export async function waitUntil(countDone, n, timeoutS, intervalMs = 20) {
   return done;
 }
 
-export function result(fields, seconds) {
-  const perSecond = Math.round(fields.jobs / seconds);
-  // system= is the key scripts/bench-report.sh groups by; peer= says the same.
-  const parts = Object.entries({ system: fields.peer, ...fields, seconds: seconds.toFixed(2), per_second: perSecond })
-    .map(([k, v]) => `${k}=${String(v).replace(/\s+/g, '')}`);
+// The RESULT line of `fields` (system= first: the key scripts/bench-report.sh groups by; peer=
+// says the same). Values lose their white space, so each field stays one word.
+function printResult(fields) {
+  const parts = Object.entries({ system: fields.peer, ...fields }).map(([k, v]) => `${k}=${String(v).replace(/\s+/g, '')}`);
   process.stdout.write(`RESULT ${parts.join(' ')}\n`);
+}
+
+export function result(fields, seconds) {
+  printResult({ ...fields, seconds: seconds.toFixed(2), per_second: Math.round(fields.jobs / seconds) });
 }
 
 // Microseconds since the epoch, to carry in a payload from producer to handler.
@@ -179,20 +182,19 @@ export async function sustained({ opts, base, pg, enqueue, startWorkers, stopWor
          from pg_stat_user_tables where schemaname = $1 and n_dead_tup > 0 order by relname`, [schema])).rows;
     if (opts.hold) await holder.query('commit');
     const perSecond = Math.round(counted / opts.seconds);
+    const { jobs: _jobs, ...about } = base; // (a sustained run has a rate, not a number of jobs)
     const fields = {
-      system: base.peer, ...base, hold: opts.hold ? 1 : 0, rate: opts.rate, seconds: opts.seconds, per_second: perSecond,
+      ...about, hold: opts.hold ? 1 : 0, rate: opts.rate, seconds: opts.seconds, per_second: perSecond,
       offered, p50_ms: percentile(latencies, 0.5).toFixed(1), p99_ms: percentile(latencies, 0.99).toFixed(1),
       dead_total: dead.reduce((sum, d) => sum + Number(d.dead), 0),
       ...Object.fromEntries(dead.map((d) => [`dead_${d.name}`, d.dead])),
       ...Object.fromEntries(dead.map((d) => [`mb_${d.name}`, d.mb])),
       knob,
     };
-    delete fields.jobs;
     process.stderr.write(`${base.peer} sustained (${opts.hold ? 'a REPEATABLE READ snapshot held' : 'no snapshot held'}): `
       + `offered ${opts.rate} jobs/s for ${opts.seconds}s (${offered} enqueued), processed ${perSecond} jobs/s, `
       + `p50 ${fields.p50_ms} ms, p99 ${fields.p99_ms} ms; dead tuples ${dead.map((d) => `${d.name} ${d.dead}`).join(', ')}\n`);
-    const parts = Object.entries(fields).map(([k, v]) => `${k}=${String(v).replace(/\s+/g, '')}`);
-    process.stdout.write(`RESULT ${parts.join(' ')}\n`);
+    printResult(fields);
   } finally {
     await holder.end().catch(() => {});
   }
