@@ -89,8 +89,9 @@ impl Cluster {
 
     /// A streaming standby of `primary`, started: a pg_basebackup of it (-R: it follows the
     /// primary), named `name` (cluster_name, which the primary's synchronous_standby_names
-    /// and pg_stat_replication see as its application_name).
-    pub fn standby_of(primary: &Cluster, name: &str) -> Cluster {
+    /// and pg_stat_replication see as its application_name); `conf`: lines for its
+    /// postgresql.conf after the primary's (later lines win).
+    pub fn standby_of(primary: &Cluster, name: &str, conf: &[&str]) -> Cluster {
         let (dir, port) = Cluster::place(name);
         std::fs::create_dir_all(&dir).unwrap();
         if is_root() {
@@ -105,7 +106,10 @@ impl Cluster {
             .expect("run pg_basebackup");
         assert!(out.status.success(), "pg_basebackup: {}", String::from_utf8_lossy(&out.stderr));
         // later lines win: the copy of the primary's postgresql.conf names the primary's port
-        let conf = format!("\nport = {port}\nunix_socket_directories = '{dir}'\ncluster_name = '{name}'\n");
+        let conf = format!(
+            "\nport = {port}\nunix_socket_directories = '{dir}'\ncluster_name = '{name}'\n{}\n",
+            conf.join("\n")
+        );
         let mut file = std::fs::OpenOptions::new().append(true).open(format!("{data}/postgresql.conf")).unwrap();
         std::io::Write::write_all(&mut file, conf.as_bytes()).unwrap();
         let standby = Cluster { dir, port };

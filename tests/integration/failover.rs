@@ -118,7 +118,7 @@ fn failover(sync: bool, cron: bool) -> Report {
             )
             .unwrap();
     }
-    let standby = Cluster::standby_of(&primary, &format!("standby_{label}"));
+    let standby = Cluster::standby_of(&primary, &format!("standby_{label}"), &[]);
     let mut on_standby = standby.connect("postgres");
     assert_eq!(tick_workers(&mut on_standby), 0, "a standby runs no tick worker");
     if sync {

@@ -1,8 +1,9 @@
 //! Scale-out through pg_conveyor_router (docs/scale-out.md): two shard clusters and a router
 //! cluster on this machine, PL/Proxy between them. The core lifecycle runs through the router;
 //! workers claiming from a queue with runs on both shards get each run exactly once; an enqueue
-//! on a shard is part of the app's transaction there; and one shard stopped and restarted under
-//! load loses no run (every producer retries with an idempotency key until acknowledged).
+//! on a shard is part of the app's transaction there; one shard stopped and restarted under
+//! load loses no run (every producer retries with an idempotency key until acknowledged); and a
+//! partition moves to a new server through a promoted standby under load.
 
 use crate::common::{reconnected, wait_for, Cluster, Pooler};
 use postgres::Client;
@@ -501,103 +502,17 @@ fn a_shard_stopped_and_restarted_under_load_loses_no_run() {
         &[],
     )
     .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(HashSet::<String>::new()));
-    let produce_errors = Arc::new(AtomicUsize::new(0));
-    let claim_errors = Arc::new(AtomicUsize::new(0));
-    let completed = Arc::new(AtomicUsize::new(0));
-    let config = cluster.router.config("router");
-    // producers: a key not acknowledged (its shard is down) is put aside and retried later, until
-    // the router acknowledges it: autocommit on the shard, the idempotency key makes a retry of
-    // an enqueue that did commit return the same run
-    let producers: Vec<_> = (0..2)
-        .map(|p| {
-            let (config, stop, acked, errors) = (config.clone(), stop.clone(), acked.clone(), produce_errors.clone());
-            thread::spawn(move || {
-                let mut client: Option<Client> = None;
-                let mut pending: Vec<String> = Vec::new();
-                let mut n = 0;
-                for turn in 0.. {
-                    let stopping = stop.load(Ordering::SeqCst);
-                    let key = if !pending.is_empty() && (stopping || turn % 5 == 0) {
-                        pending.remove(0)
-                    } else if !stopping {
-                        n += 1;
-                        format!("p{p}-{n}")
-                    } else {
-                        break;
-                    };
-                    let Some(c) = reconnected(&mut client, &config) else {
-                        pending.push(key);
-                        continue;
-                    };
-                    match c.query_one("select conveyor.enqueue('load', '{}', idempotency_key => $1)", &[&key]) {
-                        Ok(_) => {
-                            acked.lock().unwrap().insert(key);
-                        }
-                        Err(e) => {
-                            errors.fetch_add(1, Ordering::SeqCst);
-                            pending.push(key);
-                            if e.code().is_none() {
-                                client = None;
-                            }
-                            thread::sleep(Duration::from_millis(10));
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    let workers_stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..3)
-        .map(|w| {
-            let (config, stop, errors, completed) =
-                (config.clone(), workers_stop.clone(), claim_errors.clone(), completed.clone());
-            thread::spawn(move || {
-                let mut client: Option<Client> = None;
-                while !stop.load(Ordering::SeqCst) {
-                    let Some(c) = reconnected(&mut client, &config) else { continue };
-                    let rows = match c.query(
-                        "select run_id::text, lease_token from conveyor.claim_runs('load', $1, 5, '2s')",
-                        &[&format!("w{w}")],
-                    ) {
-                        Ok(rows) => rows,
-                        Err(e) => {
-                            errors.fetch_add(1, Ordering::SeqCst);
-                            if e.code().is_none() {
-                                client = None;
-                            }
-                            thread::sleep(Duration::from_millis(20));
-                            continue;
-                        }
-                    };
-                    if rows.is_empty() {
-                        thread::sleep(Duration::from_millis(20));
-                        continue;
-                    }
-                    for row in rows {
-                        let (id, t): (String, uuid::Uuid) = (row.get(0), row.get(1));
-                        // a completion lost with its shard: the lease runs out and the run comes back
-                        if c.query_one("select conveyor.complete_run($1::text, $2)", &[&id, &t]).is_ok() {
-                            completed.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-
+    let load = Load::start(&cluster.router.config("router"), "load", 2, 3, "2s");
     thread::sleep(Duration::from_secs(2));
-    let before = acked.lock().unwrap().len();
+    let before = load.acked();
     let out = cluster.shards[1].pg_ctl(&["stop", "-m", "fast"]);
     assert!(out.status.success(), "stop shard 1: {}", String::from_utf8_lossy(&out.stderr));
     let down_at = Instant::now();
     // while shard 1 is down, shard 0 keeps taking enqueues and claims through the router
-    let during_start = acked.lock().unwrap().len();
-    let completed_start = completed.load(Ordering::SeqCst);
+    let (during_start, completed_start) = (load.acked(), load.completed());
     thread::sleep(Duration::from_secs(2));
-    let during = acked.lock().unwrap().len() - during_start;
-    let completed_during = completed.load(Ordering::SeqCst) - completed_start;
+    let during = load.acked() - during_start;
+    let completed_during = load.completed() - completed_start;
     let status = r.query("select partition, up from conveyor.cluster_status() order by partition", &[]).unwrap();
     let up: Vec<bool> = status.iter().map(|row| row.get(1)).collect();
     assert_eq!(up, vec![true, false], "cluster_status sees shard 1 down");
@@ -607,68 +522,374 @@ fn a_shard_stopped_and_restarted_under_load_loses_no_run() {
     assert!(out.status.success(), "start shard 1: {}", String::from_utf8_lossy(&out.stderr));
     let downtime = down_at.elapsed().as_secs_f64();
     // the first enqueue routed to shard 1 after its restart: how long after the stop it succeeds
-    let key: String = r
-        .query_one(
-            "select k from generate_series(1, 1000) g, lateral (select 'after-restart-' || g as k) x
-             where conveyor._enqueue_partition('load', 'load', null, k, null) = 1 limit 1",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let key = key_on(&mut r, "load", 1, "after-restart");
+    let config = cluster.router.config("router");
     let recovered = wait_for(30.0, "an enqueue on shard 1 after its restart", || {
         let mut c = Client::connect(&config, postgres::NoTls).ok()?;
         c.query_one("select conveyor.enqueue('load', '{}', idempotency_key => $1)", &[&key]).ok()?;
         Some(down_at.elapsed().as_secs_f64())
     });
-    acked.lock().unwrap().insert(key);
+    load.acked.lock().unwrap().insert(key);
     thread::sleep(Duration::from_secs(2));
-    stop.store(true, Ordering::SeqCst);
-    for t in producers {
-        t.join().unwrap();
+    let report = load.finish(|| runs_by_key(&mut [cluster.shard(0), cluster.shard(1)], "load"));
+    println!(
+        "router restart: {} runs acknowledged ({before} before the stop, {during} and {completed_during} completions in 2 s with shard 1 down), \
+         shard 1 down {downtime:.1} s, first enqueue on it {recovered:.1} s after the stop; {}",
+        report.acked,
+        report.summary()
+    );
+    assert!(during > 0 && completed_during > 0, "shard 0 kept working while shard 1 was down");
+    report.assert_every_run_once_and_done();
+}
+
+/// An idempotency key (`prefix-n`) whose router enqueue into `queue` (task of the same name)
+/// goes to shard `partition`.
+fn key_on(r: &mut Client, queue: &str, partition: i32, prefix: &str) -> String {
+    r.query_one(
+        "select k from generate_series(1, 1000) g, lateral (select $3 || '-' || g as k) x
+         where conveyor._enqueue_partition($1, $1, null, k, null) = $2 limit 1",
+        &[&queue, &partition, &prefix],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// Load through the router: producers that enqueue into one queue with idempotency keys (a key
+/// not acknowledged, its shard down, is put aside and retried until the router acknowledges it:
+/// autocommit on the shard, and the key makes a retry of an enqueue that did commit return the
+/// same run) and workers that claim and complete its runs, until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    workers_stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<HashSet<String>>>,
+    produce_errors: Arc<AtomicUsize>,
+    claim_errors: Arc<AtomicUsize>,
+    completed: Arc<AtomicUsize>,
+    producers: Vec<thread::JoinHandle<()>>,
+    workers: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// `producers` and `workers` threads on the router at `config`, for queue `queue` (whose task
+    /// has its name); the workers' claims take `lease`.
+    fn start(config: &str, queue: &'static str, producers: usize, workers: usize, lease: &'static str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers_stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(HashSet::<String>::new()));
+        let (produce_errors, claim_errors, completed) =
+            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let producers = (0..producers)
+            .map(|p| {
+                let (config, stop, acked, errors) =
+                    (config.to_string(), stop.clone(), acked.clone(), produce_errors.clone());
+                thread::spawn(move || {
+                    let mut client: Option<Client> = None;
+                    let mut pending: Vec<String> = Vec::new();
+                    let mut n = 0;
+                    for turn in 0.. {
+                        let stopping = stop.load(Ordering::SeqCst);
+                        let key = if !pending.is_empty() && (stopping || turn % 5 == 0) {
+                            pending.remove(0)
+                        } else if !stopping {
+                            n += 1;
+                            format!("{queue}-p{p}-{n}")
+                        } else {
+                            break;
+                        };
+                        let Some(c) = reconnected(&mut client, &config) else {
+                            pending.push(key);
+                            continue;
+                        };
+                        match c.query_one("select conveyor.enqueue($1, '{}', idempotency_key => $2)", &[&queue, &key]) {
+                            Ok(_) => {
+                                acked.lock().unwrap().insert(key);
+                            }
+                            Err(e) => {
+                                errors.fetch_add(1, Ordering::SeqCst);
+                                pending.push(key);
+                                if e.code().is_none() {
+                                    client = None;
+                                }
+                                thread::sleep(Duration::from_millis(10));
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        let workers = (0..workers)
+            .map(|w| {
+                let (config, stop, errors, completed) =
+                    (config.to_string(), workers_stop.clone(), claim_errors.clone(), completed.clone());
+                thread::spawn(move || {
+                    let mut client: Option<Client> = None;
+                    while !stop.load(Ordering::SeqCst) {
+                        let Some(c) = reconnected(&mut client, &config) else { continue };
+                        let rows = match c.query(
+                            "select run_id::text, lease_token from conveyor.claim_runs($1, $2, 5, $3::text::interval)",
+                            &[&queue, &format!("w{w}"), &lease],
+                        ) {
+                            Ok(rows) => rows,
+                            Err(e) => {
+                                errors.fetch_add(1, Ordering::SeqCst);
+                                if e.code().is_none() {
+                                    client = None;
+                                }
+                                thread::sleep(Duration::from_millis(20));
+                                continue;
+                            }
+                        };
+                        if rows.is_empty() {
+                            thread::sleep(Duration::from_millis(20));
+                            continue;
+                        }
+                        for row in rows {
+                            let (id, t): (String, uuid::Uuid) = (row.get(0), row.get(1));
+                            // a completion lost with its shard: the lease runs out and the run comes back
+                            if c.query_one("select conveyor.complete_run($1::text, $2)", &[&id, &t]).is_ok() {
+                                completed.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, workers_stop, acked, produce_errors, claim_errors, completed, producers, workers }
     }
-    // the workers run until every run is done (a claim whose answer was lost with the shard
-    // comes back when its 2 s lease runs out)
-    let total = acked.lock().unwrap().len() as i64;
-    wait_for(60.0, "every run to succeed", || {
-        let counts = cluster.counts("load");
-        let done: i64 = counts.iter().filter(|((_, s), _)| s == "succeeded").map(|(_, n)| n).sum();
-        (done >= total).then_some(())
-    });
-    workers_stop.store(true, Ordering::SeqCst);
-    for t in workers {
-        t.join().unwrap();
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
     }
-    let acked = acked.lock().unwrap();
-    // every acknowledged key has exactly one run, on some shard, and it succeeded
+
+    fn completed(&self) -> usize {
+        self.completed.load(Ordering::SeqCst)
+    }
+
+    /// Stop the producers once every key they hold is acknowledged, and the workers once
+    /// `runs_by_key` (every run of the queue on the shards, by idempotency key: their statuses)
+    /// shows every acknowledged run succeeded (a claim whose answer was lost with a shard comes
+    /// back when its lease runs out). What happened to the runs: LoadReport.
+    fn finish(mut self, mut runs_by_key: impl FnMut() -> HashMap<String, Vec<String>>) -> LoadReport {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.producers.drain(..) {
+            t.join().unwrap();
+        }
+        let acked = self.acked();
+        wait_for(60.0, "every run to succeed", || {
+            let done = runs_by_key().values().flatten().filter(|s| *s == "succeeded").count();
+            (done >= acked).then_some(())
+        });
+        self.workers_stop.store(true, Ordering::SeqCst);
+        for t in self.workers.drain(..) {
+            t.join().unwrap();
+        }
+        let keys = runs_by_key();
+        let acked = self.acked.lock().unwrap();
+        let lost = acked.iter().filter(|k| !keys.contains_key(*k)).cloned().collect();
+        let twice = keys.iter().filter(|(_, v)| v.len() > 1).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let unfinished = keys
+            .iter()
+            .filter(|(_, v)| v.iter().any(|s| s != "succeeded"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        LoadReport {
+            acked: acked.len(),
+            produce_errors: self.produce_errors.load(Ordering::SeqCst),
+            claim_errors: self.claim_errors.load(Ordering::SeqCst),
+            lost,
+            twice,
+            unfinished,
+        }
+    }
+}
+
+/// What a Load did: acknowledged enqueues, errors its clients saw, and the acknowledged keys
+/// without a run, with two runs, and with a run that did not succeed.
+struct LoadReport {
+    acked: usize,
+    produce_errors: usize,
+    claim_errors: usize,
+    lost: Vec<String>,
+    twice: Vec<(String, Vec<String>)>,
+    unfinished: Vec<(String, Vec<String>)>,
+}
+
+impl LoadReport {
+    fn summary(&self) -> String {
+        format!(
+            "errors seen: {} enqueue, {} claim; runs lost: {}, duplicated: {}, unfinished: {}",
+            self.produce_errors,
+            self.claim_errors,
+            self.lost.len(),
+            self.twice.len(),
+            self.unfinished.len()
+        )
+    }
+
+    fn assert_every_run_once_and_done(&self) {
+        assert!(self.lost.is_empty(), "acknowledged enqueues without a run: {:?}", self.lost);
+        assert!(self.twice.is_empty(), "keys with two runs: {:?}", self.twice);
+        assert!(
+            self.unfinished.is_empty(),
+            "runs not finished: {:?}",
+            &self.unfinished[..self.unfinished.len().min(5)]
+        );
+    }
+}
+
+/// The runs of task `task` in these shard databases, by idempotency key: their statuses.
+fn runs_by_key(shards: &mut [Client], task: &str) -> HashMap<String, Vec<String>> {
     let mut keys: HashMap<String, Vec<String>> = HashMap::new();
-    for p in 0..2 {
-        for row in cluster
-            .shard(p)
-            .query("select idempotency_key, status::text from conveyor.runs where task = 'load'", &[])
-            .unwrap()
+    for c in shards {
+        for row in c.query("select idempotency_key, status::text from conveyor.runs where task = $1", &[&task]).unwrap()
         {
             keys.entry(row.get(0)).or_default().push(row.get(1));
         }
     }
-    let lost: Vec<&String> = acked.iter().filter(|k| !keys.contains_key(*k)).collect();
-    let twice: Vec<(&String, &Vec<String>)> = keys.iter().filter(|(_, v)| v.len() > 1).collect();
-    let unfinished: Vec<(&String, &Vec<String>)> =
-        keys.iter().filter(|(_, v)| v.iter().any(|s| s != "succeeded")).collect();
+    keys
+}
+
+/// docs/scale-out.md, "Adding a server": partition 1 moves, under load through the router, from
+/// the old server (shard databases shard0 and shard1) to a new one made from a streaming standby
+/// of it, by the steps the document gives. Only partition 1 is down, from the cut-over to the
+/// router's switch; a lease held across the move stays good; the new server's worker ticks the
+/// moved database (a run due after the move is delivered there); no run is lost or done twice.
+#[test]
+fn a_partition_moves_to_a_new_server_through_a_promoted_standby() {
+    let old =
+        Cluster::start("rt-move-old", &["conveyor.database = 'shard0,shard1'", "conveyor.tick_interval = '100ms'"]);
+    let mut old_admin = old.connect("postgres");
+    for k in 0..2 {
+        old_admin.batch_execute(&format!("create database shard{k}")).unwrap();
+        old_admin.batch_execute(&format!("alter database shard{k} set conveyor.partition = {k}")).unwrap();
+        old.connect(&format!("shard{k}")).batch_execute("create extension pg_conveyor").unwrap();
+    }
+    // (the workers read their database's partition when they connect)
+    let out = old.pg_ctl(&["restart", "-m", "fast"]);
+    assert!(out.status.success(), "restart the old server: {}", String::from_utf8_lossy(&out.stderr));
+    let mut old_admin = old.connect("postgres");
+    let router = Cluster::start("rt-move-router", &[]);
+    router.connect("postgres").batch_execute("create database router").unwrap();
+    let mut r = router.connect("router");
+    r.batch_execute("create extension pg_conveyor_router cascade").unwrap();
+    let shard_at = |c: &Cluster, k: usize| format!("host={} port={} dbname=shard{k}", c.dir, c.port);
+    for k in 0..2 {
+        r.execute("select conveyor.add_shard($1, $2)", &[&(k as i32), &shard_at(&old, k)]).unwrap();
+    }
+    r.query_one(
+        r#"select conveyor.apply_config('{"queues": {"load": {}, "held": {}, "later": {}},
+             "tasks": {"load": {"queue": "load", "delay": "0s", "max_attempts": 50},
+                       "held": {"queue": "held"}, "later": {"queue": "later"}}}')"#,
+        &[],
+    )
+    .unwrap();
+    // before the move, on partition 1: a run claimed with a long lease (finished after the move)
+    // and one due 8 s from now (delivered by whichever server ticks partition 1 then)
+    let held_key = key_on(&mut r, "held", 1, "held");
+    r.query_one("select conveyor.enqueue('held', '{}', idempotency_key => $1)", &[&held_key]).unwrap();
+    let held = r
+        .query_one("select run_id::text, lease_token from conveyor.claim_runs('held', 'holder', 1, '5min')", &[])
+        .unwrap();
+    let (held_id, held_token): (String, uuid::Uuid) = (held.get(0), held.get(1));
+    let later_key = key_on(&mut r, "later", 1, "later");
+    let later_id: String = r
+        .query_one("select conveyor.enqueue('later', '{}', delay => '8s', idempotency_key => $1)::text", &[&later_key])
+        .unwrap()
+        .get(0);
+
+    let load = Load::start(&router.config("router"), "load", 2, 3, "3s");
+    thread::sleep(Duration::from_secs(2));
+
+    // 1. a streaming standby of the old server on the "new machine", set to tick only the
+    // database that moves once it is promoted
+    let new = Cluster::standby_of(&old, "rt-move-new", &["conveyor.database = 'shard1'"]);
+    wait_for(30.0, "the standby to stream", || {
+        let n: i64 = old_admin
+            .query_one("select count(*) from pg_stat_replication where state = 'streaming'", &[])
+            .unwrap()
+            .get(0);
+        (n == 1).then_some(())
+    });
+    let before = load.acked();
+
+    // 2. cut over partition 1: no new sessions in shard1 on the old server, and none left there
+    // (pg_terminate_backend only signals: wait until they are gone)
+    let cut_at = Instant::now();
+    old_admin.batch_execute("alter database shard1 allow_connections false").unwrap();
+    old_admin
+        .query("select pg_terminate_backend(pid) from pg_stat_activity where datname = 'shard1' and pid <> pg_backend_pid()", &[])
+        .unwrap();
+    wait_for(30.0, "the old server's sessions in shard1 to end", || {
+        let n: i64 =
+            old_admin.query_one("select count(*) from pg_stat_activity where datname = 'shard1'", &[]).unwrap().get(0);
+        (n == 0).then_some(())
+    });
+    // while it moves, partition 0 keeps working through the router
+    let (during_start, completed_start) = (load.acked(), load.completed());
+
+    // 3. the standby replays everything the old server wrote, then is promoted; the moved
+    // database accepts connections again there (its allow_connections false came with the WAL)
+    let lsn: String = old_admin.query_one("select pg_current_wal_lsn()::text", &[]).unwrap().get(0);
+    let mut new_admin = new.connect("postgres");
+    wait_for(30.0, "the standby to replay the old server's last WAL", || {
+        let caught_up: bool =
+            new_admin.query_one("select pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&lsn]).unwrap().get(0);
+        caught_up.then_some(())
+    });
+    let out = new.pg_ctl(&["promote"]);
+    assert!(out.status.success(), "promote the standby: {}", String::from_utf8_lossy(&out.stderr));
+    let mut new_admin = new.connect("postgres");
+    new_admin
+        .batch_execute("alter database shard1 allow_connections true; alter database shard0 allow_connections false")
+        .unwrap();
+
+    // 4. the router sends partition 1 to the new server
+    r.execute("select conveyor.add_shard(1, $1)", &[&shard_at(&new, 1)]).unwrap();
+    let downtime = cut_at.elapsed().as_secs_f64();
+    let during = load.acked() - during_start;
+    let completed_during = load.completed() - completed_start;
+    let status = r.query("select partition, up from conveyor.cluster_status() order by partition", &[]).unwrap();
+    let up: Vec<bool> = status.iter().map(|row| row.get(1)).collect();
+    assert_eq!(up, vec![true, true], "both partitions answer after the switch");
+
+    // the lease taken on the old server is good on the new one
+    let finished: String =
+        r.query_one("select conveyor.complete_run($1::text, $2)::text", &[&held_id, &held_token]).unwrap().get(0);
+    assert_eq!(finished, "succeeded", "the run claimed before the move completes after it");
+    // the new server's worker ticks shard1: the run due after the move becomes claimable there
+    let mut moved = new.connect("shard1");
+    let later_started = wait_for(30.0, "the run due after the move to be delivered on the new server", || {
+        let rows =
+            r.query("select run_id::text, lease_token from conveyor.claim_runs('later', 'after', 1)", &[]).unwrap();
+        rows.first().map(|row| (row.get::<_, String>(0), row.get::<_, uuid::Uuid>(1)))
+    });
+    assert_eq!(later_started.0, later_id, "the delayed run, from partition 1");
+    r.query_one("select conveyor.complete_run($1::text, $2)", &[&later_started.0, &later_started.1]).unwrap();
+    // ids made on the new server carry partition 1
+    let partition: i32 =
+        moved.query_one("select conveyor.ulid_partition(conveyor.enqueue('later', '{}'))", &[]).unwrap().get(0);
+    assert_eq!(partition, 1, "the moved database still makes ids of partition 1");
+
+    thread::sleep(Duration::from_secs(2));
+    let report = load.finish(|| runs_by_key(&mut [old.connect("shard0"), new.connect("shard1")], "load"));
+    // 5. the copies left behind go: shard1 on the old server, shard0 on the new one
+    old_admin.batch_execute("drop database shard1 with (force)").unwrap();
+    new_admin.batch_execute("drop database shard0 with (force)").unwrap();
+    let up: Vec<bool> = r
+        .query("select up from conveyor.cluster_status() order by partition", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(up, vec![true, true], "both partitions answer once the old copies are dropped");
     println!(
-        "router restart: {} runs acknowledged ({before} before the stop, {during} and {completed_during} completions in 2 s with shard 1 down), \
-         shard 1 down {downtime:.1} s, first enqueue on it {recovered:.1} s after the stop; errors seen: {} enqueue, {} claim; \
-         runs lost: {}, duplicated: {}, unfinished: {}",
-        acked.len(),
-        produce_errors.load(Ordering::SeqCst),
-        claim_errors.load(Ordering::SeqCst),
-        lost.len(),
-        twice.len(),
-        unfinished.len()
+        "partition move: {} runs acknowledged ({before} before the cut-over), partition 1 down {downtime:.1} s \
+         (cut-over to the router's switch), {during} enqueues and {completed_during} completions meanwhile; {}",
+        report.acked,
+        report.summary()
     );
-    assert!(during > 0 && completed_during > 0, "shard 0 kept working while shard 1 was down");
-    assert!(lost.is_empty(), "acknowledged enqueues without a run: {lost:?}");
-    assert!(twice.is_empty(), "keys with two runs: {twice:?}");
-    assert!(unfinished.is_empty(), "runs not finished: {:?}", &unfinished[..unfinished.len().min(5)]);
+    assert!(during > 0 && completed_during > 0, "partition 0 kept working while partition 1 moved");
+    report.assert_every_run_once_and_done();
 }
 
 /// SIGSTOP or SIGCONT to a cluster's postmaster and every process it started (as root, or as
