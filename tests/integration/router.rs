@@ -348,6 +348,9 @@ fn schedules_and_services_fire_on_their_home_shard_only() {
         "{fired:?}"
     );
     assert_eq!(fired.len(), 2, "no schedule fired away from its home shard: {fired:?}");
+    // once each, as on one server (after downtime only the latest missed firing runs)
+    assert_eq!(fired[&(1, "report".to_string())], 1, "report fired once in the cluster: {fired:?}");
+    assert_eq!(fired[&(0, "digest".to_string())], 1, "digest fired once in the cluster: {fired:?}");
     // the service's replica runs on shard 0 (its worker ticks it), none on shard 1
     wait_for(10.0, "the service's replica on shard 0", || {
         let n: i64 =
@@ -503,6 +506,15 @@ fn a_shard_stopped_and_restarted_under_load_loses_no_run() {
     )
     .unwrap();
     let load = Load::start(&cluster.router.config("router"), "load", 2, 3, "2s");
+    // two router sessions with connections to both shards, idle until after the restart: their
+    // first call then meets a connection to shard 1 that its restart closed
+    let config = cluster.router.config("router");
+    let (mut stale_claim, stale_claim_notices) = with_notices(&config);
+    let (mut stale_view, stale_view_notices) = with_notices(&config);
+    for c in [&mut stale_claim, &mut stale_view] {
+        let up: i64 = c.query_one("select count(*) from conveyor.cluster_status() where up", &[]).unwrap().get(0);
+        assert_eq!(up, 2, "both shards answer before the stop");
+    }
     thread::sleep(Duration::from_secs(2));
     let before = load.acked();
     let out = cluster.shards[1].pg_ctl(&["stop", "-m", "fast"]);
@@ -516,20 +528,75 @@ fn a_shard_stopped_and_restarted_under_load_loses_no_run() {
     let status = r.query("select partition, up from conveyor.cluster_status() order by partition", &[]).unwrap();
     let up: Vec<bool> = status.iter().map(|row| row.get(1)).collect();
     assert_eq!(up, vec![true, false], "cluster_status sees shard 1 down");
-    let stats = r.query("select partition from conveyor.queue_stats where queue = 'load'", &[]).unwrap();
+    // what the router gives while shard 1 is down, and how it says that shard 1 is missing
+    let (mut watch, watch_notices) = with_notices(&config);
+    let stats = watch.query("select partition from conveyor.queue_stats where queue = 'load'", &[]).unwrap();
     assert_eq!(stats.len(), 1, "queue_stats returns shard 0's rows while shard 1 is down");
+    let claimed = watch
+        .query("select run_id::text, lease_token from conveyor.claim_runs('load', 'watch', 5, '2s')", &[])
+        .unwrap();
+    for row in &claimed {
+        watch
+            .query_one(
+                "select conveyor.complete_run($1::text, $2)",
+                &[&row.get::<_, String>(0), &row.get::<_, uuid::Uuid>(1)],
+            )
+            .unwrap();
+    }
+    let metrics: String = watch.query_one("select conveyor.metrics()", &[]).unwrap().get(0);
+    assert!(
+        metrics.contains("conveyor_router_shard_up{partition=\"1\"} 0"),
+        "metrics say shard 1 is missing: {metrics}"
+    );
+    assert!(metrics.contains("conveyor_router_shard_up{partition=\"0\"} 1"), "metrics say shard 0 answers: {metrics}");
+    let warned = watch_notices.lock().unwrap().clone();
+    assert!(
+        warned.iter().any(|(code, m)| code == "CV011" && m.contains("queue_stats lacks shard(s) 1")),
+        "queue_stats warns that shard 1 is missing: {warned:?}"
+    );
+    assert!(
+        warned.iter().any(|(code, m)| code == "CV011" && m.contains("claim skipped shard 1")),
+        "the claim warns that it skipped shard 1: {warned:?}"
+    );
     let out = cluster.shards[1].pg_ctl(&["start"]);
     assert!(out.status.success(), "start shard 1: {}", String::from_utf8_lossy(&out.stderr));
     let downtime = down_at.elapsed().as_secs_f64();
     // the first enqueue routed to shard 1 after its restart: how long after the stop it succeeds
     let key = key_on(&mut r, "load", 1, "after-restart");
-    let config = cluster.router.config("router");
     let recovered = wait_for(30.0, "an enqueue on shard 1 after its restart", || {
         let mut c = Client::connect(&config, postgres::NoTls).ok()?;
         c.query_one("select conveyor.enqueue('load', '{}', idempotency_key => $1)", &[&key]).ok()?;
         Some(down_at.elapsed().as_secs_f64())
     });
     load.acked.lock().unwrap().insert(key);
+    // the first call of each stale session neither fails nor leaves shard 1 out (PL/Proxy drops
+    // an idle connection the shard closed before it uses it; the router's retry is for one that
+    // breaks during a call)
+    let claimed = stale_claim
+        .query("select run_id::text, lease_token from conveyor.claim_runs('load', 'stale', 5, '2s')", &[])
+        .expect("a claim on a stale connection to shard 1");
+    for row in &claimed {
+        stale_claim
+            .query_one(
+                "select conveyor.complete_run($1::text, $2)",
+                &[&row.get::<_, String>(0), &row.get::<_, uuid::Uuid>(1)],
+            )
+            .unwrap();
+    }
+    let partitions: HashSet<i32> = stale_view
+        .query("select partition from conveyor.queue_stats where queue = 'load'", &[])
+        .expect("queue_stats on a stale connection to shard 1")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(partitions, HashSet::from([0, 1]), "queue_stats on a stale connection has both shards' rows");
+    for (what, notices) in [("claim", &stale_claim_notices), ("queue_stats", &stale_view_notices)] {
+        let warned = notices.lock().unwrap().clone();
+        assert!(
+            warned.iter().all(|(code, _)| code != "CV011"),
+            "the {what} on a stale connection left out no shard: {warned:?}"
+        );
+    }
     thread::sleep(Duration::from_secs(2));
     let report = load.finish(|| runs_by_key(&mut [cluster.shard(0), cluster.shard(1)], "load"));
     println!(
@@ -540,6 +607,22 @@ fn a_shard_stopped_and_restarted_under_load_loses_no_run() {
     );
     assert!(during > 0 && completed_during > 0, "shard 0 kept working while shard 1 was down");
     report.assert_every_run_once_and_done();
+}
+
+/// The notices and warnings a server sent a connection: SQLSTATE and message of each.
+type Notices = Arc<Mutex<Vec<(String, String)>>>;
+
+/// A connection to `config` that keeps the notices and warnings the server sends.
+fn with_notices(config: &str) -> (Client, Notices) {
+    let notices = Arc::new(Mutex::new(Vec::new()));
+    let kept = notices.clone();
+    let client = config
+        .parse::<postgres::Config>()
+        .unwrap()
+        .notice_callback(move |n| kept.lock().unwrap().push((n.code().code().to_string(), n.message().to_string())))
+        .connect(postgres::NoTls)
+        .unwrap();
+    (client, notices)
 }
 
 /// An idempotency key (`prefix-n`) whose router enqueue into `queue` (task of the same name)
