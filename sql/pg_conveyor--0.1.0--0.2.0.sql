@@ -877,41 +877,58 @@ set jit = off
 as $$
 declare
     v_now timestamptz := conveyor._now();
+    v_queues record;
+    v_capped_tasks boolean;
 begin
-    with delta as (
-        select c.queue as name,
-               sum(conveyor._delivered(c.to_status) - conveyor._delivered(c.from_status)) as n
-        from unnest(changes) c
-        group by c.queue
-    ),
-    locked as (
-        select q.name from conveyor.queues q
-        where q.name in (select d.name from delta d where d.n <> 0) and q.concurrency is not null
-        order by q.name
-        for no key update
-    )
-    update conveyor.queues q
-    -- never below 0: a counter that drifted (see _repair_counters) must not fail a worker's call
-    set delivered = greatest(q.delivered + d.n, 0)
-    from delta d
-    where q.name = d.name and q.name in (select l.name from locked l);
+    -- which of the steps below have anything to do, in one look at the changes' queues and one
+    -- at their tasks: a step skipped costs nothing, while each statement run costs its executor
+    -- start even when it changes nothing (measured: an enqueue of one run 600 -> 440 us)
+    select coalesce(bool_or(q.concurrency is not null), false) as bounded, coalesce(bool_or(q.notify), false) as notify,
+           coalesce(bool_or(q.delivery_outbox), false) as outbox
+    into v_queues
+    from conveyor.queues q
+    where q.name = any(array(select c.queue from unnest(changes) c));
+    v_capped_tasks := exists (select from conveyor.tasks t
+                              where t.name = any(array(select c.task from unnest(changes) c)) and t.parallelism is not null);
 
-    with delta as (
-        select c.task as name,
-               sum(conveyor._delivered(c.to_status) - conveyor._delivered(c.from_status)) as n
-        from unnest(changes) c
-        group by c.task
-    ),
-    locked as (
-        select t.name from conveyor.tasks t
-        where t.name in (select d.name from delta d where d.n <> 0) and t.parallelism is not null
-        order by t.name
-        for no key update
-    )
-    update conveyor.tasks t
-    set active = greatest(t.active + d.n, 0)
-    from delta d
-    where t.name = d.name and t.name in (select l.name from locked l);
+    if v_queues.bounded then
+        with delta as (
+            select c.queue as name,
+                   sum(conveyor._delivered(c.to_status) - conveyor._delivered(c.from_status)) as n
+            from unnest(changes) c
+            group by c.queue
+        ),
+        locked as (
+            select q.name from conveyor.queues q
+            where q.name in (select d.name from delta d where d.n <> 0) and q.concurrency is not null
+            order by q.name
+            for no key update
+        )
+        update conveyor.queues q
+        -- never below 0: a counter that drifted (see _repair_counters) must not fail a worker's call
+        set delivered = greatest(q.delivered + d.n, 0)
+        from delta d
+        where q.name = d.name and q.name in (select l.name from locked l);
+    end if;
+
+    if v_capped_tasks then
+        with delta as (
+            select c.task as name,
+                   sum(conveyor._delivered(c.to_status) - conveyor._delivered(c.from_status)) as n
+            from unnest(changes) c
+            group by c.task
+        ),
+        locked as (
+            select t.name from conveyor.tasks t
+            where t.name in (select d.name from delta d where d.n <> 0) and t.parallelism is not null
+            order by t.name
+            for no key update
+        )
+        update conveyor.tasks t
+        set active = greatest(t.active + d.n, 0)
+        from delta d
+        where t.name = d.name and t.name in (select l.name from locked l);
+    end if;
 
     -- a wakeup only for a queue that had nothing claimable before this change: workers of a
     -- queue with claimable runs are busy and claim again before they wait (NOTIFY takes a
@@ -920,22 +937,26 @@ begin
     -- (the queue had nothing claimable if it now holds no more claimable runs than this change
     -- added: a count that stops after n + 1 index entries, whatever the backlog; from the
     -- queue's claim hint on, as claims read, under an old snapshot: tick_hint.sql)
-    perform pg_notify('conveyor.' || q.name, '')
-    from (select c.queue, count(*) as n from unnest(changes) c where c.to_status = 'queued' group by c.queue) added
-    join conveyor.queues q on q.name = added.queue
-    where q.notify
-      and (select count(*) from conveyor._claim_floor(added.queue, v_now) f
-           cross join lateral (select from conveyor.runs r
-                               where r.queue = added.queue and r.status = 'queued'
-                                 and (r.priority, r.fair_rank, r.run_at, r.id) >= (f.priority, f.fair_rank, f.run_at, f.id)
-                               limit added.n + 1) claimable) <= added.n;
+    if v_queues.notify then
+        perform pg_notify('conveyor.' || q.name, '')
+        from (select c.queue, count(*) as n from unnest(changes) c where c.to_status = 'queued' group by c.queue) added
+        join conveyor.queues q on q.name = added.queue
+        where q.notify
+          and (select count(*) from conveyor._claim_floor(added.queue, v_now) f
+               cross join lateral (select from conveyor.runs r
+                                   where r.queue = added.queue and r.status = 'queued'
+                                     and (r.priority, r.fair_rank, r.run_at, r.id) >= (f.priority, f.fair_rank, f.run_at, f.id)
+                                   limit added.n + 1) claimable) <= added.n;
+    end if;
 
-    insert into conveyor.outbox (id, topic, payload, created_at, deliver_at)
-    select conveyor.ulid_generate(), 'conveyor.delivery',
-           jsonb_build_object('run_id', c.run_id::text, 'queue', c.queue, 'task', c.task), v_now, v_now
-    from unnest(changes) c
-    join conveyor.queues q on q.name = c.queue
-    where c.to_status = 'queued' and q.delivery_outbox;
+    if v_queues.outbox then
+        insert into conveyor.outbox (id, topic, payload, created_at, deliver_at)
+        select conveyor.ulid_generate(), 'conveyor.delivery',
+               jsonb_build_object('run_id', c.run_id::text, 'queue', c.queue, 'task', c.task), v_now, v_now
+        from unnest(changes) c
+        join conveyor.queues q on q.name = c.queue
+        where c.to_status = 'queued' and q.delivery_outbox;
+    end if;
 end
 $$;
 
