@@ -935,8 +935,12 @@ begin
     -- global lock through the commit, so a busy queue that notified on every enqueue would
     -- serialize its producers' commits; measured: 2,200-2,800 vs 3,700-3,800 enqueues/s)
     -- (the queue had nothing claimable if it now holds no more claimable runs than this change
-    -- added: a count that stops after n + 1 index entries, whatever the backlog; from the
-    -- queue's claim hint on, as claims read, under an old snapshot: tick_hint.sql)
+    -- added: a count that stops after n + 1 claimable runs, whatever the backlog; from the
+    -- queue's claim hint on, as claims read, under an old snapshot: tick_hint.sql. In claim
+    -- order, so that it reads runs_claimable from there: without the order, a plan made while
+    -- the table was small, or one that takes queued rows to be spread evenly, read the table
+    -- from its start, through every finished run and every dead row an old snapshot keeps:
+    -- 214 blocks an enqueue, growing, against 14)
     if v_queues.notify then
         perform pg_notify('conveyor.' || q.name, '')
         from (select c.queue, count(*) as n from unnest(changes) c where c.to_status = 'queued' group by c.queue) added
@@ -946,6 +950,7 @@ begin
                cross join lateral (select from conveyor.runs r
                                    where r.queue = added.queue and r.status = 'queued'
                                      and (r.priority, r.fair_rank, r.run_at, r.id) >= (f.priority, f.fair_rank, f.run_at, f.id)
+                                   order by r.priority, r.fair_rank, r.run_at, r.id
                                    limit added.n + 1) claimable) <= added.n;
     end if;
 
