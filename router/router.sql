@@ -414,9 +414,9 @@ $$;
 -- ---- every shard in turn
 
 -- _each: run a call on every shard (p_call: a query over $1, the shard's number), each shard's
--- rows as one JSON array. A shard that does not answer is tried once more (a connection PL/Proxy
--- kept from before the shard restarted fails once); still silent, it gets a row with the error
--- and no result. An error the shard raised is raised here.
+-- rows as one JSON array. A shard that does not answer is tried once more (a connection that
+-- broke during the call; PL/Proxy itself replaces an idle one the shard closed); still silent, it
+-- gets a row with the error and no result. An error the shard raised is raised here.
 create function conveyor._each(p_call text)
 returns table (partition integer, result jsonb, error text)
 language plpgsql

@@ -309,8 +309,8 @@ fn schedules_and_services_fire_on_their_home_shard_only() {
     r.execute("select conveyor.place_queue('reports', 1)", &[]).unwrap();
     r.query_one(
         r#"select conveyor.apply_config('{"queues": {"reports": {}},
-             "tasks": {"report": {"queue": "reports", "schedule": "*/5 * * * *", "on_overlap": "skip"},
-                       "digest": {"schedule": "0 * * * *"}},
+             "tasks": {"report": {"queue": "reports", "schedule": "0 3 1 1 *", "on_overlap": "skip"},
+                       "digest": {"schedule": "30 3 1 1 *"}},
              "services": {"watch": {}}}')"#,
         &[],
     )
@@ -330,11 +330,13 @@ fn schedules_and_services_fire_on_their_home_shard_only() {
     assert_eq!(defined(0), vec![s("digest", true), s("report", false), s("watch", false)]);
     assert_eq!(defined(1), vec![s("digest", false), s("report", true)]);
 
-    // two hours on, a tick on each shard fires each schedule once in the cluster
+    // (yearly schedules: the shards' own workers, ticking in real time, never fire one while
+    // the test runs) a year and a day on, a tick on each shard fires each schedule once in the
+    // cluster
     let mut fired = HashMap::new();
     for p in 0..2 {
         let mut c = cluster.shard(p);
-        let later: String = c.query_one("select (now() + interval '2 hours')::text", &[]).unwrap().get(0);
+        let later: String = c.query_one("select (now() + interval '1 year 1 day')::text", &[]).unwrap().get(0);
         c.batch_execute(&format!("set conveyor.test_clock = '{later}'; select conveyor.tick();")).unwrap();
         for row in c
             .query("select task, count(*) from conveyor.runs where task in ('report', 'digest') group by task", &[])
@@ -501,17 +503,18 @@ fn a_shard_stopped_and_restarted_under_load_loses_no_run() {
     let cluster = Sharded::start("rt-restart");
     let mut r = cluster.router();
     r.query_one(
-        "select conveyor.apply_config('{\"queues\": {\"load\": {}}, \"tasks\": {\"load\": {\"queue\": \"load\", \"delay\": \"0s\", \"max_attempts\": 50}}}')",
+        "select conveyor.apply_config('{\"queues\": {\"load\": {}, \"idle\": {}}, \"tasks\": {\"load\": {\"queue\": \"load\", \"delay\": \"0s\", \"max_attempts\": 50}}}')",
         &[],
     )
     .unwrap();
     let load = Load::start(&cluster.router.config("router"), "load", 2, 3, "2s");
-    // two router sessions with connections to both shards, idle until after the restart: their
-    // first call then meets a connection to shard 1 that its restart closed
+    // three router sessions with connections to both shards, idle until after the restart:
+    // their first call then meets a connection to shard 1 that its restart closed
     let config = cluster.router.config("router");
+    let mut stale_enqueue = Client::connect(&config, postgres::NoTls).unwrap();
     let (mut stale_claim, stale_claim_notices) = with_notices(&config);
     let (mut stale_view, stale_view_notices) = with_notices(&config);
-    for c in [&mut stale_claim, &mut stale_view] {
+    for c in [&mut stale_enqueue, &mut stale_claim, &mut stale_view] {
         let up: i64 = c.query_one("select count(*) from conveyor.cluster_status() where up", &[]).unwrap().get(0);
         assert_eq!(up, 2, "both shards answer before the stop");
     }
@@ -532,17 +535,9 @@ fn a_shard_stopped_and_restarted_under_load_loses_no_run() {
     let (mut watch, watch_notices) = with_notices(&config);
     let stats = watch.query("select partition from conveyor.queue_stats where queue = 'load'", &[]).unwrap();
     assert_eq!(stats.len(), 1, "queue_stats returns shard 0's rows while shard 1 is down");
-    let claimed = watch
-        .query("select run_id::text, lease_token from conveyor.claim_runs('load', 'watch', 5, '2s')", &[])
-        .unwrap();
-    for row in &claimed {
-        watch
-            .query_one(
-                "select conveyor.complete_run($1::text, $2)",
-                &[&row.get::<_, String>(0), &row.get::<_, uuid::Uuid>(1)],
-            )
-            .unwrap();
-    }
+    // (a queue without runs: the claim asks every shard, none fills it first)
+    let claimed = watch.query("select run_id::text from conveyor.claim_runs('idle', 'watch', 5)", &[]).unwrap();
+    assert!(claimed.is_empty(), "no runs in queue idle");
     let metrics: String = watch.query_one("select conveyor.metrics()", &[]).unwrap().get(0);
     assert!(
         metrics.contains("conveyor_router_shard_up{partition=\"1\"} 0"),
@@ -569,20 +564,20 @@ fn a_shard_stopped_and_restarted_under_load_loses_no_run() {
         Some(down_at.elapsed().as_secs_f64())
     });
     load.acked.lock().unwrap().insert(key);
-    // the first call of each stale session neither fails nor leaves shard 1 out (PL/Proxy drops
-    // an idle connection the shard closed before it uses it; the router's retry is for one that
-    // breaks during a call)
+    // the first call of each stale session neither fails nor leaves shard 1 out: PL/Proxy drops
+    // an idle connection the shard closed before it uses it. An enqueue routed to shard 1 is a
+    // single-run call, which the router does not retry; the claim (of a queue without runs, so
+    // it asks both shards) and the view read would be retried once (for a connection that
+    // breaks during a call), but say so in a warning when that fails too
+    let stale_key = key_on(&mut r, "load", 1, "stale");
+    stale_enqueue
+        .query_one("select conveyor.enqueue('load', '{}', idempotency_key => $1)", &[&stale_key])
+        .expect("an enqueue to shard 1 on a stale connection");
+    load.acked.lock().unwrap().insert(stale_key);
     let claimed = stale_claim
-        .query("select run_id::text, lease_token from conveyor.claim_runs('load', 'stale', 5, '2s')", &[])
+        .query("select run_id::text from conveyor.claim_runs('idle', 'stale', 5)", &[])
         .expect("a claim on a stale connection to shard 1");
-    for row in &claimed {
-        stale_claim
-            .query_one(
-                "select conveyor.complete_run($1::text, $2)",
-                &[&row.get::<_, String>(0), &row.get::<_, uuid::Uuid>(1)],
-            )
-            .unwrap();
-    }
+    assert!(claimed.is_empty(), "no runs in queue idle");
     let partitions: HashSet<i32> = stale_view
         .query("select partition from conveyor.queue_stats where queue = 'load'", &[])
         .expect("queue_stats on a stale connection to shard 1")
@@ -867,19 +862,12 @@ fn a_partition_moves_to_a_new_server_through_a_promoted_standby() {
     )
     .unwrap();
     // before the move, on partition 1: a run claimed with a long lease (finished after the move)
-    // and one due 8 s from now (delivered by whichever server ticks partition 1 then)
     let held_key = key_on(&mut r, "held", 1, "held");
     r.query_one("select conveyor.enqueue('held', '{}', idempotency_key => $1)", &[&held_key]).unwrap();
     let held = r
         .query_one("select run_id::text, lease_token from conveyor.claim_runs('held', 'holder', 1, '5min')", &[])
         .unwrap();
     let (held_id, held_token): (String, uuid::Uuid) = (held.get(0), held.get(1));
-    let later_key = key_on(&mut r, "later", 1, "later");
-    let later_id: String = r
-        .query_one("select conveyor.enqueue('later', '{}', delay => '8s', idempotency_key => $1)::text", &[&later_key])
-        .unwrap()
-        .get(0);
-
     let load = Load::start(&router.config("router"), "load", 2, 3, "3s");
     thread::sleep(Duration::from_secs(2));
 
@@ -894,6 +882,19 @@ fn a_partition_moves_to_a_new_server_through_a_promoted_standby() {
         (n == 1).then_some(())
     });
     let before = load.acked();
+    // and a run due 3 s from now, still waiting when partition 1 moves: delivered by whichever
+    // server ticks partition 1 then
+    let later_key = key_on(&mut r, "later", 1, "later");
+    let later_id: String = r
+        .query_one("select conveyor.enqueue('later', '{}', delay => '3s', idempotency_key => $1)::text", &[&later_key])
+        .unwrap()
+        .get(0);
+    let waiting: String = old
+        .connect("shard1")
+        .query_one("select status::text from conveyor.runs where id = $1::text::conveyor.ulid", &[&later_id])
+        .unwrap()
+        .get(0);
+    assert_eq!(waiting, "scheduled", "the delayed run waits on the old server at the cut-over");
 
     // 2. cut over partition 1: no new sessions in shard1 on the old server, and none left there
     // (pg_terminate_backend only signals: wait until they are gone)
@@ -934,6 +935,19 @@ fn a_partition_moves_to_a_new_server_through_a_promoted_standby() {
     let status = r.query("select partition, up from conveyor.cluster_status() order by partition", &[]).unwrap();
     let up: Vec<bool> = status.iter().map(|row| row.get(1)).collect();
     assert_eq!(up, vec![true, true], "both partitions answer after the switch");
+
+    // the new server's workers tick the moved database only, never the copy left behind
+    let mut ticked = Vec::new();
+    wait_for(30.0, "the new server's worker in shard1", || {
+        ticked = new_admin
+            .query("select datname::text from pg_stat_activity where backend_type = 'pg_conveyor' order by 1", &[])
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<_, String>(0))
+            .collect::<Vec<_>>();
+        (!ticked.is_empty()).then_some(())
+    });
+    assert_eq!(ticked, vec!["shard1".to_string()], "the new server ticks shard1 and nothing else");
 
     // the lease taken on the old server is good on the new one
     let finished: String =
