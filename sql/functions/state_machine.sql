@@ -191,21 +191,20 @@ set jit = off
 as $$
 declare
     v_now timestamptz := conveyor._now();
-    v_queues record;
-    v_capped_tasks boolean;
+    v_needs record;
 begin
-    -- which of the steps below have anything to do, in one look at the changes' queues and one
-    -- at their tasks: a step skipped costs nothing, while each statement run costs its executor
-    -- start even when it changes nothing (measured: an enqueue of one run 600 -> 440 us)
+    -- which of the steps below have anything to do, in one look at the changes' queues and
+    -- tasks: a step skipped costs nothing, while each statement run costs its executor start
+    -- even when it changes nothing (measured: an enqueue of one run 600 -> 440 us)
     select coalesce(bool_or(q.concurrency is not null), false) as bounded, coalesce(bool_or(q.notify), false) as notify,
-           coalesce(bool_or(q.delivery_outbox), false) as outbox
-    into v_queues
+           coalesce(bool_or(q.delivery_outbox), false) as outbox,
+           exists (select from conveyor.tasks t
+                   where t.name = any(array(select c.task from unnest(changes) c)) and t.parallelism is not null) as capped
+    into v_needs
     from conveyor.queues q
     where q.name = any(array(select c.queue from unnest(changes) c));
-    v_capped_tasks := exists (select from conveyor.tasks t
-                              where t.name = any(array(select c.task from unnest(changes) c)) and t.parallelism is not null);
 
-    if v_queues.bounded then
+    if v_needs.bounded then
         with delta as (
             select c.queue as name,
                    sum(conveyor._delivered(c.to_status) - conveyor._delivered(c.from_status)) as n
@@ -225,7 +224,7 @@ begin
         where q.name = d.name and q.name in (select l.name from locked l);
     end if;
 
-    if v_capped_tasks then
+    if v_needs.capped then
         with delta as (
             select c.task as name,
                    sum(conveyor._delivered(c.to_status) - conveyor._delivered(c.from_status)) as n
@@ -255,7 +254,7 @@ begin
     -- the table was small, or one that takes queued rows to be spread evenly, read the table
     -- from its start, through every finished run and every dead row an old snapshot keeps:
     -- 214 blocks an enqueue, growing, against 14)
-    if v_queues.notify then
+    if v_needs.notify then
         perform pg_notify('conveyor.' || q.name, '')
         from (select c.queue, count(*) as n from unnest(changes) c where c.to_status = 'queued' group by c.queue) added
         join conveyor.queues q on q.name = added.queue
@@ -268,7 +267,7 @@ begin
                                    limit added.n + 1) claimable) <= added.n;
     end if;
 
-    if v_queues.outbox then
+    if v_needs.outbox then
         insert into conveyor.outbox (id, topic, payload, created_at, deliver_at)
         select conveyor.ulid_generate(), 'conveyor.delivery',
                jsonb_build_object('run_id', c.run_id::text, 'queue', c.queue, 'task', c.task), v_now, v_now
