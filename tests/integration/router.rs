@@ -59,8 +59,8 @@ impl Sharded {
         r.batch_execute("create extension pg_conveyor_router cascade").unwrap();
         for (p, shard) in shards.iter().enumerate() {
             let connstr = match poolers.get(p) {
-                Some(b) => where_is(&b.dir, b.port),
-                None => where_is(&shard.dir, shard.port),
+                Some(b) => where_is(&b.dir, b.port, "app"),
+                None => where_is(&shard.dir, shard.port, "app"),
             };
             r.execute("select conveyor.add_shard($1, $2)", &[&(p as i32), &connstr]).unwrap();
         }
@@ -79,7 +79,7 @@ impl Sharded {
 
     /// Where shard `p` is, as the router lists it (no user: router roles connect as themselves).
     fn shard_connstr(&self, p: usize) -> String {
-        where_is(&self.shards[p].dir, self.shards[p].port)
+        where_is(&self.shards[p].dir, self.shards[p].port, "app")
     }
 
     fn shard(&self, p: usize) -> Client {
@@ -107,9 +107,10 @@ fn mapped_before(cluster: &Sharded) -> Client {
     cluster.router_as("rt_mapped")
 }
 
-/// A shard's connect string for conveyor.add_shard: where it is, not who connects.
-fn where_is(dir: &str, port: u16) -> String {
-    format!("host={dir} port={port} dbname=app")
+/// A shard's connect string for conveyor.add_shard: where it is (the server, its database
+/// `db`), not who connects.
+fn where_is(dir: &str, port: u16, db: &str) -> String {
+    format!("host={dir} port={port} dbname={db}")
 }
 
 fn code(e: &postgres::Error) -> String {
@@ -563,7 +564,7 @@ fn a_shard_stopped_and_restarted_under_load_loses_no_run() {
         c.query_one("select conveyor.enqueue('load', '{}', idempotency_key => $1)", &[&key]).ok()?;
         Some(down_at.elapsed().as_secs_f64())
     });
-    load.acked.lock().unwrap().insert(key);
+    load.acknowledge(key);
     // the first call of each stale session neither fails nor leaves shard 1 out: PL/Proxy drops
     // an idle connection the shard closed before it uses it. An enqueue routed to shard 1 is a
     // single-run call, which the router does not retry; the claim (of a queue without runs, so
@@ -573,7 +574,7 @@ fn a_shard_stopped_and_restarted_under_load_loses_no_run() {
     stale_enqueue
         .query_one("select conveyor.enqueue('load', '{}', idempotency_key => $1)", &[&stale_key])
         .expect("an enqueue to shard 1 on a stale connection");
-    load.acked.lock().unwrap().insert(stale_key);
+    load.acknowledge(stale_key);
     let claimed = stale_claim
         .query("select run_id::text from conveyor.claim_runs('idle', 'stale', 5)", &[])
         .expect("a claim on a stale connection to shard 1");
@@ -735,6 +736,11 @@ impl Load {
         Load { stop, workers_stop, acked, produce_errors, claim_errors, completed, producers, workers }
     }
 
+    /// Count `key` as acknowledged (an enqueue the test made itself): finish checks its run too.
+    fn acknowledge(&self, key: String) {
+        self.acked.lock().unwrap().insert(key);
+    }
+
     fn acked(&self) -> usize {
         self.acked.lock().unwrap().len()
     }
@@ -850,9 +856,9 @@ fn a_partition_moves_to_a_new_server_through_a_promoted_standby() {
     router.connect("postgres").batch_execute("create database router").unwrap();
     let mut r = router.connect("router");
     r.batch_execute("create extension pg_conveyor_router cascade").unwrap();
-    let shard_at = |c: &Cluster, k: usize| format!("host={} port={} dbname=shard{k}", c.dir, c.port);
-    for k in 0..2 {
-        r.execute("select conveyor.add_shard($1, $2)", &[&(k as i32), &shard_at(&old, k)]).unwrap();
+    for k in 0..2i32 {
+        r.execute("select conveyor.add_shard($1, $2)", &[&k, &where_is(&old.dir, old.port, &format!("shard{k}"))])
+            .unwrap();
     }
     r.query_one(
         r#"select conveyor.apply_config('{"queues": {"load": {}, "held": {}, "later": {}},
@@ -928,7 +934,7 @@ fn a_partition_moves_to_a_new_server_through_a_promoted_standby() {
         .unwrap();
 
     // 4. the router sends partition 1 to the new server
-    r.execute("select conveyor.add_shard(1, $1)", &[&shard_at(&new, 1)]).unwrap();
+    r.execute("select conveyor.add_shard(1, $1)", &[&where_is(&new.dir, new.port, "shard1")]).unwrap();
     let downtime = cut_at.elapsed().as_secs_f64();
     let during = load.acked() - during_start;
     let completed_during = load.completed() - completed_start;
